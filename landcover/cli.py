@@ -1,0 +1,129 @@
+"""The ``landcover`` command line. Only this module imports typer; heavy libraries (torch,
+lightning, geopandas) are imported inside the commands so ``landcover --help`` stays fast."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from landcover import __version__
+from landcover.errors import LandcoverError
+
+app = typer.Typer(
+    name="landcover",
+    help="Sentinel-2 + CORINE Land Cover: analysis-ready data, CNN training, land-cover maps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LandcoverError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: finished outputs are kept, partial ones were removed; run again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar driven by ``update(done, total)`` callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"landcover {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", "-v", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Sentinel-2 + CORINE Land Cover: analysis-ready data, CNN training, land-cover maps."""
+    _state["debug"] = debug
+
+
+NOMENCLATURE_HELP = "Classes to produce: level3 (44), level2 (15), level1 (5) or ben19 (BigEarthNet 19)."
+
+
+@app.command()
+@handles_errors
+def labels(
+    source: Annotated[Path, typer.Argument(help="CORINE raster (any CRS) or vector with CODE_18.")],
+    like: Annotated[Path, typer.Option("--like", help="Reference raster whose grid the labels take.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Output GeoTIFF of class ids.")],
+    nomenclature: Annotated[str, typer.Option(help=NOMENCLATURE_HELP)] = "level3",
+    code_column: Annotated[
+        str | None, typer.Option(help="Attribute with the CLC codes (default: CODE_18, CODE_12, ...).")
+    ] = None,
+    all_touched: Annotated[
+        bool, typer.Option(help="Burn every pixel a polygon touches (default: pixel centres).")
+    ] = False,
+    raster_values: Annotated[
+        str, typer.Option(help="For raster sources: 'codes' (111..523), 'indices' (1..44) or 'auto'.")
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Put CORINE Land Cover labels on exactly the grid of a reference raster."""
+    from landcover.labels import labels_like
+
+    with progress_bar("labels") as update:
+        summary = labels_like(
+            source, like, out_path, nomenclature_name=nomenclature, code_column=code_column,
+            all_touched=all_touched, raster_values=raster_values, overwrite=overwrite, progress=update,
+        )
+    out.print(
+        f"wrote {summary.out} ({summary.nomenclature}, {len(summary.class_pixels)} classes present, "
+        f"{summary.labelled_fraction:.1%} of {summary.pixels} pixels labelled) from {summary.source}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

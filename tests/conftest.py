@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny seeded rasters and vectors with real CRSs, written in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test when it is absent (a user's machine)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+def write_raster(path: Path, data: np.ndarray, crs: str, transform, nodata=None, **extra) -> Path:
+    """Write a (bands, rows, cols) or (rows, cols) array as a GeoTIFF."""
+    if data.ndim == 2:
+        data = data[None]
+    profile = dict(
+        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, **extra,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture
+def utm_grid(tmp_path: Path) -> Path:
+    """An empty 10 m reference raster in EPSG:32633 (300 x 200 px near Vienna)."""
+    return write_raster(
+        tmp_path / "reference.tif", np.zeros((200, 300), np.uint16), "EPSG:32633",
+        from_origin(600_000, 5_340_000, 10, 10),
+    )
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(42)
