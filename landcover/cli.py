@@ -120,6 +120,52 @@ def labels(
     )
 
 
+@app.command()
+@handles_errors
+def ingest(
+    inputs: Annotated[list[Path], typer.Argument(help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")],
+    labels_path: Annotated[
+        Path | None, typer.Option("--labels", "-l", help="CORINE raster/vector, or another vector with --mapping.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings (see configs/ingest.yaml).")] = None,
+    bands: Annotated[str | None, typer.Option(help="Comma-separated bands in stack order, e.g. B02,B03,B04,B08.")] = None,
+    nomenclature: Annotated[str | None, typer.Option(help=NOMENCLATURE_HELP)] = None,
+    tile_size: Annotated[int | None, typer.Option(help="Training tile side in pixels (default 256).")] = None,
+    code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
+    mapping: Annotated[
+        Path | None, typer.Option(help="CSV mapping --code-column values onto the nomenclature.")
+    ] = None,
+    block_size: Annotated[float | None, typer.Option(help="Spatial split block side in metres.")] = None,
+    split_by_scene: Annotated[bool | None, typer.Option(help="Assign whole scenes to splits.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split assignment.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a dataset made with other settings.")] = False,
+) -> None:
+    """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
+    from landcover.config import load_config
+    from landcover.ingest import IngestConfig
+    from landcover.ingest import ingest as run_ingest
+
+    cfg = load_config(
+        IngestConfig, config, set_,
+        bands=bands.split(",") if bands else None, nomenclature=nomenclature, tile_size=tile_size,
+        **{"labels.code_column": code_column, "labels.mapping": str(mapping) if mapping else None,
+           "split.block_size_m": block_size, "split.by_scene": split_by_scene, "split.seed": seed},
+    )
+    with progress_bar("ingest") as update:
+        dataset = run_ingest(
+            inputs, out_dir, labels=labels_path, config=cfg, overwrite=overwrite,
+            progress=lambda stage, done, total: update(done, total),
+        )
+    norm = dataset["normalization"]
+    out.print(
+        f"dataset {out_dir}: {len(dataset['scenes'])} scene(s), bands {','.join(dataset['bands'])}, "
+        f"{dataset['nomenclature']['name']}; catalog {out_dir / 'catalog.parquet'}, "
+        f"splits {out_dir / 'splits.gpkg'}; train pixels for band statistics: {norm.get('count', 0)}"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -140,6 +140,60 @@ def parse_codes(values, path: Path, column: str) -> np.ndarray:
     return numeric.to_numpy().astype(np.uint16)
 
 
+def load_label_mapping(path: str | Path, nomenclature_name: str) -> dict[str, int]:
+    """A CSV ``value,<nomenclature>`` mapping attribute values onto classes of a nomenclature.
+
+    The second column's header names the nomenclature (level1, level2, level3 or ben19) and its
+    cells hold that nomenclature's class codes (e.g. ``forest,3``); an empty cell means ignore.
+    Each value becomes a level-3 code of that class, so the one CORINE lookup table still does
+    the final encoding. The mapping must target the dataset's nomenclature.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(line for line in fh if not line.startswith("#")))
+    except OSError as exc:
+        raise LabelSourceError(f"cannot read label mapping {path}: {exc}") from exc
+    if not rows or len(rows[0]) < 2:
+        raise LabelSourceError(f"{path} must be a CSV with a header 'value,<nomenclature>'")
+    target = rows[0][1].strip()
+    if target != nomenclature_name:
+        raise LabelSourceError(
+            f"{path} maps onto {target!r} but the nomenclature is {nomenclature_name!r}; "
+            f"use --nomenclature {target} or a mapping onto {nomenclature_name}"
+        )
+    nom = nomenclature(target)
+    representative: dict[str, int] = {}
+    for c in corine_classes():  # first level-3 code of each class of the target nomenclature
+        cid = int(nom.encode(np.array([c.code]))[0])
+        if cid != IGNORE:
+            representative.setdefault(nom.codes[cid], c.code)
+    mapping: dict[str, int] = {}
+    for row in rows[1:]:
+        value, cls = row[0].strip(), row[1].strip()
+        if cls and cls not in representative:
+            raise UnknownCodeError(
+                f"{path}: {value!r} maps to {cls!r}, which is not a {target} class code "
+                f"({', '.join(representative)})"
+            )
+        mapping[value] = representative[cls] if cls else 0
+    return mapping
+
+
+def map_values(values, mapping: dict[str, int], path: Path, column: str) -> np.ndarray:
+    """Attribute values -> level-3 codes through a mapping; unmapped values are an error."""
+    text = values.astype("string").fillna("<empty>").str.strip()
+    missing = sorted(set(text) - set(mapping))
+    if missing:
+        raise UnknownCodeError(
+            f"{path}, column {column}: value(s) {', '.join(missing[:20])} are not in the label mapping; "
+            "add them to the mapping file (an empty class means ignore)"
+        )
+    return text.map(mapping).to_numpy().astype(np.uint16)
+
+
 @dataclass
 class VectorLabels:
     """A CLC vector layer, reprojected to the grid's CRS, indexed for window queries."""
@@ -149,6 +203,7 @@ class VectorLabels:
     code_column: str | None = None
     all_touched: bool = False
     layer: str | None = None
+    mapping: dict[str, int] | None = None  # attribute value -> level-3 code (non-CORINE labels)
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -175,7 +230,10 @@ class VectorLabels:
         if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
             raise LabelSourceError(f"{self.path} must hold polygons; found {sorted(set(frame.geom_type))}")
         _check_overlap(self.grid, src_crs, tuple(frame.total_bounds), str(self.path))
-        self.codes_array = parse_codes(frame[column].to_numpy(), self.path, column)
+        if self.mapping is None:
+            self.codes_array = parse_codes(frame[column].to_numpy(), self.path, column)
+        else:
+            self.codes_array = map_values(frame[column], self.mapping, self.path, column)
         self.frame = frame.to_crs(self.grid.crs)
         self.sindex = self.frame.sindex
         self.column = column
@@ -286,14 +344,18 @@ def open_label_source(
     all_touched: bool = False,
     raster_values: str = "auto",
     layer: str | None = None,
+    mapping: dict[str, int] | None = None,
 ) -> LabelSource:
-    """Open a CORINE raster or vector as a :class:`LabelSource` for ``grid``."""
+    """Open a CORINE raster or vector as a :class:`LabelSource` for ``grid``.
+
+    With ``mapping`` (see :func:`load_label_mapping`), ``code_column`` names a non-CORINE attribute.
+    """
     path = Path(path)
     if not path.exists():
         raise LabelSourceError(f"label source {path} does not exist; check the path")
     if path.suffix.lower() in RASTER_SUFFIXES:
         return RasterLabels(path, grid, raster_values)
-    return VectorLabels(path, grid, code_column, all_touched, layer)
+    return VectorLabels(path, grid, code_column, all_touched, layer, mapping)
 
 
 # --- the labels command --------------------------------------------------------------------

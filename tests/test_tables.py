@@ -23,7 +23,7 @@ BEN19_DROPPED = {122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423}
 
 
 def test_legend_has_the_44_official_classes():
-    assert len(CODES) == 44 and CODES == sorted(CODES)
+    assert len(CODES) == 44 and sorted(CODES) == CODES
     assert CODES[0] == 111 and CODES[-1] == 523
     assert [c.index for c in corine_classes()] == list(range(1, 45))
     for c in corine_classes():

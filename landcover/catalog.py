@@ -1,0 +1,498 @@
+"""The tiles catalog of an ingested dataset: per-tile statistics and leakage-aware spatial splits.
+
+Ingest calls :func:`tile_record` for every tile of a scene, :func:`write_scene_part` once per scene
+and :func:`finalize` once at the end; training reads the result with :func:`read_catalog`.
+
+Splits are a pure function of coordinates: the scene CRS is cut into square blocks of
+``block_size_m``, each block is assigned to train/val/test by a stable hash of
+(seed, CRS, block column, block row), a tile takes the split of the block holding its centre, and
+a tile is a *buffer* tile when anything within ``buffer_tiles`` tiles of it lies in a block of
+another split. Scenes and shards processed independently therefore agree, and no two non-buffer
+tiles of different splits are closer than the buffer distance. Buffer tiles stay in the catalog
+(``buffer=True``) but :func:`read_catalog` leaves them out unless asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pydantic
+import pyogrio
+import rasterio.windows
+import shapely
+from pyproj import CRS as ProjCRS
+from pyproj import Geod, Transformer
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from landcover.errors import ConfigError, DatasetError
+from landcover.io import Grid, atomic_output
+from landcover.tables import IGNORE, Nomenclature
+
+SPLITS = ("train", "val", "test")
+CATALOG_NAME = "catalog.parquet"
+SPLITS_GPKG_NAME = "splits.gpkg"
+DENSIFY_SEGMENTS = 8
+"""Segments per tile edge of the EPSG:4326 footprints (straight UTM edges are curves in lon/lat)."""
+
+SCHEMA = pa.schema([
+    ("tile_id", pa.string()), ("scene_id", pa.string()),
+    ("row", pa.int32()), ("col", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+    ("crs", pa.string()),
+    ("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64()),
+    ("split", pa.string()), ("buffer", pa.bool_()),
+    ("valid_fraction", pa.float64()), ("cloud_fraction", pa.float64()),
+    ("labelled_fraction", pa.float64()),
+    ("class_counts", pa.list_(pa.int64())), ("dominant_class", pa.int32()),
+    ("present_classes", pa.list_(pa.int32())),
+    ("band_sum", pa.list_(pa.float64())), ("band_sumsq", pa.list_(pa.float64())),
+    ("band_count", pa.int64()),
+    ("geometry", pa.binary()),
+])
+"""Arrow schema of scene parts and of catalog.parquet (geometry: WKB polygons in EPSG:4326)."""
+
+COLUMNS = tuple(SCHEMA.names)
+
+
+class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
+    """How tiles are assigned to train/val/test (see the module docstring)."""
+
+    block_size_m: float | None = None  # side of the square blocks (metres); None = AUTO_BLOCK_TILES tiles
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test: >= 0, sum 1
+    seed: int = 0
+    buffer_tiles: int = 1  # tiles this close to a block of another split are 'buffer' (>= 1)
+    by_scene: bool = False  # True: whole scenes go to one split (hash of the scene id), no buffer
+    min_valid_fraction: float = 0.5  # tiles with less cloud-free image are dropped
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        problems = []
+        if self.block_size_m is not None and not (math.isfinite(self.block_size_m) and self.block_size_m > 0):
+            problems.append(f"block_size_m must be a positive number of metres, got {self.block_size_m}")
+        if any(not math.isfinite(f) or f < 0 for f in self.fractions) or not math.isclose(
+            sum(self.fractions), 1.0, abs_tol=1e-6
+        ):
+            problems.append(
+                f"fractions (train, val, test) must be >= 0 and sum to 1, got {list(self.fractions)} "
+                "(for example 0.7, 0.15, 0.15)"
+            )
+        if self.buffer_tiles < 1:
+            problems.append(f"buffer_tiles must be >= 1, got {self.buffer_tiles} (use by_scene "
+                            "for splits without a buffer)")
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            problems.append(f"min_valid_fraction must lie in [0, 1], got {self.min_valid_fraction}")
+        if problems:
+            raise ConfigError("invalid split settings: " + "; ".join(problems))
+        return self
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> SplitConfig:
+        """Validate user settings, turning every problem into a :class:`ConfigError`."""
+        try:
+            return cls.model_validate(dict(data))
+        except pydantic.ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'split'}: {e['msg']}"
+                                for e in exc.errors())
+            raise ConfigError(f"invalid split settings: {details}; known settings are "
+                              f"{', '.join(cls.model_fields)}") from exc
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+
+def _unit(*parts: object) -> float:
+    """A stable pseudo-random number in [0, 1) from ``parts`` (sha256; same on every machine)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _pick(u: float, fractions: Sequence[float]) -> str:
+    cumulative = 0.0
+    for name, share in zip(SPLITS, fractions, strict=True):
+        cumulative += share
+        if share > 0 and u < cumulative:
+            return name
+    return [name for name, share in zip(SPLITS, fractions, strict=True) if share > 0][-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _crs_key(crs: str) -> str:
+    """'epsg:32633', a CRS object's string, ... -> one canonical text ('EPSG:32633')."""
+    try:
+        return CRS.from_user_input(crs).to_string()
+    except Exception as exc:
+        raise ConfigError(f"cannot interpret CRS {crs!r}: {exc}; pass e.g. 'EPSG:32633'") from exc
+
+
+def block_split(block_ix: int, block_iy: int, crs: str, cfg: SplitConfig) -> str:
+    """Split of block (ix, iy) of the CRS: stable hash of (seed, CRS, ix, iy) mapped by fractions."""
+    return _pick(_unit("block", cfg.seed, _crs_key(str(crs)), int(block_ix), int(block_iy)),
+                 cfg.fractions)
+
+
+def scene_split(scene_id: str, cfg: SplitConfig) -> str:
+    """Split of a whole scene (``by_scene`` mode): stable hash of (seed, scene id)."""
+    return _pick(_unit("scene", cfg.seed, scene_id), cfg.fractions)
+
+
+AUTO_BLOCK_TILES = 8
+"""Blocks are this many tiles wide unless block_size_m is set (about 20-30 % buffer tiles)."""
+
+
+def block_size(cfg: SplitConfig, tile_size_m: float) -> float:
+    """The block side in metres: ``block_size_m`` or :data:`AUTO_BLOCK_TILES` tiles."""
+    return cfg.block_size_m if cfg.block_size_m is not None else AUTO_BLOCK_TILES * tile_size_m
+
+
+def check_block_size(cfg: SplitConfig, tile_size_m: float) -> None:
+    """Raise :class:`ConfigError` when no block could hold a tile that is not a buffer tile."""
+    if not tile_size_m > 0:
+        raise ConfigError(f"tile size must be positive, got {tile_size_m} m")
+    smallest = (2 * cfg.buffer_tiles + 2) * tile_size_m
+    if block_size(cfg, tile_size_m) < smallest:
+        raise ConfigError(
+            f"split block_size_m = {block_size(cfg, tile_size_m):g} m is too small for {tile_size_m:g} m tiles "
+            f"with buffer_tiles = {cfg.buffer_tiles}: blocks under {smallest:g} m hold no tile outside "
+            f"the buffer, so val/test would be (nearly) empty; set block_size_m to at least "
+            f"{max(smallest, 10 * tile_size_m):g} (about 10 tiles or more keeps the buffer small), "
+            "or use smaller tiles"
+        )
+
+
+def tile_split(bounds: tuple[float, float, float, float], crs: str, tile_size_m: float,
+               cfg: SplitConfig, scene_id: str) -> tuple[str, bool]:
+    """(split, is_buffer) of the tile with native ``bounds`` (xmin, ymin, xmax, ymax).
+
+    The split is that of the block holding the tile centre. The tile is a buffer tile when any
+    block touched by its bounds expanded by ``buffer_tiles * tile_size_m`` (every block boundary
+    crossed, corners included) has another split. With ``by_scene`` the split comes from the
+    scene id and there is no buffer.
+    """
+    if cfg.by_scene:
+        return scene_split(scene_id, cfg), False
+    check_block_size(cfg, tile_size_m)  # cheap; catches a block size that leaves val/test empty
+    key = _crs_key(str(crs))
+    xmin, ymin, xmax, ymax = bounds
+    size = block_size(cfg, tile_size_m)
+    split = block_split(math.floor((xmin + xmax) / 2 / size), math.floor((ymin + ymax) / 2 / size),
+                        key, cfg)
+    d = cfg.buffer_tiles * tile_size_m
+    for ix in range(math.floor((xmin - d) / size), math.floor((xmax + d) / size) + 1):
+        for iy in range(math.floor((ymin - d) / size), math.floor((ymax + d) / size) + 1):
+            if block_split(ix, iy, key, cfg) != split:
+                return split, True
+    return split, False
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _to_wgs84(crs: str) -> Transformer:
+    return Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
+
+
+def tile_footprint(bounds: tuple[float, float, float, float], crs: str,
+                   segments: int = DENSIFY_SEGMENTS) -> shapely.Polygon:
+    """The footprint of native ``bounds`` in EPSG:4326 (lon, lat), each edge cut in ``segments``.
+
+    Edge points are computed from the bounds alone, so neighbouring tiles share their vertices.
+    """
+    xmin, ymin, xmax, ymax = bounds
+    t = np.arange(segments) / segments
+    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full(segments, xmax),
+                         xmax - (xmax - xmin) * t, np.full(segments, xmin)])
+    ys = np.concatenate([np.full(segments, ymin), ymin + (ymax - ymin) * t,
+                         np.full(segments, ymax), ymax - (ymax - ymin) * t])
+    lon, lat = _to_wgs84(_crs_key(str(crs))).transform(xs, ys)
+    return shapely.Polygon(np.column_stack([lon, lat]))
+
+
+def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray,
+                valid: np.ndarray, cloud: np.ndarray | None, image: np.ndarray,
+                nomenclature: Nomenclature, split_cfg: SplitConfig,
+                present_threshold: float = 0.01,
+                tile_size_m: float | None = None) -> dict[str, Any] | None:
+    """The catalog row of one tile, or None when its cloud-free image share is below the minimum.
+
+    ``labels`` (H, W) uint8 class ids with 255 = ignore; ``valid`` (H, W) image has data;
+    ``cloud`` (H, W) SCL-invalid pixels or None; ``image`` (C, H, W). ``tile_size_m`` sets the
+    buffer distance; pass the *nominal* tile side (tile pixels x resolution) so that the smaller
+    tiles at the scene edge get the same buffer; by default the larger side of this window.
+    Class statistics count every pixel with a label (labels != 255): set labels to 255 where the
+    image is unusable if those pixels must not count. Band sums use valid & ~cloud pixels only.
+    """
+    values = (window.row_off, window.col_off, window.height, window.width)
+    if any(float(v) != int(v) for v in values):
+        raise ValueError(f"tile window {window} is not on whole pixels")
+    row, col, height, width = (int(v) for v in values)
+    if row < 0 or col < 0 or row + height > grid.height or col + width > grid.width:
+        raise ValueError(f"tile window {window} lies outside the {grid.width} x {grid.height} grid")
+    shape = (height, width)
+    arrays = {"labels": labels, "valid": valid} | ({} if cloud is None else {"cloud": cloud})
+    for name, array in arrays.items():
+        if array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}, the tile window is {shape}")
+    if image.ndim != 3 or image.shape[1:] != shape:
+        raise ValueError(f"image has shape {image.shape}, expected (bands, {height}, {width})")
+    valid = np.asarray(valid, dtype=bool)
+    cloudy = np.zeros(shape, bool) if cloud is None else np.asarray(cloud, dtype=bool) & valid
+    usable = valid & ~cloudy
+    n_pixels = height * width
+    n_usable = int(usable.sum())
+    valid_fraction = n_usable / n_pixels if n_pixels else 0.0
+    if n_pixels == 0 or valid_fraction < split_cfg.min_valid_fraction:
+        return None
+
+    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=256)
+    k = nomenclature.num_classes
+    if counts[k:IGNORE].any():
+        bad = [int(v) for v in np.flatnonzero(counts[k:IGNORE]) + k]
+        raise DatasetError(f"label values {bad} in tile r{row} c{col} of {scene_id} are not class ids "
+                           f"of the {nomenclature.name} nomenclature (0..{k - 1}, 255 = ignore); "
+                           "this is a bug in label encoding: report it")
+    class_counts = counts[:k]
+    labelled = int(class_counts.sum())
+    if labelled:
+        dominant = int(np.argmax(class_counts))
+        present = [int(c) for c in np.flatnonzero(class_counts / labelled >= present_threshold)]
+    else:
+        dominant, present = -1, []
+
+    band_sum, band_sumsq = [], []
+    for band in image:
+        pixels = band[usable].astype(np.float64)
+        band_sum.append(float(pixels.sum()))
+        band_sumsq.append(float(np.dot(pixels, pixels)))
+
+    crs = grid.crs.to_string()
+    left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
+    bounds = (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+    if tile_size_m is None:
+        tile_size_m = max(width * grid.res[0], height * grid.res[1])
+    split, is_buffer = tile_split(bounds, crs, tile_size_m, split_cfg, scene_id)
+    return {
+        "tile_id": f"{scene_id}_r{row:05d}_c{col:05d}", "scene_id": scene_id,
+        "row": row, "col": col, "height": height, "width": width, "crs": crs,
+        "xmin": bounds[0], "ymin": bounds[1], "xmax": bounds[2], "ymax": bounds[3],
+        "split": split, "buffer": is_buffer,
+        "valid_fraction": valid_fraction,
+        "cloud_fraction": int(cloudy.sum()) / n_pixels,
+        "labelled_fraction": labelled / n_pixels,
+        "class_counts": [int(c) for c in class_counts],
+        "dominant_class": dominant, "present_classes": present,
+        "band_sum": band_sum, "band_sumsq": band_sumsq, "band_count": n_usable,
+        "geometry": tile_footprint(bounds, crs),
+    }
+
+
+# --- GeoParquet -------------------------------------------------------------------------------
+
+
+def _geo_metadata(geometry: pa.Array) -> bytes:
+    geoms = shapely.from_wkb(geometry.to_numpy(zero_copy_only=False))
+    column: dict[str, Any] = {
+        "encoding": "WKB", "geometry_types": ["Polygon"],
+        "crs": ProjCRS.from_epsg(4326).to_json_dict(),
+    }
+    if len(geoms):
+        column["bbox"] = [float(v) for v in shapely.total_bounds(geoms)]
+    meta = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    return json.dumps(meta, sort_keys=True).encode("utf-8")
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    """Write a table of :data:`SCHEMA` as GeoParquet, atomically and byte-reproducibly."""
+    table = table.replace_schema_metadata({"geo": _geo_metadata(table.column("geometry"))})
+    with atomic_output(path, overwrite=True) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
+    """Tile records -> an Arrow table of :data:`SCHEMA` (geometry as WKB)."""
+    rows = []
+    for record in records:
+        missing = set(COLUMNS) - set(record)
+        if missing:
+            raise ValueError(f"record {record.get('tile_id')} lacks {sorted(missing)}; "
+                             "build records with tile_record()")
+        geometry = record["geometry"]
+        rows.append({**record, "geometry": shapely.to_wkb(geometry, byte_order=1)
+                     if isinstance(geometry, shapely.Geometry) else geometry})
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_scene_part(records: list[dict[str, Any]], path: Path) -> None:
+    """Write one scene's tile records (maybe none) as a GeoParquet part, atomically."""
+    _write_table(records_table(records), Path(path))
+
+
+# --- finalize ---------------------------------------------------------------------------------
+
+
+def _read_parts(part_paths: Sequence[Path]) -> pa.Table:
+    tables = []
+    for path in part_paths:
+        path = Path(path)
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError as exc:
+            raise DatasetError(f"catalog part {path} is missing; re-run `landcover ingest` to "
+                               "process its scene again") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise DatasetError(f"catalog part {path} cannot be read ({exc}); delete it and re-run "
+                               "`landcover ingest` to process its scene again") from exc
+        if not table.schema.remove_metadata().equals(SCHEMA):
+            raise DatasetError(f"catalog part {path} has columns {table.schema.names}, expected "
+                               f"{list(COLUMNS)} (written by another landcover version?); "
+                               "re-run `landcover ingest --overwrite`")
+        tables.append(table.replace_schema_metadata(None))
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    table = table.sort_by([("scene_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
+    dupes = sorted(i for i, n in Counter(table.column("tile_id").to_pylist()).items() if n > 1)
+    if dupes:
+        raise DatasetError(f"tiles {dupes[:5]} appear in more than one catalog part (the same scene "
+                           "ingested twice?); pass each scene once and re-run `landcover ingest`")
+    return table
+
+
+def band_statistics(table: pa.Table, bands: Sequence[str]) -> dict[str, Any]:
+    """Pooled per-band mean/std over the train, non-buffer tiles of a catalog table."""
+    train = table.filter(pc.and_(pc.equal(table["split"], "train"), pc.invert(table["buffer"])))
+    sums, sumsqs = train["band_sum"].to_pylist(), train["band_sumsq"].to_pylist()
+    count = sum(train["band_count"].to_pylist())
+    for row in sums:
+        if len(row) != len(bands):
+            raise DatasetError(f"catalog tiles hold {len(row)} band sums but {len(bands)} bands "
+                               f"({', '.join(bands)}) were named; re-run `landcover ingest --overwrite`")
+    if count == 0:  # e.g. a prediction-only scene; training on this dataset will refuse
+        return {"bands": list(bands), "mean": None, "std": None, "count": 0,
+                "from": f"none of the {table.num_rows} tiles is a train tile with cloud-free pixels; "
+                        "ingest more scenes, or change the split seed, block_size_m or fractions"}
+    mean, std = [], []
+    for b in range(len(bands)):
+        m = math.fsum(row[b] for row in sums) / count
+        var = math.fsum(row[b] for row in sumsqs) / count - m * m
+        mean.append(m)
+        std.append(math.sqrt(max(var, 0.0)))
+    return {"bands": list(bands), "mean": mean, "std": std, "count": int(count),
+            "from": "train tiles (buffer excluded)"}
+
+
+@contextlib.contextmanager
+def _gdal_option(name: str, value: str) -> Iterator[None]:
+    old = pyogrio.get_gdal_config_option(name)
+    pyogrio.set_gdal_config_options({name: value})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({name: old})
+
+
+def _dissolve(frame: pd.DataFrame) -> shapely.MultiPolygon | None:
+    """Union of tile boxes, done exactly in each native CRS, then densified into EPSG:4326."""
+    if frame.empty:
+        return None
+    parts = []
+    for crs, group in sorted(frame.groupby("crs"), key=lambda item: item[0]):
+        boxes = shapely.box(group["xmin"].to_numpy(), group["ymin"].to_numpy(),
+                            group["xmax"].to_numpy(), group["ymax"].to_numpy())
+        union = shapely.union_all(boxes)
+        step = float((group["xmax"] - group["xmin"]).min()) / DENSIFY_SEGMENTS
+        union = shapely.segmentize(union, step)
+        parts.append(shapely.transform(union, lambda xy, t=_to_wgs84(crs): np.column_stack(
+            t.transform(xy[:, 0], xy[:, 1]))))
+    union = shapely.union_all(parts) if len(parts) > 1 else parts[0]
+    polygons = [g for g in shapely.get_parts(union) if isinstance(g, shapely.Polygon)]
+    return shapely.MultiPolygon(polygons)
+
+
+def _write_splits_gpkg(table: pa.Table, path: Path) -> None:
+    frame = table.drop_columns(["geometry"]).to_pandas()
+    geometry = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    geod = Geod(ellps="WGS84")
+    rows = []
+    for name in (*SPLITS, "buffer"):
+        mask = frame["buffer"] if name == "buffer" else (frame["split"] == name) & ~frame["buffer"]
+        shape = _dissolve(frame[mask])
+        area = abs(geod.geometry_area_perimeter(shape)[0]) / 1e6 if shape is not None else 0.0
+        rows.append({"split": name, "tiles": int(mask.sum()), "area_km2": area, "geometry": shape})
+    splits = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
+    keep = ["tile_id", "scene_id", "split", "buffer", "valid_fraction", "cloud_fraction",
+            "labelled_fraction", "dominant_class"]
+    tiles = gpd.GeoDataFrame(frame[keep], geometry=geometry, crs="EPSG:4326")
+    with atomic_output(path, overwrite=True) as tmp, _gdal_option("OGR_CURRENT_DATE",
+                                                                  "2000-01-01T00:00:00Z"):
+        pyogrio.write_dataframe(splits, tmp, layer="splits", driver="GPKG",
+                                geometry_type="MultiPolygon")
+        pyogrio.write_dataframe(tiles, tmp, layer="tiles", driver="GPKG", append=True,
+                                geometry_type="Polygon")
+
+
+def finalize(dataset_dir: Path, part_paths: list[Path], bands: list[str]) -> dict[str, Any]:
+    """Merge scene parts into catalog.parquet and splits.gpkg; return train band statistics.
+
+    Rows are sorted by (scene_id, row, col) and nothing time-dependent is written, so the same
+    parts give byte-identical files. catalog.parquet is written last: when it exists, so does
+    splits.gpkg. The statistics come from train tiles outside the buffer only.
+    """
+    dataset_dir = Path(dataset_dir)
+    table = _read_parts(part_paths)
+    stats = band_statistics(table, bands)
+    _write_splits_gpkg(table, dataset_dir / SPLITS_GPKG_NAME)
+    _write_table(table, dataset_dir / CATALOG_NAME)
+    return stats
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def read_catalog(dataset_dir: Path, split: str | None = None,
+                 include_buffer: bool = False) -> gpd.GeoDataFrame:
+    """The catalog of an ingested dataset, optionally one split; buffer tiles only if asked."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    path = Path(dataset_dir) / CATALOG_NAME
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist: {dataset_dir} is not an ingested dataset (or "
+                           "its ingest did not finish); run `landcover ingest` first")
+    try:
+        catalog = gpd.read_parquet(path)
+    except Exception as exc:
+        raise DatasetError(f"cannot read {path} ({exc}); re-run `landcover ingest --overwrite`") from exc
+    missing = set(COLUMNS) - set(catalog.columns)
+    if missing:
+        raise DatasetError(f"{path} lacks columns {sorted(missing)} (made by another landcover "
+                           "version?); re-run `landcover ingest --overwrite`")
+    keep = np.ones(len(catalog), bool)
+    if split is not None:
+        keep &= (catalog["split"] == split).to_numpy()
+    if not include_buffer:
+        keep &= ~catalog["buffer"].to_numpy(dtype=bool)
+    return catalog[keep].reset_index(drop=True)
+
+
+def class_pixel_totals(catalog: gpd.GeoDataFrame, split: str | None = "train",
+                       num_classes: int | None = None) -> np.ndarray:
+    """Summed ``class_counts`` (int64) of the non-buffer tiles of ``split`` (None: all splits)."""
+    rows = catalog[~catalog["buffer"].to_numpy(dtype=bool)]
+    if split is not None:
+        rows = rows[rows["split"] == split]
+    counts = [np.asarray(c, dtype=np.int64) for c in rows["class_counts"]]
+    if not counts:
+        return np.zeros(num_classes or 0, dtype=np.int64)
+    return np.asarray(np.sum(counts, axis=0, dtype=np.int64))

@@ -1,0 +1,55 @@
+"""YAML configs validated by pydantic models, with ``--set a.b=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from landcover.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """``'trainer.max_epochs=3'`` -> ``data['trainer']['max_epochs'] = 3`` (value parsed as YAML)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. split.seed=3), got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
+                **values: object) -> M:
+    """Read ``path`` (YAML), apply ``values`` (non-None CLI options) and ``overrides``, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a YAML mapping of settings")
+    for key, value in values.items():
+        if value is not None:
+            apply_override(data, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid settings{where}: {problems}") from exc

@@ -1,0 +1,337 @@
+"""``landcover ingest``: Sentinel-2 products + labels -> an analysis-ready tile dataset.
+
+Layout of a dataset folder::
+
+    ingest_settings.json          settings every scene was made with (a re-run must match)
+    scenes/<scene_id>/image.tif   uint16 reflectance x 10000, tiled (tile_size), pixel-interleaved
+    scenes/<scene_id>/labels.tif  uint8 class ids on the identical grid, 255 = ignore (+ labels.qml)
+    scenes/<scene_id>/tiles.parquet  the scene's part of the catalog
+    scenes/<scene_id>/scene.json  provenance; written last: its presence means 'scene complete'
+    catalog.parquet, splits.gpkg, dataset.json   merged by :func:`finalize`
+
+Each scene is built in a hidden temporary folder and renamed when complete, so an interrupted
+run leaves only finished scenes, and the next run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from landcover import __version__
+from landcover.catalog import SplitConfig, check_block_size, tile_record, write_scene_part
+from landcover.catalog import finalize as finalize_catalog
+from landcover.errors import ConfigError, DatasetError, OutputExistsError
+from landcover.io import GDAL_ENV, Grid, class_map_profile, style_class_map, write_qgis_style
+from landcover.labels import load_label_mapping, open_label_source
+from landcover.sentinel2 import Product, open_product
+from landcover.stack import NODATA, SceneReader, strips
+from landcover.tables import (
+    IGNORE,
+    default_bands,
+    nomenclature,
+    normalize_band_name,
+    sentinel2_bands,
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+class LabelOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code_column: str | None = Field(None, description="CLC code attribute (default CODE_18, CODE_12, ...)")
+    all_touched: bool = False
+    raster_values: Literal["auto", "codes", "indices"] = "auto"
+    mapping: Path | None = Field(None, description="CSV mapping a non-CORINE attribute onto the nomenclature")
+
+
+class IngestConfig(BaseModel):
+    """Every setting of an ingest run (YAML: configs/ingest.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bands: list[str] | None = Field(None, description="Bands in stack order; default all of the product level")
+    resolution: float = Field(10.0, gt=0)
+    resampling: Literal["bilinear", "cubic"] = "bilinear"
+    harmonize: bool = Field(True, description="Apply the processing-baseline offset (BOA/RADIO_ADD_OFFSET)")
+    scl_invalid: list[int] | None = Field(None, description="SCL classes masked as ignore; default from data_catalog")
+    nomenclature: str = "level3"
+    tile_size: int = Field(256, ge=16)
+    present_threshold: float = Field(0.01, ge=0, le=1)
+    compress: Literal["zstd", "deflate", "lzw"] = "zstd"
+    overviews: bool = True
+    labels: LabelOptions = LabelOptions()
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [normalize_band_name(b) for b in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"bands repeat: {value}")
+        return names
+
+    @field_validator("nomenclature")
+    @classmethod
+    def _nomenclature(cls, value: str) -> str:
+        nomenclature(value)
+        return value
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError("tile_size must be a multiple of 16 (GeoTIFF block size)")
+        return value
+
+
+def scene_id_of(product: Product) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", product.product_id).strip("._") or "scene"
+
+
+def _settings(cfg: IngestConfig, labels: Path | None) -> dict[str, object]:
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "labels": None if labels is None else labels.name,
+        "software": f"landcover {__version__}",
+    }
+
+
+def _prepare(out: Path, settings: dict[str, object], overwrite: bool) -> None:
+    """Create ``out`` or check it holds a dataset made with the same settings; clean stale parts."""
+    marker = out / "ingest_settings.json"
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old != settings:
+            if not overwrite:
+                changed = sorted(k for k in settings["config"] if old.get("config", {}).get(k) != settings["config"][k])  # type: ignore[index, union-attr]
+                raise OutputExistsError(
+                    f"{out} holds a dataset made with other settings ({', '.join(changed) or 'labels/software'}); "
+                    "pass --overwrite to replace it, or choose another --out"
+                )
+            for name in ("scenes", "catalog.parquet", "splits.gpkg", "dataset.json", marker.name):
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    elif out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} exists and is not a landcover dataset; choose an empty or new --out")
+    (out / "scenes").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "scenes").glob(".*.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if not marker.exists():
+        marker.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _image_profile(grid: Grid, count: int, cfg: IngestConfig) -> dict[str, object]:
+    block = min(cfg.tile_size, 512)
+    return {
+        "driver": "GTiff", "dtype": "uint16", "count": count, "nodata": NODATA,
+        "crs": grid.crs, "transform": grid.transform, "width": grid.width, "height": grid.height,
+        "tiled": True, "blockxsize": block, "blockysize": block, "interleave": "pixel",
+        "compress": cfg.compress, "predictor": 2, "bigtiff": "IF_SAFER",
+    }
+
+
+def ingest_scene(
+    product: Product,
+    labels: Path | None,
+    out: Path,
+    cfg: IngestConfig,
+    bands: Sequence[str],
+    progress: Progress | None = None,
+) -> Path:
+    """Build one scene folder under ``out/scenes`` and return it."""
+    nom = nomenclature(cfg.nomenclature)
+    scene_id = scene_id_of(product)
+    final = out / "scenes" / scene_id
+    tmp = out / "scenes" / f".{scene_id}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        with rasterio.Env(**GDAL_ENV), SceneReader(
+            product, bands, resolution=cfg.resolution, resampling=cfg.resampling,
+            harmonize=cfg.harmonize, scl_invalid=cfg.scl_invalid,
+        ) as reader:
+            grid = reader.grid
+            mapping = load_label_mapping(cfg.labels.mapping, cfg.nomenclature) if cfg.labels.mapping else None
+            source = None
+            if labels is not None:
+                source = open_label_source(
+                    labels, grid, code_column=cfg.labels.code_column, all_touched=cfg.labels.all_touched,
+                    raster_values=cfg.labels.raster_values, mapping=mapping,
+                )
+            records = []
+            windows = strips(grid, cfg.tile_size)
+            t = cfg.tile_size
+            with rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img, \
+                    rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=min(t, 512))) as lab:
+                for done, strip in enumerate(windows, 1):
+                    win = reader.read(strip)
+                    if source is not None:
+                        ids = nom.encode(source.codes(grid, strip), where=source.description)
+                    else:
+                        ids = np.full(win.valid.shape, IGNORE, np.uint8)
+                    invalid = ~win.valid if win.cloud is None else ~win.valid | win.cloud
+                    ids[invalid] = IGNORE
+                    img.write(win.image, window=strip)
+                    lab.write(ids, 1, window=strip)
+                    for r0 in range(0, int(strip.height) - t + 1, t):
+                        for c0 in range(0, grid.width - t + 1, t):
+                            sl = np.s_[r0:r0 + t, c0:c0 + t]
+                            record = tile_record(
+                                scene_id=scene_id, grid=grid,
+                                window=Window(c0, int(strip.row_off) + r0, t, t),
+                                labels=ids[sl], valid=win.valid[sl],
+                                cloud=None if win.cloud is None else win.cloud[sl],
+                                image=win.image[(slice(None), *sl)], nomenclature=nom,
+                                split_cfg=cfg.split, present_threshold=cfg.present_threshold,
+                                tile_size_m=t * cfg.resolution,
+                            )
+                            if record is not None:
+                                records.append(record)
+                    if progress:
+                        progress(f"{scene_id}: stack + labels", done, len(windows))
+                for i, band in enumerate(bands, 1):
+                    img.set_band_description(i, band)
+                    info = sentinel2_bands()[band]
+                    img.update_tags(i, WAVELENGTH_NM=str(info.wavelength_nm), RESOLUTION_M=str(info.resolution))
+                img.update_tags(
+                    PRODUCT_ID=product.product_id, SCALE="reflectance x 10000",
+                    PROCESSING_BASELINE=str(product.processing_baseline),
+                    OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
+                    SOFTWARE=f"landcover {__version__}",
+                )
+                style_class_map(lab, nom, PRODUCT_ID=product.product_id,
+                                LABEL_SOURCE=source.description if source else "none")
+                if cfg.overviews:
+                    factors = [f for f in (2, 4, 8, 16, 32) if min(grid.width, grid.height) // f >= 256]
+                    if progress and factors:
+                        progress(f"{scene_id}: overviews", 0, 1)
+                    img.build_overviews(factors, Resampling.average)
+                    lab.build_overviews(factors, Resampling.mode)
+            write_qgis_style(tmp / "labels.tif", nom)
+            write_scene_part(records, tmp / "tiles.parquet")
+            scene = {
+                "scene_id": scene_id,
+                "input": str(product.path),
+                "kind": product.kind,
+                "bands": list(bands),
+                "grid": grid.to_dict(),
+                "labels": None if source is None else source.description,
+                "tiles": len(records),
+                "provenance": reader.provenance(),
+            }
+        (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _dataset_bands(products: list[Product], cfg: IngestConfig) -> list[str]:
+    if cfg.bands:
+        return list(cfg.bands)
+    levels = {p.level for p in products}
+    if len(levels) > 1:
+        raise ConfigError(
+            f"inputs mix product levels {sorted(levels)}: pass --bands to choose bands they all have "
+            "(e.g. the 12 L2A bands)"
+        )
+    level = levels.pop()
+    if level == "unknown":
+        return [b for b in sentinel2_bands() if b in products[0].bands]
+    return list(default_bands(level))
+
+
+def finalize(out: Path, progress: Progress | None = None) -> dict[str, object]:
+    """Merge the scenes' catalog parts, write splits.gpkg and dataset.json (safe to run twice)."""
+    settings = json.loads((out / "ingest_settings.json").read_text())
+    scenes = sorted((out / "scenes").glob("*/scene.json"))
+    if not scenes:
+        raise DatasetError(f"{out} has no complete scene; run landcover ingest first")
+    meta = [json.loads(p.read_text()) for p in scenes]
+    bands = meta[0]["bands"]
+    stats = finalize_catalog(out, [p.parent / "tiles.parquet" for p in scenes], bands)
+    cfg = IngestConfig.model_validate(settings["config"])
+    nom = nomenclature(cfg.nomenclature)
+    dataset = {
+        "format": "landcover-dataset/1",
+        "bands": bands,
+        "band_info": [
+            {"band": b, "wavelength_nm": sentinel2_bands()[b].wavelength_nm,
+             "native_resolution_m": sentinel2_bands()[b].resolution} for b in bands
+        ],
+        "scale": "reflectance x 10000 (uint16), 0 = no data",
+        "resolution": cfg.resolution,
+        "tile_size": cfg.tile_size,
+        "nomenclature": nom.to_dict(),
+        "normalization": stats,
+        "scenes": [
+            {"scene_id": m["scene_id"], "image": f"scenes/{m['scene_id']}/image.tif",
+             "labels": f"scenes/{m['scene_id']}/labels.tif", "grid": m["grid"], "tiles": m["tiles"],
+             "input": m["input"], "label_source": m["labels"], "provenance": m["provenance"]}
+            for m in meta
+        ],
+        "config": settings["config"],
+        "software": {"landcover": __version__, "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__},
+    }
+    text = json.dumps(dataset, indent=2, sort_keys=True) + "\n"
+    tmp = out / f".dataset.json.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, out / "dataset.json")
+    return dataset
+
+
+def ingest(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    labels: str | Path | None = None,
+    config: IngestConfig | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, object]:
+    """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it."""
+    cfg = config or IngestConfig()
+    out = Path(out)
+    label_path = Path(labels) if labels is not None else None
+    if not inputs:
+        raise ConfigError("no input given: pass one or more Sentinel-2 products")
+    if not cfg.split.by_scene:
+        check_block_size(cfg.split, cfg.tile_size * cfg.resolution)
+    products = [open_product(p, cfg.bands) for p in inputs]
+    bands = _dataset_bands(products, cfg)
+    products = [p.select(bands) for p in products]
+    ids = [scene_id_of(p) for p in products]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
+    _prepare(out, _settings(cfg, label_path), overwrite)
+    for n, (product, scene_id) in enumerate(zip(products, ids, strict=True), 1):
+        if (out / "scenes" / scene_id / "scene.json").exists():
+            if progress:
+                progress(f"{scene_id}: done before, skipped", n, len(products))
+            continue
+        ingest_scene(product, label_path, out, cfg, bands, progress)
+    return finalize(out, progress)
+
+
+def settings_digest(out: Path) -> str:
+    """A short hash of a dataset's settings (recorded with models trained on it)."""
+    return hashlib.sha256((out / "ingest_settings.json").read_bytes()).hexdigest()[:16]
