@@ -52,18 +52,22 @@ def handles_errors(fn: F) -> F:
 
 
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar driven by ``update(done, total)`` callbacks."""
+def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """Rich progress bars driven by ``update(stage, done, total)``: one bar for the ``scenes``
+    stage, one for the current step (its description follows the stage)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, transient=True, disable=not err.is_terminal,
     ) as progress:
-        task = progress.add_task(description, total=None)
+        tasks: dict[str, Any] = {}
 
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+        def update(stage: str, done: int, total: int) -> None:
+            key = "scenes" if stage == "scenes" else "step"
+            if key not in tasks:
+                tasks[key] = progress.add_task(stage, total=total)
+            progress.update(tasks[key], completed=done, total=total, description=stage)
 
         yield update
 
@@ -109,10 +113,11 @@ def labels(
     """Put CORINE Land Cover labels on exactly the grid of a reference raster."""
     from landcover.labels import labels_like
 
-    with progress_bar("labels") as update:
+    with progress_bars() as update:
         summary = labels_like(
             source, like, out_path, nomenclature_name=nomenclature, code_column=code_column,
-            all_touched=all_touched, raster_values=raster_values, overwrite=overwrite, progress=update,
+            all_touched=all_touched, raster_values=raster_values, overwrite=overwrite,
+            progress=lambda done, total: update("labels", done, total),
         )
     out.print(
         f"wrote {summary.out} ({summary.nomenclature}, {len(summary.class_pixels)} classes present, "
@@ -153,11 +158,8 @@ def ingest(
         **{"labels.code_column": code_column, "labels.mapping": str(mapping) if mapping else None,
            "split.block_size_m": block_size, "split.by_scene": split_by_scene, "split.seed": seed},
     )
-    with progress_bar("ingest") as update:
-        dataset = run_ingest(
-            inputs, out_dir, labels=labels_path, config=cfg, overwrite=overwrite,
-            progress=lambda stage, done, total: update(done, total),
-        )
+    with progress_bars() as update:
+        dataset = run_ingest(inputs, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update)
     norm = dataset["normalization"]
     out.print(
         f"dataset {out_dir}: {len(dataset['scenes'])} scene(s), bands {','.join(dataset['bands'])}, "

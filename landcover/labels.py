@@ -15,6 +15,7 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -194,6 +195,53 @@ def map_values(values, mapping: dict[str, int], path: Path, column: str) -> np.n
     return text.map(mapping).to_numpy().astype(np.uint16)
 
 
+def read_vector(path: Path, grid: Grid, layer: str | None, code_column: str | None):
+    """The features of ``path`` inside ``grid``'s bounds: (frame, code column, source CRS).
+
+    OGR formats go through pyogrio with a bounding-box filter (only the grid's region is read);
+    GeoParquet through geopandas.
+    """
+    import geopandas as gpd
+    import pyogrio
+    from shapely.geometry import box
+
+    if path.suffix.lower() in (".parquet", ".geoparquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+            geometry = json.loads(schema.metadata[b"geo"])["primary_column"]
+        except Exception as exc:
+            raise LabelSourceError(f"cannot read {path} as GeoParquet ({exc}); check the file") from exc
+        column = find_code_column([n for n in schema.names if n != geometry], code_column, path)
+        frame = gpd.read_parquet(path, columns=[column, geometry])
+        if frame.crs is None:
+            raise LabelSourceError(f"{path} has no CRS; write it with one (GeoDataFrame.set_crs)")
+        src_crs = rasterio.crs.CRS.from_user_input(frame.crs.to_wkt())
+        total = tuple(frame.total_bounds) if len(frame) else None
+        bbox = rasterio.warp.transform_bounds(grid.crs, src_crs, *grid.bounds, densify_pts=21)
+        frame = frame[frame.intersects(box(*bbox))]
+    else:
+        if layer is None:
+            layer = pick_layer(path, code_column)
+        try:
+            info = pyogrio.read_info(path, layer=layer, force_total_bounds=True)
+        except Exception as exc:  # pyogrio raises several DataSourceError types
+            raise LabelSourceError(f"cannot read {path} as a vector layer ({exc}); check the file") from exc
+        if not info["crs"]:
+            raise LabelSourceError(f"{path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:3035)")
+        src_crs = rasterio.crs.CRS.from_user_input(info["crs"])
+        column = find_code_column(list(info["fields"]), code_column, path)
+        total = tuple(info["total_bounds"]) if info.get("total_bounds") is not None else None
+        bbox = rasterio.warp.transform_bounds(grid.crs, src_crs, *grid.bounds, densify_pts=21)
+        frame = gpd.read_file(path, layer=layer, bbox=tuple(bbox), columns=[column], engine="pyogrio")
+    if frame.empty:
+        if total is not None and all(np.isfinite(total)):
+            _check_overlap(grid, src_crs, total, str(path))
+        raise NoOverlapError(f"{path} has no features inside the grid; use labels for this region")
+    return frame, column, src_crs
+
+
 @dataclass
 class VectorLabels:
     """A CLC vector layer, reprojected to the grid's CRS, indexed for window queries."""
@@ -207,26 +255,7 @@ class VectorLabels:
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
-        import geopandas as gpd
-        import pyogrio
-
-        if self.layer is None:
-            self.layer = pick_layer(self.path, self.code_column)
-        try:
-            info = pyogrio.read_info(self.path, layer=self.layer)
-        except Exception as exc:  # pyogrio raises several DataSourceError types
-            raise LabelSourceError(f"cannot read {self.path} as a vector layer ({exc}); check the file") from exc
-        src_crs = rasterio.crs.CRS.from_user_input(info["crs"]) if info["crs"] else None
-        if src_crs is None:
-            raise LabelSourceError(f"{self.path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:3035)")
-        column = find_code_column(list(info["fields"]), self.code_column, self.path)
-        bbox = rasterio.warp.transform_bounds(self.grid.crs, src_crs, *self.grid.bounds, densify_pts=21)
-        frame = gpd.read_file(self.path, layer=self.layer, bbox=tuple(bbox), columns=[column], engine="pyogrio")
-        if frame.empty:
-            total = info.get("total_bounds")
-            if total is not None:
-                _check_overlap(self.grid, src_crs, tuple(total), str(self.path))
-            raise NoOverlapError(f"{self.path} has no features inside the grid; use labels for this region")
+        frame, column, src_crs = read_vector(self.path, self.grid, self.layer, self.code_column)
         if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
             raise LabelSourceError(f"{self.path} must hold polygons; found {sorted(set(frame.geom_type))}")
         _check_overlap(self.grid, src_crs, tuple(frame.total_bounds), str(self.path))

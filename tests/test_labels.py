@@ -257,3 +257,13 @@ def test_real_corine_raster_path_agrees_with_vector_path(tmp_path):
     a, b = read(tmp_path / "from_raster.tif")[0], read(tmp_path / "from_vector.tif")[0]
     valid = (a != IGNORE) | (b != IGNORE)
     assert (a[valid] == b[valid]).mean() >= 0.97
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".geojson", ".shp"])
+def test_other_vector_formats(tmp_path, utm_grid, laea_polygons, suffix):
+    _, frame = laea_polygons
+    path = tmp_path / f"clc{suffix}"
+    frame.to_parquet(path) if suffix == ".parquet" else frame.to_file(path)
+    labels_like(path, utm_grid, tmp_path / "a.tif")
+    labels_like(laea_polygons[0], utm_grid, tmp_path / "b.tif")
+    assert np.array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
