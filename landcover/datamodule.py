@@ -1,0 +1,438 @@
+"""Training data from an ingested dataset: tile datasets, samplers, augmentation, a DataModule.
+
+Samples are windows of ``scenes/<scene_id>/image.tif`` and ``labels.tif`` at the catalog's
+row/col/height/width; splits come from the catalog (buffer tiles are never used). Batches are
+dicts: ``image`` float32 (B, C, H, W) normalised as ``(x - mean) / std`` (no-data pixels = 0),
+``mask`` int64 (B, H, W) with 255 = ignore, ``label`` (float32 multi-hot (B, K), or int64 (B,)
+with 255 = no label) and ``tile_id`` (list of str). Augmentation runs on the device, on whole
+batches, in :meth:`LandcoverDataModule.on_after_batch_transfer`, during training only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import pydantic
+import rasterio
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
+
+from landcover.catalog import CATALOG_NAME, read_catalog
+from landcover.errors import ConfigError, DatasetError
+from landcover.tables import IGNORE
+
+Task = Literal["segmentation", "classification"]
+MULTIPLE = 32
+"""Segmentation inputs must have sides divisible by this (encoder output stride)."""
+RAW_SCALE = 10000.0
+"""normalization='none' divides by this: uint16 reflectance x 10000 -> reflectance."""
+
+
+class AugmentConfig(pydantic.BaseModel, extra="forbid"):
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    brightness: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band brightness jitter
+    contrast: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band contrast jitter
+    resized_crop: bool = False  # random crop of crop_scale x the area, resized back (mask: nearest)
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+
+    @pydantic.field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
+        return value
+
+
+class DataConfig(pydantic.BaseModel, extra="forbid"):
+    dataset: Path | None = None  # ingested dataset folder (set by the CLI --dataset)
+    batch_size: Annotated[int, pydantic.Field(ge=1)] = 16
+    num_workers: Annotated[int, pydantic.Field(ge=0)] | Literal["auto"] = "auto"  # see auto_num_workers()
+    crop_size: Annotated[int | None, pydantic.Field(ge=1)] = None  # training random crop (None = whole tile)
+    label_mode: Literal["multilabel", "single"] = "multilabel"
+    present_threshold: Annotated[float | None, pydantic.Field(gt=0, le=1)] = None  # None: ingest's present_classes
+    min_labelled_fraction: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.05
+    sampling: Literal["uniform", "rare_classes"] = "uniform"
+    max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
+    augment: AugmentConfig = AugmentConfig()
+    normalization: Literal["dataset", "none"] = "dataset"  # none: x / 10000 (reflectance)
+
+
+def auto_num_workers(cuda: bool | None = None) -> int:
+    """Loader processes for ``num_workers='auto'``.
+
+    With a GPU the CPU only feeds it: ``min(cpus - 1, 4)`` (one core stays with the training
+    process; tiles are small, 4 workers keep up with one GPU). Without a GPU the model itself needs
+    the cores, so ``min(cpus // 4, 4)``: 0 (load in the main process) below 4 cores, 1 from 4.
+    ``cpus`` are the cores this process may use (affinity, e.g. a SLURM allocation).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return max(0, min(cpus - 1, 4)) if cuda else min(cpus // 4, 4)
+
+
+def present_matrix(tiles: gpd.GeoDataFrame, num_classes: int, threshold: float | None) -> np.ndarray:
+    """(N, K) bool: class present in tile (share of labelled pixels >= threshold, or the catalog's)."""
+    out = np.zeros((len(tiles), num_classes), bool)
+    if threshold is None:
+        for i, present in enumerate(tiles["present_classes"]):
+            out[i, np.asarray(present, dtype=np.int64)] = True
+        return out
+    counts = np.array([np.asarray(c, np.float64) for c in tiles["class_counts"]]).reshape(len(tiles), -1)
+    return (counts > 0) & (counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) >= threshold)
+
+
+def rare_class_weights(tiles: gpd.GeoDataFrame, num_classes: int,
+                       threshold: float | None = None) -> np.ndarray:
+    """Sampling weight per tile: repeat-factor sampling (Gupta et al., LVIS 2019) x labelled share.
+
+    ``f_c`` = share of the tiles where class c is present, ``r_c = sqrt(max f / f_c)`` (1 for the
+    most widespread class, 10 for one present in 100x fewer tiles); a tile weighs the largest
+    ``r_c`` of its classes times its labelled fraction, so mostly-ignored tiles are drawn less.
+    """
+    present = present_matrix(tiles, num_classes, threshold)
+    freq, rarity = present.mean(axis=0) if len(tiles) else np.zeros(num_classes), np.zeros(num_classes)
+    seen = freq > 0
+    rarity[seen] = np.sqrt(freq.max(initial=0.0) / freq[seen])
+    tile_r = (present * rarity).max(axis=1, initial=0.0)
+    return tile_r * tiles["labelled_fraction"].to_numpy(dtype=np.float64)
+
+
+def class_weights_from_tiles(tiles: gpd.GeoDataFrame, num_classes: int,
+                             kind: Literal["inverse_frequency", "median_frequency"]) -> torch.Tensor:
+    """Loss weights per class from the tiles' pixel counts; classes without pixels weigh 0.
+
+    inverse_frequency: ``total / (n_seen * count_c)`` (the count-weighted mean weight is 1).
+    median_frequency (Eigen & Fergus 2015): ``freq_c = count_c / labelled pixels of the tiles
+    holding c``, weight ``median(freq) / freq_c`` over the classes seen.
+    """
+    per_tile = np.array([np.asarray(c, np.float64) for c in tiles["class_counts"]]).reshape(-1, num_classes)
+    counts, weights = per_tile.sum(axis=0), np.zeros(num_classes)
+    seen = counts > 0
+    if kind == "inverse_frequency":
+        weights[seen] = counts.sum() / (seen.sum() * counts[seen])
+    elif kind == "median_frequency":
+        holding = ((per_tile > 0) * per_tile.sum(axis=1, keepdims=True)).sum(axis=0)
+        freq = counts / np.maximum(holding, 1)
+        weights[seen] = np.median(freq[seen]) / freq[seen]
+    else:
+        raise ConfigError(f"unknown class weight kind {kind!r}; use inverse_frequency or median_frequency")
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+class TileDataset(Dataset):
+    """Tiles of an ingested dataset as normalised tensors (see the module docstring for keys).
+
+    Rasters are opened lazily once per process and cached; pickling (spawned DataLoader
+    workers) drops the handles, and a forked worker notices the new pid and reopens its own.
+    ``crop_size`` with ``random_crop=False`` takes the centre. Classification targets are
+    computed from the (cropped) label window with ``present_threshold`` (the ingest threshold
+    reproduces the catalog's present_classes); ``single`` is the dominant class, 255 if none.
+    """
+
+    def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
+                 crop_size: int | None = None, random_crop: bool = False, task: Task = "segmentation",
+                 label_mode: Literal["multilabel", "single"] = "multilabel", num_classes: int,
+                 present_threshold: float = 0.01, seed: int = 0) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        cols = ["tile_id", "scene_id", "row", "col", "height", "width"]
+        self.tiles = [tuple(r) for r in tiles[cols].itertuples(index=False)]
+        self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+        self.crop_size, self.random_crop, self.task = crop_size, random_crop, task
+        self.label_mode, self.num_classes = label_mode, num_classes
+        self.present_threshold, self.seed = present_threshold, seed
+        self._handles: dict[str, Any] = {}  # per process, see _check_process
+        self._rng: np.random.Generator | None = None
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"], state["_rng"] = {}, None
+        return state
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():  # forked: never share GDAL handles or RNG state with the parent
+            self._handles, self._rng, self._pid = {}, None, os.getpid()
+
+    def _open(self, scene_id: str, name: str) -> Any:
+        key = f"{scene_id}/{name}"
+        if key not in self._handles:
+            path = self.dataset_dir / "scenes" / scene_id / name
+            try:
+                self._handles[key] = rasterio.open(path)
+            except rasterio.RasterioIOError as exc:
+                raise DatasetError(f"cannot open {path} ({exc}); re-run `landcover ingest`") from exc
+        return self._handles[key]
+
+    @property
+    def rng(self) -> np.random.Generator:
+        self._check_process()
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            worker_seed = 0 if info is None else info.seed % 2**63
+            self._rng = np.random.default_rng([self.seed, worker_seed])
+        return self._rng
+
+    def window(self, index: int) -> Window:
+        """The raster window sample ``index`` reads (random for random crops)."""
+        _, _, row, col, height, width = self.tiles[index]
+        ch = cw = self.crop_size
+        if ch is None or (ch >= height and ch >= width):
+            return Window(col, row, width, height)
+        ch, cw = min(ch, height), min(cw, width)
+        if self.random_crop:
+            dr, dc = int(self.rng.integers(0, height - ch + 1)), int(self.rng.integers(0, width - cw + 1))
+        else:
+            dr, dc = (height - ch) // 2, (width - cw) // 2
+        return Window(col + dc, row + dr, cw, ch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self._check_process()
+        tile_id, scene_id = self.tiles[index][:2]
+        window = self.window(index)
+        raw = self._open(scene_id, "image.tif").read(window=window)
+        mask = self._open(scene_id, "labels.tif").read(1, window=window).astype(np.int64)
+        nodata = ~raw.any(axis=0)
+        image = (raw.astype(np.float32) - self.mean) / self.std
+        image[:, nodata] = 0.0
+        mask[nodata] = IGNORE
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask),
+                "label": self._label(mask), "tile_id": tile_id}
+
+    def _label(self, mask: np.ndarray) -> torch.Tensor:
+        counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=self.num_classes)[:self.num_classes]
+        total = counts.sum()
+        if self.label_mode == "single":
+            return torch.tensor(int(np.argmax(counts)) if total else IGNORE, dtype=torch.int64)
+        present = (counts / max(total, 1) >= self.present_threshold) & (counts > 0)
+        return torch.from_numpy(present.astype(np.float32))
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: seed Python's and NumPy's global RNGs from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class LandcoverDataModule(LightningDataModule):
+    """Train/val/test loaders over an ingested dataset, with on-device training augmentation."""
+
+    def __init__(self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0) -> None:
+        super().__init__()
+        if task not in ("segmentation", "classification"):
+            raise ConfigError(f"unknown task {task!r}; use segmentation or classification")
+        self.cfg, self.task, self.seed = cfg, task, seed
+        if cfg.dataset is None:
+            raise ConfigError("no dataset given: pass --dataset DIR (a folder made by `landcover "
+                              "ingest`) or set data.dataset in the config")
+        self.dataset_dir = Path(cfg.dataset)
+        meta = self.dataset_dir / "dataset.json"
+        if not self.dataset_dir.is_dir() or not meta.is_file() or not (self.dataset_dir / CATALOG_NAME).is_file():
+            what = "does not exist" if not self.dataset_dir.is_dir() else "has no dataset.json or catalog.parquet"
+            raise DatasetError(f"dataset folder {self.dataset_dir} {what}: it is not a finished "
+                               "ingested dataset; run `landcover ingest ... --out DIR` first and pass that DIR")
+        try:
+            self.info: dict[str, Any] = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"cannot read {meta} ({exc}); re-run `landcover ingest --overwrite`") from exc
+        self.bands: list[str] = list(self.info["bands"])
+        classes = self.info["nomenclature"]["classes"]
+        self.class_names: list[str] = [c["name"] for c in classes]
+        self.num_classes = len(classes)
+        self.tile_size = int(self.info["tile_size"])
+        self.ingest_present_threshold = float(self.info.get("config", {}).get("present_threshold", 0.01))
+        stats = self.info.get("normalization") or {}
+        if cfg.normalization == "dataset":
+            if stats.get("mean") is None or stats.get("std") is None:
+                raise DatasetError(f"{meta} holds no normalization statistics ({stats.get('from', 'missing')}); "
+                                   "re-ingest so that the train split has tiles, or set "
+                                   "data.normalization=none")
+            self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
+            std = torch.tensor(stats["std"], dtype=torch.float32)
+            self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band stays finite
+        else:
+            self.mean = torch.zeros(len(self.bands))
+            self.std = torch.full((len(self.bands),), RAW_SCALE)
+        self.eval_size, self.train_crop = self._sizes()
+        self.num_workers = auto_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+        self.datasets: dict[str, TileDataset] = {}
+        self._catalog: gpd.GeoDataFrame | None = None
+
+    def _sizes(self) -> tuple[int | None, int | None]:
+        t, crop = self.tile_size, self.cfg.crop_size
+        if crop is not None and crop > t:
+            raise ConfigError(f"data.crop_size = {crop} is larger than the dataset's {t}-px tiles; "
+                              f"choose crop_size <= {t} or leave it unset (whole tiles)")
+        if self.task == "classification":
+            return None, crop
+        if t < MULTIPLE:
+            raise ConfigError(f"segmentation needs tiles of at least {MULTIPLE} px, the dataset has {t}-px "
+                              "tiles; re-run `landcover ingest --tile-size 256 --overwrite`")
+        if crop is not None and crop % MULTIPLE:
+            raise ConfigError(f"data.crop_size = {crop} is not a multiple of {MULTIPLE} (needed for "
+                              f"segmentation); use e.g. {max(MULTIPLE, crop // MULTIPLE * MULTIPLE)}")
+        eval_size = t // MULTIPLE * MULTIPLE
+        return (None if eval_size == t else eval_size), (crop or eval_size)
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """What a checkpoint must record to normalise new scenes like the training data."""
+        return {"bands": self.bands, "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "mode": self.cfg.normalization, "nodata": 0, "scale": self.info.get("scale")}
+
+    @property
+    def catalog(self) -> gpd.GeoDataFrame:
+        if self._catalog is None:
+            self._catalog = read_catalog(self.dataset_dir)  # buffer tiles left out
+        return self._catalog
+
+    def split_tiles(self, split: str) -> gpd.GeoDataFrame:
+        """The catalog tiles a split uses (training: enough labelled pixels; eval: any label)."""
+        tiles = self.catalog[self.catalog["split"] == split]
+        labelled = tiles["labelled_fraction"].to_numpy(dtype=np.float64)
+        keep = labelled >= self.cfg.min_labelled_fraction if split == "train" else labelled > 0
+        used = tiles[keep].reset_index(drop=True)
+        if used.empty:
+            why = (f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
+                   f"{self.cfg.min_labelled_fraction} (lower data.min_labelled_fraction)" if len(tiles)
+                   else f"no {split} tiles outside the buffer")
+            raise DatasetError(f"the {split} split of {self.dataset_dir} is empty: {why}; change the split "
+                               "settings in ingest (split.fractions, split.seed, split.block_size_m) "
+                               "and re-run `landcover ingest --overwrite`, or ingest more scenes")
+        return used
+
+    def _dataset(self, split: str) -> TileDataset:
+        train = split == "train"
+        return TileDataset(
+            self.dataset_dir, self.split_tiles(split), mean=self.mean.numpy(), std=self.std.numpy(),
+            crop_size=self.train_crop if train else self.eval_size, random_crop=train, task=self.task,
+            label_mode=self.cfg.label_mode, num_classes=self.num_classes,
+            present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
+            stage or "", ("train", "val", "test"))  # None: all three
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(split)
+
+    def class_weights(self, kind: Literal["inverse_frequency", "median_frequency"] = "median_frequency"
+                      ) -> torch.Tensor:
+        """(K,) float32 loss weights from the pixel counts of the training tiles; 0 for classes
+        with no training pixel (they cannot be learnt; 0 keeps the loss finite)."""
+        return class_weights_from_tiles(self.split_tiles("train"), self.num_classes, kind)
+
+    def _loader(self, split: str, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return DataLoader(
+            self.datasets[split], batch_size=self.cfg.batch_size, sampler=sampler, shuffle=False,
+            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker, generator=generator, drop_last=drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        if "train" not in self.datasets:
+            self.setup("fit")
+        dataset = self.datasets["train"]
+        n = len(dataset) if self.cfg.max_train_tiles_per_epoch is None else self.cfg.max_train_tiles_per_epoch
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler: Sampler
+        if self.cfg.sampling == "rare_classes":
+            weights = rare_class_weights(self.split_tiles("train"), self.num_classes, self.cfg.present_threshold)
+            sampler = WeightedRandomSampler(weights.tolist(), n,
+                                            replacement=True, generator=generator)
+        else:
+            sampler = RandomSampler(dataset, num_samples=min(n, len(dataset)), generator=generator)
+        # a last batch of 1 breaks BatchNorm; drop the remainder unless it would leave no batch
+        return self._loader("train", sampler, generator, drop_last=len(sampler) >= self.cfg.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if self.trainer is not None and self.trainer.training:
+            batch = self.augment(batch)
+        return batch
+
+    def augment(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Random training augmentation of a batch (on its device; global torch RNG).
+
+        Geometry (flips, rot90, resized crop) moves image and mask together; flips and rot90 are
+        exact, the resized crop samples the mask with nearest. Brightness/contrast change the
+        image only, per sample and band, and leave no-data pixels (all bands 0) at 0.
+        """
+        a = self.cfg.augment
+        image, mask = batch["image"], batch["mask"]
+        b, device = image.shape[0], image.device
+
+        def pick(x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            return torch.where(p.view(-1, *([1] * (x.dim() - 1))), y, x)
+
+        if a.hflip:
+            p = torch.rand(b, device=device) < 0.5
+            image, mask = pick(image, image.flip(-1), p), pick(mask, mask.flip(-1), p)
+        if a.vflip:
+            p = torch.rand(b, device=device) < 0.5
+            image, mask = pick(image, image.flip(-2), p), pick(mask, mask.flip(-2), p)
+        if a.rot90 and image.shape[-1] == image.shape[-2]:
+            k = torch.randint(0, 4, (b,), device=device)
+            for turns in (1, 2, 3):
+                p = k == turns
+                image = pick(image, image.rot90(turns, (-2, -1)), p)
+                mask = pick(mask, mask.rot90(turns, (-2, -1)), p)
+        if a.resized_crop:
+            image, mask = self._resized_crop(image, mask)
+        if a.brightness > 0 or a.contrast > 0:
+            image = self._photometric(image)
+        return {**batch, "image": image, "mask": mask}
+
+    def _resized_crop(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, device = image.shape[0], image.device
+        lo, hi = self.cfg.augment.crop_scale
+        area = lo + (hi - lo) * torch.rand(b, device=device)
+        ratio = torch.exp((torch.rand(b, device=device) * 2 - 1) * math.log(4 / 3))
+        w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        cx, cy = (1 - w) * (torch.rand(b, device=device) * 2 - 1), (1 - h) * (torch.rand(b, device=device) * 2 - 1)
+        zero = torch.zeros_like(w)
+        theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+        grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
+        image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        warped = F.grid_sample(mask[:, None].to(image.dtype), grid, mode="nearest",
+                               padding_mode="border", align_corners=False)
+        return image, warped[:, 0].round().to(mask.dtype)
+
+    def _photometric(self, image: torch.Tensor) -> torch.Tensor:
+        """Jitter in raw units: brightness x(1+u), contrast around the band mean, then renormalise."""
+        a = self.cfg.augment
+        b, c = image.shape[:2]
+        mean, std = self.mean.to(image.device).view(1, -1, 1, 1), self.std.to(image.device).view(1, -1, 1, 1)
+        nodata = (image == 0).all(dim=1, keepdim=True)
+        raw = image * std + mean
+        u = (torch.rand(b, c, 1, 1, device=image.device) * 2 - 1) * a.brightness
+        raw = raw * (1 + u)
+        valid = (~nodata).to(image.dtype)
+        band_mean = (raw * valid).sum((-2, -1), keepdim=True) / valid.sum((-2, -1), keepdim=True).clamp(min=1)
+        v = (torch.rand(b, c, 1, 1, device=image.device) * 2 - 1) * a.contrast
+        raw = (raw - band_mean) * (1 + v) + band_mean
+        return torch.where(nodata, torch.zeros_like(image), (raw - mean) / std)
