@@ -128,7 +128,9 @@ def labels(
 @app.command()
 @handles_errors
 def ingest(
-    inputs: Annotated[list[Path], typer.Argument(help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF.")],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; BigEarthNet patch folders or a folder of them."
+    )],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")],
     labels_path: Annotated[
         Path | None, typer.Option("--labels", "-l", help="CORINE raster/vector, or another vector with --mapping.")
@@ -136,7 +138,9 @@ def ingest(
     config: Annotated[Path | None, typer.Option(help="YAML settings (see configs/ingest.yaml).")] = None,
     bands: Annotated[str | None, typer.Option(help="Comma-separated bands in stack order, e.g. B02,B03,B04,B08.")] = None,
     nomenclature: Annotated[str | None, typer.Option(help=NOMENCLATURE_HELP)] = None,
-    tile_size: Annotated[int | None, typer.Option(help="Training tile side in pixels (default 256).")] = None,
+    tile_size: Annotated[
+        int | None, typer.Option(help="Training tile side in pixels (default 256; 120 = one BigEarthNet patch).")
+    ] = None,
     code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
     mapping: Annotated[
         Path | None, typer.Option(help="CSV mapping --code-column values onto the nomenclature.")
@@ -144,6 +148,9 @@ def ingest(
     block_size: Annotated[float | None, typer.Option(help="Spatial split block side in metres.")] = None,
     split_by_scene: Annotated[bool | None, typer.Option(help="Assign whole scenes to splits.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split assignment.")] = None,
+    bigearthnet_metadata: Annotated[
+        Path | None, typer.Option(help="BigEarthNet v2 metadata.parquet (default: one above the patches).")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset made with other settings.")] = False,
 ) -> None:
@@ -155,16 +162,53 @@ def ingest(
     cfg = load_config(
         IngestConfig, config, set_,
         bands=bands.split(",") if bands else None, nomenclature=nomenclature, tile_size=tile_size,
+        bigearthnet_metadata=str(bigearthnet_metadata) if bigearthnet_metadata else None,
         **{"labels.code_column": code_column, "labels.mapping": str(mapping) if mapping else None,
            "split.block_size_m": block_size, "split.by_scene": split_by_scene, "split.seed": seed},
     )
     with progress_bars() as update:
         dataset = run_ingest(inputs, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update)
     norm = dataset["normalization"]
+    for warning in sorted({w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(
         f"dataset {out_dir}: {len(dataset['scenes'])} scene(s), bands {','.join(dataset['bands'])}, "
         f"{dataset['nomenclature']['name']}; catalog {out_dir / 'catalog.parquet'}, "
         f"splits {out_dir / 'splits.gpkg'}; train pixels for band statistics: {norm.get('count', 0)}"
+    )
+
+
+@app.command()
+@handles_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="Training YAML (configs/unet_resnet18.yaml, configs/tiny.yaml, ...).")],
+    dataset: Annotated[Path | None, typer.Option(help="Dataset folder made by landcover ingest.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Shortcut for --set trainer.max_epochs=N.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu (--set trainer.accelerator).")] = None,
+    devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+) -> None:
+    """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
+    from landcover.config import load_config
+    from landcover.train import TrainConfig
+    from landcover.train import train as run_train
+
+    cfg = load_config(
+        TrainConfig, config, set_,
+        **{"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
+           "trainer.accelerator": accelerator,
+           "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)},
+    )
+    metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
+    if not metrics:  # a non-zero DDP rank
+        return
+    monitor = metrics["monitor"]
+    out.print(
+        f"best {monitor} = {metrics.get(monitor, float('nan')):.3f} at epoch {metrics['best_epoch']}; "
+        f"checkpoint {metrics['best_checkpoint']}; metrics {out_dir / 'metrics.json'}; curves {out_dir / 'curves.png'}"
     )
 
 

@@ -1,0 +1,210 @@
+"""``landcover train``: a Lightning Trainer from one validated YAML config.
+
+A run folder holds everything about the run::
+
+    config.yaml          the resolved config (file + command-line overrides)
+    dataset.json         the dataset description it trained on
+    checkpoints/best.ckpt, checkpoints/last.ckpt   self-contained for ``landcover predict``
+    logs/                CSV and TensorBoard logs
+    curves.png           loss and metric curves
+    metrics.json         the best epoch's validation metrics (and confusion matrix / per-class scores)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from landcover import __version__
+from landcover.datamodule import DataConfig, LandcoverDataModule
+from landcover.errors import ConfigError, OutputExistsError
+from landcover.models import ModelConfig, count_parameters
+from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="Early stopping: epochs without improvement of the monitored metric")
+    min_delta: float = Field(0.0, ge=0)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    gradient_clip_val: float | None = None
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    log_every_n_steps: int = 10
+    seed: int = 0
+    deterministic: bool = False
+
+
+class TrainConfig(BaseModel):
+    """One training run (YAML: configs/*.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def _precision(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _plot_curves(metrics_csv: Path, out: Path, monitor: str) -> None:
+    """Loss and monitored-metric curves per epoch, from Lightning's CSV log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(metrics_csv).groupby("epoch").mean(numeric_only=True)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for column in ("train/loss_epoch", "train/loss", "val/loss"):
+        if column in frame and frame[column].notna().any():
+            ax_loss.plot(frame.index, frame[column], marker="o", label=column.replace("_epoch", ""))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    if monitor in frame:
+        ax_metric.plot(frame.index, frame[monitor], marker="o", color="tab:green", label=monitor)
+        ax_metric.set(xlabel="epoch", ylabel=monitor, title=monitor, ylim=(0, 1))
+        ax_metric.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into the run folder ``out``; return the best epoch's metrics."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out = Path(out)
+    if cfg.data.dataset is None:
+        raise ConfigError("no dataset: pass --dataset DIR (a folder made by landcover ingest) or set data.dataset")
+    if resume is None and (out / "checkpoints").exists() and not overwrite:
+        raise OutputExistsError(f"{out} holds a run; pass --resume {out}/checkpoints/last.ckpt to continue it, "
+                                "--overwrite to replace it, or another --out")
+    if resume is None and overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.trainer.seed, workers=True)
+
+    task_name = cfg.model.task
+    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed)
+    info = data.info
+    class_weights = None
+    if cfg.loss.class_weights != "none":
+        class_weights = data.class_weights(cfg.loss.class_weights).tolist()
+    meta = {
+        "nomenclature": info["nomenclature"],
+        "normalization": info["normalization"],
+        "tile_size": info["tile_size"],
+        "resolution": info["resolution"],
+        "scale": info.get("scale"),
+        "label_mode": cfg.data.label_mode,
+        "dataset": str(Path(cfg.data.dataset).resolve()),
+        "dataset_settings": info.get("config"),
+        "config": cfg.model_dump(mode="json"),
+        "software": f"landcover {__version__}",
+    }
+    kwargs: dict[str, Any] = {}
+    if task_name == "classification":
+        kwargs["label_mode"] = cfg.data.label_mode
+    task = task_class(task_name)(
+        model=cfg.model.model_dump(mode="json"), optim=cfg.optim.model_dump(mode="json"),
+        loss=cfg.loss.model_dump(mode="json"), bands=list(info["bands"]),
+        class_names=[c["name"] for c in info["nomenclature"]["classes"]], meta=meta,
+        class_weights=class_weights, **kwargs,
+    )
+    # the resolved config and the dataset description travel with the run
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=task.monitor,
+                                 mode="max", save_last=True, auto_insert_metric_name=False)
+    early = EarlyStopping(monitor=task.monitor, mode="max", patience=cfg.trainer.patience,
+                          min_delta=cfg.trainer.min_delta)
+    csv_logger = CSVLogger(out, name="logs", version="")
+    loggers = [csv_logger, TensorBoardLogger(out, name="logs", version="tensorboard")]
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        default_root_dir=out, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=_precision(t.precision),  # type: ignore[arg-type]
+        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
+        logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
+    )
+    trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None)
+    if trainer.world_size > 1:  # the final evaluation runs on rank 0 alone
+        import torch.distributed as dist
+
+        trainer.strategy.barrier()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if trainer.global_rank != 0:
+        return {}
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / "checkpoints" / "last.ckpt"
+    metrics = evaluate_checkpoint(best, data, trainer_kwargs={"accelerator": t.accelerator, "devices": 1})
+    metrics.update({
+        "best_checkpoint": str(best), "best_epoch": int(_epoch_of(best)),
+        "stopped_epoch": int(trainer.current_epoch), "early_stopped": bool(early.stopped_epoch),
+        "parameters": count_parameters(task.model), "monitor": task.monitor,
+    })
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"
+    if metrics_csv.exists():
+        _plot_curves(metrics_csv, out / "curves.png", task.monitor)
+    return metrics
+
+
+def _epoch_of(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("epoch", -1))
+
+
+def evaluate_checkpoint(path: str | Path, data: LandcoverDataModule, *, split: str = "val",
+                        trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reload a checkpoint alone and score it on a split (val or test) of ``data``."""
+    import lightning.pytorch as pl
+    import torch
+
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu")
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}))
+    data.setup("validate" if split == "val" else "test")
+    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
+    if split == "val":
+        results = trainer.validate(task, dataloaders=loader, verbose=False)[0]
+    else:
+        results = trainer.test(task, dataloaders=loader, verbose=False)[0]
+    metrics: dict[str, Any] = {"split": split, **{k: float(v) for k, v in results.items()}}
+    if task.last_confusion is not None:
+        cm = task.last_confusion
+        metrics["confusion_matrix"] = cm.tolist()
+        scores = confusion_scores(cm)
+        names = task.hparams["class_names"]
+        metrics["per_class_iou"] = {n: (None if v != v else v) for n, v in zip(names, scores["iou"], strict=True)}
+    return metrics

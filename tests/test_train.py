@@ -1,0 +1,101 @@
+"""landcover train on a synthetic learnable dataset: quality, early stopping, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from landcover.config import load_config
+from landcover.datamodule import LandcoverDataModule
+from landcover.train import TrainConfig, evaluate_checkpoint, train
+from tests.learnable import make_learnable_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"))
+
+
+def tiny(dataset: Path, *overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={dataset}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    metrics = train(tiny(dataset), out)
+    return out, metrics
+
+
+def test_segmentation_learns_a_learnable_dataset(segmentation_run):
+    out, metrics = segmentation_run
+    assert metrics["val/miou"] >= 0.9, metrics
+    assert len(metrics["per_class_iou"]) == 5 and len(metrics["confusion_matrix"]) == 5
+    for name in ("config.yaml", "dataset.json", "metrics.json", "curves.png", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "logs/metrics.csv"):
+        assert (out / name).exists(), name
+    assert list((out / "logs" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_checkpoint_is_self_contained_and_reproduces_validation(segmentation_run, dataset):
+    out, metrics = segmentation_run
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    meta = ckpt["landcover"]
+    info = json.loads((dataset / "dataset.json").read_text())
+    assert meta["bands"] == info["bands"] and meta["tile_size"] == info["tile_size"]
+    assert meta["normalization"]["mean"] == info["normalization"]["mean"]
+    assert [c["name"] for c in meta["nomenclature"]["classes"]] == meta["class_names"]
+    assert meta["model"]["encoder"] == "resnet18" and meta["task"] == "segmentation"
+    # the value logged during training at the best epoch equals a fresh evaluation of the checkpoint
+    log = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/miou"])
+    logged = log.loc[log["epoch"] == ckpt["epoch"], "val/miou"].iloc[0]
+    data = LandcoverDataModule(tiny(dataset).data, task="segmentation")
+    again = evaluate_checkpoint(out / "checkpoints" / "best.ckpt", data)
+    assert again["val/miou"] == pytest.approx(logged, abs=1e-6)
+
+
+def test_classification_multilabel_learns(dataset, tmp_path):
+    cfg = tiny(dataset, "model.task=classification", "trainer.max_epochs=10", "trainer.patience=4")
+    metrics = train(cfg, tmp_path / "cls")
+    assert metrics["val/f1_macro"] >= 0.9, metrics
+    assert metrics["monitor"] == "val/map_macro"
+
+
+def test_early_stopping_stops_a_stalled_run(dataset, tmp_path):
+    cfg = tiny(dataset, "optim.lr=1e-12", "optim.scheduler=none", "trainer.max_epochs=20", "trainer.patience=2",
+               "trainer.min_delta=0.05",
+               "trainer.limit_train_batches=2")
+    metrics = train(cfg, tmp_path / "stalled")
+    assert metrics["early_stopped"] and metrics["stopped_epoch"] <= 5, metrics["stopped_epoch"]
+
+
+def test_resume_continues_from_last_checkpoint(dataset, tmp_path):
+    cfg = tiny(dataset, "trainer.max_epochs=1", "trainer.limit_train_batches=2")
+    train(cfg, tmp_path / "run")
+    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    cfg = tiny(dataset, "trainer.max_epochs=2", "trainer.limit_train_batches=2")
+    train(cfg, tmp_path / "run", resume=tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == first + 1
+
+
+def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
+         "--out", str(out), "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2",
+         "--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=3", "--set", "trainer.limit_val_batches=2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted((out / "ranks").glob("rank*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] > 0
