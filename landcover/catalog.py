@@ -61,9 +61,16 @@ SCHEMA = pa.schema([
     ("present_classes", pa.list_(pa.int32())),
     ("band_sum", pa.list_(pa.float64())), ("band_sumsq", pa.list_(pa.float64())),
     ("band_count", pa.int64()),
+    ("patch_id", pa.string()), ("patch_labels", pa.list_(pa.int32())),
+    ("patch_label_names", pa.list_(pa.string())), ("official_split", pa.string()),
     ("geometry", pa.binary()),
 ])
-"""Arrow schema of scene parts and of catalog.parquet (geometry: WKB polygons in EPSG:4326)."""
+"""Arrow schema of scene parts and of catalog.parquet (geometry: WKB polygons in EPSG:4326).
+
+``patch_*`` and ``official_split`` describe the BigEarthNet patch a tile coincides with (empty
+otherwise): its id, its patch-level labels as class ids of the dataset nomenclature (empty when
+they cannot be converted) and as BigEarthNet names, and its official split (train/val/test).
+"""
 
 COLUMNS = tuple(SCHEMA.names)
 
@@ -226,7 +233,9 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
                 valid: np.ndarray, cloud: np.ndarray | None, image: np.ndarray,
                 nomenclature: Nomenclature, split_cfg: SplitConfig,
                 present_threshold: float = 0.01,
-                tile_size_m: float | None = None) -> dict[str, Any] | None:
+                tile_size_m: float | None = None, patch_id: str = "",
+                patch_labels: Sequence[int] = (), patch_label_names: Sequence[str] = (),
+                official_split: str = "") -> dict[str, Any] | None:
     """The catalog row of one tile, or None when its cloud-free image share is below the minimum.
 
     ``labels`` (H, W) uint8 class ids with 255 = ignore; ``valid`` (H, W) image has data;
@@ -235,6 +244,8 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
     tiles at the scene edge get the same buffer; by default the larger side of this window.
     Class statistics count every pixel with a label (labels != 255): set labels to 255 where the
     image is unusable if those pixels must not count. Band sums use valid & ~cloud pixels only.
+    ``patch_id``, ``patch_labels`` (class ids), ``patch_label_names`` and ``official_split`` are
+    copied as they are (BigEarthNet patches; see :data:`SCHEMA`).
     """
     values = (window.row_off, window.col_off, window.height, window.width)
     if any(float(v) != int(v) for v in values):
@@ -296,6 +307,8 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
         "class_counts": [int(c) for c in class_counts],
         "dominant_class": dominant, "present_classes": present,
         "band_sum": band_sum, "band_sumsq": band_sumsq, "band_count": n_usable,
+        "patch_id": patch_id, "patch_labels": [int(c) for c in patch_labels],
+        "patch_label_names": [str(n) for n in patch_label_names], "official_split": official_split,
         "geometry": tile_footprint(bounds, crs),
     }
 
@@ -433,7 +446,7 @@ def _write_splits_gpkg(table: pa.Table, path: Path) -> None:
         rows.append({"split": name, "tiles": int(mask.sum()), "area_km2": area, "geometry": shape})
     splits = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
     keep = ["tile_id", "scene_id", "split", "buffer", "valid_fraction", "cloud_fraction",
-            "labelled_fraction", "dominant_class"]
+            "labelled_fraction", "dominant_class", "patch_id", "official_split"]
     tiles = gpd.GeoDataFrame(frame[keep], geometry=geometry, crs="EPSG:4326")
     with atomic_output(path, overwrite=True) as tmp, _gdal_option("OGR_CURRENT_DATE",
                                                                   "2000-01-01T00:00:00Z"):

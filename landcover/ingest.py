@@ -32,12 +32,14 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from landcover import __version__
+from landcover.bigearthnet import PATCH_PIXELS
+from landcover.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
 from landcover.catalog import SplitConfig, check_block_size, tile_record, write_scene_part
 from landcover.catalog import finalize as finalize_catalog
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
 from landcover.io import GDAL_ENV, Grid, class_map_profile, style_class_map, write_qgis_style
-from landcover.labels import load_label_mapping, open_label_source
-from landcover.sentinel2 import Product, open_product
+from landcover.labels import RasterLabels, load_label_mapping, open_label_source
+from landcover.sentinel2 import Product
 from landcover.stack import NODATA, SceneReader, strips
 from landcover.tables import (
     IGNORE,
@@ -68,12 +70,15 @@ class IngestConfig(BaseModel):
     harmonize: bool = Field(True, description="Apply the processing-baseline offset (BOA/RADIO_ADD_OFFSET)")
     scl_invalid: list[int] | None = Field(None, description="SCL classes masked as ignore; default from data_catalog")
     nomenclature: str = "level3"
-    tile_size: int = Field(256, ge=16)
+    tile_size: int = Field(256, ge=16, description="Tile side in pixels; default 120 when every input is BigEarthNet")
     present_threshold: float = Field(0.01, ge=0, le=1)
     compress: Literal["zstd", "deflate", "lzw"] = "zstd"
     overviews: bool = True
     labels: LabelOptions = LabelOptions()
     split: SplitConfig = SplitConfig()
+    bigearthnet_metadata: Path | None = Field(
+        None, description="BigEarthNet v2 metadata.parquet (patch labels, official split); default: one above the patches"
+    )
 
     @field_validator("bands")
     @classmethod
@@ -94,9 +99,16 @@ class IngestConfig(BaseModel):
     @field_validator("tile_size")
     @classmethod
     def _tile(cls, value: int) -> int:
-        if value % 16:
-            raise ValueError("tile_size must be a multiple of 16 (GeoTIFF block size)")
+        if value % 16 and value % PATCH_PIXELS:
+            raise ValueError(
+                f"tile_size must be a multiple of 16 (GeoTIFF block size) or of {PATCH_PIXELS} (BigEarthNet patches)"
+            )
         return value
+
+
+def _block(tile_size: int) -> int:
+    """GeoTIFF block side for a tile size: the tile size rounded up to a multiple of 16, at most 512."""
+    return min(512, -(-tile_size // 16) * 16)
 
 
 def scene_id_of(product: Product) -> str:
@@ -139,7 +151,7 @@ def _prepare(out: Path, settings: dict[str, object], overwrite: bool) -> None:
 
 
 def _image_profile(grid: Grid, count: int, cfg: IngestConfig) -> dict[str, object]:
-    block = min(cfg.tile_size, 512)
+    block = _block(cfg.tile_size)
     return {
         "driver": "GTiff", "dtype": "uint16", "count": count, "nodata": NODATA,
         "crs": grid.crs, "transform": grid.transform, "width": grid.width, "height": grid.height,
@@ -175,11 +187,13 @@ def ingest_scene(
                     labels, grid, code_column=cfg.labels.code_column, all_touched=cfg.labels.all_touched,
                     raster_values=cfg.labels.raster_values, mapping=mapping,
                 )
+            elif isinstance(product, BigEarthNetProduct) and product.reference_map:
+                source = RasterLabels(Path(product.reference_map), grid, "codes")
             records = []
             windows = strips(grid, cfg.tile_size)
             t = cfg.tile_size
             with rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img, \
-                    rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=min(t, 512))) as lab:
+                    rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(t))) as lab:
                 for done, strip in enumerate(windows, 1):
                     win = reader.read(strip)
                     if source is not None:
@@ -193,14 +207,14 @@ def ingest_scene(
                     for r0 in range(0, int(strip.height) - t + 1, t):
                         for c0 in range(0, grid.width - t + 1, t):
                             sl = np.s_[r0:r0 + t, c0:c0 + t]
+                            window = Window(c0, int(strip.row_off) + r0, t, t)
                             record = tile_record(
-                                scene_id=scene_id, grid=grid,
-                                window=Window(c0, int(strip.row_off) + r0, t, t),
+                                scene_id=scene_id, grid=grid, window=window,
                                 labels=ids[sl], valid=win.valid[sl],
                                 cloud=None if win.cloud is None else win.cloud[sl],
                                 image=win.image[(slice(None), *sl)], nomenclature=nom,
                                 split_cfg=cfg.split, present_threshold=cfg.present_threshold,
-                                tile_size_m=t * cfg.resolution,
+                                tile_size_m=t * cfg.resolution, **patch_fields(product, grid, window),
                             )
                             if record is not None:
                                 records.append(record)
@@ -307,28 +321,35 @@ def ingest(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, object]:
-    """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it."""
+    """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it.
+
+    BigEarthNet patches and folders of them become one scene per product (tile and date) and group
+    of touching patches, see :mod:`landcover.bigearthnet_scenes`; when every input is BigEarthNet,
+    ``tile_size`` defaults to 120 (one tile per patch).
+    """
     cfg = config or IngestConfig()
     out = Path(out)
     label_path = Path(labels) if labels is not None else None
     if not inputs:
         raise ConfigError("no input given: pass one or more Sentinel-2 products")
-    if not cfg.split.by_scene:
-        check_block_size(cfg.split, cfg.tile_size * cfg.resolution)
-    products = [open_product(p, cfg.bands) for p in inputs]
-    bands = _dataset_bands(products, cfg)
-    products = [p.select(bands) for p in products]
-    ids = [scene_id_of(p) for p in products]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
-    _prepare(out, _settings(cfg, label_path), overwrite)
-    for n, (product, scene_id) in enumerate(zip(products, ids, strict=True), 1):
-        if (out / "scenes" / scene_id / "scene.json").exists():
-            if progress:
-                progress(f"{scene_id}: done before, skipped", n, len(products))
-            continue
-        ingest_scene(product, label_path, out, cfg, bands, progress)
+    with open_inputs(inputs, cfg.bands, nomenclature=cfg.nomenclature, metadata=cfg.bigearthnet_metadata) as products:
+        if "tile_size" not in cfg.model_fields_set and all(isinstance(p, BigEarthNetProduct) for p in products):
+            cfg = cfg.model_copy(update={"tile_size": PATCH_PIXELS})
+        if not cfg.split.by_scene:
+            check_block_size(cfg.split, cfg.tile_size * cfg.resolution)
+        bands = _dataset_bands(products, cfg)
+        products = [p.select(bands) for p in products]
+        ids = [scene_id_of(p) for p in products]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
+        _prepare(out, _settings(cfg, label_path), overwrite)
+        for n, (product, scene_id) in enumerate(zip(products, ids, strict=True), 1):
+            if (out / "scenes" / scene_id / "scene.json").exists():
+                if progress:
+                    progress(f"{scene_id}: done before, skipped", n, len(products))
+                continue
+            ingest_scene(product, label_path, out, cfg, bands, progress)
     return finalize(out, progress)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,13 +25,12 @@ from rasterio.windows import Window
 from landcover import tables
 from landcover.errors import (
     CorruptFileError,
-    DatasetError,
     InputFormatError,
     LandcoverError,
     MissingBandError,
     ProductMismatchError,
-    UnknownCodeError,
 )
+from landcover.s2meta import Meta, iso_time, needs_offset, parse_mtd, parse_name
 
 BASELINE_OFFSET = -1000.0
 """DN offset of processing baseline >= 04.00 (from 25 January 2022): reflectance = (DN + offset) / 10000."""
@@ -41,13 +39,11 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 MASKS = ("SCL", "CLOUD")  # pseudo band names of the L2A scene classification / Major-TOM cloud mask
 _MAX_FILES = 5000  # more files than any one product has: the user pointed at an archive
 
-_PRODUCT_RE = re.compile(
-    r"S2[A-D]_MSI(L1C|L2A)_(\d{8}T\d{5,6})(?:_N(\d{4})_R\d{3}_T(\d{2}[A-Z]{3}))?", re.I
-)
 _TOKEN_RE = re.compile(r"(?:^|[_.\-\s(])(B(?:8A|\d{1,2})|SCL)(?:_(\d{2})m)?(?=$|[_.\-\s()])", re.I)
 _TILE_RE = re.compile(r"(?:^|_)T(\d{2}[A-Z]{3})(?=_|$)", re.I)
 _DATE_RE = re.compile(r"(?:^|_)(\d{8}T\d{6})(?=_|$)", re.I)
-_BEN_RE = re.compile(r"S2[A-D]_MSIL2A_\d{8}T\d{5,6}_(?:N\d{4}_R\d{3}_T\d{2}[A-Z]{3}_)?\d+_\d+")
+BEN_PATCH_RE = re.compile(r"(S2[A-D]_MSIL2A_\d{8}T\d{5,6}(?:_N\d{4}_R\d{3}_T\d{2}[A-Z]{3})?)_(\d+)_(\d+)")
+"""A BigEarthNet patch name: ``<product prefix>_<row>_<col>`` (v1 prefixes lack baseline and tile)."""
 
 
 @dataclass(frozen=True)
@@ -117,87 +113,6 @@ def product_grid_band(product: Product) -> BandFile:
     if not product.bands:
         raise MissingBandError(f"{product.path} has no spectral band; point at a Sentinel-2 product")
     return min(product.bands.values(), key=lambda b: b.resolution)
-
-
-# --- metadata ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Meta:
-    product_id: str | None = None
-    level: str | None = None
-    tile: str | None = None
-    sensing_time: str | None = None
-    baseline: str | None = None
-    offsets: dict[str, float] | None = None
-    quantification: float | None = None
-    source: str = "none"
-    n9999: bool = False  # baseline 'N9999' (BigEarthNet, reprocessed): unknown, no offset
-
-    def fill(self, other: _Meta | None) -> _Meta:
-        """Take from ``other`` what is still unknown; the source is the first that told anything."""
-        for name in ("product_id", "level", "tile", "sensing_time", "baseline", "offsets"):
-            if other and getattr(self, name) is None and getattr(other, name) is not None:
-                setattr(self, name, getattr(other, name))
-                self.source = other.source if self.source == "none" else self.source
-        self.n9999 = self.n9999 or bool(other and other.n9999 and self.baseline is None)
-        return self
-
-
-def _iso(stamp: str) -> str:
-    day, time = stamp.upper().split("T")
-    time = time.zfill(6)  # BigEarthNet v1 writes 93020 for 09:30:20
-    return f"{day[:4]}-{day[4:6]}-{day[6:]}T{time[:2]}:{time[2:4]}:{time[4:]}"
-
-
-def _parse_name(name: str, source: str = "product name") -> _Meta | None:
-    """Level, sensing time, tile and baseline from an ESA product name found in ``name``."""
-    if (m := _PRODUCT_RE.search(name)) is None:
-        return None
-    level, stamp, nbase, tile = m.groups()
-    meta = _Meta(level=level.upper(), sensing_time=_iso(stamp), source=source)
-    if nbase is not None:
-        meta.product_id = re.sub(r"\.(SAFE|zip)$", "", name[m.start() :], flags=re.I)
-        meta.tile = tile.upper()
-        meta.n9999 = nbase == "9999"
-        meta.baseline = None if meta.n9999 else f"{nbase[:2]}.{nbase[2:]}"
-    return meta
-
-
-def _parse_mtd(xml: bytes, source: str) -> _Meta:
-    """Metadata of an ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml`` (namespaces ignored)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise CorruptFileError(f"{source} is not valid XML ({exc}); re-download the product") from exc
-    texts: dict[str, str] = {}
-    offsets: dict[str, float] | None = None  # None: no offset list; {}: offsets of 0
-    names = list(tables.sentinel2_bands())
-    for el in root.iter():
-        tag, text = el.tag.rsplit("}", 1)[-1], (el.text or "").strip()
-        if tag in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET") and (band_id := el.get("band_id", "")).isdigit():
-            offsets = {} if offsets is None else offsets
-            if int(band_id) < len(names) and re.fullmatch(r"-?\d+(\.\d*)?", text) and float(text):
-                offsets[names[int(band_id)]] = float(text)
-        elif text:
-            texts.setdefault(tag, text)
-    uri = texts.get("PRODUCT_URI_2A") or texts.get("PRODUCT_URI") or texts.get("PRODUCT_URI_1C")
-    meta = _Meta(source=source).fill(_parse_name(uri) if uri else None)
-    level = texts.get("PROCESSING_LEVEL", "") + root.tag
-    meta.level = "L2A" if "2A" in level else "L1C" if "1C" in level else meta.level
-    meta.sensing_time = texts.get("PRODUCT_START_TIME", meta.sensing_time)
-    meta.baseline = texts.get("PROCESSING_BASELINE", meta.baseline)
-    quant = texts.get("BOA_QUANTIFICATION_VALUE") or texts.get("QUANTIFICATION_VALUE")
-    meta.quantification = float(quant) if quant else None
-    meta.offsets = offsets
-    return meta
-
-
-def _needs_offset(baseline: str) -> bool:
-    try:
-        return float(baseline) >= 4.0
-    except ValueError:
-        return False
 
 
 # --- band files ----------------------------------------------------------------------------------
@@ -322,21 +237,21 @@ def _no_bands(path: Path, found: Iterable[str]) -> InputFormatError:
     )
 
 
-def _finish(path: Path, kind: str, files: dict[str, BandFile], meta: _Meta, named_res: bool) -> Product:
+def _finish(path: Path, kind: str, files: dict[str, BandFile], meta: Meta, named_res: bool) -> Product:
     """The Product: level, tile, date from file names if still unknown, and the offsets."""
     scl, cloud = files.pop("SCL", None), files.pop("CLOUD", None)
     if not files:
         raise _no_bands(path, [Path(f.path).name for f in (scl, cloud) if f])
     first = _stem(Path(next(iter(files.values())).path).name)
     tile, date = _TILE_RE.search(first), _DATE_RE.search(first)
-    names = _Meta(source="file names", tile=tile.group(1).upper() if tile else None)
-    meta.fill(replace(names, sensing_time=_iso(date.group(1)) if date else None))
+    names = Meta(source="file names", tile=tile.group(1).upper() if tile else None)
+    meta.fill(replace(names, sensing_time=iso_time(date.group(1)) if date else None))
     level = meta.level or ("L2A" if scl or named_res else "L1C" if "B10" in files else "unknown")
     warnings: list[str] = []
     offsets: dict[str, float] = {}
     if meta.offsets is not None:
         offsets = {b: v for b, v in meta.offsets.items() if b in files}
-    elif meta.baseline is not None and _needs_offset(meta.baseline):
+    elif meta.baseline is not None and needs_offset(meta.baseline):
         offsets = dict.fromkeys(files, BASELINE_OFFSET)
         warnings.append(
             f"processing baseline {meta.baseline} but no offset in the metadata: "
@@ -373,17 +288,17 @@ def _open_listing(
         cands = top  # band files right in the folder: ignore sub-folders
     if not any(c.band not in MASKS for c in cands):
         raise _no_bands(path, files)
-    meta = _Meta()
+    meta = Meta()
     for f in files:
         if re.search(r"(^|/)MTD_MSIL(1C|2A)\.xml$", f):
-            meta = _parse_mtd(read(f), f.rsplit("/", 1)[-1])
+            meta = parse_mtd(read(f), f.rsplit("/", 1)[-1])
         elif f.rsplit("/", 1)[-1] == "original_folder_name.txt":
             names.insert(0, read(f).decode().strip())
     for name in names:
-        meta.fill(_parse_name(name))
+        meta.fill(parse_name(name))
     for name in [*granules, *names]:  # 'L2A_T31TCJ_A038658_20221116T105603'
         if m := re.match(r"(L1C|L2A)_T\d{2}[A-Z]{3}_", name):
-            meta.fill(_Meta(level=m.group(1), source="granule name"))
+            meta.fill(Meta(level=m.group(1), source="granule name"))
     return _finish(path, kind, _assemble(cands, str(path)), meta, any(c.claimed for c in cands))
 
 
@@ -443,7 +358,7 @@ def _open_multiband(path: Path, bands: Sequence[str] | None) -> tuple[Product, b
     read = {n: _read_band(str(n), str(path), i) for i, n in enumerate(names, 1)}
     order = [*tables.sentinel2_bands(), *MASKS]
     files = {b: read[b] for b in order if b in read}
-    meta = _Meta().fill(_parse_name(path.name))
+    meta = Meta().fill(parse_name(path.name))
     return _finish(path, "multiband", files, meta, False), by_order
 
 
@@ -496,106 +411,14 @@ def _ben_files(patch: Path) -> list[Path]:
 def is_bigearthnet_patch(path: str | Path) -> bool:
     """Whether ``path`` is a BigEarthNet v1/v2 patch folder: ``<patch>/<patch>_B??.tif[f]``."""
     p = Path(path)
-    return bool(_BEN_RE.fullmatch(p.name)) and p.is_dir() and bool(_ben_files(p))
+    return bool(BEN_PATCH_RE.fullmatch(p.name)) and p.is_dir() and bool(_ben_files(p))
 
 
 def _open_bigearthnet(path: Path) -> Product:
     cands = [c for f in _ben_files(path) if (c := _classify(f.name, str(f)))]
-    meta = _Meta(product_id=path.name, source="product name").fill(_parse_name(path.name))
+    meta = Meta(product_id=path.name, source="product name").fill(parse_name(path.name))
     labels_json = path / f"{path.name}_labels_metadata.json"
     if labels_json.is_file():  # v1: its L1C source product names the tile and the baseline
         source = str(json.loads(labels_json.read_text()).get("tile_source", ""))
-        meta.fill(_parse_name(source, labels_json.name))
+        meta.fill(parse_name(source, labels_json.name))
     return _finish(path, "bigearthnet", _assemble(cands, str(path)), meta, False)
-
-
-def find_bigearthnet_patches(root: str | Path) -> list[Path]:
-    """Every BigEarthNet patch folder under ``root`` (v1 ``root/<patch>``, v2 ``root/<tile>/<patch>``).
-
-    Folders are recognised by their patch names (``<product>_<row>_<col>``), without listing them.
-    """
-    top = Path(root).expanduser()
-    if not top.is_dir():
-        raise InputFormatError(f"{top} is not a folder; point at a folder of BigEarthNet patches")
-    if is_bigearthnet_patch(top):
-        return [top]
-    patches, stack = [], [top]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as entries:
-            subdirs = [Path(e.path) for e in entries if e.is_dir() and "Reference_Maps" not in e.name]
-        patches += [d for d in subdirs if _BEN_RE.fullmatch(d.name)]
-        stack += [d for d in subdirs if not _BEN_RE.fullmatch(d.name)]
-    return sorted(patches)
-
-
-def bigearthnet_labels(metadata_parquet: str | Path, patch_ids: Sequence[str]) -> dict[str, list[str]]:
-    """19-class label names of ``patch_ids`` from the official v2 ``metadata.parquet`` (one filtered read)."""
-    import pyarrow.parquet as pq
-
-    try:
-        wanted = [("patch_id", "in", list(patch_ids))]
-        table = pq.read_table(metadata_parquet, columns=["patch_id", "labels"], filters=wanted)
-    except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
-        raise DatasetError(
-            f"cannot read labels from {metadata_parquet} ({exc}); "
-            "pass the official BigEarthNet v2 metadata.parquet"
-        ) from exc
-    labels = {row["patch_id"]: list(row["labels"]) for row in table.to_pylist()}
-    known = set(tables.nomenclature("ben19").class_names)
-    for pid, names in labels.items():
-        if unknown := sorted(set(names) - known):
-            raise UnknownCodeError(
-                f"labels {unknown} of {pid} in {metadata_parquet} are not BigEarthNet 19-class names "
-                "(data_catalog/ben19.csv); use the official BigEarthNet v2 metadata.parquet"
-            )
-    return labels
-
-
-def bigearthnet_patch_labels(patch_dir: str | Path, metadata_parquet: str | Path | None = None) -> list[str]:
-    """A patch's label names: v1 CLC level-3 names (its JSON), v2 19-class names (metadata.parquet).
-
-    Without ``metadata_parquet``, the v1 JSON is used, else a ``metadata.parquet`` in a parent folder.
-    """
-    patch = Path(patch_dir)
-    labels_json = patch / f"{patch.name}_labels_metadata.json"
-    if metadata_parquet is None and labels_json.is_file():
-        names = [str(n) for n in json.loads(labels_json.read_text()).get("labels", [])]
-        known = {c.ben43_name for c in tables.corine_classes() if c.ben43_name}
-        if unknown := sorted(set(names) - known):
-            raise UnknownCodeError(
-                f"labels {unknown} in {labels_json} are not BigEarthNet v1 names "
-                "(data_catalog/corine_legend.csv, ben43_name); re-download the patch"
-            )
-        return names
-    if metadata_parquet is None:
-        found = [p / "metadata.parquet" for p in list(patch.parents)[:4]]
-        found = [p for p in found if p.is_file()]
-        if not found:
-            raise DatasetError(
-                f"no labels for {patch}: no {labels_json.name} and no metadata.parquet in its parent "
-                "folders; pass the BigEarthNet v2 metadata.parquet"
-            )
-        metadata_parquet = found[0]
-    labels = bigearthnet_labels(metadata_parquet, [patch.name])
-    if patch.name not in labels:
-        raise DatasetError(
-            f"patch {patch.name} is not in {metadata_parquet}; "
-            "pass the metadata.parquet of its BigEarthNet version"
-        )
-    return labels[patch.name]
-
-
-def bigearthnet_reference_map(patch_dir: str | Path) -> Path | None:
-    """The v2 pixel reference map ``Reference_Maps/<tile>/<patch>/<patch>_reference_map.tif``, if any.
-
-    ``Reference_Maps`` (or ``BigEarthNet-Reference_Maps``) is looked for beside the patch's parents.
-    """
-    patch = Path(patch_dir)
-    name = f"{patch.name}_reference_map.tif"
-    for ancestor in list(patch.parents)[:4]:
-        for folder in ("Reference_Maps", "BigEarthNet-Reference_Maps"):
-            for sub in (Path(patch.parent.name) / patch.name, Path(patch.name)):
-                if (candidate := ancestor / folder / sub / name).is_file():
-                    return candidate
-    return None

@@ -341,6 +341,10 @@ def make_multiband(
     return write_s2_raster(path, data, res, descriptions=texts)
 
 
+REFERENCE_CODES = (112, 122, 211, 231, 311, 312, 324, 512)
+"""CLC codes of synthetic reference maps: 122 (roads) has no BigEarthNet 19-class label (ignored)."""
+
+
 def make_bigearthnet_patch(
     root: Path,
     version: int = 2,
@@ -351,11 +355,13 @@ def make_bigearthnet_patch(
     labels: Sequence[str] = ("Non-irrigated arable land", "Pastures"),
     suffix: str = ".tif",
     with_reference_map: bool = False,
+    reference_codes: Sequence[int] = REFERENCE_CODES,
 ) -> Path:
     """A BigEarthNet patch (120x120 px at 10 m, 60x60 at 20 m, 20x20 at 60 m; 12 bands).
 
     v2: ``root/BigEarthNet-S2/<scene>/<scene>_<row>_<col>/<patch>_B02.tif`` (and, with
-    ``with_reference_map``, ``root/Reference_Maps/<scene>/<patch>/<patch>_reference_map.tif``).
+    ``with_reference_map``, ``root/Reference_Maps/<scene>/<patch>/<patch>_reference_map.tif``: uint16
+    CLC codes drawn per pixel from ``reference_codes``, seeded by the patch position).
     v1: ``root/<S2A_MSIL2A_<date>>_<row>_<col>/`` with ``<patch>_labels_metadata.json`` (``labels``
     are then CLC level-3 names as BigEarthNet v1 spells them).
     """
@@ -383,19 +389,25 @@ def make_bigearthnet_patch(
         (patch / f"{patch.name}_labels_metadata.json").write_text(json.dumps(meta))
     if with_reference_map:
         ref = root / "Reference_Maps" / scene / patch.name / f"{patch.name}_reference_map.tif"
-        write_s2_raster(ref, np.full((120, 120), 211, np.uint16), 10, origin=origin)
+        codes = np.random.default_rng(row * 1000 + col).choice(np.asarray(reference_codes, np.uint16), (120, 120))
+        write_s2_raster(ref, codes, 10, origin=origin)
     return patch
 
 
-def make_bigearthnet_metadata(path: Path, labels: dict[str, Sequence[str]]) -> Path:
-    """A BigEarthNet v2 ``metadata.parquet`` (patch_id, labels, split, country) for ``labels``."""
+def make_bigearthnet_metadata(
+    path: Path, labels: dict[str, Sequence[str]], splits: dict[str, str] | None = None
+) -> Path:
+    """A BigEarthNet v2 ``metadata.parquet`` (patch_id, labels, split, country) for ``labels``.
+
+    ``splits`` gives patches their official split ('train', 'validation', 'test'; default train).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table({
         "patch_id": list(labels),
         "labels": [list(v) for v in labels.values()],
-        "split": ["train"] * len(labels),
+        "split": [(splits or {}).get(p, "train") for p in labels],
         "country": ["Austria"] * len(labels),
     })  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,12 @@ import numpy as np
 import pytest
 import rasterio
 
+from landcover.bigearthnet import (
+    bigearthnet_labels,
+    bigearthnet_patch_labels,
+    bigearthnet_reference_map,
+    find_bigearthnet_patches,
+)
 from landcover.errors import (
     CorruptFileError,
     DatasetError,
@@ -19,15 +25,7 @@ from landcover.errors import (
     MissingBandError,
     ProductMismatchError,
 )
-from landcover.sentinel2 import (
-    bigearthnet_labels,
-    bigearthnet_patch_labels,
-    bigearthnet_reference_map,
-    find_bigearthnet_patches,
-    is_bigearthnet_patch,
-    open_product,
-    product_grid_band,
-)
+from landcover.sentinel2 import is_bigearthnet_patch, open_product, product_grid_band
 from landcover.tables import corine_classes, default_bands, nomenclature
 from tests.s2_fixtures import (
     ESA_BANDS,
