@@ -63,6 +63,11 @@ class DataConfig(pydantic.BaseModel, extra="forbid"):
     label_mode: Literal["multilabel", "single"] = "multilabel"
     present_threshold: Annotated[float | None, pydantic.Field(gt=0, le=1)] = None  # None: ingest's present_classes
     min_labelled_fraction: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.05
+    # which catalog column assigns tiles to splits: the spatial split, or BigEarthNet's official one
+    split_column: Literal["split", "official_split"] = "split"
+    # classification targets: 'auto' = the tile's patch labels (BigEarthNet) when it has them, else
+    # the classes of its pixel labels; 'pixels' always uses the pixel labels
+    targets: Literal["auto", "pixels"] = "auto"
     sampling: Literal["uniform", "rare_classes"] = "uniform"
     max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
     augment: AugmentConfig = AugmentConfig()
@@ -144,10 +149,13 @@ class TileDataset(Dataset):
     def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
                  crop_size: int | None = None, random_crop: bool = False, task: Task = "segmentation",
                  label_mode: Literal["multilabel", "single"] = "multilabel", num_classes: int,
-                 present_threshold: float = 0.01, seed: int = 0) -> None:
+                 present_threshold: float = 0.01, seed: int = 0, patch_targets: bool = True) -> None:
         self.dataset_dir = Path(dataset_dir)
         cols = ["tile_id", "scene_id", "row", "col", "height", "width"]
         self.tiles = [tuple(r) for r in tiles[cols].itertuples(index=False)]
+        # BigEarthNet patch labels (class ids), used as classification targets when present
+        patch = tiles["patch_labels"] if patch_targets and "patch_labels" in tiles else [None] * len(tiles)
+        self.patch_labels = [None if p is None or len(p) == 0 else np.asarray(p, np.int64) for p in patch]
         self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         self.crop_size, self.random_crop, self.task = crop_size, random_crop, task
@@ -212,9 +220,15 @@ class TileDataset(Dataset):
         image[:, nodata] = 0.0
         mask[nodata] = IGNORE
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask),
-                "label": self._label(mask), "tile_id": tile_id}
+                "label": self._label(mask, self.patch_labels[index]), "tile_id": tile_id}
 
-    def _label(self, mask: np.ndarray) -> torch.Tensor:
+    def _label(self, mask: np.ndarray, patch: np.ndarray | None = None) -> torch.Tensor:
+        if patch is not None:  # BigEarthNet patch labels
+            if self.label_mode == "single":
+                return torch.tensor(int(patch[0]), dtype=torch.int64)
+            target = np.zeros(self.num_classes, np.float32)
+            target[patch] = 1.0
+            return torch.from_numpy(target)
         counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=self.num_classes)[:self.num_classes]
         total = counts.sum()
         if self.label_mode == "single":
@@ -304,9 +318,11 @@ class LandcoverDataModule(LightningDataModule):
 
     def split_tiles(self, split: str) -> gpd.GeoDataFrame:
         """The catalog tiles a split uses (training: enough labelled pixels; eval: any label)."""
-        tiles = self.catalog[self.catalog["split"] == split]
+        tiles = self.catalog[self.catalog[self.cfg.split_column] == split]
         labelled = tiles["labelled_fraction"].to_numpy(dtype=np.float64)
         keep = labelled >= self.cfg.min_labelled_fraction if split == "train" else labelled > 0
+        if self.task == "classification" and self.cfg.targets == "auto" and "patch_labels" in tiles:
+            keep |= np.array([p is not None and len(p) > 0 for p in tiles["patch_labels"]], dtype=bool)
         used = tiles[keep].reset_index(drop=True)
         if used.empty:
             why = (f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
@@ -323,7 +339,8 @@ class LandcoverDataModule(LightningDataModule):
             self.dataset_dir, self.split_tiles(split), mean=self.mean.numpy(), std=self.std.numpy(),
             crop_size=self.train_crop if train else self.eval_size, random_crop=train, task=self.task,
             label_mode=self.cfg.label_mode, num_classes=self.num_classes,
-            present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed)
+            present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed,
+            patch_targets=self.task == "classification" and self.cfg.targets == "auto")
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(

@@ -99,3 +99,19 @@ def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["global_step"] == ranks[1]["global_step"] > 0
+
+
+def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
+    from landcover.ingest import IngestConfig, ingest
+    from tests.conftest import shared_data
+
+    root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
+    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False,
+                                                        split={"by_scene": True}))
+    cfg = tiny(tmp_path / "ben", "model.task=classification", "trainer.max_epochs=2", "data.batch_size=4")
+    metrics = train(cfg, tmp_path / "run")
+    assert 0.0 <= metrics["val/map_macro"] <= 1.0 and 0.0 <= metrics["val/f1_micro"] <= 1.0
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
+    assert ckpt["landcover"]["nomenclature"]["name"] == "ben19" and len(ckpt["landcover"]["bands"]) == 12
+    log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert "val/f1/Coniferous forest" in log.columns  # per-class scores against the official labels
