@@ -344,12 +344,14 @@ def ingest(
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
         _prepare(out, _settings(cfg, label_path), overwrite)
-        for n, (product, scene_id) in enumerate(zip(products, ids, strict=True), 1):
+        for n, (product, scene_id) in enumerate(zip(products, ids, strict=True)):
+            if progress:
+                progress("scenes", n, len(products))
             if (out / "scenes" / scene_id / "scene.json").exists():
-                if progress:
-                    progress(f"{scene_id}: done before, skipped", n, len(products))
-                continue
+                continue  # finished by an earlier run
             ingest_scene(product, label_path, out, cfg, bands, progress)
+        if progress:
+            progress("scenes", len(products), len(products))
     return finalize(out, progress)
 
 
