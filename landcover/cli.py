@@ -212,6 +212,42 @@ def train(
     )
 
 
+@app.command()
+@handles_errors
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(
+        metavar="PREDICTION", help="Class-map GeoTIFF to score (255 = no data), e.g. from predict.")],
+    labels_path: Annotated[Path, typer.Argument(
+        metavar="LABELS", help="CORINE raster/vector (any CRS), or a class map on the same grid (labels.tif).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, report.md, PNGs, GPKG).")],
+    nomenclature: Annotated[
+        str | None, typer.Option(help="Classes to score in (default: the prediction's NOMENCLATURE tag).")
+    ] = None,
+    code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
+    tile_size: Annotated[int, typer.Option(help="Side in pixels of the tiles of tiles_iou.gpkg.")] = 256,
+    raster_values: Annotated[
+        str, typer.Option(help="For CORINE rasters: 'codes' (111..523), 'indices' (1..44) or 'auto'.")
+    ] = "auto",
+    all_touched: Annotated[bool, typer.Option(help="Vector labels: burn every pixel a polygon touches.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+) -> None:
+    """Score a land-cover map against CORINE labels: IoU, kappa, confusion matrix, per-tile error map."""
+    from landcover.evaluate import evaluate_maps
+
+    with progress_bars() as update:
+        metrics = evaluate_maps(
+            prediction, labels_path, out_dir, nomenclature_name=nomenclature, code_column=code_column,
+            tile_size=tile_size, raster_values=raster_values, all_touched=all_touched, overwrite=overwrite,
+            progress=lambda done, total: update("evaluate", done, total),
+        )
+    s, px = metrics["scores"], metrics["pixels"]
+    out.print(
+        f"mIoU {s['miou']:.3f}, overall accuracy {s['overall_accuracy']:.3f}, kappa "
+        f"{s['kappa'] if s['kappa'] is None else format(s['kappa'], '.3f')} on {px['evaluated']:,} of "
+        f"{px['total']:,} pixels ({metrics['nomenclature']['name']}); report {out_dir / 'report.md'}"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
