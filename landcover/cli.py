@@ -32,6 +32,17 @@ _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's info chatter (GPU available, tips, ...) out of the command's output."""
+    import logging
+    import warnings
+
+    if not _state["debug"]:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|num_workers).*")
+
+
 def handles_errors(fn: F) -> F:
     """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug)."""
 
@@ -246,6 +257,94 @@ def evaluate(
         f"{s['kappa'] if s['kappa'] is None else format(s['kappa'], '.3f')} on {px['evaluated']:,} of "
         f"{px['total']:,} pixels ({metrics['nomenclature']['name']}); report {out_dir / 'report.md'}"
     )
+
+
+@app.command()
+@handles_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")],
+    out_path: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output .tif for one input; a folder (one <scene>.tif each) for several or --from-list.")],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif.")] = None,
+    from_list: Annotated[Path | None, typer.Option(
+        help="Text file with one input per line (# comments; relative paths are relative to the file).")] = None,
+    probabilities: Annotated[bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")] = False,
+    confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
+    overlap: Annotated[int | None, typer.Option(help="Window overlap in pixels (default: tile / 4).")] = None,
+    tile: Annotated[int | None, typer.Option(help="Window side in pixels (default: the checkpoint's tile size).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per model call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
+    quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,
+) -> None:
+    """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
+    from landcover.errors import ConfigError
+    from landcover.predict import predict_many, predict_scene
+
+    items = list(inputs or [])
+    if from_list is not None:
+        try:
+            lines = from_list.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --from-list {from_list} ({exc}); check the path") from exc
+        for line in (raw.strip() for raw in lines):
+            if line and not line.startswith("#"):
+                path = Path(line).expanduser()
+                items.append(path if path.is_absolute() else from_list.parent / path)
+    if not items:
+        raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
+    options = dict(overlap=overlap, tile=tile, batch_size=batch_size, device=device, probabilities=probabilities,
+                   confidence=confidence, quicklook=quicklook, mask_clouds=mask_clouds)
+    single = len(items) == 1 and from_list is None and out_path.suffix.lower() in (".tif", ".tiff")
+    if not single and out_path.suffix.lower() in (".tif", ".tiff"):
+        raise ConfigError(f"--out {out_path} is a file name but there are {len(items)} inputs; pass a folder")
+    with progress_bars() as update:
+        if single:
+            summaries = [predict_scene(checkpoint, items[0], out_path, overwrite=overwrite, progress=update, **options)]
+        else:
+            summaries = predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
+    for s in summaries:
+        if s["skipped"]:
+            out.print(f"skipped {s['input']}: {s['out']['map']} is complete (pass --overwrite to redo it)")
+            continue
+        extra = ", ".join(Path(p).name for name, p in s["out"].items() if name != "map")
+        out.print(f"wrote {s['out']['map']} ({s['grid']['width']} x {s['grid']['height']} px, {s['windows_run']} windows, "
+                  f"{s['windows_skipped']} empty skipped, {s['seconds']:.1f} s on {s['device']}; {extra})")
+
+
+@app.command()
+@handles_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output of the demo.")] = Path("runs/demo"),
+    task: Annotated[str, typer.Option(help="segmentation, classification or all.")] = "segmentation",
+    max_epochs: Annotated[int | None, typer.Option(help="Fewer epochs for a quicker look.")] = None,
+) -> None:
+    """Run ingest -> train -> predict -> evaluate on the embedded real samples."""
+    from landcover.demo import run_demo
+
+    quiet_lightning()
+    if task not in ("segmentation", "classification", "all"):
+        err.print(f"[bold red]error:[/] unknown task {task!r}: use segmentation, classification or all")
+        raise typer.Exit(2)
+    results = run_demo(out_dir, task, say=lambda line: out.print(line, highlight=False), max_epochs=max_epochs)
+    seg = results.get("segmentation")
+    if seg:
+        out.print(
+            f"\nsegmentation: test mIoU {seg['miou']:.3f} (nearest-centroid baseline {seg['baseline_miou']:.3f}), "
+            f"overall accuracy {seg['accuracy']:.3f}\n"
+            f"  map (COG, open in QGIS): {seg['map']}\n  quick-look: {seg['quicklook']}\n"
+            f"  report: {seg['report']}/report.md\n  training curves: {seg['curves']}\n  checkpoint: {seg['checkpoint']}",
+            highlight=False,
+        )
+    cls = results.get("classification")
+    if cls:
+        out.print(
+            f"\nclassification: test macro mAP {cls['map_macro']:.3f} (label-frequency baseline "
+            f"{cls['baseline_map_macro']:.3f}); checkpoint {cls['checkpoint']}",
+            highlight=False,
+        )
 
 
 def main() -> None:

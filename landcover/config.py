@@ -13,6 +13,15 @@ from landcover.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+def config_dir() -> Path:
+    """The configs/ folder: beside the package in a checkout, inside it when installed."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "configs"):
+        if (candidate / "tiny.yaml").is_file():
+            return candidate
+    raise ConfigError("configs/ was not found beside or inside the landcover package; reinstall landcover")
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """``'trainer.max_epochs=3'`` -> ``data['trainer']['max_epochs'] = 3`` (value parsed as YAML)."""
     if "=" not in assignment:
