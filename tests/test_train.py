@@ -46,7 +46,7 @@ def test_segmentation_learns_a_learnable_dataset(segmentation_run):
 
 
 def test_checkpoint_is_self_contained_and_reproduces_validation(segmentation_run, dataset):
-    out, metrics = segmentation_run
+    out, _ = segmentation_run
     ckpt = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     meta = ckpt["landcover"]
     info = json.loads((dataset / "dataset.json").read_text())
