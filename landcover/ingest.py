@@ -347,8 +347,10 @@ def ingest(
         for n, (product, scene_id) in enumerate(zip(products, ids, strict=True)):
             if progress:
                 progress("scenes", n, len(products))
-            if (out / "scenes" / scene_id / "scene.json").exists():
-                continue  # finished by an earlier run
+            if (out / "scenes" / scene_id / "scene.json").exists():  # finished by an earlier run
+                if progress:
+                    progress(f"{scene_id}: done before, skipped", 1, 1)
+                continue
             ingest_scene(product, label_path, out, cfg, bands, progress)
         if progress:
             progress("scenes", len(products), len(products))
