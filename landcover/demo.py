@@ -117,7 +117,7 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     (out / "evaluation" / "baseline.json").write_text(json.dumps(baseline, indent=2) + "\n")
     return {
         "dataset": str(dataset), "checkpoint": metrics["best_checkpoint"], "curves": str(out / "train" / "curves.png"),
-        "map": str(map_path), "quicklook": summary.get("quicklook"), "report": str(out / "evaluation" / "report"),
+        "map": str(map_path), "quicklook": summary["out"].get("quicklook"), "report": str(out / "evaluation" / "report"),
         "miou": report["scores"]["miou"], "accuracy": report["scores"]["overall_accuracy"],
         "baseline_miou": baseline["miou"], "baseline_accuracy": baseline["overall_accuracy"],
     }
