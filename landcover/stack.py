@@ -13,15 +13,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.io import DatasetWriter
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from landcover.errors import ProductMismatchError
@@ -54,42 +57,194 @@ def target_grid(product: Product, bands: Sequence[str], resolution: float) -> Gr
     return Grid(crs, transform, width, height)
 
 
+_KERNEL_RADIUS = {Resampling.nearest: 1, Resampling.bilinear: 1, Resampling.cubic: 2}
+
+
+def _chunk_rows(block_rows: int) -> int:
+    """Rows decoded at once: whole source blocks (a JP2 code-stream tile row), 256..2048 rows."""
+    if block_rows > 2048:
+        return 1024
+    return block_rows * max(1, math.ceil(256 / max(block_rows, 1)))
+
+
 class _BandReader:
-    """One band file, positioned on the target grid (direct read or warped)."""
+    """One band file, positioned on the target grid (direct read or resampled).
+
+    Full-width windows (the strips ingest reads, top to bottom) decode each block of the file once:
+    whole rows of source blocks (a JPEG 2000 code-stream tile row) are read with one large read,
+    which GDAL decodes in parallel, and kept while later windows need them. GDAL does not cache
+    large reads of JP2 files, so reading windows directly would decode a tile again for every
+    window that touches it, and the windows of coarser bands overlap. A band on the target grid is
+    copied from those rows; a coarser band is resampled (GDAL warp, the no-data value excluded)
+    from an in-memory copy of the band holding the rows decoded so far, which gives the values of a
+    warp of the whole band. Other windows, and downsampling, go through a :class:`WarpedVRT`.
+    """
 
     def __init__(self, band: BandFile, grid: Grid, resampling: Resampling, nodata: float | None):
         self.band = band
+        self.grid = grid
+        self.resampling = resampling
+        self.nodata = nodata
         self.src = open_raster(band.path)
-        if self.src.crs != grid.crs:
+        self._vrt: WarpedVRT | None = None
+        self._mem: DatasetWriter | None = None
+        self._targets: dict[int, DatasetWriter] = {}
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        src, grid = self.src, self.grid
+        if src.crs != grid.crs:
             raise ProductMismatchError(
-                f"{band.path} is in {self.src.crs} but the scene grid is in {grid.crs}: "
+                f"{self.band.path} is in {src.crs} but the scene grid is in {grid.crs}: "
                 "bands of different products were mixed; ingest each product separately"
             )
         same_grid = (
-            self.src.transform.almost_equals(grid.transform)
-            and (self.src.width, self.src.height) == (grid.width, grid.height)
+            src.transform.almost_equals(grid.transform) and (src.width, src.height) == (grid.width, grid.height)
         )
         self.warped = same_grid is False
-        self.dataset = (
-            WarpedVRT(
-                self.src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                resampling=resampling, src_nodata=nodata, nodata=nodata,
+        self.dtype = src.dtypes[self.band.index - 1]
+        self.src_nodata = self.nodata if self.nodata is not None else src.nodata
+        st, gt = src.transform, grid.transform
+        north_up = st.b == st.d == gt.b == gt.d == 0 and st.e < 0 and gt.e < 0
+        # rows are cached where GDAL's kernel is not widened by downsampling
+        self._cacheable = not self.warped or (north_up and gt.a <= st.a and -gt.e <= -st.e)
+        self._chunk = _chunk_rows(src.block_shapes[self.band.index - 1][0])
+        self._chunks: dict[int, np.ndarray] = {}  # on the target grid: decoded rows by chunk
+        self._loaded: dict[int, bool] = {}  # resampled: chunks copied to self._mem -> has no-data
+        self._margin = _KERNEL_RADIUS.get(self.resampling, 3) + 2
+        # Without no-data pixels, GDAL's faster unmasked bilinear kernel gives the masked kernel's
+        # values exactly when its weights are dyadic (coarse pixels of 1, 2, 4 or 8 target pixels,
+        # aligned origins), e.g. 20 m -> 10 m. Other ratios (60 m -> 10 m) round differently, and
+        # cubic overshoots differently near 0: those keep the masked kernel.
+        ratios = (st.a / gt.a, st.e / gt.e, (st.c - gt.c) / gt.a, (st.f - gt.f) / gt.e)
+        self._dyadic = (
+            self.resampling in (Resampling.bilinear, Resampling.nearest)
+            and ratios[0] in (1, 2, 4, 8) and ratios[1] in (1, 2, 4, 8)
+            and all(float(r).is_integer() for r in ratios[2:])
+        )  # fmt: skip
+        if self.warped and self._cacheable:
+            self._mem = rasterio.open(
+                f"{self.band.band}-source", "w+", driver="MEM", width=src.width, height=src.height,
+                count=1, dtype=self.dtype, crs=src.crs, transform=src.transform,
             )
-            if self.warped
-            else self.src
-        )
+
+    @property
+    def dataset(self) -> rasterio.io.DatasetReaderBase:
+        if not self.warped:
+            return self.src
+        if self._vrt is None:
+            self._vrt = WarpedVRT(
+                self.src, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
+                height=self.grid.height, resampling=self.resampling, src_nodata=self.nodata,
+                nodata=self.nodata,
+            )
+        return self._vrt
 
     def read(self, window: Window) -> np.ndarray:
-        return self.dataset.read(self.band.index, window=window)
+        out = np.empty((int(window.height), int(window.width)), dtype=self.dtype)
+        self.read_into(window, out)
+        return out
+
+    def read_into(self, window: Window, out: np.ndarray) -> None:
+        full_width = int(window.col_off) == 0 and int(window.width) == self.grid.width
+        if not (self._cacheable and full_width):
+            out[...] = self.dataset.read(self.band.index, window=window)
+            return
+        r0, r1 = int(window.row_off), int(window.row_off) + int(window.height)
+        if not self.warped:
+            out[...] = self._rows(r0, r1)
+            return
+        # source rows under the window, plus a margin for the resampling kernel
+        st, gt = self.src.transform, self.grid.transform
+        top = (st.f - (gt.f + r0 * gt.e)) / -st.e
+        bottom = (st.f - (gt.f + r1 * gt.e)) / -st.e
+        s0 = max(0, math.floor(top) - self._margin)
+        s1 = min(self.src.height, math.ceil(bottom) + self._margin)
+        if s0 >= s1:
+            out.fill(self.src_nodata or 0)
+            return
+        has_nodata = self._load(s0, s1)
+        masked = self.src_nodata is not None and (has_nodata or not self._dyadic)
+        target = self._targets.get(r1 - r0)
+        if target is None:  # datasets, not arrays: rasterio's array wrappers are not thread-safe
+            target = self._targets[r1 - r0] = rasterio.open(
+                f"{self.band.band}-target", "w+", driver="MEM", width=self.grid.width, height=r1 - r0,
+                count=1, dtype=self.dtype, crs=self.grid.crs, transform=self.grid.transform,
+            )
+        target.transform = self.grid.window_transform(window)
+        reproject(
+            rasterio.band(self._mem, 1), rasterio.band(target, 1), resampling=self.resampling,
+            src_nodata=self.src_nodata if masked else None, dst_nodata=self.nodata if masked else None,
+        )
+        target.read(1, out=out)
+
+    def _load(self, s0: int, s1: int) -> bool:
+        """Copy source rows ``s0:s1`` into the in-memory band; whether they hold no-data pixels."""
+        assert self._mem is not None
+        ch, has_nodata = self._chunk, False
+        for k in range(s0 // ch, (s1 - 1) // ch + 1):
+            if k not in self._loaded:
+                block = Window(0, k * ch, self.src.width, min(ch, self.src.height - k * ch))
+                rows = self.src.read(self.band.index, window=block)
+                self._loaded[k] = self.src_nodata is not None and bool((rows == self.src_nodata).any())
+                self._mem.write(rows, 1, window=block)
+            has_nodata = has_nodata or self._loaded[k]
+        return has_nodata
+
+    def _rows(self, r0: int, r1: int) -> np.ndarray:
+        """Source rows ``r0:r1`` (full width), decoding the blocks they need once."""
+        ch = self._chunk
+        k0, k1 = r0 // ch, (r1 - 1) // ch
+        for k in [k for k in self._chunks if k < k0 or k > k1]:
+            del self._chunks[k]
+        for k in range(k0, k1 + 1):
+            if k not in self._chunks:
+                height = min(ch, self.src.height - k * ch)
+                self._chunks[k] = self.src.read(
+                    self.band.index, window=Window(0, k * ch, self.src.width, height)
+                )
+        parts = [self._chunks[k] for k in range(k0, k1 + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return block[r0 - k0 * ch : r1 - k0 * ch]
 
     def close(self) -> None:
-        if self.warped:
-            self.dataset.close()
-        self.src.close()
+        self._chunks.clear()
+        for dataset in (*self._targets.values(), self._mem, self._vrt, self.src):
+            if dataset is not None:
+                dataset.close()
+        self._targets.clear()
+
+
+def _harmonise(band: np.ndarray, has_data: np.ndarray | None, offset: float, scale: float) -> None:
+    """``band`` (uint16 DN) -> reflectance x 10000 in place: rint((DN + offset) * scale) in 1..65535.
+
+    Pixels without data (``has_data`` False) are left for the caller to set to no-data.
+    """
+    if scale == 1.0 and float(offset).is_integer() and abs(offset) < 65535:
+        off = int(offset)  # the usual case (offset -1000 or 0, quantification 10000): integer maths
+        if off < 0:
+            np.maximum(band, 1 - off, out=band)
+            np.subtract(band, -off, out=band)
+        elif off > 0:
+            np.minimum(band, 65535 - off, out=band)
+            np.add(band, off, out=band)
+        return
+    value = np.clip(np.rint((band.astype(np.float32) + offset) * scale), 1, 65535)
+    band[...] = value if has_data is None else np.where(has_data, value, NODATA)
 
 
 class SceneReader:
-    """Windows of a product's bands on one grid, harmonised, with validity and cloud masks."""
+    """Windows of a product's bands on one grid, harmonised, with validity and cloud masks.
+
+    Bands are read in parallel (one task per band on ``threads`` threads). When ``prefetch`` is on
+    and a full-width window is read, the window below it (same height) is read in the background
+    while the caller works on this one, so reading strips top to bottom overlaps decoding with the
+    caller's own work; a window asked for out of that order is simply read then.
+    """
 
     def __init__(
         self,
@@ -101,23 +256,39 @@ class SceneReader:
         harmonize: bool = True,
         scl_invalid: Sequence[int] | None = None,
         threads: int | None = None,
+        prefetch: bool = True,
     ):
         self.product = product
         self.bands = list(bands)
         self.grid = target_grid(product, self.bands, resolution)
         method = RESAMPLING[resampling]
-        self._readers = [
-            _BandReader(product.bands[b], self.grid, Resampling.nearest
-                        if product.bands[b].resolution == resolution else method, NODATA)
-            for b in self.bands
-        ]
-        self.offsets = [float(product.offsets.get(b, 0.0)) if harmonize else 0.0 for b in self.bands]
-        self.scale = 10000.0 / product.quantification if harmonize and product.quantification else 1.0
-        self.scl_invalid = np.array(sorted(default_scl_invalid() if scl_invalid is None else scl_invalid))
-        mask = product.scl or product.cloud_mask
-        self._mask_reader = _BandReader(mask, self.grid, Resampling.nearest, None) if mask else None
+        self._readers: list[_BandReader] = []
+        self._mask_reader: _BandReader | None = None
+        options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or max(2, min(len(self.bands), 4)),
+            initializer=_enter_env, initargs=(options,),
+        )
+        self._ahead = ThreadPoolExecutor(max_workers=1) if prefetch else None
+        self._next: tuple[tuple[int, int, int, int], Future[SceneWindow]] | None = None
+        try:
+            for b in self.bands:
+                exact = product.bands[b].resolution == resolution
+                self._readers.append(
+                    _BandReader(product.bands[b], self.grid, Resampling.nearest if exact else method, NODATA)
+                )
+            self.offsets = [float(product.offsets.get(b, 0.0)) if harmonize else 0.0 for b in self.bands]
+            self.scale = 10000.0 / product.quantification if harmonize and product.quantification else 1.0
+            self.scl_invalid = np.array(sorted(default_scl_invalid() if scl_invalid is None else scl_invalid))
+            mask = product.scl or product.cloud_mask
+            self._mask_reader = _BandReader(mask, self.grid, Resampling.nearest, None) if mask else None
+        except BaseException:
+            self.close()
+            raise
         self._mask_is_scl = product.scl is not None
-        self._pool = ThreadPoolExecutor(max_workers=threads or max(2, min(len(self.bands), 4)))
+        invalid = self.scl_invalid[(self.scl_invalid > 0) & (self.scl_invalid < 256)].astype(np.intp)
+        self._invalid_lut = np.zeros(256, dtype=bool)
+        self._invalid_lut[invalid] = True
 
     def provenance(self) -> dict[str, object]:
         return {
@@ -133,26 +304,71 @@ class SceneReader:
         }
 
     def read(self, window: Window) -> SceneWindow:
-        raw = list(self._pool.map(lambda r: r.read(window), self._readers))
-        image = np.empty((len(raw), int(window.height), int(window.width)), dtype=np.uint16)
+        key = _key(window)
+        pending, self._next = self._next, None
+        result = None
+        if pending is not None:
+            ahead, future = pending
+            try:
+                ahead_result = future.result()
+            except Exception:
+                ahead_result = None  # read again below, so the error is raised here if it recurs
+            if ahead == key:
+                result = ahead_result
+        if result is None:
+            result = self._read(window)
+        col, row, width, height = key
+        below = row + height
+        if self._ahead is not None and col == 0 and width == self.grid.width and below < self.grid.height:
+            following = Window(col, below, width, min(height, self.grid.height - below))
+            self._next = (_key(following), self._ahead.submit(self._read, following))
+        return result
+
+    def _band(self, i: int, window: Window, out: np.ndarray) -> np.ndarray | None:
+        """Read band ``i`` into ``out`` and harmonise it; its has-data mask (None: all data)."""
+        self._readers[i].read_into(window, out)
+        has_data = None if out.all() else out != NODATA
+        if self.offsets[i] or self.scale != 1.0:
+            _harmonise(out, has_data, self.offsets[i], self.scale)
+        return has_data
+
+    def _mask(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        assert self._mask_reader is not None
+        mask = self._mask_reader.read(window)
+        if not self._mask_is_scl:
+            return mask > 0, None
+        if mask.dtype == np.uint8:
+            cloud = self._invalid_lut[mask]
+        else:
+            cloud = np.isin(mask, self.scl_invalid[self.scl_invalid > 0])
+        return cloud, (None if mask.all() else mask != 0)
+
+    def _read(self, window: Window) -> SceneWindow:
+        image = np.empty((len(self._readers), int(window.height), int(window.width)), dtype=np.uint16)
+        bands = [self._pool.submit(self._band, i, window, image[i]) for i in range(len(self._readers))]
+        masked = self._pool.submit(self._mask, window) if self._mask_reader is not None else None
         valid = np.ones(image.shape[1:], dtype=bool)
-        for i, (band, offset) in enumerate(zip(raw, self.offsets, strict=True)):
-            has_data = band != NODATA
-            valid &= has_data
-            if offset or self.scale != 1.0:
-                value = (band.astype(np.float32) + offset) * self.scale
-                band = np.where(has_data, np.clip(np.rint(value), 1, 65535), NODATA)
-            image[i] = band
-        image[:, ~valid] = NODATA
+        for task in bands:
+            has_data = task.result()
+            if has_data is not None:
+                valid &= has_data
+        if not valid.all():
+            np.multiply(image, valid, out=image)  # no data in any band: no data in all
         cloud = None
-        if self._mask_reader is not None:
-            mask = self._mask_reader.read(window)
-            cloud = np.isin(mask, self.scl_invalid[self.scl_invalid > 0]) if self._mask_is_scl else mask > 0
-            if self._mask_is_scl:
-                valid &= mask != 0
+        if masked is not None:
+            cloud, scl_data = masked.result()
+            if scl_data is not None:
+                valid &= scl_data
         return SceneWindow(image, valid, cloud)
 
     def close(self) -> None:
+        if self._next is not None:
+            self._next[1].cancel()
+            with contextlib.suppress(Exception):
+                self._next[1].result()
+            self._next = None
+        if self._ahead is not None:
+            self._ahead.shutdown()
         self._pool.shutdown()
         for reader in self._readers:
             reader.close()
@@ -164,6 +380,15 @@ class SceneReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _enter_env(options: dict[str, object]) -> None:
+    """Give a worker thread the creator's GDAL options for its life (rasterio's env is per thread)."""
+    rasterio.Env(**options).__enter__()
+
+
+def _key(window: Window) -> tuple[int, int, int, int]:
+    return (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
 
 
 def strips(grid: Grid, tile_size: int, target_rows: int = 1024) -> list[Window]:
