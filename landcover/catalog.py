@@ -284,11 +284,10 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
     else:
         dominant, present = -1, []
 
-    band_sum, band_sumsq = [], []
-    for band in image:
-        pixels = band[usable].astype(np.float64)
-        band_sum.append(float(pixels.sum()))
-        band_sumsq.append(float(np.dot(pixels, pixels)))
+    # one float64 copy of the usable pixels of all bands; sums of uint16 values stay exact integers
+    pixels = (image.reshape(image.shape[0], -1) if n_usable == n_pixels else image[:, usable]).astype(np.float64)
+    band_sum = [float(v) for v in pixels.sum(axis=1)]
+    band_sumsq = [float(v) for v in np.einsum("ij,ij->i", pixels, pixels)]
 
     crs = grid.crs.to_string()
     left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)

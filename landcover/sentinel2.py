@@ -15,6 +15,7 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -190,7 +191,7 @@ def _assemble(cands: list[_Candidate], where: str) -> dict[str, BandFile]:
         if len(seen) > 1:
             raise _mismatch(where, f"{what}s {', '.join(sorted(seen))}", sorted(seen.values()))
     native = {b.name: b.resolution for b in tables.sentinel2_bands().values()} | {"SCL": 20}
-    files: dict[str, BandFile] = {}
+    chosen: dict[str, str] = {}
     for band in [*tables.sentinel2_bands(), *MASKS]:
         group = [c for c in cands if c.band == band]
         if not group:
@@ -199,7 +200,11 @@ def _assemble(cands: list[_Candidate], where: str) -> dict[str, BandFile]:
         best = min(group, key=lambda c: (c.claimed != native.get(c.band), c.claimed or 0, c.rel))
         if twins := [c.rel for c in group if c.claimed == best.claimed and c is not best]:
             raise _mismatch(where, f"{band} twice", [best.rel, *twins])
-        files[band] = _read_band(band, best.gdal)
+        chosen[band] = best.gdal
+    # each check decodes the last block of its file (a JP2 tile): on all cores
+    with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), os.cpu_count() or 1))) as pool:
+        opened = [pool.submit(_read_band, band, path) for band, path in chosen.items()]
+        files = {band: task.result() for band, task in zip(chosen, opened, strict=True)}
     grids = list(files.values())
     if len({f.crs for f in grids}) > 1:
         examples = {f.crs: f"{f.path} ({f.crs})" for f in grids}

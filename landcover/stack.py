@@ -9,6 +9,11 @@
   (no data); valid pixels are clipped to >= 1 so they never become no-data.
 * ``valid`` marks pixels where every band has data; ``cloud`` marks SCL classes of the invalid set
   (or a cloud mask's non-zero pixels).
+* Reading full-width strips top to bottom (what ingest does) decodes every JPEG 2000 tile once, on
+  all cores (bands in parallel, GDAL's tile threads within a band), and reads the next strip in the
+  background while the caller writes the current one. Memory: two strips, one row of source blocks
+  per band at the target resolution, and the coarser bands whole (about 0.4 GB for a full L2A
+  tile); ``scripts/bench_ingest.py`` measures time and memory against the JP2 decode alone.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ _KERNEL_RADIUS = {Resampling.nearest: 1, Resampling.bilinear: 1, Resampling.cubi
 
 
 def _chunk_rows(block_rows: int) -> int:
-    """Rows decoded at once: whole source blocks (a JP2 code-stream tile row), 256..2048 rows."""
+    """Rows decoded at once: whole rows of source blocks (a JP2 code-stream tile row), at least 256
+    rows; 1024 rows of files whose blocks are taller than 2048 rows (single-tile JP2s)."""
     if block_rows > 2048:
         return 1024
     return block_rows * max(1, math.ceil(256 / max(block_rows, 1)))

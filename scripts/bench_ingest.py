@@ -11,21 +11,27 @@ What it does, in one run:
    they compress to about 8 bits per pixel, like real L2A bands. A synthetic CORINE vector
    (jittered polygons with CODE_18) covers the tile.
 2. Measures the decode floor: GDAL alone decoding every JP2 file the ingest reads (12 bands +
-   SCL), whole bands, (a) sequentially on one thread, (b) over both cores: GDAL's own
-   multi-threaded tile decoding (GDAL_NUM_THREADS=ALL_CPUS) and two bands at once on two
-   threads. The fair floor is the faster of the two parallel decodes: ingest uses every core.
+   SCL), whole bands, in this process: (a) one thread, band after band; (b) both cores, one band
+   per core (1 thread each); with ``--all-floors`` also (c) band after band with GDAL's own tile
+   threads (GDAL_NUM_THREADS=ALL_CPUS). The fair floor is the fastest parallel decode, since ingest
+   uses every core. CPU seconds are reported too: on a shared machine they vary less than wall time.
 3. Runs ``landcover.ingest.ingest([product], out, labels=clc.gpkg, config=IngestConfig())`` in a
-   child process and reports its wall time, its peak RSS (``wait4`` rusage of the child) and
-   ratio = ingest time / fair decode floor. Target (issue): ratio <= 1.5, peak RSS < 3 GB.
+   child process and reports its wall time (of ``ingest()``), CPU time and peak RSS (``wait4``
+   rusage of the child), and ratio = ingest time / decode floor. Target (issue): ratio <= 1.5,
+   peak RSS < 3 GB. ``--variant`` repeats the ingest with other settings: IngestConfig fields
+   (``overviews=false``) or image.tif creation options (``gtiff.interleave=band``, patched into
+   ``landcover.ingest._image_profile`` in the child) to measure a proposed change.
 
 Usage::
 
     .venv/bin/python scripts/bench_ingest.py [--size 10980] [--workdir DIR] [--repeat 1]
-        [--skip-sequential] [--profile] [--json results.json]
+        [--skip-sequential] [--all-floors] [--variant KEY=VALUE,...] [--profile] [--json FILE]
 
-Time on the reference machine (2 cores): --size 10980 about 6-7 min the first time (about 2 min
-to generate the product, then floors and ingest), about 4-5 min when the product is cached in
---workdir; --size 4096 about 1 min. Without --workdir a temporary folder is used and removed.
+Time on the reference machine (2 cores, idle): --size 10980 about 7 min when the product is
+cached in --workdir (1-thread decode 1.9 min, 2-core decode 1.1 min, ingest about 4 min), about
+9.5 min the first time (2.5 min to make the product); each --variant adds its ingest time (2-4
+min). --size 4096: about 1.5 min. On a shared machine expect longer. Without --workdir a temporary
+folder is used and removed. The dataset of the default run stays in --workdir for bench_tiles.py.
 """
 
 from __future__ import annotations

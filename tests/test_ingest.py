@@ -200,3 +200,7 @@ def test_real_jp2_clip_with_osm_labels(tmp_path):
     labelled = (labels != IGNORE).mean()
     assert 0.2 < labelled < 0.45  # OSM covers about 31 % of the clip
     assert set(np.unique(labels)) - {IGNORE} <= set(range(5))
+    with rasterio.open(tmp_path / "ds" / scene["labels"]) as lab, rasterio.open(tmp_path / "ds" / scene["image"]) as img:
+        assert lab.overviews(1) == [2]  # labels always (cheap); image.tif only with overviews=true
+        assert img.overviews(1) == []
+        assert img.profile["compress"] == "zstd" and img.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
