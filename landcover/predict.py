@@ -284,7 +284,12 @@ class _Row:
 
 
 class _Feeder:
-    """Prepares row ``k`` of windows: reflect-padded, normalised like training, batched."""
+    """Prepares row ``k`` of windows: reflect-padded, normalised like training, batched.
+
+    With ``pin`` (CUDA) the windows travel raw (pinned) and :meth:`to_device` normalises them on
+    the GPU: the same float32 arithmetic, without the CPU passes that would make the reader thread,
+    not the model, set the pace.
+    """
 
     def __init__(self, source: _StackSource | _ProductSource, plan: Plan, lm: LoadedModel, batch_size: int, pin: bool,
                  mask_clouds: bool):
@@ -292,6 +297,7 @@ class _Feeder:
         self.mean, self.std = lm.mean.reshape(1, -1, 1, 1), lm.std.reshape(1, -1, 1, 1)
         self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
         self.cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std on the device
 
     def _rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Scene rows lo..hi, reusing the rows of the previous call (windows overlap)."""
@@ -318,18 +324,36 @@ class _Feeder:
         valid = valid.take(rows - lo, axis=0).take(self.cols, axis=1)
         if self.mask_clouds and cloud is not None:
             valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
-        data = img.any(axis=0)  # training zeroes pixels that are 0 in every band
         todo = [j for j in range(p.cols) if valid[:, j * p.stride:j * p.stride + t].any()]
         batches = []
+        data = None if self.pin else img.any(axis=0)  # training zeroes pixels that are 0 in every band
         for i in range(0, len(todo), self.batch_size):
             cols = todo[i:i + self.batch_size]
+            if data is None:  # raw values travel; to_device normalises them
+                raw = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols])
+                raw = raw.view(np.int16) if raw.dtype == np.uint16 else raw.astype(np.float32)
+                batches.append((cols, torch.from_numpy(raw).pin_memory()))
+                continue
             x = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols]).astype(np.float32)
             x -= self.mean
             x /= self.std
             x *= np.stack([data[:, j * p.stride:j * p.stride + t] for j in cols])[:, None]
             tensor = torch.from_numpy(x)
-            batches.append((cols, tensor.pin_memory() if self.pin else tensor))
+            batches.append((cols, tensor))
         return _Row(valid, batches, p.cols - len(todo))
+
+    def to_device(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """A batch of :meth:`__call__` on ``dev``, normalised (on the device when it travelled raw)."""
+        x = x.to(dev, non_blocking=True)
+        if not self.pin:
+            return x
+        if x.dtype == torch.int16:  # uint16 viewed as int16 to travel (torch's uint16 support is partial)
+            x = x.to(torch.int32).bitwise_and_(0xFFFF)
+        x = x.float()
+        if self._stats is None:
+            self._stats = (torch.from_numpy(self.mean).to(dev), torch.from_numpy(self.std).to(dev))
+        mean, std = self._stats
+        return (x - mean) / std * (x != 0).any(dim=1, keepdim=True)
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -565,7 +589,7 @@ def _stream(lm: LoadedModel, plan: Plan, feeder: _Feeder, writers: dict[str, _Bl
                     ahead = reader.submit(feeder, i + 1)  # read the next row while the model runs
                 skipped += row.skipped
                 for cols, x in row.batches:
-                    probs = _probabilities(lm, x.to(dev, non_blocking=True), amp)
+                    probs = _probabilities(lm, feeder.to_device(x, dev), amp)
                     if probs.ndim == 2:  # classification: one probability vector per tile
                         probs = probs[:, :, None, None].expand(-1, -1, t, t)
                     for b, j in enumerate(cols):
