@@ -83,6 +83,11 @@ def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+FROM_LIST_HELP = "Text file with one input per line (# comments; relative paths are relative to the file)."
+SHARD_HELP = ("Process only shard I/N (0 <= I < N) of the inputs (by sorted scene name); default inside a SLURM "
+              "job array: the array task.")
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"landcover {__version__}")
@@ -139,10 +144,10 @@ def labels(
 @app.command()
 @handles_errors
 def ingest(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; BigEarthNet patch folders or a folder of them."
-    )],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; BigEarthNet patch folders or a folder of them."
+    )] = None,
     labels_path: Annotated[
         Path | None, typer.Option("--labels", "-l", help="CORINE raster/vector, or another vector with --mapping.")
     ] = None,
@@ -164,11 +169,31 @@ def ingest(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset made with other settings.")] = False,
+    from_list: Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)] = None,
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")] = None,
+    finalize: Annotated[bool, typer.Option(
+        "--finalize", help="Only merge the finished scenes' catalogs into catalog.parquet, splits.gpkg and "
+        "dataset.json (after all shards; safe to run twice).")] = False,
 ) -> None:
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
+    from landcover.cluster import parse_shard, read_list
     from landcover.config import load_config
+    from landcover.errors import ConfigError
     from landcover.ingest import IngestConfig
+    from landcover.ingest import finalize as finalize_dataset
     from landcover.ingest import ingest as run_ingest
+
+    if finalize:
+        if inputs or from_list:
+            raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
+        with progress_bars() as update:
+            dataset = finalize_dataset(out_dir, update)
+        out.print(f"dataset {out_dir}: finalized {len(dataset['scenes'])} scene(s); catalog {out_dir / 'catalog.parquet'}")
+        return
+    items = list(inputs or []) + (read_list(from_list) if from_list else [])
+    if not items:
+        raise ConfigError("no input given: pass Sentinel-2 products or --from-list FILE")
+    part = parse_shard(shard)
 
     cfg = load_config(
         IngestConfig, config, set_,
@@ -178,7 +203,12 @@ def ingest(
            "split.block_size_m": block_size, "split.by_scene": split_by_scene, "split.seed": seed},
     )
     with progress_bars() as update:
-        dataset = run_ingest(inputs, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update)
+        dataset = run_ingest(items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update,
+                             shard=part)
+    if not dataset.get("finalized", True):
+        out.print(f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
+                  f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done")
+        return
     norm = dataset["normalization"]
     for warning in sorted({w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}):
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
@@ -199,7 +229,9 @@ def train(
     max_epochs: Annotated[int | None, typer.Option(help="Shortcut for --set trainer.max_epochs=N.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu (--set trainer.accelerator).")] = None,
     devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue from a checkpoint (RUN/checkpoints/last.ckpt), or 'auto': continue the run in --out if it has "
+        "one, else start it (for requeued SLURM jobs).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
@@ -267,8 +299,8 @@ def predict(
         "--out", "-o", help="Output .tif for one input; a folder (one <scene>.tif each) for several or --from-list.")],
     inputs: Annotated[list[Path] | None, typer.Argument(
         help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif.")] = None,
-    from_list: Annotated[Path | None, typer.Option(
-        help="Text file with one input per line (# comments; relative paths are relative to the file).")] = None,
+    from_list: Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)] = None,
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")] = False,
     confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
     overlap: Annotated[int | None, typer.Option(help="Window overlap in pixels (default: tile / 4).")] = None,
@@ -280,24 +312,25 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
+    from landcover.cluster import parse_shard, read_list, shard_items
     from landcover.errors import ConfigError
-    from landcover.predict import predict_many, predict_scene
+    from landcover.predict import predict_many, predict_scene, scene_name
 
-    items = list(inputs or [])
-    if from_list is not None:
-        try:
-            lines = from_list.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --from-list {from_list} ({exc}); check the path") from exc
-        for line in (raw.strip() for raw in lines):
-            if line and not line.startswith("#"):
-                path = Path(line).expanduser()
-                items.append(path if path.is_absolute() else from_list.parent / path)
+    items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
         raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
+    part = parse_shard(shard)
+    if part is not None and part[1] > 1:
+        if out_path.suffix.lower() in (".tif", ".tiff"):
+            raise ConfigError(f"--out {out_path} is a file name but --shard splits a batch; pass a folder")
+        items = shard_items(items, part, key=lambda p: scene_name(p))
+        if not items:
+            out.print(f"shard {part[0]}/{part[1]}: no scene (there are fewer scenes than shards)")
+            return
+    batch = from_list is not None or (part is not None and part[1] > 1)  # --out is then a folder
     options = dict(overlap=overlap, tile=tile, batch_size=batch_size, device=device, probabilities=probabilities,
                    confidence=confidence, quicklook=quicklook, mask_clouds=mask_clouds)
-    single = len(items) == 1 and from_list is None and out_path.suffix.lower() in (".tif", ".tiff")
+    single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"--out {out_path} is a file name but there are {len(items)} inputs; pass a folder")
     with progress_bars() as update:

@@ -36,6 +36,7 @@ from landcover.bigearthnet import PATCH_PIXELS
 from landcover.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
 from landcover.catalog import SplitConfig, check_block_size, tile_record, write_scene_part
 from landcover.catalog import finalize as finalize_catalog
+from landcover.cluster import Shard, shard_items
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
 from landcover.io import GDAL_ENV, Grid, class_map_profile, style_class_map, write_qgis_style
 from landcover.labels import RasterLabels, load_label_mapping, open_label_source
@@ -131,8 +132,13 @@ def _settings(cfg: IngestConfig, labels: Path | None) -> dict[str, object]:
 
 
 def _prepare(out: Path, settings: dict[str, object], overwrite: bool) -> None:
-    """Create ``out`` or check it holds a dataset made with the same settings; clean stale parts."""
+    """Create ``out`` or check it holds a dataset made with the same settings.
+
+    Safe when several shards (array tasks) start at once: the settings file is created atomically
+    (the first one wins) and every other shard checks it holds the same settings.
+    """
     marker = out / "ingest_settings.json"
+    text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
     if marker.exists():
         old = json.loads(marker.read_text())
         if old != settings:
@@ -148,13 +154,26 @@ def _prepare(out: Path, settings: dict[str, object], overwrite: bool) -> None:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != "scenes" and not p.name.startswith(".") for p in out.iterdir()):
         raise OutputExistsError(f"{out} exists and is not a landcover dataset; choose an empty or new --out")
     (out / "scenes").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "scenes").glob(".*.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     if not marker.exists():
-        marker.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        tmp = out / f".{marker.name}.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(text)
+        try:
+            os.link(tmp, marker)  # atomic, and fails if another shard created it first
+        except FileExistsError:
+            if json.loads(marker.read_text()) != settings:
+                raise OutputExistsError(f"{out} was just created by another run with other settings; "
+                                        "give every shard the same settings") from None
+        finally:
+            tmp.unlink()
+
+
+def _clean_partials(out: Path, scene_id: str) -> None:
+    """Remove what an interrupted run left of one scene (only its own shard ever writes it)."""
+    for stale in (out / "scenes").glob(f".{scene_id}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _image_profile(grid: Grid, count: int, cfg: IngestConfig) -> dict[str, object]:
@@ -339,13 +358,22 @@ def ingest(
     config: IngestConfig | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, object]:
     """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it.
 
     BigEarthNet patches and folders of them become one scene per product (tile and date) and group
     of touching patches, see :mod:`landcover.bigearthnet_scenes`; when every input is BigEarthNet,
     ``tile_size`` defaults to 120 (one tile per patch).
+
+    With ``shard=(I, N)``, N > 1, only the scenes of shard I are ingested (see
+    :mod:`landcover.cluster`) and the dataset is not finalized: run :func:`finalize` (``landcover
+    ingest --finalize``) once every shard is done. The result then describes the shard's scenes.
     """
+    sharded = shard is not None and shard[1] > 1
+    if sharded and overwrite:
+        raise ConfigError("--overwrite cannot be combined with --shard (shards would delete each other's "
+                          "scenes): remove the dataset folder once before submitting the shards")
     cfg = config or IngestConfig()
     out = Path(out)
     label_path = Path(labels) if labels is not None else None
@@ -363,16 +391,22 @@ def ingest(
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
         _prepare(out, _settings(cfg, label_path), overwrite)
-        for n, (product, scene_id) in enumerate(zip(products, ids, strict=True)):
+        todo = shard_items(list(zip(products, ids, strict=True)), shard, key=lambda item: item[1])
+        for n, (product, scene_id) in enumerate(todo):
             if progress:
-                progress("scenes", n, len(products))
+                progress("scenes", n, len(todo))
             if (out / "scenes" / scene_id / "scene.json").exists():  # finished by an earlier run
                 if progress:
                     progress(f"{scene_id}: done before, skipped", 1, 1)
                 continue
+            _clean_partials(out, scene_id)
             ingest_scene(product, label_path, out, cfg, bands, progress)
         if progress:
-            progress("scenes", len(products), len(products))
+            progress("scenes", len(todo), len(todo))
+    if sharded:
+        assert shard is not None
+        return {"shard": list(shard), "scenes": [scene_id for _, scene_id in todo], "total_scenes": len(ids),
+                "finalized": False}
     return finalize(out, progress)
 
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from landcover import __version__
+from landcover.cluster import check_slurm_training
 from landcover.datamodule import DataConfig, LandcoverDataModule
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.models import ModelConfig, count_parameters
@@ -93,7 +94,13 @@ def _plot_curves(metrics_csv: Path, out: Path, monitor: str) -> None:
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None,
           overwrite: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` into the run folder ``out``; return the best epoch's metrics."""
+    """Train ``cfg`` into the run folder ``out``; return the best epoch's metrics.
+
+    ``resume``: a checkpoint to continue from, or ``"auto"``: continue the run in ``out`` if it has
+    one (the checkpoint Lightning saved on SLURM's pre-emption signal, else ``last.ckpt``), else
+    start it: what a requeued SLURM job needs. Under ``srun`` the job's tasks must match
+    ``trainer.devices`` x ``trainer.num_nodes`` (checked first; Lightning would hang or fail).
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -101,10 +108,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     out = Path(out)
     if cfg.data.dataset is None:
         raise ConfigError("no dataset: pass --dataset DIR (a folder made by landcover ingest) or set data.dataset")
-    if resume is None and (out / "checkpoints").exists() and not overwrite:
-        raise OutputExistsError(f"{out} holds a run; pass --resume {out}/checkpoints/last.ckpt to continue it, "
+    check_slurm_training(cfg.trainer.devices, cfg.trainer.num_nodes)
+    ckpt_path = _resume_path(out, resume)
+    first = _launch_rank() == 0  # processes started by srun or Lightning's launcher all run this
+    if ckpt_path is None and (out / "checkpoints").exists() and not overwrite and first:
+        raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
                                 "--overwrite to replace it, or another --out")
-    if resume is None and overwrite and out.exists():
+    if ckpt_path is None and overwrite and out.exists() and first:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.trainer.seed, workers=True)
@@ -137,8 +147,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         class_weights=class_weights, **kwargs,
     )
     # the resolved config and the dataset description travel with the run
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    if first:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=task.monitor,
                                  mode="max", save_last=True, auto_insert_metric_name=False)
@@ -155,7 +166,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
         logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
     )
-    trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None)
+    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
     if trainer.world_size > 1:  # the final evaluation runs on rank 0 alone
         import torch.distributed as dist
 
@@ -176,6 +187,27 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     if metrics_csv.exists():
         _plot_curves(metrics_csv, out / "curves.png", task.monitor)
     return metrics
+
+
+def _launch_rank() -> int:
+    """The global rank the launcher gave this process (SLURM_PROCID, or Lightning's/torchrun's RANK)."""
+    for name in ("SLURM_PROCID", "RANK", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _resume_path(out: Path, resume: str | Path | None) -> str | None:
+    if resume is None:
+        return None
+    if str(resume) != "auto":
+        if not Path(resume).exists():
+            raise ConfigError(f"--resume {resume}: no such checkpoint; pass RUN/checkpoints/last.ckpt or 'auto'")
+        return str(resume)
+    if list(out.glob("hpc_ckpt_*.ckpt")):
+        return "hpc"  # saved by Lightning on SLURM's signal before the requeue; it picks the newest
+    last = out / "checkpoints" / "last.ckpt"
+    return str(last) if last.exists() else None
 
 
 def _epoch_of(path: Path) -> int:
