@@ -38,9 +38,21 @@ def quiet_lightning() -> None:
     import warnings
 
     if not _state["debug"]:
+        import lightning.pytorch  # noqa: F401  (it sets its loggers' levels when imported: import it first)
+
         for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|num_workers).*")
+        warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|num_workers|`srun` command).*")
+
+
+def sigterm_as_interrupt() -> None:
+    """Unwind on SIGTERM (scancel, a SLURM requeue or time limit) as on Ctrl-C: partial outputs are removed."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def handles_errors(fn: F) -> F:
@@ -183,6 +195,7 @@ def ingest(
     from landcover.ingest import finalize as finalize_dataset
     from landcover.ingest import ingest as run_ingest
 
+    sigterm_as_interrupt()
     if finalize:
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
@@ -239,6 +252,7 @@ def train(
     from landcover.train import TrainConfig
     from landcover.train import train as run_train
 
+    quiet_lightning()
     cfg = load_config(
         TrainConfig, config, set_,
         **{"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
@@ -316,6 +330,7 @@ def predict(
     from landcover.errors import ConfigError
     from landcover.predict import predict_many, predict_scene, scene_name
 
+    sigterm_as_interrupt()
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
         raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")

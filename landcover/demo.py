@@ -1,7 +1,7 @@
 """``landcover demo``: the whole pipeline on the embedded real samples, through the same code as the commands.
 
 * segmentation: the Sentinel-2 L1C clip of T33UUU with OpenStreetMap land use mapped onto CORINE
-  level 1 -> ``ingest`` (spatial split) -> ``train`` (configs/tiny.yaml) -> ``predict`` the whole clip
+  level 1 -> ``ingest`` (spatial split) -> ``train`` (configs/demo.yaml) -> ``predict`` the whole clip
   from its JP2 bands -> ``evaluate`` on the test split's pixels, next to a nearest-centroid baseline on
   the same bands and split;
 * classification: the BigEarthNet v2 patches of T33UUP with their official 19-class labels and splits
@@ -103,9 +103,9 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
 
     say("1/4 ingest: Sentinel-2 L1C clip T33UUU + OpenStreetMap land use -> CORINE level 1")
     dataset = _ingest_segmentation(out / "dataset")
-    say("2/4 train: U-Net/ResNet-18 (configs/tiny.yaml) on the train tiles, early stopping on val mIoU")
+    say("2/4 train: U-Net/ResNet-18 (configs/demo.yaml) on the train tiles, early stopping on val mIoU")
     overrides = [f"data.dataset={dataset}"] + ([f"trainer.max_epochs={max_epochs}"] if max_epochs else [])
-    cfg = load_config(TrainConfig, config_dir() / "tiny.yaml", overrides)
+    cfg = load_config(TrainConfig, config_dir() / "demo.yaml", overrides)
     metrics = train(cfg, out / "train", overwrite=True)
     say("3/4 predict: the whole clip, from its JP2 bands")
     map_path = out / "map" / "T33UUU_landcover.tif"

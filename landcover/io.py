@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import uuid
@@ -87,6 +88,16 @@ def open_raster(path: str | Path, mode: str = "r") -> rasterio.DatasetReader:
 def temporary_sibling(path: Path) -> Path:
     """A unique hidden name next to ``path`` (same folder, so the final rename is atomic)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary siblings of ``path`` that a killed run (SIGKILL, node failure) left.
+
+    Call it only where this process is the one writer of ``path`` (one shard per scene).
+    """
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial{glob.escape(path.suffix)}*"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ from landcover.io import (
     GDAL_ENV,
     Grid,
     open_raster,
+    remove_stale_temporaries,
     style_class_map,
     temporary_sibling,
     write_qgis_style,
@@ -513,6 +514,8 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
+        remove_stale_temporaries(path)
     with rasterio.Env(**GDAL_ENV), _temporaries() as tmp, contextlib.closing(_open_source(input, lm)) as source:
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
@@ -654,6 +657,8 @@ def _enter_env(options: dict[str, Any]) -> None:
 def scene_name(path: str | Path) -> str:
     """Output name of an input: the scene folder of an ingested image.tif, else the product's name."""
     p = Path(path)
+    while p.name.upper() in ("IMG_DATA", "R10M", "R20M", "R60M") and p.parent != p:
+        p = p.parent  # a band folder inside a product: name it after the product folder
     name = p.parent.name if p.name == "image.tif" and is_ingested_stack(p) else p.name
     for suffix in (".zip", ".SAFE", ".tiff", ".tif", ".jp2"):
         name = name[: -len(suffix)] if name.lower().endswith(suffix.lower()) else name

@@ -7,6 +7,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+import rasterio
 from typer.testing import CliRunner
 
 from landcover.catalog import read_catalog
@@ -25,14 +27,32 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_main_job_runs_on_the_embedded_sample(tmp_path, monkeypatch):
+def test_readme_first_command_is_the_demo():
     main_job = readme_commands()[0]
+    assert main_job.startswith("python3 -m venv .venv && .venv/bin/pip install -q -e . && ")
     args = shlex.split(main_job.split("&& .venv/bin/landcover ", 1)[1])
-    args[args.index("--out") + 1] = str(tmp_path / "sample")
+    assert args[0] == "demo" and "--out" in args
+
+
+@pytest.mark.slow
+def test_readme_first_command_runs_the_demo_and_beats_the_baseline(tmp_path, monkeypatch):
+    """The README's first command as a user runs it (about 4 minutes on 2 cores)."""
+    args = shlex.split(readme_commands()[0].split("&& .venv/bin/landcover ", 1)[1])
+    args[args.index("--out") + 1] = str(tmp_path / "demo")
     monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    dataset = json.loads((tmp_path / "sample" / "dataset.json").read_text())
+    seg = json.loads((tmp_path / "demo" / "demo.json").read_text())["segmentation"]
+    for key in ("map", "quicklook", "report", "curves", "checkpoint"):
+        assert Path(seg[key]).exists() and Path(seg[key]).name in result.output.replace("\n", "")
+    assert seg["miou"] > seg["baseline_miou"], seg  # the CNN beats the per-pixel baseline on the same split
+    jp2 = next((ROOT / "landcover" / "sample_data" / "T33UUU" / "IMG_DATA").glob("*_B02.jp2"))
+    with rasterio.open(seg["map"]) as m, rasterio.open(jp2) as ref:
+        assert (m.crs, m.transform, m.width, m.height) == (ref.crs, ref.transform, ref.width, ref.height)
+        assert m.colormap(1)[0][:3] == (230, 0, 77)  # CORINE level 1 "Artificial surfaces" colour
+        assert m.tags(1)["CLASS_0"] == "Artificial surfaces"
+        assert json.loads(m.tags()["CLASS_NAMES"])[4] == "Water bodies"
+        assert m.overviews(1)
+    dataset = json.loads((Path(seg["dataset"]) / "dataset.json").read_text())
     assert dataset["nomenclature"]["name"] == "level1" and len(dataset["bands"]) == 13
-    assert dataset["normalization"]["count"] > 0
-    assert set(read_catalog(tmp_path / "sample")["split"]) == {"train", "val", "test"}
+    assert set(read_catalog(seg["dataset"])["split"]) == {"train", "val", "test"}
