@@ -271,6 +271,38 @@ def train(
 
 @app.command()
 @handles_errors
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP", help="Sweep YAML (see configs/sweep_lr_encoder.yaml).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: variants/, leaderboard, best/.")],
+    dataset: Annotated[Path | None, typer.Option(help="Dataset folder for every variant (else the sweep's).")] = None,
+    parallel: Annotated[str | None, typer.Option(help="Variants at once: N or auto (one per core or GPU).")] = None,
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP + " Then run --leaderboard once all are done.")] = None,
+    leaderboard_only: Annotated[bool, typer.Option(
+        "--leaderboard", help="Only rank the finished variants, promote the best and score it on test.")] = False,
+) -> None:
+    """Train many variants of a config (grid/list), rank them on validation, keep the best."""
+    from landcover.cluster import parse_shard
+    from landcover.sweep import leaderboard, load_sweep, run_sweep
+
+    if leaderboard_only:
+        result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)
+    else:
+        part = parse_shard(shard)
+        result = run_sweep(sweep_file, out_dir, dataset=dataset, parallel=parallel, shard=part,
+                           say=lambda line: out.print(line, highlight=False))
+        if "shard" in result:
+            out.print(f"shard {part[0]}/{part[1]}: {len(result['variants'])} variant(s) finished; run `landcover sweep "
+                      f"{sweep_file} --out {out_dir} --leaderboard` when every shard is done")
+            return
+    top = result["leaderboard"][0]
+    test = {k: v for k, v in result.get("test", {}).items() if isinstance(v, float) and "/iou/" not in k}
+    out.print(f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
+              f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
+              f"leaderboard {out_dir / 'leaderboard.md'}; best checkpoint {out_dir / 'best' / 'best.ckpt'}")
+
+
+@app.command()
+@handles_errors
 def evaluate(
     prediction: Annotated[Path, typer.Argument(
         metavar="PREDICTION", help="Class-map GeoTIFF to score (255 = no data), e.g. from predict.")],
@@ -360,6 +392,28 @@ def predict(
         extra = ", ".join(Path(p).name for name, p in s["out"].items() if name != "map")
         out.print(f"wrote {s['out']['map']} ({s['grid']['width']} x {s['grid']['height']} px, {s['windows_run']} windows, "
                   f"{s['windows_skipped']} empty skipped, {s['seconds']:.1f} s on {s['device']}; {extra})")
+
+
+@app.command()
+@handles_errors
+def explain(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")],
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A Sentinel-2 product or an ingested image.tif.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps, overlay.png and explain.json.")],
+    classes: Annotated[str | None, typer.Option(
+        help="Classification: codes or names, comma-separated, or 'all' (default: the classes found).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Show what a model relies on: Grad-CAM heat maps (classification) or entropy/margin maps (segmentation)."""
+    from landcover.explain import explain as run_explain
+    from landcover.explain import explain_command_summary
+
+    sigterm_as_interrupt()
+    with progress_bars() as update:
+        result = run_explain(checkpoint, input_path, out_dir, classes=classes, device=device, overwrite=overwrite,
+                             progress=update)
+    out.print(explain_command_summary(result), highlight=False)
 
 
 @app.command()

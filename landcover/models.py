@@ -51,6 +51,9 @@ class ModelConfig(BaseModel, extra="forbid"):
     """Dropout before the classification head / the segmentation head."""
     freeze_encoder_epochs: int = Field(0, ge=0)
     """Epochs with a frozen encoder at the start of training (used by the training task)."""
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    """Stochastic depth: the chance that a residual block is skipped in training (timm's
+    ``drop_path_rate``, the classification ResNets; smp's U-Net encoders do not support it)."""
 
     @field_validator("encoder_weights")
     @classmethod
@@ -118,13 +121,16 @@ def build_model(
             encoder_name=cfg.encoder, encoder_weights=None, in_channels=len(names),
             classes=num_classes,
         )
+        if cfg.drop_path > 0:
+            raise ConfigError("model.drop_path (stochastic depth) needs the timm encoders of the classification "
+                              "task; smp's U-Net encoders have none: set it to 0 (use model.dropout instead)")
         head = model.segmentation_head
         if cfg.dropout > 0 and isinstance(head, nn.Sequential):
             model.segmentation_head = _DropoutSegmentationHead(cfg.dropout, head)
     else:
         model = timm.create_model(
             cfg.encoder, pretrained=False, in_chans=len(names), num_classes=num_classes,
-            drop_rate=cfg.dropout,
+            drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path,
         )
     provenance: dict[str, Any] = {
         "task": cfg.task,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,7 +167,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
         logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
     )
+    started = time.perf_counter()
     trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - started
     if trainer.world_size > 1:  # the final evaluation runs on rank 0 alone
         import torch.distributed as dist
 
@@ -181,6 +184,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         "best_checkpoint": str(best), "best_epoch": int(_epoch_of(best)),
         "stopped_epoch": int(trainer.current_epoch), "early_stopped": bool(early.stopped_epoch),
         "parameters": count_parameters(task.model), "monitor": task.monitor,
+        "train_seconds": round(fit_seconds, 2), "world_size": int(trainer.world_size),
+        # training samples per second over the whole fit (validation and checkpoints included)
+        "train_samples_per_second": round(trainer.global_step * cfg.data.batch_size * trainer.world_size
+                                          / max(fit_seconds, 1e-9), 2),
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"

@@ -213,3 +213,23 @@ def test_readme_cluster_example_runs_as_written(tmp_path):
 
     with rasterio.open(tmp_path / "cluster" / "maps" / "T33UUU.tif") as src:
         assert (src.width, src.height) == (1536, 768) and src.colormap(1)[0][:3] == (230, 0, 77)
+
+
+def test_sweep_as_an_array_gives_the_local_pools_leaderboard(tmp_path):
+    from landcover.sweep import run_sweep
+    from tests.learnable import make_learnable_dataset
+
+    dataset = make_learnable_dataset(tmp_path, size=512, seed=1)  # small, with val and test tiles
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.001, 0.00001]},
+                                 "set": {"trainer.max_epochs": 2, "optim.scheduler": "none"}}))
+    local = run_sweep(sweep, tmp_path / "local", dataset=dataset, parallel=2)
+    job = sbatch("--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/logs/%x-%A_%a.out",
+                 str(SLURM / "sweep_array.sbatch"), str(sweep), str(tmp_path / "array"), "--dataset", str(dataset))
+    assert wait(job) == ["COMPLETED"] * 2, logs(tmp_path / "logs")  # 2 tasks loop over 3 variants
+    board = subprocess.run([LANDCOVER, "sweep", str(sweep), "--out", str(tmp_path / "array"), "--dataset", str(dataset),
+                            "--leaderboard"], capture_output=True, text=True, env=env())
+    assert board.returncode == 0, board.stderr
+    array = json.loads((tmp_path / "array" / "leaderboard.json").read_text())
+    assert [(r["variant"], r["score"]) for r in array["leaderboard"]] == \
+        [(r["variant"], r["score"]) for r in local["leaderboard"]]

@@ -1,0 +1,320 @@
+"""``landcover sweep``: many ordinary training runs from one base config, and a leaderboard.
+
+A sweep file names a base training config and the variations to try::
+
+    base: tiny.yaml                 # relative to the sweep file (or configs/)
+    dataset: ../runs/sample         # optional: data.dataset for every variant
+    set: {trainer.max_epochs: 5}    # optional: overrides for every variant
+    grid:                           # every combination (cartesian product) ...
+      optim.lr: [0.1, 0.001, 0.00001]
+      model.encoder: [resnet18, resnet34]
+    variants:                       # ... and/or a list of named variants
+      - {name: frozen, model.freeze_encoder_epochs: 2}
+    keep: 3                         # optional: delete the checkpoints of all but the best 3
+
+Each variant is a ``landcover train`` run (a subprocess) in ``OUT/variants/<name>``, with its resolved
+config in ``variant.yaml``. Variants run in a bounded process pool (``parallel``: at most one per
+CPU core, or per GPU), or one SLURM array task each (``--shard``; an array shorter than the variant
+count loops: task I runs variants I, I + N, ...). A variant with a ``metrics.json`` is finished and
+skipped; one that stopped midway continues from its last checkpoint (``--resume auto``).
+
+The leaderboard ranks the finished variants by the same validation metric (the task's monitor:
+val mIoU or val mAP) in ``leaderboard.csv``/``.md`` and a plot; the best is copied to ``OUT/best``
+(checkpoint + config) and scored once on the test split (``best/test_metrics.json``), only then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from landcover.cluster import Shard, shard_items
+from landcover.config import apply_override, config_dir, load_config
+from landcover.errors import ConfigError, OutputExistsError
+
+RESERVED = ("name",)
+
+
+class SweepConfig(BaseModel):
+    """One sweep file (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: str
+    dataset: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    parallel: int | str = "auto"
+    keep: int | None = Field(None, ge=1)
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        cfg = SweepConfig.model_validate(data)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read sweep file {path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'sweep'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid sweep file {path}: {problems}") from exc
+    if any(not values for values in cfg.grid.values()):
+        empty = [k for k, v in cfg.grid.items() if not v]
+        raise ConfigError(f"{path}: grid {', '.join(empty)} has no value; give each key a list of values")
+    if not cfg.grid and not cfg.variants:
+        raise ConfigError(f"{path} has neither a grid nor variants: nothing to sweep")
+    return cfg, path
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
+
+
+def variant_overrides(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(name, {dotted key: value}) of every variant, in a stable order; names must be unique."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    keys = list(cfg.grid)
+    for combo in itertools.product(*(cfg.grid[k] for k in keys)) if keys else []:
+        values = dict(zip(keys, combo, strict=True))
+        out.append(("_".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in values.items()), values))
+    for i, variant in enumerate(cfg.variants):
+        values = {k: v for k, v in variant.items() if k not in RESERVED}
+        name = str(variant.get("name") or "_".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in values.items())
+                   or f"variant{i}")
+        out.append((_slug(name), values))
+    names = [n for n, _ in out]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"variants {', '.join(dup)} would write into the same folder; give them distinct "
+                          "values or names")
+    return out
+
+
+def resolve_variants(cfg: SweepConfig, sweep_file: Path, dataset: str | Path | None = None) -> dict[str, dict]:
+    """The full, validated training config of every variant (name -> config as a dict)."""
+    from landcover.train import TrainConfig
+
+    base = Path(cfg.base)
+    for candidate in (sweep_file.parent / base, config_dir() / base, base):
+        if candidate.is_file():
+            base = candidate
+            break
+    else:
+        raise ConfigError(f"base config {cfg.base} not found beside {sweep_file} nor in configs/")
+    root = dataset or (str((sweep_file.parent / cfg.dataset).resolve()) if cfg.dataset else None)
+    common = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in cfg.set.items()]
+    resolved = {}
+    for name, values in variant_overrides(cfg):
+        overrides = common + [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in values.items()]
+        if root is not None:
+            overrides.append(f"data.dataset={root}")
+        try:
+            resolved[name] = load_config(TrainConfig, base, overrides).model_dump(mode="json")
+        except ConfigError as exc:
+            raise ConfigError(f"variant {name}: {exc}") from None
+    return resolved
+
+
+def _pool_size(parallel: int | str, n: int, cfgs: list[dict]) -> int:
+    gpu = any(c["trainer"]["accelerator"] in ("gpu", "cuda", "auto") for c in cfgs)
+    if parallel != "auto":
+        return max(1, min(int(parallel), n))
+    devices = 0
+    if gpu:
+        import torch
+
+        devices = torch.cuda.device_count()
+    return max(1, min(n, devices or _cpus()))
+
+
+def _cpus() -> int:
+    """The CPUs this process may use: the SLURM task's allocation, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: int | None) -> tuple[str, int, str]:
+    """``landcover train`` in a subprocess; (name, exit code, last lines of its output)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    resume = ["--resume", "auto"] if (folder / "checkpoints").exists() else []
+    with open(folder / "train.log", "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "landcover.cli", "train", str(folder / "variant.yaml"),
+                               "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env)
+    tail = (folder / "train.log").read_text().strip().splitlines()[-3:]
+    return name, proc.returncode, "\n".join(tail)
+
+
+def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | None = None,
+              parallel: int | str | None = None, shard: Shard | None = None,
+              say=print) -> dict[str, Any]:
+    """Run the unfinished variants (of ``shard``), then (unsharded) write the leaderboard."""
+    cfg, sweep_file = load_sweep(sweep_file)
+    out = Path(out)
+    configs = resolve_variants(cfg, sweep_file, dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = out / "sweep.json"
+    record = {"sweep": yaml.safe_load(sweep_file.read_text()), "variants": configs}
+    if plan.exists() and json.loads(plan.read_text())["variants"] != configs:
+        raise OutputExistsError(f"{out} holds a sweep with other variants; choose another --out")
+    if not plan.exists():
+        tmp = out / f".sweep.json.{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, plan)
+    names = shard_items(list(configs), shard)
+    todo = [n for n in names if not (out / "variants" / n / "metrics.json").exists()]
+    for n in sorted(set(names) - set(todo)):
+        say(f"{n}: finished before, skipped")
+    size = _pool_size(parallel or cfg.parallel, len(todo) or 1, [configs[n] for n in todo] or [{"trainer": {"accelerator": "cpu"}}])
+    gpus = _gpu_count(configs, todo)
+    threads = max(1, _cpus() // size)
+    failed = []
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        futures = [pool.submit(_run_variant, n, out / "variants" / n, configs[n], threads,
+                               (i % gpus) if gpus else None) for i, n in enumerate(todo)]
+        for future in futures:
+            name, code, tail = future.result()
+            say(f"{name}: {'done' if code == 0 else f'FAILED (exit {code})'}")
+            if code != 0:
+                failed.append(f"{name}: {tail}")
+    if failed:
+        raise ConfigError("variants failed (see OUT/variants/<name>/train.log):\n" + "\n".join(failed))
+    if shard is not None and shard[1] > 1:
+        return {"shard": list(shard), "variants": names}
+    return leaderboard(out, keep=cfg.keep, dataset=dataset)
+
+
+def _gpu_count(configs: dict[str, dict], todo: list[str]) -> int:
+    if not any(configs[n]["trainer"]["accelerator"] in ("gpu", "cuda", "auto") for n in todo):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path | None = None,
+                test: bool = True) -> dict[str, Any]:
+    """Rank the finished variants of ``out``; promote the best to ``out/best``; score it on test once."""
+    import pandas as pd
+
+    out = Path(out)
+    plan = json.loads((out / "sweep.json").read_text())
+    rows, missing = [], []
+    for name, config in plan["variants"].items():
+        path = out / "variants" / name / "metrics.json"
+        if not path.exists():
+            missing.append(name)
+            continue
+        m = json.loads(path.read_text())
+        monitor = m["monitor"]
+        row = {"variant": name, "metric": monitor, "score": m.get(monitor), "best_epoch": m.get("best_epoch"),
+               "stopped_epoch": m.get("stopped_epoch"), "parameters": m.get("parameters"),
+               "train_seconds": m.get("train_seconds"), "samples_per_second": m.get("train_samples_per_second"),
+               "lr": config["optim"]["lr"], "encoder": config["model"]["encoder"],
+               "encoder_weights": config["model"]["encoder_weights"]}
+        row.update({k: v for k, v in m.items() if k.startswith(("val/iou/", "val/ap/", "val/f1"))})
+        rows.append(row)
+    if missing:
+        raise ConfigError(f"{len(missing)} variant(s) not finished ({', '.join(missing[:5])}): run the sweep "
+                          "(or the rest of its array) first")
+    table = pd.DataFrame(rows)
+    table["score"] = table["score"].astype(float).fillna(-math.inf)
+    table = table.sort_values(["score", "variant"], ascending=[False, True]).reset_index(drop=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
+    table.to_csv(out / "leaderboard.csv", index=False)
+    cols = ["rank", "variant", "score", "lr", "encoder", "best_epoch", "parameters", "train_seconds",
+            "samples_per_second"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in table.to_dict("records")]
+    (out / "leaderboard.md").write_text(f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n"
+                                        + "\n".join(lines) + "\n")
+    _plot(table, out / "leaderboard.png")
+    best = table["variant"][0]
+    _promote(out, best)
+    if keep is not None:
+        for name in table["variant"][keep:]:
+            shutil.rmtree(out / "variants" / name / "checkpoints", ignore_errors=True)
+    result: dict[str, Any] = {"best": best, "leaderboard": table.to_dict("records")}
+    if test:
+        result["test"] = _test_once(out / "best", dataset)
+    (out / "leaderboard.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plot(table, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if table["lr"].nunique() > 1:
+        for encoder, group in table.groupby("encoder"):
+            group = group.sort_values("lr")
+            ax.plot(group["lr"], group["score"].replace(-math.inf, float("nan")), "o-", label=encoder)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.legend()
+    else:
+        ax.barh(table["variant"][::-1], table["score"][::-1])
+    ax.set_ylabel(table["metric"][0]) if table["lr"].nunique() > 1 else ax.set_xlabel(table["metric"][0])
+    ax.set_title("sweep: validation score per variant")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _promote(out: Path, best: str) -> None:
+    """Copy the best variant's checkpoint, config and metrics to ``out/best`` (atomically)."""
+    src = out / "variants" / best
+    target = out / "best"
+    if target.exists() and json.loads((target / "variant.json").read_text())["variant"] == best:
+        return
+    tmp = out / f".best.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copy2(src / "checkpoints" / "best.ckpt", tmp / "best.ckpt")
+    for name in ("variant.yaml", "metrics.json", "dataset.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, tmp / name)
+    (tmp / "variant.json").write_text(json.dumps({"variant": best}) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
+    """The final pick's test-split scores: computed the first time, read back afterwards."""
+    done = best / "test_metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    from landcover.datamodule import LandcoverDataModule
+    from landcover.train import TrainConfig, evaluate_checkpoint
+
+    config = yaml.safe_load((best / "variant.yaml").read_text())
+    if dataset is not None:
+        apply_override(config, f"data.dataset={dataset}")
+    cfg = TrainConfig.model_validate(config)
+    data = LandcoverDataModule(cfg.data, task=cfg.model.task, seed=cfg.trainer.seed)
+    scores = evaluate_checkpoint(best / "best.ckpt", data, split="test")
+    done.write_text(json.dumps(scores, indent=2, default=str) + "\n")
+    return scores

@@ -1,0 +1,79 @@
+"""landcover sweep: variants from a grid, a bounded process pool, the leaderboard, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from landcover.errors import ConfigError
+from landcover.sweep import load_sweep, resolve_variants, run_sweep, variant_overrides
+from tests.learnable import make_learnable_dataset
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_grid_and_named_variants_resolve_to_full_configs(tmp_path):
+    path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "set": {"trainer.max_epochs": 2},
+                                       "grid": {"optim.lr": [0.1, 0.001], "model.encoder": ["resnet18", "resnet34"]},
+                                       "variants": [{"name": "reg", "model.dropout": 0.2, "loss.label_smoothing": 0.1}]})
+    cfg, _ = load_sweep(path)
+    names = [n for n, _ in variant_overrides(cfg)]
+    assert names == ["lr-0.1_encoder-resnet18", "lr-0.1_encoder-resnet34", "lr-0.001_encoder-resnet18",
+                     "lr-0.001_encoder-resnet34", "reg"]
+    configs = resolve_variants(cfg, path, dataset=tmp_path / "ds")
+    assert configs["lr-0.001_encoder-resnet34"]["optim"]["lr"] == 0.001
+    assert configs["lr-0.001_encoder-resnet34"]["model"]["encoder"] == "resnet34"
+    assert configs["reg"]["model"]["dropout"] == 0.2 and configs["reg"]["optim"]["lr"] == 0.003  # tiny.yaml's
+    assert all(c["trainer"]["max_epochs"] == 2 and c["data"]["dataset"] == str(tmp_path / "ds") for c in configs.values())
+
+
+@pytest.mark.parametrize("sweep,message", [
+    ({"base": "tiny.yaml", "grid": {"optim.lr": [0.1]}, "colour": 1}, "colour"),
+    ({"base": "tiny.yaml", "grid": {"optim.lr": []}}, "has no value"),
+    ({"base": "tiny.yaml"}, "neither a grid nor variants"),
+    ({"base": "tiny.yaml", "variants": [{"name": "a", "optim.lr": 0.1}, {"name": "a", "optim.lr": 0.2}]},
+     "same folder"),
+    ({"base": "tiny.yaml", "grid": {"optim.lrr": [0.1]}}, "variant lrr-0.1"),
+    ({"base": "missing.yaml", "grid": {"optim.lr": [0.1]}}, "not found"),
+])
+def test_bad_sweep_files_fail_clearly(tmp_path, sweep, message):
+    path = write(tmp_path / "s.yaml", sweep)
+    with pytest.raises(ConfigError, match=message):
+        cfg, _ = load_sweep(path)
+        resolve_variants(cfg, path)
+
+
+SWEEP = {"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.001, 0.00001], "model.encoder": ["resnet18", "resnet34"]},
+         "set": {"trainer.max_epochs": 4, "trainer.patience": 4, "optim.scheduler": "none",
+                 "data.augment": {"hflip": False, "vflip": False, "rot90": False}},
+         "parallel": 2, "keep": 2}
+
+
+@pytest.mark.slow
+def test_sweep_ranks_learning_rates_sensibly_and_resumes(tmp_path):
+    """3 learning rates x 2 encoders on a learnable dataset: 1e-3 wins, 1e-5 has not converged."""
+    dataset = make_learnable_dataset(tmp_path)
+    path = write(tmp_path / "sweep.yaml", SWEEP)
+    result = run_sweep(path, tmp_path / "sweep", dataset=dataset)
+    table = pd.read_csv(tmp_path / "sweep" / "leaderboard.csv")
+    assert len(table) == 6 and list(table["rank"]) == list(range(1, 7))
+    by_lr = table.groupby("lr")["score"].max()
+    assert table["lr"][0] == 0.001 and by_lr[0.001] > by_lr[1e-5] + 0.1, table
+    for row in table.itertuples():  # the leaderboard is each run's own metrics.json
+        metrics = json.loads((tmp_path / "sweep" / "variants" / row.variant / "metrics.json").read_text())
+        assert metrics[row.metric] == pytest.approx(row.score)
+    best = tmp_path / "sweep" / "best"
+    assert json.loads((best / "variant.json").read_text())["variant"] == result["best"] == table["variant"][0]
+    assert (best / "best.ckpt").exists() and "test/miou" in json.loads((best / "test_metrics.json").read_text())
+    kept = [v for v in table["variant"] if (tmp_path / "sweep" / "variants" / v / "checkpoints").exists()]
+    assert kept == list(table["variant"][:2])  # keep: 2
+    said = []
+    again = run_sweep(path, tmp_path / "sweep", dataset=dataset, say=said.append)
+    assert sum("finished before, skipped" in line for line in said) == 6
+    assert [r["score"] for r in again["leaderboard"]] == list(table["score"])
