@@ -282,7 +282,7 @@ def sweep(
 ) -> None:
     """Train many variants of a config (grid/list), rank them on validation, keep the best."""
     from landcover.cluster import parse_shard
-    from landcover.sweep import leaderboard, load_sweep, run_sweep
+    from landcover.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
 
     if leaderboard_only:
         result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)
@@ -294,11 +294,7 @@ def sweep(
             out.print(f"shard {part[0]}/{part[1]}: {len(result['variants'])} variant(s) finished; run `landcover sweep "
                       f"{sweep_file} --out {out_dir} --leaderboard` when every shard is done")
             return
-    top = result["leaderboard"][0]
-    test = {k: v for k, v in result.get("test", {}).items() if isinstance(v, float) and "/iou/" not in k}
-    out.print(f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
-              f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
-              f"leaderboard {out_dir / 'leaderboard.md'}; best checkpoint {out_dir / 'best' / 'best.ckpt'}")
+    out.print(sweep_summary(result, out_dir), highlight=False)
 
 
 @app.command()
@@ -424,29 +420,14 @@ def demo(
     max_epochs: Annotated[int | None, typer.Option(help="Fewer epochs for a quicker look.")] = None,
 ) -> None:
     """Run ingest -> train -> predict -> evaluate on the embedded real samples."""
-    from landcover.demo import run_demo
+    from landcover.demo import demo_summary, run_demo
 
     quiet_lightning()
     if task not in ("segmentation", "classification", "all"):
         err.print(f"[bold red]error:[/] unknown task {task!r}: use segmentation, classification or all")
         raise typer.Exit(2)
     results = run_demo(out_dir, task, say=lambda line: out.print(line, highlight=False), max_epochs=max_epochs)
-    seg = results.get("segmentation")
-    if seg:
-        out.print(
-            f"\nsegmentation: test mIoU {seg['miou']:.3f} (nearest-centroid baseline {seg['baseline_miou']:.3f}), "
-            f"overall accuracy {seg['accuracy']:.3f}\n"
-            f"  map (COG, open in QGIS): {seg['map']}\n  quick-look: {seg['quicklook']}\n"
-            f"  report: {seg['report']}/report.md\n  training curves: {seg['curves']}\n  checkpoint: {seg['checkpoint']}",
-            highlight=False,
-        )
-    cls = results.get("classification")
-    if cls:
-        out.print(
-            f"\nclassification: test macro mAP {cls['map_macro']:.3f} (label-frequency baseline "
-            f"{cls['baseline_map_macro']:.3f}); checkpoint {cls['checkpoint']}",
-            highlight=False,
-        )
+    out.print("\n" + demo_summary(results), highlight=False)
 
 
 def main() -> None:

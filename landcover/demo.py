@@ -173,3 +173,20 @@ def run_demo(out: str | Path, task: str = "segmentation", say: Say = print,
         results["classification"] = classification_demo(out / "classification", say, max_epochs)
     (out / "demo.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
+
+
+def demo_summary(results: dict[str, Any]) -> str:
+    """What the demo prints at the end: scores next to the baselines, and where everything is."""
+    lines = []
+    if seg := results.get("segmentation"):
+        lines += [
+            f"segmentation: test mIoU {seg['miou']:.3f} (nearest-centroid baseline {seg['baseline_miou']:.3f}), "
+            f"overall accuracy {seg['accuracy']:.3f}",
+            f"  map (COG, open in QGIS): {seg['map']}", f"  quick-look: {seg['quicklook']}",
+            f"  report: {seg['report']}/report.md", f"  training curves: {seg['curves']}",
+            f"  checkpoint: {seg['checkpoint']}",
+        ]
+    if cls := results.get("classification"):
+        lines.append(f"classification: test macro mAP {cls['map_macro']:.3f} (label-frequency baseline "
+                     f"{cls['baseline_map_macro']:.3f}); checkpoint {cls['checkpoint']}")
+    return "\n".join(lines)

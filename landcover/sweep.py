@@ -318,3 +318,13 @@ def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
     scores = evaluate_checkpoint(best / "best.ckpt", data, split="test")
     done.write_text(json.dumps(scores, indent=2, default=str) + "\n")
     return scores
+
+
+def sweep_summary(result: dict[str, Any], out: str | Path) -> str:
+    """One line for the CLI: the pick, its validation and test scores, where the leaderboard is."""
+    out = Path(out)
+    top = result["leaderboard"][0]
+    test = {k: v for k, v in result.get("test", {}).items() if isinstance(v, float) and "/iou/" not in k}
+    return (f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
+            f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
+            f"leaderboard {out / 'leaderboard.md'}; best checkpoint {out / 'best' / 'best.ckpt'}")

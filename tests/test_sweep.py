@@ -77,3 +77,19 @@ def test_sweep_ranks_learning_rates_sensibly_and_resumes(tmp_path):
     again = run_sweep(path, tmp_path / "sweep", dataset=dataset, say=said.append)
     assert sum("finished before, skipped" in line for line in said) == 6
     assert [r["score"] for r in again["leaderboard"]] == list(table["score"])
+
+
+def test_cli_sweep_reports_bad_files_and_unfinished_sweeps(tmp_path):
+    from typer.testing import CliRunner
+
+    from landcover.cli import app
+
+    runner = CliRunner()
+    bad = write(tmp_path / "bad.yaml", {"base": "tiny.yaml", "grid": {"optim.lr": []}})
+    result = runner.invoke(app, ["sweep", str(bad), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "has no value" in result.output
+    good = write(tmp_path / "good.yaml", {"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.01]}})
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"variants": {"lr-0.1": {}, "lr-0.01": {}}}))
+    result = runner.invoke(app, ["sweep", str(good), "--out", str(tmp_path / "s"), "--leaderboard"])
+    assert result.exit_code == 2 and "2 variant(s) not finished" in result.output
