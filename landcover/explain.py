@@ -47,18 +47,13 @@ from landcover.models import encoder_of
 from landcover.predict import (
     LoadedModel,
     Progress,
-    _BlockWriter,
-    _Feeder,
-    _open_source,
     _probabilities,
-    _temporaries,
-    _to_cog,
     load_checkpoint,
-    make_plan,
     predict_scene,
     resolve_device,
 )
 from landcover.tables import Nomenclature
+from landcover.windows import BlockWriter, Feeder, make_plan, open_source, temporaries, to_cog
 
 NODATA = -1.0  # no-data value of the float32 outputs
 MAX_DEFAULT_CLASSES = 5
@@ -145,9 +140,9 @@ def _grad_cam(lm: LoadedModel, stage: nn.Module, x: torch.Tensor, ids: list[int]
 def _default_classes(lm: LoadedModel, input: Path, t: int, dev: torch.device, batch_size: int) -> list[int]:
     """Classes with probability >= 0.5 in some tile (most probable first, at most 5), else the top one."""
     best = torch.zeros(lm.nomenclature.num_classes)
-    with contextlib.closing(_open_source(input, lm)) as source, torch.inference_mode():
+    with contextlib.closing(open_source(input, lm)) as source, torch.inference_mode():
         plan = make_plan(source.grid.height, source.grid.width, t, 0)
-        feeder = _Feeder(source, plan, lm, batch_size, False, False)
+        feeder = Feeder(source, plan, lm, batch_size, False, False)
         for k in range(plan.rows):
             for _, x in feeder(k).batches:
                 best = torch.maximum(best, _probabilities(lm, x.to(dev), None).amax(0).cpu())
@@ -183,7 +178,7 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    with rasterio.Env(**GDAL_ENV), _temporaries() as tmp:
+    with rasterio.Env(**GDAL_ENV), temporaries() as tmp:
         if lm.task == "segmentation":
             record = _segmentation(lm, input, out_dir, tile, dev, batch_size, tmp, progress)
         else:
@@ -219,19 +214,19 @@ def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: li
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     names = [f"cam_{slug(nom.codes[c])}_{slug(nom.class_names[c])}.tif" for c in ids]
     total, tiles, best = torch.zeros(k), 0, torch.zeros(k)
-    with contextlib.closing(_open_source(input, lm)) as source:
+    with contextlib.closing(open_source(input, lm)) as source:
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, 0)
-        feeder = _Feeder(source, plan, lm, batch_size, False, False)
+        feeder = Feeder(source, plan, lm, batch_size, False, False)
         f = max(1, math.ceil(max(grid.height, grid.width) / OVERLAY_SIDE))
         rgb_idx = [lm.bands.index(b) for b in ("B04", "B03", "B02") if b in lm.bands]
         rgb_idx = rgb_idx if len(rgb_idx) == 3 else [0] * 3  # grey from the first band
         quick: list[np.ndarray] = []
         gtiffs = [tmp(out_dir / n) for n in names]
-        writers: list[_BlockWriter] = []
+        writers: list[BlockWriter] = []
         try:
             for path in gtiffs:
-                writers.append(_BlockWriter(path, grid, 1, "float32", NODATA, False))
+                writers.append(BlockWriter(path, grid, 1, "float32", NODATA, False))
             for r in range(plan.rows):
                 row = feeder(r)
                 cams = np.full((len(ids), t, plan.padded_width), NODATA, np.float32)
@@ -268,7 +263,7 @@ def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: li
                            CLASS_NAME=nom.class_names[c], PRODUCT_ID=product_id, INPUT=str(input),
                            CHECKPOINT_SHA256=lm.sha256 or "none", TILE_SIZE=str(t))
         finals[name] = tmp(out_dir / name)
-        _to_cog(path, finals[name], "AVERAGE", None)
+        to_cog(path, finals[name], "AVERAGE", None)
     image = np.concatenate(quick, axis=1)
     with rasterio.open(finals[names[ids.index(top)]]) as ds:
         heat = ds.read(1, out_shape=image.shape[1:], masked=True).filled(np.nan)
@@ -292,7 +287,7 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
         gtiffs = {name: tmp(out_dir / name) for name in ("entropy.tif", "margin.tif")}
         with rasterio.open(work / "p_probabilities.tif") as src:
             grid = Grid(src.crs, src.transform, src.width, src.height)
-            writers = {n: _BlockWriter(p, grid, 1, "float32", NODATA, False) for n, p in gtiffs.items()}
+            writers = {n: BlockWriter(p, grid, 1, "float32", NODATA, False) for n, p in gtiffs.items()}
             try:
                 for r0 in range(0, grid.height, STRIP):
                     win = Window(0, r0, grid.width, min(STRIP, grid.height - r0))
@@ -323,7 +318,7 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
             ds.update_tags(METHOD=what, PRODUCT_ID=summary["product_id"], INPUT=str(input),
                            CHECKPOINT_SHA256=lm.sha256 or "none", PROBABILITY_STEP="1/255")
         finals[name] = tmp(out_dir / name)
-        _to_cog(path, finals[name], "AVERAGE", None)
+        to_cog(path, finals[name], "AVERAGE", None)
     with rasterio.open(finals["entropy.tif"]) as ds:
         f = max(1.0, max(ds.width, ds.height) / OVERLAY_SIDE)
         shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f)))

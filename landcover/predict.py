@@ -27,48 +27,51 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 import torch
-from rasterio.windows import Window
 from torch import nn
 
 from landcover import __version__
 from landcover.errors import (
     ConfigError,
-    InputFormatError,
-    MissingBandError,
     ModelError,
     OutputExistsError,
 )
 from landcover.io import (
     GDAL_ENV,
-    Grid,
-    open_raster,
     remove_stale_temporaries,
     style_class_map,
-    temporary_sibling,
     write_qgis_style,
 )
 from landcover.models import ModelConfig, build_model
 from landcover.tables import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
+from landcover.windows import (
+    BlockWriter,
+    Feeder,
+    Plan,
+    blend_weights,
+    is_ingested_stack,
+    make_plan,
+    open_source,
+    output_paths,
+    temporaries,
+    to_cog,
+    write_quicklook,
+)
 
 Progress = Callable[[str, int, int], None]
-STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
 MULTIPLE = 32  # U-Net input sides must be multiples of this
-TMP_BLOCK = 256  # block side of the temporary GeoTIFFs (written one whole block row at a time)
-COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": 512, "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
 
 
 @dataclass
@@ -154,314 +157,6 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     return info
 
 
-# --- window geometry ------------------------------------------------------------------------------
-
-
-class Plan(NamedTuple):
-    """Windows over the reflect-padded scene: window (i, j) starts at (i, j) * stride - margin."""
-
-    height: int
-    width: int
-    tile: int
-    overlap: int
-    margin: int
-    stride: int
-    rows: int
-    cols: int
-    padded_width: int
-
-
-def make_plan(height: int, width: int, tile: int, overlap: int) -> Plan:
-    """``margin = overlap``: every scene pixel lies in the flat part of a window or in two ramps."""
-    if not 0 <= overlap <= tile // 2:
-        raise ConfigError(f"--overlap {overlap} must be between 0 and half the tile ({tile // 2} px)")
-    s = tile - overlap
-    rows, cols = (max(1, math.ceil((n + overlap) / s)) for n in (height, width))
-    return Plan(height, width, tile, overlap, overlap, s, rows, cols, (cols - 1) * s + tile)
-
-
-def blend_weights(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) weights: 1 inside, cosine ramps over ``overlap`` px at each edge.
-
-    The ramps of two windows ``tile - overlap`` apart add up to exactly 1 (0.5 - c + 0.5 + c).
-    """
-    w = np.ones(tile, np.float64)
-    if overlap:
-        ramp = 0.5 * (1 - np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap))
-        w[:overlap], w[tile - overlap:] = ramp, ramp[::-1]
-    return np.outer(w, w).astype(np.float32)
-
-
-def reflect_index(p: np.ndarray, n: int) -> np.ndarray:
-    """Indices of a 0..n-1 axis padded by reflection (numpy's 'reflect', any pad width)."""
-    if n == 1:
-        return np.zeros_like(p)
-    q = np.mod(p, 2 * (n - 1))
-    return np.where(q >= n, 2 * (n - 1) - q, q)
-
-
-# --- inputs ----------------------------------------------------------------------------------------
-
-
-class _StackSource:
-    """An ingested stack: band descriptions name the bands, values are already harmonised."""
-
-    def __init__(self, path: Path, lm: LoadedModel):
-        self.ds = open_raster(path)
-        names, tags = [d or "" for d in self.ds.descriptions], self.ds.tags()
-        if missing := [b for b in lm.bands if b not in names]:
-            self.ds.close()
-            raise MissingBandError(
-                f"band(s) {', '.join(missing)} needed by the checkpoint are not in {path} (bands "
-                f"{','.join(names)}); ingest the scene with --bands {','.join(lm.bands)} or use a "
-                "checkpoint trained on these bands")
-        if abs(self.ds.res[0] - lm.resolution) > 1e-6:
-            self.ds.close()
-            raise InputFormatError(f"{path} is at {self.ds.res[0]:g} m, the checkpoint at {lm.resolution:g} m; "
-                                   "ingest the scene at the checkpoint's resolution")
-        self.indexes = [names.index(b) + 1 for b in lm.bands]
-        self.grid = Grid(self.ds.crs, self.ds.transform, self.ds.width, self.ds.height)
-        self.product_id = tags.get("PRODUCT_ID", path.parent.name)
-        self.baseline = tags.get("PROCESSING_BASELINE")
-
-    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        image = self.ds.read(self.indexes, window=Window(0, r0, self.grid.width, r1 - r0))
-        return image, image.any(axis=0), None
-
-    def close(self) -> None:
-        self.ds.close()
-
-
-class _ProductSource:
-    """Any input open_product accepts, read like ingest reads it (SceneReader)."""
-
-    def __init__(self, path: Path, lm: LoadedModel):
-        from landcover.sentinel2 import open_product
-        from landcover.stack import SceneReader
-
-        try:
-            product = open_product(path).select(lm.bands)
-        except MissingBandError as exc:
-            raise MissingBandError(f"{path} lacks band(s) the checkpoint needs ({','.join(lm.bands)}): {exc}; "
-                                   "use a product with these bands or a checkpoint trained on its bands") from exc
-        except InputFormatError as exc:
-            if "without band names" not in str(exc):
-                raise
-            raise InputFormatError(f"{path} has bands without names; name them (band descriptions B02, ...) "
-                                   "or ingest it with `landcover ingest --bands ...` and predict the ingested "
-                                   "scenes/<id>/image.tif") from exc
-        self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, **lm.reader)
-        self.grid, self.product_id = self.reader.grid, product.product_id
-        self.baseline = product.processing_baseline
-
-    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        win = self.reader.read(Window(0, r0, self.grid.width, r1 - r0))
-        return win.image, win.valid, win.cloud
-
-    def close(self) -> None:
-        self.reader.close()
-
-
-def is_ingested_stack(path: Path) -> bool:
-    """Whether ``path`` is an image.tif written by ``landcover ingest`` (harmonised values)."""
-    if not path.is_file() or path.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    with contextlib.suppress(Exception), rasterio.open(path) as ds:
-        return ds.tags().get("SCALE") == STACK_SCALE
-    return False
-
-
-def _open_source(path: Path, lm: LoadedModel) -> _StackSource | _ProductSource:
-    if not path.exists():
-        raise InputFormatError(f"{path} does not exist; check the path")
-    return _StackSource(path, lm) if is_ingested_stack(path) else _ProductSource(path, lm)
-
-
-@dataclass
-class _Row:
-    valid: np.ndarray  # (tile, padded width) bool: pixels that get a class
-    batches: list[tuple[list[int], torch.Tensor]]  # window columns, normalised (B, C, tile, tile)
-    skipped: int
-
-
-class _Feeder:
-    """Prepares row ``k`` of windows: reflect-padded, normalised like training, batched.
-
-    With ``pin`` (CUDA) the windows travel raw (pinned) and :meth:`to_device` normalises them on
-    the GPU: the same float32 arithmetic, without the CPU passes that would make the reader thread,
-    not the model, set the pace.
-    """
-
-    def __init__(self, source: _StackSource | _ProductSource, plan: Plan, lm: LoadedModel, batch_size: int, pin: bool,
-                 mask_clouds: bool):
-        self.source, self.plan, self.batch_size, self.pin, self.mask_clouds = source, plan, batch_size, pin, mask_clouds
-        self.mean, self.std = lm.mean.reshape(1, -1, 1, 1), lm.std.reshape(1, -1, 1, 1)
-        self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
-        self.cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None
-        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std on the device
-
-    def _rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Scene rows lo..hi, reusing the rows of the previous call (windows overlap)."""
-        if self.cache is not None and self.cache[0] <= lo < self.cache[0] + self.cache[1].shape[1] < hi:
-            c0, img, valid, cloud = self.cache
-            new = self.source.rows(c0 + img.shape[1], hi)
-            cut = lo - c0
-            parts = zip((img[:, cut:], valid[cut:], None if cloud is None else cloud[cut:]), new, strict=True)
-            got = tuple(None if a is None else np.concatenate([a, b], axis=0 if a.ndim == 2 else 1) for a, b in parts)
-        elif self.cache is not None and self.cache[0] <= lo and hi <= self.cache[0] + self.cache[1].shape[1]:
-            c0, img, valid, cloud = self.cache
-            got = (img[:, lo - c0:hi - c0], valid[lo - c0:hi - c0], None if cloud is None else cloud[lo - c0:hi - c0])
-        else:
-            got = self.source.rows(lo, hi)
-        self.cache = (lo, *got)  # type: ignore[assignment]
-        return got  # type: ignore[return-value]
-
-    def __call__(self, k: int) -> _Row:
-        p, t = self.plan, self.plan.tile
-        rows = reflect_index(np.arange(t) + k * p.stride - p.margin, p.height)
-        lo = int(rows.min())
-        img, valid, cloud = self._rows(lo, int(rows.max()) + 1)
-        img = img.take(rows - lo, axis=1).take(self.cols, axis=2)
-        valid = valid.take(rows - lo, axis=0).take(self.cols, axis=1)
-        if self.mask_clouds and cloud is not None:
-            valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
-        todo = [j for j in range(p.cols) if valid[:, j * p.stride:j * p.stride + t].any()]
-        batches = []
-        data = None if self.pin else img.any(axis=0)  # training zeroes pixels that are 0 in every band
-        for i in range(0, len(todo), self.batch_size):
-            cols = todo[i:i + self.batch_size]
-            if data is None:  # raw values travel; to_device normalises them
-                raw = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols])
-                raw = raw.view(np.int16) if raw.dtype == np.uint16 else raw.astype(np.float32)
-                batches.append((cols, torch.from_numpy(raw).pin_memory()))
-                continue
-            x = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols]).astype(np.float32)
-            x -= self.mean
-            x /= self.std
-            x *= np.stack([data[:, j * p.stride:j * p.stride + t] for j in cols])[:, None]
-            tensor = torch.from_numpy(x)
-            batches.append((cols, tensor))
-        return _Row(valid, batches, p.cols - len(todo))
-
-    def to_device(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
-        """A batch of :meth:`__call__` on ``dev``, normalised (on the device when it travelled raw)."""
-        x = x.to(dev, non_blocking=True)
-        if not self.pin:
-            return x
-        if x.dtype == torch.int16:  # uint16 viewed as int16 to travel (torch's uint16 support is partial)
-            x = x.to(torch.int32).bitwise_and_(0xFFFF)
-        x = x.float()
-        if self._stats is None:
-            self._stats = (torch.from_numpy(self.mean).to(dev), torch.from_numpy(self.std).to(dev))
-        mean, std = self._stats
-        return (x - mean) / std * (x != 0).any(dim=1, keepdim=True)
-
-
-# --- outputs ---------------------------------------------------------------------------------------
-
-
-class _BlockWriter:
-    """Collects finished rows and writes whole block rows of a temporary GeoTIFF (each block once)."""
-
-    def __init__(self, path: Path, grid: Grid, count: int, dtype: str, nodata: float | None, masked: bool):
-        self.ds = rasterio.open(
-            path, "w", driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
-            crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=TMP_BLOCK,
-            blockysize=TMP_BLOCK, compress="zstd", zstd_level=1, bigtiff="IF_SAFER",
-            interleave="band" if count == 1 else "pixel")
-        self.buf = np.zeros((count, TMP_BLOCK, grid.width), dtype)
-        self.mask = np.zeros((TMP_BLOCK, grid.width), np.uint8) if masked else None
-        self.start = self.filled = 0
-
-    def add(self, data: np.ndarray, valid: np.ndarray) -> None:
-        i = 0
-        while i < data.shape[1]:
-            n = min(data.shape[1] - i, TMP_BLOCK - self.filled)
-            self.buf[:, self.filled:self.filled + n] = data[:, i:i + n]
-            if self.mask is not None:
-                self.mask[self.filled:self.filled + n] = valid[i:i + n] * 255
-            self.filled, i = self.filled + n, i + n
-            if self.filled == TMP_BLOCK:
-                self.flush()
-
-    def flush(self) -> None:
-        if self.filled:
-            window = Window(0, self.start, self.ds.width, self.filled)
-            self.ds.write(self.buf[:, :self.filled], window=window)
-            if self.mask is not None:
-                self.ds.write_mask(self.mask[:self.filled], window=window)
-            self.start, self.filled = self.start + self.filled, 0
-
-
-def output_paths(out: Path, *, probabilities: bool = False, confidence: bool = False,
-                 quicklook: bool = True) -> dict[str, Path]:
-    """The files of one prediction; ``map`` is written last."""
-    paths = {"map": out, "qml": out.with_suffix(".qml")}
-    if probabilities:
-        paths["probabilities"] = out.with_name(f"{out.stem}_probabilities.tif")
-    if confidence:
-        paths["confidence"] = out.with_name(f"{out.stem}_confidence.tif")
-    if quicklook:
-        paths["quicklook"] = out.with_suffix(".png")
-    return paths
-
-
-def _to_cog(src: Path, dst: Path, resampling: str, nom: Nomenclature | None) -> None:
-    rasterio.shutil.copy(src, dst, driver="COG", OVERVIEW_RESAMPLING=resampling, **COG_OPTIONS)
-    if nom is None:
-        return
-    with rasterio.open(dst) as ds:
-        kept = ds.colormap(1) if ds.colorinterp[0].name == "palette" else {}
-    if any(kept.get(i, (0, 0, 0, 0))[:3] != rgb for i, rgb in enumerate(nom.colors)):
-        with rasterio.open(dst, "r+") as ds:  # GDAL dropped the palette: put it back
-            ds.write_colormap(1, nom.colormap())
-
-
-def _quicklook(cog: Path, png: Path, nom: Nomenclature, nodata: int, title: str, max_side: int = 1024) -> None:
-    """A PNG of the class map (read from the COG's overviews) with a legend of the classes shown.
-
-    Drawn on a bare Figure, not pyplot, so the caller's matplotlib backend (a notebook's) is left alone.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    with rasterio.open(cog) as ds:
-        f = max(1.0, max(ds.width, ds.height) / max_side)
-        arr = ds.read(1, out_shape=(max(1, round(ds.height / f)), max(1, round(ds.width / f))))
-    lut = np.zeros((max(nodata, nom.num_classes) + 1, 4), np.float32)
-    lut[: nom.num_classes, :3] = np.asarray(nom.colors, np.float32) / 255
-    lut[: nom.num_classes, 3] = 1
-    ids, counts = np.unique(arr[arr != nodata], return_counts=True)
-    shown = [int(i) for i in ids[np.argsort(-counts)][:20] if i < nom.num_classes]
-    fig = Figure(figsize=(10, 7))
-    ax = fig.subplots()
-    ax.imshow(lut[arr], interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-    handles = [Patch(color=lut[i, :3], label=f"{nom.codes[i]} {nom.class_names[i]}") for i in shown]
-    if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
-    fig.savefig(png, dpi=100, bbox_inches="tight", format="png")
-
-
-@contextlib.contextmanager
-def _temporaries() -> Iterator[Callable[[Path], Path]]:
-    """``tmp(final)`` gives a temporary sibling; every one left over is removed at the end."""
-    made: list[Path] = []
-
-    def tmp(final: Path) -> Path:
-        made.append(temporary_sibling(final))
-        return made[-1]
-
-    try:
-        yield tmp
-    finally:
-        for path in made:
-            for stale in (path, Path(f"{path}.aux.xml")):
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
-
-
 # --- prediction ------------------------------------------------------------------------------------
 
 
@@ -516,18 +211,18 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
         remove_stale_temporaries(path)
-    with rasterio.Env(**GDAL_ENV), _temporaries() as tmp, contextlib.closing(_open_source(input, lm)) as source:
+    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm)) as source:
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
         gtiffs = {name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths}
-        writers: dict[str, _BlockWriter] = {}
+        writers: dict[str, BlockWriter] = {}
         try:
-            writers["map"] = _BlockWriter(gtiffs["map"], grid, 1, dtype, nodata, False)
+            writers["map"] = BlockWriter(gtiffs["map"], grid, 1, dtype, nodata, False)
             if probabilities:
-                writers["probabilities"] = _BlockWriter(gtiffs["probabilities"], grid, k, "uint8", None, True)
+                writers["probabilities"] = BlockWriter(gtiffs["probabilities"], grid, k, "uint8", None, True)
             if confidence:
-                writers["confidence"] = _BlockWriter(gtiffs["confidence"], grid, 1, "uint8", None, True)
-            feeder = _Feeder(source, plan, lm, batch_size, dev.type == "cuda", mask_clouds)
+                writers["confidence"] = BlockWriter(gtiffs["confidence"], grid, 1, "uint8", None, True)
+            feeder = Feeder(source, plan, lm, batch_size, dev.type == "cuda", mask_clouds)
             try:
                 run, skipped = _stream(lm, plan, feeder, writers, dev, amp, dtype, nodata,
                                        lambda done: progress and progress(f"{out.stem}: predict", done, plan.rows))
@@ -557,10 +252,10 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
         finals = {name: tmp(paths[name]) for name in paths if name != "qml"}
         for name in ("probabilities", "confidence"):
             if name in gtiffs:
-                _to_cog(gtiffs[name], finals[name], "AVERAGE", None)
-        _to_cog(gtiffs["map"], finals["map"], "MODE", nom)
+                to_cog(gtiffs[name], finals[name], "AVERAGE", None)
+        to_cog(gtiffs["map"], finals["map"], "MODE", nom)
         if quicklook:
-            _quicklook(finals["map"], finals["quicklook"], nom, nodata, f"{source.product_id} ({nom.name})")
+            write_quicklook(finals["map"], finals["quicklook"], nom, nodata, f"{source.product_id} ({nom.name})")
         for name in finals:
             if name != "map":
                 os.replace(finals[name], paths[name])
@@ -572,7 +267,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
             "skipped": False}
 
 
-def _stream(lm: LoadedModel, plan: Plan, feeder: _Feeder, writers: dict[str, _BlockWriter], dev: torch.device,
+def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, BlockWriter], dev: torch.device,
             amp: torch.dtype | None, dtype: str, nodata: int, progress: Callable[[int], Any]) -> tuple[int, int]:
     """Run the model row of windows by row, blend into a strip, hand finished rows to the writer."""
     t, s, m, o, width = plan.tile, plan.stride, plan.margin, plan.overlap, plan.width
@@ -644,7 +339,7 @@ def _finish(acc: torch.Tensor, wsum: torch.Tensor, valid: np.ndarray, dtype: str
     return result
 
 
-def _write(writers: dict[str, _BlockWriter], outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def _write(writers: dict[str, BlockWriter], outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     for name, (data, valid) in outputs.items():
         writers[name].add(data, valid)
 

@@ -233,3 +233,28 @@ def test_sweep_as_an_array_gives_the_local_pools_leaderboard(tmp_path):
     array = json.loads((tmp_path / "array" / "leaderboard.json").read_text())
     assert [(r["variant"], r["score"]) for r in array["leaderboard"]] == \
         [(r["variant"], r["score"]) for r in local["leaderboard"]]
+
+
+def test_training_preempted_with_sigusr1_is_requeued_and_resumes(dataset, tmp_path):
+    """SLURM's warning signal: Lightning saves an HPC checkpoint and requeues; --resume auto continues."""
+    run = tmp_path / "run"
+    job = sbatch("--ntasks-per-node=1", "--cpus-per-task=1", f"--output={tmp_path}/%x-%j.out",
+                 str(SLURM / "train_ddp.sbatch"), str(ROOT / "configs" / "tiny.yaml"), str(dataset), str(run),
+                 "--max-epochs", "6", "--set", "trainer.patience=6", "--set", "trainer.limit_val_batches=2",
+                 "--set", "data.num_workers=0", ACCELERATOR="cpu")
+    end = time.time() + 300
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.time() < end:  # an epoch is done
+        time.sleep(0.5)
+    assert (run / "checkpoints" / "last.ckpt").exists(), logs(tmp_path)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=SIGUSR1@120 sends
+    for _ in range(120):  # the requeued job waits 2 minutes (BeginTime): start it now
+        time.sleep(0.5)
+        if "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job], capture_output=True,
+                                                text=True).stdout:
+            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+            break
+    assert wait(job) == ["COMPLETED"], logs(tmp_path)
+    text = logs(tmp_path)
+    assert "restart 1" in text and list(run.glob("hpc_ckpt_*.ckpt")), text
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] >= 5  # the whole budget
+    assert json.loads((run / "metrics.json").read_text())["stopped_epoch"] >= 5
