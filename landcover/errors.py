@@ -59,3 +59,7 @@ class DatasetError(LandcoverError):
 
 class ModelError(LandcoverError):
     """A checkpoint or weight file cannot be used with the data at hand."""
+
+
+class TrainingError(LandcoverError):
+    """A training run (e.g. a sweep variant) failed; its log says why."""

@@ -29,10 +29,12 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from landcover.cluster import Shard, shard_items
 from landcover.config import apply_override, config_dir, load_config
-from landcover.errors import ConfigError, OutputExistsError
+from landcover.errors import ConfigError, OutputExistsError, TrainingError
 
 RESERVED = ("name",)
 
@@ -127,18 +129,6 @@ def resolve_variants(cfg: SweepConfig, sweep_file: Path, dataset: str | Path | N
     return resolved
 
 
-def _pool_size(parallel: int | str, n: int, cfgs: list[dict]) -> int:
-    gpu = any(c["trainer"]["accelerator"] in ("gpu", "cuda", "auto") for c in cfgs)
-    if parallel != "auto":
-        return max(1, min(int(parallel), n))
-    devices = 0
-    if gpu:
-        import torch
-
-        devices = torch.cuda.device_count()
-    return max(1, min(n, devices or _cpus()))
-
-
 def _cpus() -> int:
     """The CPUs this process may use: the SLURM task's allocation, else the affinity mask."""
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
@@ -163,7 +153,7 @@ def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: int |
 
 def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | None = None,
               parallel: int | str | None = None, shard: Shard | None = None,
-              say=print) -> dict[str, Any]:
+              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the unfinished variants (of ``shard``), then (unsharded) write the leaderboard."""
     cfg, sweep_file = load_sweep(sweep_file)
     out = Path(out)
@@ -181,20 +171,31 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
     todo = [n for n in names if not (out / "variants" / n / "metrics.json").exists()]
     for n in sorted(set(names) - set(todo)):
         say(f"{n}: finished before, skipped")
-    size = _pool_size(parallel or cfg.parallel, len(todo) or 1, [configs[n] for n in todo] or [{"trainer": {"accelerator": "cpu"}}])
     gpus = _gpu_count(configs, todo)
+    wanted = parallel or cfg.parallel
+    size = max(1, min(len(todo) or 1, (gpus or _cpus()) if wanted == "auto" else int(wanted)))
     threads = max(1, _cpus() // size)
+    free: queue.Queue[int] = queue.Queue()
+    for gpu in range(gpus):
+        free.put(gpu)
+
+    def job(name: str) -> tuple[str, int, str]:
+        gpu = free.get() if gpus else None  # a variant holds one GPU while it runs
+        try:
+            return _run_variant(name, out / "variants" / name, configs[name], threads, gpu)
+        finally:
+            if gpu is not None:
+                free.put(gpu)
+
     failed = []
     with ThreadPoolExecutor(max_workers=size) as pool:
-        futures = [pool.submit(_run_variant, n, out / "variants" / n, configs[n], threads,
-                               (i % gpus) if gpus else None) for i, n in enumerate(todo)]
-        for future in futures:
-            name, code, tail = future.result()
+        for name, code, tail in pool.map(job, todo):
             say(f"{name}: {'done' if code == 0 else f'FAILED (exit {code})'}")
             if code != 0:
                 failed.append(f"{name}: {tail}")
     if failed:
-        raise ConfigError("variants failed (see OUT/variants/<name>/train.log):\n" + "\n".join(failed))
+        raise TrainingError("variants failed; the ends of their logs follow (whole logs: OUT/variants/<name>/"
+                            "train.log); fix the cause and run the sweep again to retry them:\n" + "\n".join(failed))
     if shard is not None and shard[1] > 1:
         return {"shard": list(shard), "variants": names}
     return leaderboard(out, keep=cfg.keep, dataset=dataset)

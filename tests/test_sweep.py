@@ -93,3 +93,14 @@ def test_cli_sweep_reports_bad_files_and_unfinished_sweeps(tmp_path):
     (tmp_path / "s" / "sweep.json").write_text(json.dumps({"variants": {"lr-0.1": {}, "lr-0.01": {}}}))
     result = runner.invoke(app, ["sweep", str(good), "--out", str(tmp_path / "s"), "--leaderboard"])
     assert result.exit_code == 2 and "2 variant(s) not finished" in result.output
+
+
+def test_a_failing_variant_is_reported_with_its_log(tmp_path):
+    from landcover.errors import TrainingError
+
+    path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "variants": [{"name": "only", "optim.lr": 0.01}]})
+    with pytest.raises(TrainingError, match=r"only: .*dataset") as info:
+        run_sweep(path, tmp_path / "out", dataset=tmp_path / "no-such-dataset", say=lambda line: None)
+    assert "train.log" in str(info.value)
+    assert (tmp_path / "out" / "variants" / "only" / "train.log").exists()
+    assert not (tmp_path / "out" / "variants" / "only" / "metrics.json").exists()  # retried by the next run
