@@ -69,15 +69,16 @@ def _precision(requested: str) -> str:
     return "32-true"
 
 
-def _plot_curves(metrics_csv: Path, out: Path, monitor: str) -> None:
-    """Loss and monitored-metric curves per epoch, from Lightning's CSV log."""
+def _plot_curves(logs: Path, out: Path, monitor: str) -> None:
+    """Loss and monitored-metric curves per epoch, from Lightning's CSV logs (one per resumed part)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    frame = pd.read_csv(metrics_csv).groupby("epoch").mean(numeric_only=True)
+    parts = sorted(logs.glob("metrics.csv")) + sorted(logs.glob("resumed-*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    frame = pd.concat([pd.read_csv(p) for p in parts]).groupby("epoch").mean(numeric_only=True)
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     for column in ("train/loss_epoch", "train/loss", "val/loss"):
         if column in frame and frame[column].notna().any():
@@ -156,7 +157,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
                                  mode="max", save_last=True, auto_insert_metric_name=False)
     early = EarlyStopping(monitor=task.monitor, mode="max", patience=cfg.trainer.patience,
                           min_delta=cfg.trainer.min_delta)
-    csv_logger = CSVLogger(out, name="logs", version="")
+    # a resumed run logs into a part of its own: Lightning's CSV logger would rewrite the earlier file
+    part = "" if ckpt_path is None else f"resumed-{len(list((out / 'logs').glob('resumed-*'))) + 1}"
+    csv_logger = CSVLogger(out, name="logs", version=part)
     loggers = [csv_logger, TensorBoardLogger(out, name="logs", version="tensorboard")]
     t = cfg.trainer
     trainer = pl.Trainer(
@@ -190,9 +193,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
                                           / max(fit_seconds, 1e-9), 2),
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"
-    if metrics_csv.exists():
-        _plot_curves(metrics_csv, out / "curves.png", task.monitor)
+    if (Path(csv_logger.log_dir) / "metrics.csv").exists():
+        _plot_curves(out / "logs", out / "curves.png", task.monitor)
     return metrics
 
 

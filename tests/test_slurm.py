@@ -254,7 +254,8 @@ def test_training_preempted_with_sigusr1_is_requeued_and_resumes(dataset, tmp_pa
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
             break
     assert wait(job) == ["COMPLETED"], logs(tmp_path)
-    text = logs(tmp_path)
-    assert "restart 1" in text and list(run.glob("hpc_ckpt_*.ckpt")), text
+    text = "".join(p.read_text() for p in tmp_path.glob("*.out"))
+    assert "restart 1" in text and list(run.glob("hpc_ckpt_*.ckpt")), text[-3000:]
+    assert (run / "logs" / "resumed-1" / "metrics.csv").exists() and (run / "logs" / "metrics.csv").exists()
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] >= 5  # the whole budget
     assert json.loads((run / "metrics.json").read_text())["stopped_epoch"] >= 5

@@ -13,6 +13,7 @@ import torch
 
 from landcover.config import load_config
 from landcover.datamodule import LandcoverDataModule
+from landcover.errors import ConfigError
 from landcover.train import TrainConfig, evaluate_checkpoint, train
 from tests.learnable import make_learnable_dataset
 
@@ -82,8 +83,14 @@ def test_resume_continues_from_last_checkpoint(dataset, tmp_path):
     train(cfg, tmp_path / "run")
     first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
     cfg = tiny(dataset, "trainer.max_epochs=2", "trainer.limit_train_batches=2")
-    train(cfg, tmp_path / "run", resume=tmp_path / "run" / "checkpoints" / "last.ckpt")
+    train(cfg, tmp_path / "run", resume="auto")  # what a requeued job runs: continue from last.ckpt
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == first + 1
+    # the resumed part logs beside the first one, and the curves cover both
+    assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
+    assert (tmp_path / "run" / "logs" / "resumed-1" / "metrics.csv").exists()
+    assert (tmp_path / "run" / "curves.png").exists()
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        train(cfg, tmp_path / "run", resume=tmp_path / "nothing.ckpt")
 
 
 def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
