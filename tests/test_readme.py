@@ -56,3 +56,17 @@ def test_readme_first_command_runs_the_demo_and_beats_the_baseline(tmp_path, mon
     dataset = json.loads((Path(seg["dataset"]) / "dataset.json").read_text())
     assert dataset["nomenclature"]["name"] == "level1" and len(dataset["bands"]) == 13
     assert set(read_catalog(seg["dataset"])["split"]) == {"train", "val", "test"}
+
+
+def test_readme_sample_ingest_command_runs(tmp_path, monkeypatch):
+    """The sample ingest of the Configs section, as written (from the repository root)."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"`(landcover ingest landcover/sample_data/T33UUU/IMG_DATA [^`]+)`", readme).group(1)
+    args = shlex.split(command)[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "sample")
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((tmp_path / "sample" / "dataset.json").read_text())
+    assert dataset["nomenclature"]["name"] == "level1" and len(dataset["bands"]) == 13
+    assert set(read_catalog(tmp_path / "sample")["split"]) == {"train", "val", "test"}
