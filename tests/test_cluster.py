@@ -123,3 +123,56 @@ def test_cli_ingest_from_list_with_shards_and_finalize(tmp_path):
     assert len(json.loads((tmp_path / "ds" / "dataset.json").read_text())["scenes"]) == 2
     result = runner.invoke(app, [*args, "--shard", "2/2"])
     assert result.exit_code == 2 and "between 0 and N-1" in result.output
+
+
+@pytest.fixture(scope="module")
+def unet_checkpoint(tmp_path_factory):
+    import torch
+
+    from landcover.models import ModelConfig, build_model
+    from landcover.tables import nomenclature
+    from tests.learnable import BANDS
+
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(), BANDS, 5, load_weights=False)
+    meta = {"format": "landcover-checkpoint/1", "task": "segmentation", "bands": BANDS, "tile_size": 64,
+            "nomenclature": nomenclature("level1").to_dict(), "resolution": 10.0, "label_mode": "single",
+            "normalization": {"mean": [800.0] * 4, "std": [700.0] * 4}, "model": ModelConfig().model_dump(mode="json")}
+    path = tmp_path_factory.mktemp("ckpt") / "best.ckpt"
+    torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def test_cli_predict_shards_split_a_list_between_tasks(unet_checkpoint, tmp_path):
+    images, _ = make_scenes(tmp_path, n=3, size=64)
+    (tmp_path / "scenes.txt").write_text("\n".join(map(str, images)) + "\n")
+    runner = CliRunner()
+    done = []
+    for i in range(2):
+        result = runner.invoke(app, ["predict", str(unet_checkpoint), "--from-list", str(tmp_path / "scenes.txt"),
+                                     "--out", str(tmp_path / "maps"), "--shard", f"{i}/2", "--no-quicklook"])
+        assert result.exit_code == 0, result.output
+        done.append(sorted(p.name for p in (tmp_path / "maps").glob("*.tif")))
+    assert len(done[0]) == 2 and done[1] == ["scene_0.tif", "scene_1.tif", "scene_2.tif"]  # 2 + 1, none twice
+
+
+def test_sigterm_removes_partial_outputs(unet_checkpoint, tmp_path):
+    """What scancel / a SLURM requeue does to a running predict: no half-written file stays."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    image, _ = make_learnable_scene(tmp_path, size=1536, seed=3)
+    proc = subprocess.Popen([sys.executable, "-m", "landcover.cli", "predict", str(unet_checkpoint), str(image),
+                             "--out", str(tmp_path / "map.tif"), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while not list(tmp_path.glob(".map.tif.*partial*")) and time.time() < end and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "predict finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "partial ones were removed" in stderr
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith("map.")]
