@@ -8,10 +8,15 @@
     and scene: time and peak RSS.
 
 Model: U-Net / ResNet-18, random weights, 12 bands, 44 classes (CORINE level 3), 256 px windows.
-Usage (defaults shown; about 25 minutes on 2 CPU cores)::
+Usage (defaults shown; about 2 minutes on 2 idle CPU cores)::
 
-    .venv/bin/python scripts/bench_predict.py --forward 4096x4096 \
-        --memory 2048x2048 2048x8192 10980x1024 --peer 2048x2048 4096x4096
+    .venv/bin/python scripts/bench_predict.py --forward 2048x2048 --memory 2048x8192 --peer 2048x2048
+
+docs/benchmarks.md uses larger scenes (about 5.5 and 7 minutes here)::
+
+    .venv/bin/python scripts/bench_predict.py --forward 4096x4096 --memory 2048x2048 2048x8192 10980x1024 \
+        --peer 2048x2048 4096x4096
+    .venv/bin/python scripts/bench_predict.py --forward none --memory 10980x10980 --peer   # a whole tile
 """
 
 from __future__ import annotations
@@ -148,12 +153,17 @@ def size(text: str) -> tuple[int, int]:
     return int(w), int(h or w)
 
 
+def size_or_none(text: str) -> tuple[int, int] | None:
+    return None if text.lower() == "none" else size(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--forward", type=size, default=(4096, 4096), help="(a) WxH: predict vs pure forward")
-    parser.add_argument("--memory", type=size, nargs="*", default=[(2048, 2048), (2048, 8192), (10980, 1024)],
+    parser.add_argument("--forward", type=size_or_none, default=(2048, 2048),
+                        help="(a) WxH: predict vs pure forward ('none': skip)")
+    parser.add_argument("--memory", type=size, nargs="*", default=[(2048, 8192)],
                         help="(b) more WxH scenes for predict's peak RSS")
-    parser.add_argument("--peer", type=size, nargs="*", default=[(2048, 2048), (4096, 4096)],
+    parser.add_argument("--peer", type=size, nargs="*", default=[(2048, 2048)],
                         help="(c) WxH scenes for the whole-scene peer")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,7 +174,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA {torch.cuda.is_available()}", flush=True)
-    jobs = [("both", args.forward), *[("predict", s) for s in args.memory], *[("peer", s) for s in args.peer]]
+    jobs = [*([("both", args.forward)] if args.forward else []), *[("predict", s) for s in args.memory],
+            *[("peer", s) for s in args.peer]]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
