@@ -65,3 +65,23 @@ def make_learnable_dataset(root: Path, size: int = 768, tile_size: int = 32, see
     )
     ingest([image], root / "dataset", labels=labels, config=config)
     return root / "dataset"
+
+
+def write_unet_checkpoint(path: Path, bands: list[str] | None = None, tile: int = 64,
+                          mean: float = 800.0, std: float = 700.0) -> Path:
+    """A U-Net/ResNet-18 with seeded random weights (CORINE level 1), saved as `landcover train` saves it."""
+    import torch
+
+    from landcover.models import ModelConfig, build_model
+    from landcover.tables import nomenclature
+
+    bands = list(bands or BANDS)
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(), bands, 5, load_weights=False)
+    meta = {"format": "landcover-checkpoint/1", "task": "segmentation", "bands": bands, "tile_size": tile,
+            "nomenclature": nomenclature("level1").to_dict(), "resolution": 10.0, "label_mode": "single",
+            "normalization": {"mean": [mean] * len(bands), "std": [std] * len(bands)},
+            "model": ModelConfig().model_dump(mode="json")}
+    torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+

@@ -17,7 +17,7 @@ from landcover.cluster import check_slurm_training, parse_shard, read_list, shar
 from landcover.errors import ConfigError
 from landcover.ingest import IngestConfig, finalize, ingest
 from tests.conftest import write_raster
-from tests.learnable import make_learnable_scene
+from tests.learnable import make_learnable_scene, write_unet_checkpoint
 
 
 @pytest.mark.parametrize("n_items,count", [(1, 1), (3, 2), (7, 3), (10, 10), (2, 5)])
@@ -127,20 +127,7 @@ def test_cli_ingest_from_list_with_shards_and_finalize(tmp_path):
 
 @pytest.fixture(scope="module")
 def unet_checkpoint(tmp_path_factory):
-    import torch
-
-    from landcover.models import ModelConfig, build_model
-    from landcover.tables import nomenclature
-    from tests.learnable import BANDS
-
-    torch.manual_seed(0)
-    model, _ = build_model(ModelConfig(), BANDS, 5, load_weights=False)
-    meta = {"format": "landcover-checkpoint/1", "task": "segmentation", "bands": BANDS, "tile_size": 64,
-            "nomenclature": nomenclature("level1").to_dict(), "resolution": 10.0, "label_mode": "single",
-            "normalization": {"mean": [800.0] * 4, "std": [700.0] * 4}, "model": ModelConfig().model_dump(mode="json")}
-    path = tmp_path_factory.mktemp("ckpt") / "best.ckpt"
-    torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
+    return write_unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt")
 
 
 def test_cli_predict_shards_split_a_list_between_tasks(unet_checkpoint, tmp_path):

@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from landcover.models import ModelConfig, build_model
-from landcover.tables import nomenclature
-from tests.learnable import BANDS
+from tests.learnable import write_unet_checkpoint
 from tests.test_cluster import make_scenes
 
 pytestmark = [
@@ -85,16 +83,7 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A U-Net with random weights (4 bands, CORINE level 1), saved as `landcover train` saves it."""
-    torch.manual_seed(0)
-    model, _ = build_model(ModelConfig(), BANDS, 5, load_weights=False)
-    meta = {"format": "landcover-checkpoint/1", "task": "segmentation", "bands": BANDS, "tile_size": 64,
-            "nomenclature": nomenclature("level1").to_dict(), "resolution": 10.0, "label_mode": "single",
-            "normalization": {"mean": [800.0] * 4, "std": [700.0] * 4},
-            "model": ModelConfig().model_dump(mode="json")}
-    path = tmp_path_factory.mktemp("ckpt") / "best.ckpt"
-    torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
+    return write_unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt")
 
 
 def test_array_predict_equals_one_sequential_run_and_survives_a_requeue(scenes, checkpoint, tmp_path):
