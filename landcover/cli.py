@@ -4,7 +4,6 @@ lightning, geopandas) are imported inside the commands so ``landcover --help`` s
 from __future__ import annotations
 
 import functools
-import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,7 +217,7 @@ def ingest(
     with progress_bars() as update:
         dataset = run_ingest(items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update,
                              shard=part)
-    if not dataset.get("finalized", True):
+    if part is not None and not dataset.get("finalized", True):
         out.print(f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
                   f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done")
         return
@@ -290,7 +289,7 @@ def sweep(
         part = parse_shard(shard)
         result = run_sweep(sweep_file, out_dir, dataset=dataset, parallel=parallel, shard=part,
                            say=lambda line: out.print(line, highlight=False))
-        if "shard" in result:
+        if part is not None and "shard" in result:
             out.print(f"shard {part[0]}/{part[1]}: {len(result['variants'])} variant(s) finished; run `landcover sweep "
                       f"{sweep_file} --out {out_dir} --leaderboard` when every shard is done")
             return
@@ -371,7 +370,7 @@ def predict(
             out.print(f"shard {part[0]}/{part[1]}: no scene (there are fewer scenes than shards)")
             return
     batch = from_list is not None or (part is not None and part[1] > 1)  # --out is then a folder
-    options = dict(overlap=overlap, tile=tile, batch_size=batch_size, device=device, probabilities=probabilities,
+    options: dict[str, Any] = dict(overlap=overlap, tile=tile, batch_size=batch_size, device=device, probabilities=probabilities,
                    confidence=confidence, quicklook=quicklook, mask_clouds=mask_clouds)
     single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
@@ -436,4 +435,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

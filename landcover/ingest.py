@@ -23,7 +23,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -123,7 +123,7 @@ def scene_id_of(product: Product) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", product.product_id).strip("._") or "scene"
 
 
-def _settings(cfg: IngestConfig, labels: Path | None) -> dict[str, object]:
+def _settings(cfg: IngestConfig, labels: Path | None) -> dict[str, Any]:
     return {
         "config": cfg.model_dump(mode="json"),
         "labels": None if labels is None else labels.name,
@@ -131,7 +131,7 @@ def _settings(cfg: IngestConfig, labels: Path | None) -> dict[str, object]:
     }
 
 
-def _prepare(out: Path, settings: dict[str, object], overwrite: bool) -> None:
+def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """Create ``out`` or check it holds a dataset made with the same settings.
 
     Safe when several shards (array tasks) start at once: the settings file is created atomically
@@ -143,7 +143,7 @@ def _prepare(out: Path, settings: dict[str, object], overwrite: bool) -> None:
         old = json.loads(marker.read_text())
         if old != settings:
             if not overwrite:
-                changed = sorted(k for k in settings["config"] if old.get("config", {}).get(k) != settings["config"][k])  # type: ignore[index, union-attr]
+                changed = sorted(k for k in settings["config"] if old.get("config", {}).get(k) != settings["config"][k])
                 raise OutputExistsError(
                     f"{out} holds a dataset made with other settings ({', '.join(changed) or 'labels/software'}); "
                     "pass --overwrite to replace it, or choose another --out"
@@ -311,7 +311,7 @@ def _dataset_bands(products: list[Product], cfg: IngestConfig) -> list[str]:
     return list(default_bands(level))
 
 
-def finalize(out: Path, progress: Progress | None = None) -> dict[str, object]:
+def finalize(out: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Merge the scenes' catalog parts, write splits.gpkg and dataset.json (safe to run twice)."""
     settings = json.loads((out / "ingest_settings.json").read_text())
     scenes = sorted((out / "scenes").glob("*/scene.json"))
@@ -359,7 +359,7 @@ def ingest(
     overwrite: bool = False,
     progress: Progress | None = None,
     shard: Shard | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it.
 
     BigEarthNet patches and folders of them become one scene per product (tile and date) and group

@@ -82,15 +82,21 @@ class _Task(pl.LightningModule):
         )
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        self.class_weights: torch.Tensor | None  # the buffer (moves with the module), for type checkers
         self.last_confusion: torch.Tensor | None = None
         self.history: list[dict[str, float]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @staticmethod
+    def _metric(metrics: nn.ModuleDict, stage: str) -> Any:
+        """The torchmetrics object of ``stage`` (a ModuleDict entry, typed as such for type checkers)."""
+        return metrics[stage]
+
     # --- optimisation ---------------------------------------------------------------------
 
-    def configure_optimizers(self):  # type: ignore[override]
+    def configure_optimizers(self):
         params = parameter_groups(self.model)
         groups = [
             {"params": params["encoder"], "lr": self.optim_cfg.lr * self.optim_cfg.encoder_lr_factor, "name": "encoder"},
@@ -103,7 +109,8 @@ class _Task(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=2, factor=0.3)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
         epochs = max(1, int(self.trainer.max_epochs or 1))
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs - self.optim_cfg.warmup_epochs))
+        cosine: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, epochs - self.optim_cfg.warmup_epochs))
         if self.optim_cfg.warmup_epochs:
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, self.optim_cfg.warmup_epochs)
             cosine = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [self.optim_cfg.warmup_epochs])
@@ -183,7 +190,7 @@ class SegmentationTask(_Task):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         logits = self(batch["image"])
         self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
-        self.cm[stage].update(logits.argmax(1), batch["mask"])
+        self._metric(self.cm, stage).update(logits.argmax(1), batch["mask"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -192,8 +199,8 @@ class SegmentationTask(_Task):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
-        cm = self.cm[stage].compute()  # synchronised across ranks by torchmetrics
-        self.cm[stage].reset()
+        cm = self._metric(self.cm, stage).compute()  # synchronised across ranks by torchmetrics
+        self._metric(self.cm, stage).reset()
         scores = confusion_scores(cm)
         # the matrix is already summed over ranks, so every rank logs the same values
         self.log(f"{stage}/miou", scores["miou"], prog_bar=True, sync_dist=True)
@@ -253,7 +260,7 @@ class ClassificationTask(_Task):
         target = self._target(batch)
         self.log(f"{stage}/loss", self.criterion(logits, target), on_epoch=True, batch_size=len(logits), sync_dist=True)
         preds = torch.sigmoid(logits) if self.label_mode == "multilabel" else logits
-        self.metrics[stage].update(preds, target.long())
+        self._metric(self.metrics, stage).update(preds, target.long())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -262,8 +269,8 @@ class ClassificationTask(_Task):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
-        self.metrics[stage].reset()
+        values = self._metric(self.metrics, stage).compute()
+        self._metric(self.metrics, stage).reset()
         per_class = values.pop("f1")
         for name, value in values.items():
             self.log(f"{stage}/{name}", float(value), prog_bar=name in ("map_macro", "f1_macro"), sync_dist=True)

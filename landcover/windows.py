@@ -205,7 +205,7 @@ class Feeder:
             valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
         todo = [j for j in range(p.cols) if valid[:, j * p.stride:j * p.stride + t].any()]
         batches = []
-        data = None if self.pin else img.any(axis=0)  # training zeroes pixels that are 0 in every band
+        data = None if self.pin else np.asarray(img.any(axis=0))  # training zeroes pixels that are 0 in every band
         for i in range(0, len(todo), self.batch_size):
             cols = todo[i:i + self.batch_size]
             if data is None:  # raw values travel; to_device normalises them
@@ -316,7 +316,8 @@ def write_quicklook(cog: Path, png: Path, nom: Nomenclature, nodata: int, title:
     ax.imshow(lut[arr], interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
-    handles = [Patch(color=lut[i, :3], label=f"{nom.codes[i]} {nom.class_names[i]}") for i in shown]
+    handles = [Patch(color=(float(lut[i, 0]), float(lut[i, 1]), float(lut[i, 2])), label=f"{nom.codes[i]} {nom.class_names[i]}")
+               for i in shown]
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     fig.savefig(png, dpi=100, bbox_inches="tight", format="png")
