@@ -403,8 +403,7 @@ def ingest(
             ingest_scene(product, label_path, out, cfg, bands, progress)
         if progress:
             progress("scenes", len(todo), len(todo))
-    if sharded:
-        assert shard is not None
+    if shard is not None and sharded:
         return {"shard": list(shard), "scenes": [scene_id for _, scene_id in todo], "total_scenes": len(ids),
                 "finalized": False}
     return finalize(out, progress)

@@ -37,6 +37,7 @@ folder is used and removed. The dataset of the default run stays in --workdir fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -330,6 +332,20 @@ def run_ingest(
             "output_gb": size / GB}  # fmt: skip
 
 
+@contextlib.contextmanager
+def bench_workdir(path: Path | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created if needed and kept), or a temporary folder removed at the end."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -374,13 +390,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest (main thread; slower)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="bench-ingest-")
-        args.workdir = Path(tmp)
-    args.workdir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    try:
+    with bench_workdir(args.workdir, "bench-ingest-") as args.workdir:
         start = time.perf_counter()
         safe = make_product(args.workdir, args.size, jobs=min(cores, 4))
         labels = make_clc(args.workdir, args.size)
@@ -444,9 +455,6 @@ def main() -> None:
                   f"{run['ratio']:.2f} (target <= 1.5) | {run['peak_rss_gb']:.2f} (target < 3) |")  # fmt: skip
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ingest import BANDS, band_files, cpu_model, make_clc, make_product
+from bench_ingest import BANDS, band_files, bench_workdir, cpu_model, make_clc, make_product
 
 TILE = 256
 
@@ -140,12 +139,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="bench-tiles-")
-        args.workdir = Path(tmp)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with bench_workdir(args.workdir, "bench-tiles-") as args.workdir:
         safe = make_product(args.workdir, args.size)
         dataset = ingested(args.workdir, args.size)
         decoded_mib = sum(_pixels(f) for f in band_files(safe)) * 2 / 2**20
@@ -177,9 +171,6 @@ def main() -> None:
               f"{peer['samples']} | 1 |")  # fmt: skip
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pixels(path: Path) -> int:
