@@ -3,13 +3,11 @@
 Ingest calls :func:`tile_record` for every tile of a scene, :func:`write_scene_part` once per scene
 and :func:`finalize` once at the end; training reads the result with :func:`read_catalog`.
 
-Splits are a pure function of coordinates: the scene CRS is cut into square blocks of
-``block_size_m``, each block is assigned to train/val/test by a stable hash of
-(seed, CRS, block column, block row), a tile takes the split of the block holding its centre, and
-a tile is a *buffer* tile when anything within ``buffer_tiles`` tiles of it lies in a block of
-another split. Scenes and shards processed independently therefore agree, and no two non-buffer
-tiles of different splits are closer than the buffer distance. Buffer tiles stay in the catalog
-(``buffer=True``) but :func:`read_catalog` leaves them out unless asked.
+Splits are assigned by :func:`finalize`, from the tile coordinates alone (see
+:mod:`landcover.splits`: blocks of one grid shared by every CRS, a buffer between splits), so
+scenes and shards processed independently agree, and a dataset can be re-split without reading
+its imagery again. Buffer tiles stay in the catalog (``buffer=True``) but :func:`read_catalog`
+leaves them out unless asked.
 """
 
 from __future__ import annotations
@@ -41,10 +39,11 @@ from landcover.io import Grid, atomic_output
 from landcover.splits import (  # noqa: F401  (SplitConfig and the split functions are catalog's API too)
     SPLITS,
     SplitConfig,
-    _crs_key,
     block_size,
     block_split,
+    box_outline,
     check_block_size,
+    crs_key,
     scene_split,
     tile_split,
 )
@@ -95,30 +94,22 @@ def tile_footprint(bounds: tuple[float, float, float, float], crs: str,
 
     Edge points are computed from the bounds alone, so neighbouring tiles share their vertices.
     """
-    xmin, ymin, xmax, ymax = bounds
-    t = np.arange(segments) / segments
-    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full(segments, xmax),
-                         xmax - (xmax - xmin) * t, np.full(segments, xmin)])
-    ys = np.concatenate([np.full(segments, ymin), ymin + (ymax - ymin) * t,
-                         np.full(segments, ymax), ymax - (ymax - ymin) * t])
-    lon, lat = _to_wgs84(_crs_key(str(crs))).transform(xs, ys)
+    lon, lat = _to_wgs84(crs_key(str(crs))).transform(*box_outline(bounds, segments))
     return shapely.Polygon(np.column_stack([lon, lat]))
 
 
 def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray,
                 valid: np.ndarray, cloud: np.ndarray | None, image: np.ndarray,
                 nomenclature: Nomenclature, split_cfg: SplitConfig,
-                present_threshold: float = 0.01,
-                tile_size_m: float | None = None, patch_id: str = "",
+                present_threshold: float = 0.01, patch_id: str = "",
                 patch_labels: Sequence[int] = (), patch_label_names: Sequence[str] = (),
                 official_split: str = "") -> dict[str, Any] | None:
     """The catalog row of one tile, or None when its cloud-free image share is below the minimum.
 
     ``labels`` (H, W) uint8 class ids with 255 = ignore; ``valid`` (H, W) image has data;
-    ``cloud`` (H, W) SCL-invalid pixels or None; ``image`` (C, H, W). ``tile_size_m`` sets the
-    buffer distance; pass the *nominal* tile side (tile pixels x resolution) so that the smaller
-    tiles at the scene edge get the same buffer; by default the larger side of this window.
-    Class statistics count every pixel with a label (labels != 255): set labels to 255 where the
+    ``cloud`` (H, W) SCL-invalid pixels or None; ``image`` (C, H, W). ``split_cfg`` gives the
+    minimum valid fraction; the split itself is assigned by :func:`finalize` (``split`` is ''
+    until then). Class statistics count every pixel with a label (labels != 255): set labels to 255 where the
     image is unusable if those pixels must not count. Band sums use valid & ~cloud pixels only.
     ``patch_id``, ``patch_labels`` (class ids), ``patch_label_names`` and ``official_split`` are
     copied as they are (BigEarthNet patches; see :data:`SCHEMA`).
@@ -168,14 +159,11 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
     crs = grid.crs.to_string()
     left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
     bounds = (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
-    if tile_size_m is None:
-        tile_size_m = max(width * grid.res[0], height * grid.res[1])
-    split, is_buffer = tile_split(bounds, crs, tile_size_m, split_cfg, scene_id)
     return {
         "tile_id": f"{scene_id}_r{row:05d}_c{col:05d}", "scene_id": scene_id,
         "row": row, "col": col, "height": height, "width": width, "crs": crs,
         "xmin": bounds[0], "ymin": bounds[1], "xmax": bounds[2], "ymax": bounds[3],
-        "split": split, "buffer": is_buffer,
+        "split": "", "buffer": False,  # assigned by finalize()
         "valid_fraction": valid_fraction,
         "cloud_fraction": int(cloudy.sum()) / n_pixels,
         "labelled_fraction": labelled / n_pixels,
@@ -331,19 +319,40 @@ def _write_splits_gpkg(table: pa.Table, path: Path) -> None:
                                 geometry_type="Polygon")
 
 
-def finalize(dataset_dir: Path, part_paths: list[Path], bands: list[str]) -> dict[str, Any]:
-    """Merge scene parts into catalog.parquet and splits.gpkg; return train band statistics.
+def assign_splits(table: pa.Table, cfg: SplitConfig, tile_size_m: float) -> pa.Table:
+    """``table`` with ``split`` and ``buffer`` computed from each tile's bounds, CRS and scene
+    (:func:`landcover.splits.tile_split`; ``tile_size_m`` is the nominal tile side)."""
+    columns = [table.column(c).to_pylist() for c in ("xmin", "ymin", "xmax", "ymax", "crs", "scene_id")]
+    pairs = [tile_split((x0, y0, x1, y1), crs, tile_size_m, cfg, scene)
+             for x0, y0, x1, y1, crs, scene in zip(*columns, strict=True)]
+    splits = pa.array([p[0] for p in pairs], pa.string())
+    buffers = pa.array([p[1] for p in pairs], pa.bool_())
+    table = table.set_column(table.schema.get_field_index("split"), "split", splits)
+    return table.set_column(table.schema.get_field_index("buffer"), "buffer", buffers)
+
+
+def finalize(dataset_dir: Path, part_paths: list[Path], bands: list[str], split_cfg: SplitConfig,
+             tile_size_m: float) -> dict[str, Any]:
+    """Merge scene parts into catalog.parquet and splits.gpkg, assigning every tile its split;
+    return the train band statistics.
 
     Rows are sorted by (scene_id, row, col) and nothing time-dependent is written, so the same
     parts give byte-identical files. catalog.parquet is written last: when it exists, so does
     splits.gpkg. The statistics come from train tiles outside the buffer only.
     """
     dataset_dir = Path(dataset_dir)
-    table = _read_parts(part_paths)
+    table = assign_splits(_read_parts(part_paths), split_cfg, tile_size_m)
     stats = band_statistics(table, bands)
     _write_splits_gpkg(table, dataset_dir / SPLITS_GPKG_NAME)
     _write_table(table, dataset_dir / CATALOG_NAME)
     return stats
+
+
+def lonlat_bounds(dataset_dir: Path) -> tuple[float, float, float, float] | None:
+    """(west, south, east, north) of every tile of a finalized catalog (None when it has none)."""
+    meta = pq.read_schema(Path(dataset_dir) / CATALOG_NAME).metadata or {}
+    bbox = json.loads(meta.get(b"geo", b"{}")).get("columns", {}).get("geometry", {}).get("bbox")
+    return None if bbox is None else (bbox[0], bbox[1], bbox[2], bbox[3])
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -184,13 +184,14 @@ def ingest(
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")] = None,
     finalize: Annotated[bool, typer.Option(
         "--finalize", help="Only merge the finished scenes' catalogs into catalog.parquet, splits.gpkg and "
-        "dataset.json (after all shards; safe to run twice).")] = False,
+        "dataset.json (after all shards; safe to run twice). With --seed, --block-size, --split-by-scene or "
+        "--set split.KEY=VALUE it re-splits the dataset without reading its imagery.")] = False,
 ) -> None:
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
     from landcover.cluster import parse_shard, read_list
     from landcover.config import load_config
     from landcover.errors import ConfigError
-    from landcover.ingest import IngestConfig
+    from landcover.ingest import IngestConfig, split_settings
     from landcover.ingest import finalize as finalize_dataset
     from landcover.ingest import ingest as run_ingest
 
@@ -198,8 +199,12 @@ def ingest(
     if finalize:
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
+        options = {"seed": seed, "block_size_m": block_size, "by_scene": split_by_scene}
+        resplit = [f"split.{k}={v}" for k, v in options.items() if v is not None] + list(set_ or [])
         with progress_bars() as update:
-            dataset = finalize_dataset(out_dir, update)
+            dataset = finalize_dataset(out_dir, update, split=split_settings(out_dir, resplit) if resplit else None)
+        for warning in dataset["split_scheme"].get("warnings", []):
+            err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         out.print(f"dataset {out_dir}: finalized {len(dataset['scenes'])} scene(s); catalog {out_dir / 'catalog.parquet'}")
         return
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
@@ -222,7 +227,8 @@ def ingest(
                   f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done")
         return
     norm = dataset["normalization"]
-    for warning in sorted({w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}):
+    warnings = {w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}
+    for warning in sorted(warnings) + dataset["split_scheme"].get("warnings", []):
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(
         f"dataset {out_dir}: {len(dataset['scenes'])} scene(s), bands {','.join(dataset['bands'])}, "

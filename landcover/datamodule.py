@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 
 from landcover.catalog import CATALOG_NAME, read_catalog
 from landcover.errors import ConfigError, DatasetError
+from landcover.splits import check_split_scheme
 from landcover.tables import IGNORE
 
 Task = Literal["segmentation", "classification"]
@@ -265,6 +266,8 @@ class LandcoverDataModule(LightningDataModule):
             self.info: dict[str, Any] = json.loads(meta.read_text())
         except (OSError, ValueError) as exc:
             raise DatasetError(f"cannot read {meta} ({exc}); re-run `landcover ingest --overwrite`") from exc
+        if cfg.split_column == "split":  # the spatial split must be the leak-free one
+            check_split_scheme(self.info, self.dataset_dir)
         self.bands: list[str] = list(self.info["bands"])
         classes = self.info["nomenclature"]["classes"]
         self.class_names: list[str] = [c["name"] for c in classes]

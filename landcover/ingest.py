@@ -27,20 +27,29 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from landcover import __version__
 from landcover.bigearthnet import PATCH_PIXELS
 from landcover.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
-from landcover.catalog import SplitConfig, check_block_size, tile_record, write_scene_part
+from landcover.catalog import SplitConfig, lonlat_bounds, tile_record, write_scene_part
 from landcover.catalog import finalize as finalize_catalog
 from landcover.cluster import Shard, shard_items
+from landcover.config import apply_override
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
-from landcover.io import GDAL_ENV, Grid, class_map_profile, style_class_map, write_qgis_style
+from landcover.io import (
+    GDAL_ENV,
+    Grid,
+    atomic_output,
+    class_map_profile,
+    style_class_map,
+    write_qgis_style,
+)
 from landcover.labels import RasterLabels, load_label_mapping, open_label_source
 from landcover.sentinel2 import Product
+from landcover.splits import check_block_size, grid_area_warning, split_scheme
 from landcover.stack import NODATA, SceneReader, strips
 from landcover.tables import (
     IGNORE,
@@ -131,6 +140,16 @@ def _settings(cfg: IngestConfig, labels: Path | None) -> dict[str, Any]:
     }
 
 
+def _with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings read back, with the defaults of settings added since they were written (e.g.
+    ``split.grid_crs``), so that a dataset of an earlier version can be resumed and re-split."""
+    try:
+        config = IngestConfig.model_validate(settings.get("config", {})).model_dump(mode="json")
+    except ValidationError:
+        return settings
+    return {**settings, "config": config}
+
+
 def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """Create ``out`` or check it holds a dataset made with the same settings.
 
@@ -140,7 +159,7 @@ def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     marker = out / "ingest_settings.json"
     text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
     if marker.exists():
-        old = json.loads(marker.read_text())
+        old = _with_defaults(json.loads(marker.read_text()))
         if old != settings:
             if not overwrite:
                 changed = sorted(k for k in settings["config"] if old.get("config", {}).get(k) != settings["config"][k])
@@ -250,7 +269,7 @@ def ingest_scene(
                                 cloud=None if win.cloud is None else win.cloud[sl],
                                 image=win.image[(slice(None), *sl)], nomenclature=nom,
                                 split_cfg=cfg.split, present_threshold=cfg.present_threshold,
-                                tile_size_m=t * cfg.resolution, **patch_fields(product, grid, window),
+                                **patch_fields(product, grid, window),
                             )
                             if record is not None:
                                 records.append(record)
@@ -311,16 +330,61 @@ def _dataset_bands(products: list[Product], cfg: IngestConfig) -> list[str]:
     return list(default_bands(level))
 
 
-def finalize(out: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Merge the scenes' catalog parts, write splits.gpkg and dataset.json (safe to run twice)."""
-    settings = json.loads((out / "ingest_settings.json").read_text())
+def _resplit_settings(out: Path, settings: dict[str, Any], split: SplitConfig) -> dict[str, Any]:
+    """Record new split settings in ingest_settings.json (later ingests into ``out`` use them)."""
+    old = SplitConfig.model_validate(settings["config"].get("split", {}))
+    if split.min_valid_fraction != old.min_valid_fraction:
+        raise ConfigError(f"split.min_valid_fraction decides which tiles exist, so it cannot change when "
+                          f"re-splitting ({old.min_valid_fraction} -> {split.min_valid_fraction}); re-run "
+                          f"`landcover ingest --overwrite --out {out}` with the new value")
+    settings = {**settings, "config": {**settings["config"], "split": split.model_dump(mode="json")}}
+    with atomic_output(out / "ingest_settings.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return settings
+
+
+def split_settings(out: Path, overrides: Sequence[str]) -> SplitConfig:
+    """The split settings of the dataset ``out`` with ``split.KEY=VALUE`` overrides (a re-split)."""
+    marker = out / "ingest_settings.json"
+    if not marker.is_file():
+        raise DatasetError(f"{out} is not a landcover dataset (no {marker.name}); run `landcover ingest` first")
+    data = {"split": dict(json.loads(marker.read_text())["config"].get("split", {}))}
+    for assignment in overrides:
+        if not assignment.strip().startswith("split."):
+            raise ConfigError(f"--finalize re-splits only: {assignment!r} is not a split.* setting; other "
+                              "settings need a new ingest (`landcover ingest ... --overwrite`)")
+        apply_override(data, assignment)
+    return SplitConfig.from_mapping(data["split"])
+
+
+def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | None = None) -> dict[str, Any]:
+    """Merge the scenes' catalog parts, assign splits, write splits.gpkg and dataset.json.
+
+    Safe to run twice. It reads the scenes' catalog parts only, never their imagery, so it also
+    re-splits a dataset: with ``split`` (new split settings, recorded in ingest_settings.json), or
+    with the current scheme for a dataset ingested with an older one.
+    """
+    marker = out / "ingest_settings.json"
+    if not marker.is_file():
+        raise DatasetError(f"{out} is not a landcover dataset (no {marker.name}); run `landcover ingest` first")
+    settings = json.loads(marker.read_text())
+    if split is not None:
+        settings = _resplit_settings(out, settings, split)
     scenes = sorted((out / "scenes").glob("*/scene.json"))
     if not scenes:
         raise DatasetError(f"{out} has no complete scene; run landcover ingest first")
     meta = [json.loads(p.read_text()) for p in scenes]
     bands = meta[0]["bands"]
-    stats = finalize_catalog(out, [p.parent / "tiles.parquet" for p in scenes], bands)
     cfg = IngestConfig.model_validate(settings["config"])
+    tile_m = cfg.tile_size * cfg.resolution
+    if not cfg.split.by_scene:
+        check_block_size(cfg.split, tile_m)
+    stats = finalize_catalog(out, [p.parent / "tiles.parquet" for p in scenes], bands, cfg.split, tile_m)
+    scheme = split_scheme(cfg.split, tile_m)
+    bounds = lonlat_bounds(out)
+    warning = grid_area_warning(bounds, cfg.split) if bounds else None
+    if warning:
+        scheme["warnings"] = [warning]
     nom = nomenclature(cfg.nomenclature)
     dataset = {
         "format": "landcover-dataset/1",
@@ -334,6 +398,7 @@ def finalize(out: Path, progress: Progress | None = None) -> dict[str, Any]:
         "tile_size": cfg.tile_size,
         "nomenclature": nom.to_dict(),
         "normalization": stats,
+        "split_scheme": scheme,
         "scenes": [
             {"scene_id": m["scene_id"], "image": f"scenes/{m['scene_id']}/image.tif",
              "labels": f"scenes/{m['scene_id']}/labels.tif", "grid": m["grid"], "tiles": m["tiles"],
@@ -343,10 +408,8 @@ def finalize(out: Path, progress: Progress | None = None) -> dict[str, Any]:
         "config": settings["config"],
         "software": {"landcover": __version__, "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__},
     }
-    text = json.dumps(dataset, indent=2, sort_keys=True) + "\n"
-    tmp = out / f".dataset.json.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, out / "dataset.json")
+    with atomic_output(out / "dataset.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
     return dataset
 
 

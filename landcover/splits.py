@@ -1,6 +1,14 @@
-"""Spatial splits that do not leak: tiles grouped into square blocks, blocks assigned to
-train/val/test by a seeded hash of their position (the same whoever computes it, so shards agree),
-and a buffer of tiles between blocks of different splits.
+"""Spatial splits that do not leak, whatever the scenes' CRSs.
+
+Blocks are squares of ``block_size_m`` on **one grid shared by every scene**: the axes of
+``grid_crs`` (default EPSG:3035, the ETRS89 Lambert azimuthal equal-area grid of the EEA reference
+grid and of the CORINE raster product), origin (0, 0). Each block is assigned to train/val/test by
+a seeded hash of (seed, grid CRS, column, row), so the assignment is the same whoever computes it
+(scenes, shards, later re-splits). A tile takes the split of the block holding its footprint
+centre; it is a *buffer* tile when its footprint, grown by ``buffer_tiles`` tiles in its own CRS,
+touches a block of another split (tested geometrically in the grid CRS). Tiles of neighbouring
+UTM zones, overlapping products and other dates of the same ground therefore never put the same
+ground, or ground closer than the buffer, in two splits.
 """
 
 from __future__ import annotations
@@ -8,13 +16,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pydantic
+import shapely
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from pyproj.exceptions import CRSError
 from rasterio.crs import CRS
 
-from landcover.errors import ConfigError
+from landcover.errors import ConfigError, DatasetError
+
+SCHEME_VERSION = "landcover-splits/2"
+"""Version of the split scheme recorded in dataset.json (1: per-CRS blocks, which leaked)."""
+DEFAULT_GRID_CRS = "EPSG:3035"
+DENSIFY = 8
+"""Points per edge of a grown tile footprint transformed into the grid CRS."""
 
 SPLITS = ("train", "val", "test")
 
@@ -28,6 +48,7 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
     buffer_tiles: int = 1  # tiles this close to a block of another split are 'buffer' (>= 1)
     by_scene: bool = False  # True: whole scenes go to one split (hash of the scene id), no buffer
     min_valid_fraction: float = 0.5  # tiles with less cloud-free image are dropped
+    grid_crs: str = DEFAULT_GRID_CRS  # the block grid shared by all scenes: a projected CRS in metres
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -46,6 +67,9 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
                             "for splits without a buffer)")
         if not 0.0 <= self.min_valid_fraction <= 1.0:
             problems.append(f"min_valid_fraction must lie in [0, 1], got {self.min_valid_fraction}")
+        grid_problem = _grid_crs_problem(self.grid_crs)
+        if grid_problem:
+            problems.append(grid_problem)
         if problems:
             raise ConfigError("invalid split settings: " + "; ".join(problems))
         return self
@@ -60,6 +84,19 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
                                 for e in exc.errors())
             raise ConfigError(f"invalid split settings: {details}; known settings are "
                               f"{', '.join(cls.model_fields)}") from exc
+
+
+def _grid_crs_problem(text: str) -> str | None:
+    """Why ``text`` cannot be the block grid (None when it can: a projected CRS in metres)."""
+    try:
+        crs = ProjCRS.from_user_input(text)
+    except CRSError:
+        return f"grid_crs {text!r} is not a CRS; use e.g. 'EPSG:3035' (Europe) or 'EPSG:6933' (global)"
+    units = {axis.unit_name for axis in crs.axis_info}
+    if not crs.is_projected or units != {"metre"}:
+        return (f"grid_crs {text!r} is not a projected CRS in metres; use an equal-area grid such as "
+                "'EPSG:3035' (Europe) or 'EPSG:6933' (global)")
+    return None
 
 
 def _unit(*parts: object) -> float:
@@ -78,7 +115,7 @@ def _pick(u: float, fractions: Sequence[float]) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _crs_key(crs: str) -> str:
+def crs_key(crs: str) -> str:
     """'epsg:32633', a CRS object's string, ... -> one canonical text ('EPSG:32633')."""
     try:
         return CRS.from_user_input(crs).to_string()
@@ -86,15 +123,31 @@ def _crs_key(crs: str) -> str:
         raise ConfigError(f"cannot interpret CRS {crs!r}: {exc}; pass e.g. 'EPSG:32633'") from exc
 
 
-def block_split(block_ix: int, block_iy: int, crs: str, cfg: SplitConfig) -> str:
-    """Split of block (ix, iy) of the CRS: stable hash of (seed, CRS, ix, iy) mapped by fractions."""
-    return _pick(_unit("block", cfg.seed, _crs_key(str(crs)), int(block_ix), int(block_iy)),
+@functools.lru_cache(maxsize=64)
+def _to_grid(crs: str, grid_crs: str) -> Transformer:
+    return Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_user_input(grid_crs),
+                                always_xy=True)
+
+
+def block_split(block_ix: int, block_iy: int, cfg: SplitConfig) -> str:
+    """Split of block (ix, iy) of the shared grid: stable hash of (seed, grid CRS, ix, iy)."""
+    return _pick(_unit("block", cfg.seed, crs_key(cfg.grid_crs), int(block_ix), int(block_iy)),
                  cfg.fractions)
 
 
+_MGRS_TILE = re.compile(r"(?:^|_)T(\d{2}[A-Z]{3})(?=_|$)")
+
+
+def scene_group(scene_id: str) -> str:
+    """What ``by_scene`` draws a split for: the MGRS tile of a Sentinel-2 scene id (so every date of
+    a tile shares one split), else the scene id itself."""
+    match = _MGRS_TILE.search(scene_id)
+    return f"T{match.group(1)}" if match else scene_id
+
+
 def scene_split(scene_id: str, cfg: SplitConfig) -> str:
-    """Split of a whole scene (``by_scene`` mode): stable hash of (seed, scene id)."""
-    return _pick(_unit("scene", cfg.seed, scene_id), cfg.fractions)
+    """Split of a whole scene (``by_scene`` mode): stable hash of (seed, its :func:`scene_group`)."""
+    return _pick(_unit("scene", cfg.seed, scene_group(scene_id)), cfg.fractions)
 
 
 AUTO_BLOCK_TILES = 8
@@ -121,26 +174,84 @@ def check_block_size(cfg: SplitConfig, tile_size_m: float) -> None:
         )
 
 
+def box_outline(bounds: tuple[float, float, float, float], segments: int = DENSIFY
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, ys) of the outline of a box, ``segments`` points per edge, counter-clockwise from
+    (xmin, ymin): straight edges are curves in another CRS. Computed from the bounds alone, so
+    neighbouring boxes share their vertices."""
+    xmin, ymin, xmax, ymax = bounds
+    t = np.arange(segments) / segments
+    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full(segments, xmax),
+                         xmax - (xmax - xmin) * t, np.full(segments, xmin)])
+    ys = np.concatenate([np.full(segments, ymin), ymin + (ymax - ymin) * t,
+                         np.full(segments, ymax), ymax - (ymax - ymin) * t])
+    return xs, ys
+
+
 def tile_split(bounds: tuple[float, float, float, float], crs: str, tile_size_m: float,
                cfg: SplitConfig, scene_id: str) -> tuple[str, bool]:
-    """(split, is_buffer) of the tile with native ``bounds`` (xmin, ymin, xmax, ymax).
+    """(split, is_buffer) of the tile with ``bounds`` (xmin, ymin, xmax, ymax) in ``crs``.
 
-    The split is that of the block holding the tile centre. The tile is a buffer tile when any
-    block touched by its bounds expanded by ``buffer_tiles * tile_size_m`` (every block boundary
-    crossed, corners included) has another split. With ``by_scene`` the split comes from the
-    scene id and there is no buffer.
+    The split is that of the grid block holding the footprint centre. The tile is a buffer tile
+    when its footprint grown by ``buffer_tiles * tile_size_m`` (in its own CRS: ground metres)
+    intersects a block of another split in the grid CRS. With ``by_scene`` the split comes from
+    the scene (its MGRS tile) and there is no buffer. ``tile_size_m`` is the nominal tile side,
+    so that smaller tiles at a scene edge get the same buffer.
     """
     if cfg.by_scene:
         return scene_split(scene_id, cfg), False
     check_block_size(cfg, tile_size_m)  # cheap; catches a block size that leaves val/test empty
-    key = _crs_key(str(crs))
-    xmin, ymin, xmax, ymax = bounds
+    to_grid = _to_grid(crs_key(str(crs)), crs_key(cfg.grid_crs))
     size = block_size(cfg, tile_size_m)
-    split = block_split(math.floor((xmin + xmax) / 2 / size), math.floor((ymin + ymax) / 2 / size),
-                        key, cfg)
+    xmin, ymin, xmax, ymax = bounds
+    cx, cy = to_grid.transform((xmin + xmax) / 2, (ymin + ymax) / 2)
+    split = block_split(math.floor(cx / size), math.floor(cy / size), cfg)
     d = cfg.buffer_tiles * tile_size_m
-    for ix in range(math.floor((xmin - d) / size), math.floor((xmax + d) / size) + 1):
-        for iy in range(math.floor((ymin - d) / size), math.floor((ymax + d) / size) + 1):
-            if block_split(ix, iy, key, cfg) != split:
-                return split, True
-    return split, False
+    gx, gy = to_grid.transform(*box_outline((xmin - d, ymin - d, xmax + d, ymax + d)))
+    others = [(ix, iy)
+              for ix in range(math.floor(gx.min() / size), math.floor(gx.max() / size) + 1)
+              for iy in range(math.floor(gy.min() / size), math.floor(gy.max() / size) + 1)
+              if block_split(ix, iy, cfg) != split]
+    if not others:
+        return split, False
+    grown = shapely.Polygon(np.column_stack([gx, gy]))
+    ix, iy = np.asarray(others, dtype=np.float64).T
+    blocks = shapely.box(ix * size, iy * size, (ix + 1) * size, (iy + 1) * size)
+    return split, bool(shapely.intersects(grown, blocks).any())
+
+
+def split_scheme(cfg: SplitConfig, tile_size_m: float) -> dict[str, Any]:
+    """What dataset.json records of how its splits were made (checked by :func:`check_split_scheme`)."""
+    common = {"version": SCHEME_VERSION, "seed": cfg.seed, "fractions": list(cfg.fractions),
+              "min_valid_fraction": cfg.min_valid_fraction}
+    if cfg.by_scene:
+        return {**common, "method": "scene", "key": "MGRS tile of the scene id, else the scene id"}
+    return {**common, "method": "blocks", "grid_crs": crs_key(cfg.grid_crs),
+            "block_size_m": block_size(cfg, tile_size_m), "buffer_tiles": cfg.buffer_tiles,
+            "buffer_m": cfg.buffer_tiles * tile_size_m, "assigned_by": "block of the tile's footprint centre"}
+
+
+def grid_area_warning(lonlat_bounds: tuple[float, float, float, float], cfg: SplitConfig) -> str | None:
+    """A warning when tiles lie outside the area of use of the grid CRS (blocks distort there)."""
+    if cfg.by_scene:
+        return None
+    area = ProjCRS.from_user_input(cfg.grid_crs).area_of_use
+    if area is None:
+        return None
+    west, south, east, north = lonlat_bounds
+    if west >= area.west and east <= area.east and south >= area.south and north <= area.north:
+        return None
+    return (f"tiles ({west:.2f}, {south:.2f}, {east:.2f}, {north:.2f} lon/lat) reach outside the area of use of "
+            f"the split grid {cfg.grid_crs} ({area.name}); splits stay leak-free but blocks are distorted there: "
+            "set split.grid_crs to a grid for the region (e.g. EPSG:6933, global equal-area) and re-split with "
+            "`landcover ingest --finalize --out DIR --set split.grid_crs=...`")
+
+
+def check_split_scheme(info: dict[str, Any], dataset_dir: object) -> None:
+    """Refuse a dataset whose dataset.json records another (or no) split scheme version."""
+    found = (info.get("split_scheme") or {}).get("version", "landcover-splits/1 (per-CRS blocks)")
+    if found != SCHEME_VERSION:
+        raise DatasetError(
+            f"{dataset_dir} was split with {found}, which can put the same ground in train and test across "
+            f"UTM zones; re-split it with `landcover ingest --finalize --out {dataset_dir}` (recomputes "
+            "splits and statistics from the catalog, without re-reading imagery)")

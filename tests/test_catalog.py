@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from landcover.catalog import (
     COLUMNS,
     SPLITS,
     SplitConfig,
+    assign_splits,
     band_statistics,
     block_split,
     class_pixel_totals,
-    finalize,
     read_catalog,
     records_table,
     scene_split,
@@ -33,6 +32,7 @@ from landcover.catalog import (
     tile_split,
     write_scene_part,
 )
+from landcover.catalog import finalize as finalize_catalog
 from landcover.errors import ConfigError, DatasetError
 from landcover.io import Grid
 from landcover.tables import IGNORE, nomenclature
@@ -49,26 +49,24 @@ def make_grid(width: int, height: int, x0: float = 600_013.0, y0: float = 5_340_
 
 def scene_records(scene_id: str, grid: Grid, cfg: SplitConfig, tile: int = 4, value=None,
                   seed: int = 0) -> list[dict]:
-    """Records of every tile of a fully valid scene; ``value(split, buffer)`` fills the image."""
+    """Records of every tile of a fully valid scene, with the split finalize() will assign;
+    ``value(split, buffer)`` fills the image."""
     rng = np.random.default_rng(seed)
     records = []
     for window in grid.windows(tile):
         shape = (window.height, window.width)
         image = rng.integers(0, 10_000, (len(BANDS), *shape)).astype(np.uint16)
         labels = rng.integers(0, NOM.num_classes, shape).astype(np.uint8)
+        bounds = rasterio.windows.bounds(window, grid.transform)
+        split, buffer = tile_split(bounds, CRS_TEXT, tile * 10.0, cfg, scene_id)
+        if value is not None:
+            image[:] = value(split, buffer)
         record = tile_record(
             scene_id=scene_id, grid=grid, window=window, labels=labels,
-            valid=np.ones(shape, bool), cloud=None, image=image, nomenclature=NOM,
-            split_cfg=cfg, tile_size_m=tile * 10.0,
+            valid=np.ones(shape, bool), cloud=None, image=image, nomenclature=NOM, split_cfg=cfg,
         )
-        if value is not None:  # re-run with the image the split asks for
-            image[:] = value(record["split"], record["buffer"])
-            record = tile_record(
-                scene_id=scene_id, grid=grid, window=window, labels=labels,
-                valid=np.ones(shape, bool), cloud=None, image=image, nomenclature=NOM,
-                split_cfg=cfg, tile_size_m=tile * 10.0,
-            )
-        records.append(record)
+        assert record["split"] == "" and record["buffer"] is False  # assigned by finalize
+        records.append({**record, "split": split, "buffer": buffer})
     return records
 
 
@@ -102,25 +100,25 @@ def test_from_mapping_turns_unknown_keys_into_config_error():
     assert SplitConfig.from_mapping({"seed": 3}).seed == 3
 
 
-def test_block_split_is_deterministic_and_depends_on_seed_and_crs():
+def test_block_split_is_deterministic_and_depends_on_seed_and_grid():
     cfg0, cfg1 = SplitConfig(seed=0), SplitConfig(seed=1)
     blocks = list(itertools.product(range(-10, 20), range(30)))
-    first = [block_split(ix, iy, CRS_TEXT, cfg0) for ix, iy in blocks]
-    assert first == [block_split(ix, iy, "epsg:32633", SplitConfig(seed=0)) for ix, iy in blocks]
-    other_seed = [block_split(ix, iy, CRS_TEXT, cfg1) for ix, iy in blocks]
-    other_crs = [block_split(ix, iy, "EPSG:32632", cfg0) for ix, iy in blocks]
+    first = [block_split(ix, iy, cfg0) for ix, iy in blocks]
+    assert first == [block_split(ix, iy, SplitConfig(seed=0, grid_crs="epsg:3035")) for ix, iy in blocks]
+    other_seed = [block_split(ix, iy, cfg1) for ix, iy in blocks]
+    other_crs = [block_split(ix, iy, SplitConfig(seed=0, grid_crs="EPSG:6933")) for ix, iy in blocks]
     for other in (other_seed, other_crs):
         assert sum(a != b for a, b in zip(first, other, strict=True)) > len(blocks) // 4
 
 
 def test_block_split_respects_fractions():
     cfg = SplitConfig(fractions=(0.6, 0.3, 0.1), seed=7)
-    counts = Counter(block_split(ix, iy, CRS_TEXT, cfg) for ix in range(150) for iy in range(150))
+    counts = Counter(block_split(ix, iy, cfg) for ix in range(150) for iy in range(150))
     total = sum(counts.values())
     for name, share in zip(SPLITS, cfg.fractions, strict=True):
         assert abs(counts[name] / total - share) < 0.015
     no_test = SplitConfig(fractions=(0.5, 0.5, 0.0))
-    assert {block_split(ix, 0, CRS_TEXT, no_test) for ix in range(2000)} == {"train", "val"}
+    assert {block_split(ix, 0, no_test) for ix in range(2000)} == {"train", "val"}
 
 
 def test_block_size_that_cannot_hold_a_non_buffer_tile_is_refused():
@@ -132,19 +130,19 @@ def test_block_size_that_cannot_hold_a_non_buffer_tile_is_refused():
 # --- buffers ----------------------------------------------------------------------------------
 
 
+TO_GRID = Transformer.from_crs(CRS_TEXT, "EPSG:3035", always_xy=True)
+
+
 def reference_is_buffer(bounds, tile_m, cfg, split):
-    """Test the expanded tile bounds at corners, edge midpoints and every block boundary crossed."""
+    """A lattice of points (every 5 m) over the grown tile, and its outline, mapped into the grid:
+    any point in a block of another split makes the tile a buffer tile (it may miss slivers)."""
     xmin, ymin, xmax, ymax = bounds
     d, size = cfg.buffer_tiles * tile_m, cfg.block_size_m
-
-    def coords(lo, hi):
-        lines = [k * size for k in range(math.ceil(lo / size), math.floor(hi / size) + 1)]
-        return {lo, hi, (lo + hi) / 2, *lines}
-
-    return any(
-        block_split(math.floor(x / size), math.floor(y / size), CRS_TEXT, cfg) != split
-        for x in coords(xmin - d, xmax + d) for y in coords(ymin - d, ymax + d)
-    )
+    xs, ys = np.meshgrid(np.arange(xmin - d, xmax + d + 1e-6, 5.0), np.arange(ymin - d, ymax + d + 1e-6, 5.0))
+    gx, gy = TO_GRID.transform(xs.ravel(), ys.ravel())
+    blocks = set(zip(np.floor(gx / size).astype(int).tolist(), np.floor(gy / size).astype(int).tolist(),
+                     strict=True))
+    return any(block_split(ix, iy, cfg) != split for ix, iy in blocks)
 
 
 @pytest.mark.parametrize(("buffer_tiles", "block_size_m"), [(1, 200.0), (2, 250.0)])
@@ -157,7 +155,8 @@ def test_no_non_buffer_tiles_of_different_splits_within_buffer_distance(buffer_t
     assert len(records) == 3200
     for r in records:
         bounds = (r["xmin"], r["ymin"], r["xmax"], r["ymax"])
-        assert r["buffer"] == reference_is_buffer(bounds, tile_m, cfg, r["split"])
+        if reference_is_buffer(bounds, tile_m, cfg, r["split"]):
+            assert r["buffer"], bounds
     kept = {s: np.array([[r["xmin"], r["ymin"], r["xmax"], r["ymax"]] for r in records
                          if r["split"] == s and not r["buffer"]]) for s in SPLITS}
     assert all(len(boxes) > 0 for boxes in kept.values()), "every split keeps some tiles"
@@ -241,10 +240,18 @@ def test_valid_and_cloud_fractions_band_sums_and_dropping():
 # --- parts, finalize, reading -----------------------------------------------------------------
 
 
+DATASET_SPLIT = SplitConfig(block_size_m=200.0, seed=3)
+
+
+def finalize(out, parts, bands):
+    """catalog.finalize with the split settings the ``dataset`` fixture's records were made with."""
+    return finalize_catalog(out, parts, bands, DATASET_SPLIT, 40.0)
+
+
 @pytest.fixture
 def dataset(tmp_path: Path):
     """Two scenes and an empty one; val/test tiles and buffer tiles hold wild pixel values."""
-    cfg = SplitConfig(block_size_m=200.0, seed=3)
+    cfg = DATASET_SPLIT
     wild = {"val": 60_000, "test": 50_000}
 
     def value(split, buffer):
@@ -288,7 +295,7 @@ def test_band_statistics_pool_pixels():
                            split_cfg=cfg) for w in grid.windows(4)]
     assert len(records) == 2
     flat = pixels.reshape(3, -1).astype(float)
-    stats = band_statistics(records_table(records), BANDS)
+    stats = band_statistics(assign_splits(records_table(records), cfg, 40.0), BANDS)
     assert stats["mean"] == pytest.approx(flat.mean(axis=1).tolist())
     assert stats["std"] == pytest.approx(flat.std(axis=1).tolist())
 
