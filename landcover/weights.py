@@ -42,6 +42,7 @@ from torch import nn
 
 from landcover.errors import ConfigError, ModelError
 from landcover.models import ModelConfig, encoder_of, head_name
+from landcover.safeload import load_torch_file
 from landcover.tables import normalize_band_name, sentinel2_bands
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
             if raw:
                 bands = json.loads(raw) if raw.lstrip().startswith("[") else raw.split(",")
             return tensors, [b.strip() for b in bands] if bands else None
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, "weights", "use a tensor-only .pth/.pt/.ckpt or a .safetensors file")
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"cannot read weights {path}: {type(exc).__name__}: {exc}. It must be a "
                          "tensor-only .pth/.pt/.ckpt (torch.load weights_only=True) or a "
