@@ -65,5 +65,9 @@ class UnsafeFileError(ModelError):
     """A checkpoint or weight file whose unpickling would run code: refused, never executed."""
 
 
+class OfflineError(LandcoverError, ConnectionRefusedError):
+    """A network connection while LANDCOVER_OFFLINE is set (also an OSError, as libraries expect)."""
+
+
 class TrainingError(LandcoverError):
     """A training run (e.g. a sweep variant) failed; its log says why."""
