@@ -130,3 +130,12 @@ def test_torch_override_variable_does_not_unlock_unsafe_loading(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert_refused(proc.stderr, marker)
+
+
+def test_no_run_folder_is_created_for_a_dataset_that_does_not_exist(tmp_path):
+    from landcover.errors import DatasetError
+
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={tmp_path / 'nothing'}"])
+    with pytest.raises(DatasetError):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
