@@ -61,5 +61,13 @@ class ModelError(LandcoverError):
     """A checkpoint or weight file cannot be used with the data at hand."""
 
 
+class UnsafeFileError(ModelError):
+    """A checkpoint or weight file whose unpickling would run code: refused, never executed."""
+
+
+class OfflineError(LandcoverError, ConnectionRefusedError):
+    """A network connection while LANDCOVER_OFFLINE is set (also an OSError, as libraries expect)."""
+
+
 class TrainingError(LandcoverError):
     """A training run (e.g. a sweep variant) failed; its log says why."""

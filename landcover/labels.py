@@ -5,7 +5,8 @@ Rules (documented in the README):
 * **Vector** sources (GPKG, Shapefile, GeoParquet, GeoJSON, ...) are read inside the grid's
   bounding box only, reprojected to the grid's CRS and burnt with
   :func:`rasterio.features.rasterize`; by default a pixel takes the polygon containing its
-  centre (``all_touched=False``, the BigEarthNet convention).
+  centre (``all_touched=False``, the BigEarthNet convention). Where polygons overlap, the one
+  later in the file (higher feature id) wins, as with ``rasterize`` of the whole layer.
 * **Raster** sources (CLC index rasters 1..44 or 3-digit code rasters, any CRS) are warped with
   GDAL: *nearest* when the grid's pixels are no larger than the source's, *mode* (majority)
   when they are larger, so a coarse pixel takes the class covering most of it.
@@ -234,7 +235,10 @@ def read_vector(path: Path, grid: Grid, layer: str | None, code_column: str | No
         column = find_code_column(list(info["fields"]), code_column, path)
         total = tuple(info["total_bounds"]) if info.get("total_bounds") is not None else None
         bbox = rasterio.warp.transform_bounds(grid.crs, src_crs, *grid.bounds, densify_pts=21)
-        frame = gpd.read_file(path, layer=layer, bbox=tuple(bbox), columns=[column], engine="pyogrio")
+        # A bbox read may return features in spatial-index order: sort by feature id (file order).
+        frame = gpd.read_file(
+            path, layer=layer, bbox=tuple(bbox), columns=[column], engine="pyogrio", fid_as_index=True
+        ).sort_index()
     if frame.empty:
         if total is not None and all(np.isfinite(total)):
             _check_overlap(grid, src_crs, total, str(path))
@@ -275,7 +279,9 @@ class VectorLabels:
         transform = grid.window_transform(window)
         shape = (int(window.height), int(window.width))
         left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
-        hits = self.sindex.query(box(left, bottom, right, top))
+        # Sorted positions = file order, so where polygons overlap the later feature in the file wins
+        # (rasterize burns in order), whatever the index's internal order and the window size.
+        hits = np.sort(self.sindex.query(box(left, bottom, right, top)))
         if hits.size == 0:
             return np.zeros(shape, dtype=np.uint16)
         shapes = zip(self.frame.geometry.values[hits], self.codes_array[hits], strict=True)

@@ -55,6 +55,7 @@ from landcover.io import (
     write_qgis_style,
 )
 from landcover.models import ModelConfig, build_model
+from landcover.safeload import load_torch_file
 from landcover.tables import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
 from landcover.windows import (
     BlockWriter,
@@ -129,12 +130,7 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     hint = "point at RUN/checkpoints/best.ckpt of a `landcover train` run"
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; {hint}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"cannot read checkpoint {path} ({type(exc).__name__}: {first}); the file is truncated "
-                         f"or not a PyTorch checkpoint: copy it again, or {hint}") from exc
+    ckpt = load_torch_file(path, "checkpoint", hint)  # weights_only: a pickle that would run code is refused
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("landcover"), dict) or "state_dict" not in ckpt:
         raise ModelError(f"{path} is not a landcover checkpoint (it has no 'landcover' section); {hint}")
     meta = ckpt["landcover"]

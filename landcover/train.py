@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.datamodule import DataConfig, LandcoverDataModule
-from landcover.errors import ConfigError, OutputExistsError
+from landcover.errors import ConfigError, ModelError, OutputExistsError
 from landcover.models import ModelConfig, count_parameters
+from landcover.safeload import load_torch_file
 from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
 
 
@@ -116,9 +117,6 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     if ckpt_path is None and (out / "checkpoints").exists() and not overwrite and first:
         raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
                                 "--overwrite to replace it, or another --out")
-    if ckpt_path is None and overwrite and out.exists() and first:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.trainer.seed, workers=True)
 
     task_name = cfg.model.task
@@ -127,6 +125,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     class_weights = None
     if cfg.loss.class_weights != "none":
         class_weights = data.class_weights(cfg.loss.class_weights).tolist()
+    # inputs are valid (dataset, checkpoints): only now is the run folder replaced or created
+    if ckpt_path is None and overwrite and out.exists() and first:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "nomenclature": info["nomenclature"],
         "normalization": info["normalization"],
@@ -171,7 +173,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
     )
     started = time.perf_counter()
-    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)  # checked above; never unsafe
     fit_seconds = time.perf_counter() - started
     if trainer.world_size > 1:  # the final evaluation runs on rank 0 alone
         import torch.distributed as dist
@@ -207,32 +209,48 @@ def _launch_rank() -> int:
 
 
 def _resume_path(out: Path, resume: str | Path | None) -> str | None:
+    """The checkpoint Lightning resumes from (None: start), each file it may load checked safely first."""
     if resume is None:
         return None
+    best = out / "checkpoints" / "best.ckpt"  # evaluated at the end of a resumed run
     if str(resume) != "auto":
         if not Path(resume).exists():
             raise ConfigError(f"--resume {resume}: no such checkpoint; pass RUN/checkpoints/last.ckpt or 'auto'")
+        _check_checkpoints([Path(resume), best])
         return str(resume)
-    if list(out.glob("hpc_ckpt_*.ckpt")):
+    hpc = sorted(out.glob("hpc_ckpt_*.ckpt"))
+    if hpc:
+        _check_checkpoints([*hpc, best])
         return "hpc"  # saved by Lightning on SLURM's signal before the requeue; it picks the newest
     last = out / "checkpoints" / "last.ckpt"
-    return str(last) if last.exists() else None
+    if not last.exists():
+        return None
+    _check_checkpoints([last, best])
+    return str(last)
+
+
+def _check_checkpoints(paths: list[Path]) -> None:
+    """Load each existing file with weights_only (a pickle that would run code is refused, never run)."""
+    hint = "resume from RUN/checkpoints/last.ckpt of a `landcover train` run, or start the run anew with --overwrite"
+    for path in paths:
+        if path.exists():
+            ckpt = load_torch_file(path, "checkpoint", hint)
+            if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "landcover" not in ckpt:
+                raise ModelError(f"{path} is not a checkpoint of `landcover train` (no state_dict or landcover "
+                                 f"section); {hint}")
 
 
 def _epoch_of(path: Path) -> int:
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("epoch", -1))
+    return int(load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`").get("epoch", -1))
 
 
 def evaluate_checkpoint(path: str | Path, data: LandcoverDataModule, *, split: str = "val",
                         trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Reload a checkpoint alone and score it on a split (val or test) of ``data``."""
     import lightning.pytorch as pl
-    import torch
 
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu")
+    raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
+    task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                          **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}))
     data.setup("validate" if split == "val" else "test")

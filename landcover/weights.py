@@ -42,6 +42,9 @@ from torch import nn
 
 from landcover.errors import ConfigError, ModelError
 from landcover.models import ModelConfig, encoder_of, head_name
+from landcover.offline import ENV as OFFLINE_ENV
+from landcover.offline import is_offline
+from landcover.safeload import load_torch_file
 from landcover.tables import normalize_band_name, sentinel2_bands
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,9 @@ def find_weight_file(source: WeightSource, weights_dir: Path | None = None,
     where = ", ".join(map(str, dirs))
     howto = (f"download {source.url} on a machine with internet and copy it to one of: {where} "
              f"(or set model.weights_dir to its folder)")
+    if is_offline():
+        raise ModelError(f"weights {source.spec}: file {source.file_name} not found in {where} and "
+                         f"{OFFLINE_ENV} is set, so nothing is downloaded; {howto}")
     if not allow_download:
         raise ModelError(f"weights {source.spec}: file {source.file_name} not found in {where} and "
                          f"downloading is off (model.allow_download=false); {howto}")
@@ -216,7 +222,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
             if raw:
                 bands = json.loads(raw) if raw.lstrip().startswith("[") else raw.split(",")
             return tensors, [b.strip() for b in bands] if bands else None
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, "weights", "use a tensor-only .pth/.pt/.ckpt or a .safetensors file")
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"cannot read weights {path}: {type(exc).__name__}: {exc}. It must be a "
                          "tensor-only .pth/.pt/.ckpt (torch.load weights_only=True) or a "

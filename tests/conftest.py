@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+
+# No download and no connection beyond loopback, in this process and every subprocess (landcover/offline.py);
+# set before anything imports landcover
+os.environ["LANDCOVER_OFFLINE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import shapely
 from pyproj import Transformer
 from rasterio.transform import from_origin
@@ -15,7 +17,13 @@ from shapely.geometry import box
 
 from landcover.errors import NoOverlapError, OutputExistsError, UnknownCodeError
 from landcover.io import Grid
-from landcover.labels import labels_like
+from landcover.labels import (
+    labels_like,
+    load_label_mapping,
+    map_values,
+    open_label_source,
+    write_labels,
+)
 from landcover.tables import IGNORE, corine_classes, nomenclature
 from tests.conftest import shared_data, write_raster
 
@@ -267,3 +275,62 @@ def test_other_vector_formats(tmp_path, utm_grid, laea_polygons, suffix):
     labels_like(path, utm_grid, tmp_path / "a.tif")
     labels_like(laea_polygons[0], utm_grid, tmp_path / "b.tif")
     assert np.array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
+
+
+# --- overlapping polygons: the later feature in the file wins ------------------------------
+
+
+def overlapping_polygons(tmp_path, grid: Grid, n: int = 400, seed: int = 7):
+    """``n`` random, heavily overlapping boxes and discs of random CLC codes, in EPSG:3035, file order."""
+    rng = np.random.default_rng(seed)
+    left, bottom, right, top = grid.bounds
+    to_laea = Transformer.from_crs(grid.crs, "EPSG:3035", always_xy=True)
+    shapes = []
+    for i in range(n):
+        x, y = rng.uniform(left, right), rng.uniform(bottom, top)
+        size = rng.uniform(0.05, 0.3) * (right - left)
+        local = box(x, y, x + size, y + size * rng.uniform(0.5, 1.5)) if i % 2 else shapely.Point(x, y).buffer(size / 2)
+        shapes.append(shapely.transform(local, lambda xy: np.column_stack(to_laea.transform(xy[:, 0], xy[:, 1]))))
+    codes = rng.choice(CODES, size=n)
+    frame = gpd.GeoDataFrame({"CODE_18": [str(c) for c in codes]}, geometry=shapes, crs="EPSG:3035")
+    path = tmp_path / "overlapping.gpkg"
+    frame.to_file(path, layer="clc")
+    return path
+
+
+@pytest.mark.parametrize("window_size", [64, 100, 256, 1024])
+def test_overlapping_polygons_later_feature_wins_at_any_window_size(tmp_path, window_size):
+    """Equal, pixel for pixel, to rasterio.features.rasterize of the whole layer in file order."""
+    ref = write_raster(tmp_path / "ref.tif", np.zeros((500, 500), np.uint8), "EPSG:32633", from_origin(600_000, 5_340_000, 10, 10))
+    grid = Grid.of(ref)
+    path = overlapping_polygons(tmp_path, grid)
+    whole = gpd.read_file(path, layer="clc").to_crs(grid.crs)  # file order
+    expected_codes = rasterio.features.rasterize(
+        zip(whole.geometry, whole["CODE_18"].astype(int), strict=True),
+        out_shape=(grid.height, grid.width), transform=grid.transform, fill=0, dtype="uint16",
+    )
+    expected = nomenclature("level3").encode(expected_codes)
+    write_labels(open_label_source(path, grid), grid, tmp_path / "labels.tif", window_size=window_size)
+    ids, _ = read(tmp_path / "labels.tif")
+    assert (ids != IGNORE).mean() > 0.9
+    assert int((ids != expected).sum()) == 0
+
+
+def test_real_osm_overlaps_burn_in_file_order():
+    """The OSM layer of T33UUU has overlapping polygons of different classes: file order decides."""
+    folder = shared_data("s2-l1c-T33UUU-jp2")
+    gpkg = next(folder.glob("gis_osm*.gpkg"))
+    grid = Grid.of(next((folder / "IMG_DATA").glob("*_B04.jp2")))
+    mapping = load_label_mapping(Path(__file__).parents[1] / "data_catalog" / "osm_fclass_to_clc_level1.csv", "level1")
+    whole = gpd.read_file(gpkg).to_crs(grid.crs)
+    codes = map_values(whole["fclass"], mapping, gpkg, "fclass")
+    expected = rasterio.features.rasterize(
+        zip(whole.geometry, codes, strict=True), out_shape=(grid.height, grid.width),
+        transform=grid.transform, fill=0, dtype="uint16",
+    )
+    source = open_label_source(gpkg, grid, code_column="fclass", mapping=mapping)
+    for size in (128, 1024):
+        got = np.zeros_like(expected)
+        for w in grid.windows(size):
+            got[w.toslices()] = source.codes(grid, w)
+        assert np.array_equal(got, expected), size

@@ -167,7 +167,8 @@ def test_missing_file_without_download(tmp_path: Path, hub_dir: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:A test tried to use socket")
-def test_missing_file_download_fails_offline_with_model_error(hub_dir: Path) -> None:
+def test_missing_file_download_fails_offline_with_model_error(hub_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv("LANDCOVER_OFFLINE")  # try the download itself (test_offline.py covers the switch)
     cfg = ModelConfig(task="classification", encoder_weights=MOCO, allow_download=True)
     with pytest.raises(ModelError) as err:  # pytest-socket blocks the download
         build_model(cfg, L2A, 3)
