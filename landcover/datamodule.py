@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pydantic
 import rasterio
 import torch
@@ -27,7 +29,7 @@ from lightning.pytorch import LightningDataModule
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
-from landcover.catalog import CATALOG_NAME, read_catalog
+from landcover.catalog import CATALOG_NAME, band_statistics, read_catalog
 from landcover.errors import ConfigError, DatasetError
 from landcover.tables import IGNORE
 
@@ -271,10 +273,13 @@ class LandcoverDataModule(LightningDataModule):
         self.num_classes = len(classes)
         self.tile_size = int(self.info["tile_size"])
         self.ingest_present_threshold = float(self.info.get("config", {}).get("present_threshold", 0.01))
-        stats = self.info.get("normalization") or {}
+        self._catalog: gpd.GeoDataFrame | None = None
+        self.statistics = self._statistics()
+        stats = self.statistics
         if cfg.normalization == "dataset":
             if stats.get("mean") is None or stats.get("std") is None:
-                raise DatasetError(f"{meta} holds no normalization statistics ({stats.get('from', 'missing')}); "
+                where = meta if cfg.split_column == "split" else self.dataset_dir / CATALOG_NAME
+                raise DatasetError(f"{where} holds no normalization statistics ({stats.get('from', 'missing')}); "
                                    "re-ingest so that the train split has tiles, or set "
                                    "data.normalization=none")
             self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
@@ -286,7 +291,6 @@ class LandcoverDataModule(LightningDataModule):
         self.eval_size, self.train_crop = self._sizes()
         self.num_workers = auto_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
         self.datasets: dict[str, TileDataset] = {}
-        self._catalog: gpd.GeoDataFrame | None = None
 
     def _sizes(self) -> tuple[int | None, int | None]:
         t, crop = self.tile_size, self.cfg.crop_size
@@ -304,16 +308,41 @@ class LandcoverDataModule(LightningDataModule):
         eval_size = t // MULTIPLE * MULTIPLE
         return (None if eval_size == t else eval_size), (crop or eval_size)
 
+    def _statistics(self) -> dict[str, Any]:
+        """Band statistics of the train tiles of ``data.split_column`` (``split_column``, ``from``).
+
+        The spatial split's are dataset.json's; another column's are pooled from the catalog's
+        per-tile band sums over all its train tiles.
+        """
+        column = self.cfg.split_column
+        if column == "split":
+            stats = dict(self.info.get("normalization") or {})
+        else:
+            cols = ["split", "buffer", column, "band_sum", "band_sumsq", "band_count"]
+            table = pa.Table.from_pandas(pd.DataFrame(self.catalog[cols]), preserve_index=False)
+            stats = band_statistics(table, self.bands, split_column=column)
+        return {**stats, "split_column": column}
+
     @property
     def normalization(self) -> dict[str, Any]:
-        """What a checkpoint must record to normalise new scenes like the training data."""
-        return {"bands": self.bands, "mean": self.mean.tolist(), "std": self.std.tolist(),
+        """What a checkpoint must record to normalise new scenes like the training data, and where
+        the statistics came from (``split_column``, ``from``, ``count``)."""
+        if self.cfg.normalization == "dataset":
+            mean = [float(m) for m in self.statistics["mean"]]
+            std = [float(s) if s > 0 else 1.0 for s in self.statistics["std"]]
+        else:
+            mean, std = self.mean.tolist(), self.std.tolist()
+        return {**self.statistics, "bands": self.bands, "mean": mean, "std": std,
                 "mode": self.cfg.normalization, "nodata": 0, "scale": self.info.get("scale")}
 
     @property
     def catalog(self) -> gpd.GeoDataFrame:
+        """The catalog tiles; buffer tiles belong to the spatial split and are left out with it only."""
         if self._catalog is None:
-            self._catalog = read_catalog(self.dataset_dir)  # buffer tiles left out
+            catalog = read_catalog(self.dataset_dir, include_buffer=True)
+            if self.cfg.split_column == "split":
+                catalog = catalog[~catalog["buffer"].to_numpy(dtype=bool)].reset_index(drop=True)
+            self._catalog = catalog
         return self._catalog
 
     def split_tiles(self, split: str) -> gpd.GeoDataFrame:
@@ -327,7 +356,7 @@ class LandcoverDataModule(LightningDataModule):
         if used.empty:
             why = (f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
                    f"{self.cfg.min_labelled_fraction} (lower data.min_labelled_fraction)" if len(tiles)
-                   else f"no {split} tiles outside the buffer")
+                   else f"no {split} tiles" + (" outside the buffer" if self.cfg.split_column == "split" else ""))
             raise DatasetError(f"the {split} split of {self.dataset_dir} is empty: {why}; change the split "
                                "settings in ingest (split.fractions, split.seed, split.block_size_m) "
                                "and re-run `landcover ingest --overwrite`, or ingest more scenes")

@@ -129,7 +129,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         class_weights = data.class_weights(cfg.loss.class_weights).tolist()
     meta = {
         "nomenclature": info["nomenclature"],
-        "normalization": info["normalization"],
+        "normalization": data.normalization,  # the statistics used, and which split they came from
         "tile_size": info["tile_size"],
         "resolution": info["resolution"],
         "scale": info.get("scale"),
@@ -151,7 +151,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     # the resolved config and the dataset description travel with the run
     if first:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        used = {**info, "normalization": data.normalization}  # the statistics this run used
+        (out / "dataset.json").write_text(json.dumps(used, indent=2, sort_keys=True) + "\n")
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=task.monitor,
                                  mode="max", save_last=True, auto_insert_metric_name=False)
