@@ -145,7 +145,8 @@ class TileDataset(Dataset):
     workers) drops the handles, and a forked worker notices the new pid and reopens its own.
     ``crop_size`` with ``random_crop=False`` takes the centre. Classification targets are
     computed from the (cropped) label window with ``present_threshold`` (the ingest threshold
-    reproduces the catalog's present_classes); ``single`` is the dominant class, 255 if none.
+    reproduces the catalog's present_classes); ``single`` is the dominant class of the window's pixel
+    labels (patch labels are not used), 255 if none.
     """
 
     def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
@@ -225,9 +226,7 @@ class TileDataset(Dataset):
                 "label": self._label(mask, self.patch_labels[index]), "tile_id": tile_id}
 
     def _label(self, mask: np.ndarray, patch: np.ndarray | None = None) -> torch.Tensor:
-        if patch is not None:  # BigEarthNet patch labels
-            if self.label_mode == "single":
-                return torch.tensor(int(patch[0]), dtype=torch.int64)
+        if patch is not None and self.label_mode == "multilabel":  # BigEarthNet patch labels
             target = np.zeros(self.num_classes, np.float32)
             target[patch] = 1.0
             return torch.from_numpy(target)
@@ -350,8 +349,13 @@ class LandcoverDataModule(LightningDataModule):
         tiles = self.catalog[self.catalog[self.cfg.split_column] == split]
         labelled = tiles["labelled_fraction"].to_numpy(dtype=np.float64)
         keep = labelled >= self.cfg.min_labelled_fraction if split == "train" else labelled > 0
-        if self.task == "classification" and self.cfg.targets == "auto" and "patch_labels" in tiles:
-            keep |= np.array([p is not None and len(p) > 0 for p in tiles["patch_labels"]], dtype=bool)
+        patch = np.array([p is not None and len(p) > 0 for p in tiles.get("patch_labels", [])], dtype=bool)
+        if self._patch_targets and patch.any():  # multi-label targets from BigEarthNet patch labels
+            keep |= patch
+        elif self.task == "classification" and self.cfg.label_mode == "single" and patch.any() and (labelled == 0).all():
+            raise ConfigError(f"data.label_mode=single trains on the dominant class of each tile's pixel labels, "
+                              f"but the {split} tiles of {self.dataset_dir} have patch-level labels only "
+                              "(BigEarthNet without reference maps); set data.label_mode=multilabel")
         used = tiles[keep].reset_index(drop=True)
         if used.empty:
             why = (f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
@@ -369,7 +373,12 @@ class LandcoverDataModule(LightningDataModule):
             crop_size=self.train_crop if train else self.eval_size, random_crop=train, task=self.task,
             label_mode=self.cfg.label_mode, num_classes=self.num_classes,
             present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed,
-            patch_targets=self.task == "classification" and self.cfg.targets == "auto")
+            patch_targets=self._patch_targets)
+
+    @property
+    def _patch_targets(self) -> bool:
+        """Whether BigEarthNet patch labels are the targets (multi-label classification, targets auto)."""
+        return self.task == "classification" and self.cfg.targets == "auto" and self.cfg.label_mode == "multilabel"
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(

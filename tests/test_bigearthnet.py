@@ -282,3 +282,16 @@ def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tm
     for recorded in (meta["normalization"], run_info["normalization"]):
         assert recorded["split_column"] == "official_split"
         np.testing.assert_allclose(recorded["mean"], mean, rtol=1e-9)
+
+
+def test_real_patch_level_labels_refuse_single_label_classification(tmp_path):
+    """BigEarthNet without reference maps has no pixel labels: no dominant class, so `single` is refused."""
+    from landcover.datamodule import DataConfig, LandcoverDataModule
+
+    root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
+    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False))
+    assert (read_catalog(tmp_path / "ben", include_buffer=True)["labelled_fraction"] == 0).all()
+    data = LandcoverDataModule(DataConfig(dataset=tmp_path / "ben", split_column="official_split",
+                                          label_mode="single", num_workers=0), task="classification")
+    with pytest.raises(ConfigError, match="label_mode=multilabel"):
+        data.setup("fit")

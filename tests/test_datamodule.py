@@ -433,3 +433,15 @@ def test_trainer_augments_training_batches_only(dataset: Path) -> None:
     trainer.fit(Probe(), datamodule=dm)
     assert len(changed["train"]) == 32 and all(changed["train"])  # brightness jitter on every sample
     assert changed["val"] and not any(changed["val"])
+
+
+def test_single_label_is_the_dominant_pixel_class_not_the_lowest_patch_label(dataset: Path) -> None:
+    """Tiles with pixel labels and patch labels (BigEarthNet with reference maps): single = dominant class."""
+    dm = module(dataset, "classification", label_mode="single")
+    cat = dm.catalog.copy()
+    cat["patch_labels"] = [np.arange(5, dtype=np.int32)] * len(cat)  # the lowest class id is always 0
+    dm._catalog = cat
+    val = dm.val_dataloader().dataset
+    tiles = dm.split_tiles("val")
+    assert (tiles["dominant_class"] != 0).any()
+    assert [int(val[i]["label"]) for i in range(len(val))] == list(tiles["dominant_class"])

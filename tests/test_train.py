@@ -122,3 +122,33 @@ def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
     assert ckpt["landcover"]["nomenclature"]["name"] == "ben19" and len(ckpt["landcover"]["bands"]) == 12
     log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
     assert "val/f1/Coniferous forest" in log.columns  # per-class scores against the official labels
+
+
+def test_single_label_scores_ignore_targets_without_label():
+    """Target 255 (a crop without a labelled pixel): no loss, no metric update, no crash."""
+    from landcover.task import ClassificationTask
+
+    task = ClassificationTask(label_mode="single", model={"task": "classification", "encoder_weights": "none"},
+                              optim={}, loss={}, bands=["B02", "B03", "B04", "B08"], class_names=list("abc"),
+                              meta={}, pretrained=False)
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+    target = torch.tensor([0, 1, 255, 255])
+    assert task.criterion(logits, target) == pytest.approx(float(task.criterion(logits[:2], target[:2])))
+    assert float(task.loss(logits[2:], target[2:])) == 0.0  # a batch with no label at all
+    metrics = task.metrics["val"]
+    metrics.update(logits, target)
+    assert float(metrics.compute()["accuracy"]) == 1.0
+
+
+def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops(tmp_path):
+    """The embedded T33UUU clip (OSM labels cover a third of it): 16-px crops often hold no labelled pixel."""
+    from landcover.demo import _ingest_segmentation
+
+    dataset = _ingest_segmentation(tmp_path / "clip")
+    cfg = tiny(dataset, "model.task=classification", "data.label_mode=single", "data.crop_size=16",
+               "data.max_train_tiles_per_epoch=64", "trainer.max_epochs=1", "data.batch_size=16")
+    data = LandcoverDataModule(cfg.data, task="classification")
+    labels = torch.cat([batch["label"] for batch in data.train_dataloader()])
+    assert (labels == 255).any() and (labels != 255).any()  # the case this test is about
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["monitor"] == "val/f1_macro" and 0.0 <= metrics["val/accuracy"] <= 1.0
