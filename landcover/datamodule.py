@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from landcover.catalog import CATALOG_NAME, band_statistics, read_catalog
 from landcover.errors import ConfigError, DatasetError
@@ -144,6 +144,7 @@ class TileDataset(Dataset):
     Rasters are opened lazily once per process and cached; pickling (spawned DataLoader
     workers) drops the handles, and a forked worker notices the new pid and reopens its own.
     ``crop_size`` with ``random_crop=False`` takes the centre. Classification targets are
+    ``rank`` (the distributed rank) gives each training process crops of its own. Classification targets are
     computed from the (cropped) label window with ``present_threshold`` (the ingest threshold
     reproduces the catalog's present_classes); ``single`` is the dominant class of the window's pixel
     labels (patch labels are not used), 255 if none.
@@ -152,7 +153,8 @@ class TileDataset(Dataset):
     def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
                  crop_size: int | None = None, random_crop: bool = False, task: Task = "segmentation",
                  label_mode: Literal["multilabel", "single"] = "multilabel", num_classes: int,
-                 present_threshold: float = 0.01, seed: int = 0, patch_targets: bool = True) -> None:
+                 present_threshold: float = 0.01, seed: int = 0, patch_targets: bool = True,
+                 rank: int = 0) -> None:
         self.dataset_dir = Path(dataset_dir)
         cols = ["tile_id", "scene_id", "row", "col", "height", "width"]
         self.tiles = [tuple(r) for r in tiles[cols].itertuples(index=False)]
@@ -163,7 +165,7 @@ class TileDataset(Dataset):
         self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         self.crop_size, self.random_crop, self.task = crop_size, random_crop, task
         self.label_mode, self.num_classes = label_mode, num_classes
-        self.present_threshold, self.seed = present_threshold, seed
+        self.present_threshold, self.seed, self.rank = present_threshold, seed, rank
         self._handles: dict[str, Any] = {}  # per process, see _check_process
         self._rng: np.random.Generator | None = None
         self._pid = os.getpid()
@@ -196,7 +198,7 @@ class TileDataset(Dataset):
         if self._rng is None:
             info = torch.utils.data.get_worker_info()
             worker_seed = 0 if info is None else info.seed % 2**63
-            self._rng = np.random.default_rng([self.seed, worker_seed])
+            self._rng = np.random.default_rng([self.seed, self.rank, worker_seed])
         return self._rng
 
     def window(self, index: int) -> Window:
@@ -236,6 +238,65 @@ class TileDataset(Dataset):
             return torch.tensor(int(np.argmax(counts)) if total else IGNORE, dtype=torch.int64)
         present = (counts / max(total, 1) >= self.present_threshold) & (counts > 0)
         return torch.from_numpy(present.astype(np.float32))
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in torch.distributed's default group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's share of ``num_samples`` tiles drawn per epoch (training).
+
+    Every epoch draws ``ceil(num_samples / world_size) * world_size`` indices from a generator
+    seeded with (seed, epoch) alone: uniform draws are random permutations of the tiles (no tile
+    twice before every tile once, like ``RandomSampler``), weighted draws are with replacement.
+    Rank r takes draws r, r + world, ...: the ranks share the cap, disjointly, and the draws
+    depend on the seed and the epoch only (``set_epoch``, called by Lightning every epoch).
+    """
+
+    def __init__(self, size: int, num_samples: int, *, seed: int, weights: Any = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if size < 1 or num_samples < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler needs tiles, samples and 0 <= rank < world_size, got "
+                             f"size={size}, num_samples={num_samples}, rank={rank}, world_size={world_size}")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Any:
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        total = self.per_rank * self.world_size
+        if self.weights is None:
+            passes = math.ceil(total / self.size)
+            draws = torch.cat([torch.randperm(self.size, generator=generator) for _ in range(passes)])[:total]
+        else:
+            draws = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        return iter(draws[self.rank::self.world_size].tolist())
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation: tiles rank, rank + world, ... in order; the ranks' shards are disjoint and cover
+    every tile exactly once (no padding with repeated tiles, unlike ``DistributedSampler``)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, size, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Any:
+        return iter(self.indices)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -373,7 +434,7 @@ class LandcoverDataModule(LightningDataModule):
             crop_size=self.train_crop if train else self.eval_size, random_crop=train, task=self.task,
             label_mode=self.cfg.label_mode, num_classes=self.num_classes,
             present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed,
-            patch_targets=self._patch_targets)
+            patch_targets=self._patch_targets, rank=distributed_rank()[0])
 
     @property
     def _patch_targets(self) -> bool:
@@ -404,26 +465,35 @@ class LandcoverDataModule(LightningDataModule):
             worker_init_fn=seed_worker, generator=generator, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
+        """Random tiles, ``data.max_train_tiles_per_epoch`` per epoch over all ranks (each draws its
+        share; the trainer must run with ``use_distributed_sampler=False``)."""
         if "train" not in self.datasets:
             self.setup("fit")
         dataset = self.datasets["train"]
         n = len(dataset) if self.cfg.max_train_tiles_per_epoch is None else self.cfg.max_train_tiles_per_epoch
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler: Sampler
+        rank, world = distributed_rank()
+        weights = None
         if self.cfg.sampling == "rare_classes":
             weights = rare_class_weights(self.split_tiles("train"), self.num_classes, self.cfg.present_threshold)
-            sampler = WeightedRandomSampler(weights.tolist(), n,
-                                            replacement=True, generator=generator)
         else:
-            sampler = RandomSampler(dataset, num_samples=min(n, len(dataset)), generator=generator)
+            n = min(n, len(dataset))
+        sampler = EpochSampler(len(dataset), n, seed=self.seed, weights=weights, rank=rank, world_size=world)
+        generator = torch.Generator().manual_seed(self.seed + rank)  # worker seeds
         # a last batch of 1 breaks BatchNorm; drop the remainder unless it would leave no batch
         return self._loader("train", sampler, generator, drop_last=len(sampler) >= self.cfg.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Every tile of the split exactly once over all ranks: rank r scores tiles r, r + world, ..."""
+        if split not in self.datasets:
+            self.setup({"val": "validate", "test": "test"}[split])
+        rank, world = distributed_rank()
+        return self._loader(split, ShardSampler(len(self.datasets[split]), rank, world))
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if self.trainer is not None and self.trainer.training:

@@ -170,6 +170,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
         logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
+        # the datamodule shards tiles itself: each rank its share of the epoch's cap, and every
+        # val/test tile exactly once (Lightning's DistributedSampler ignores the cap and pads)
+        use_distributed_sampler=False,
     )
     started = time.perf_counter()
     trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)

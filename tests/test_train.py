@@ -152,3 +152,23 @@ def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops
     assert (labels == 255).any() and (labels != 255).any()  # the case this test is about
     metrics = train(cfg, tmp_path / "run")
     assert metrics["monitor"] == "val/f1_macro" and 0.0 <= metrics["val/accuracy"] <= 1.0
+
+
+def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path):
+    """2-process CPU DDP: each rank draws half of data.max_train_tiles_per_epoch, and the val mIoU logged
+    under DDP equals a single-process evaluation of the same checkpoint (no tile repeated or left out)."""
+    val_tiles = len(LandcoverDataModule(tiny(dataset).data).split_tiles("val"))
+    assert val_tiles % 2  # an odd count: a DistributedSampler would pad it with a repeated tile
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
+         "--out", str(out), "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2",
+         "--set", "trainer.max_epochs=1", "--set", "data.max_train_tiles_per_epoch=48"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/miou"])["val/miou"].iloc[-1]
+    single = json.loads((out / "metrics.json").read_text())  # best.ckpt re-scored by one process
+    assert single["world_size"] == 2 and single["val/miou"] == pytest.approx(logged, abs=1e-6)
+    ranks = [json.loads(p.read_text()) for p in sorted((out / "ranks").glob("rank*.json"))]
+    assert [r["global_step"] for r in ranks] == [3, 3]  # 48 tiles / 2 ranks / batch 8
