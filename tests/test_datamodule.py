@@ -20,15 +20,14 @@ from torch.utils.data import DataLoader
 from landcover.catalog import read_catalog
 from landcover.datamodule import (
     DataConfig,
-    EpochSampler,
     LandcoverDataModule,
-    ShardSampler,
     TileDataset,
     auto_num_workers,
     class_weights_from_tiles,
     rare_class_weights,
 )
 from landcover.errors import ConfigError, DatasetError
+from landcover.samplers import EpochSampler, ShardSampler
 from landcover.tables import IGNORE
 from tests.learnable import make_learnable_dataset
 
