@@ -1,8 +1,8 @@
 """Training data from an ingested dataset: tile datasets, samplers, augmentation, a DataModule.
 
 Samples are windows of ``scenes/<scene_id>/image.tif`` and ``labels.tif`` at the catalog's
-row/col/height/width; splits come from the catalog (buffer tiles are never used). Batches are
-dicts: ``image`` float32 (B, C, H, W) normalised as ``(x - mean) / std`` (no-data pixels = 0),
+row/col/height/width; splits come from the catalog column ``data.split_column`` (the spatial
+split's buffer tiles are never used with it). Batches are dicts: ``image`` float32 (B, C, H, W) normalised as ``(x - mean) / std`` (no-data pixels = 0),
 ``mask`` int64 (B, H, W) with 255 = ignore, ``label`` (float32 multi-hot (B, K), or int64 (B,)
 with 255 = no label) and ``tile_id`` (list of str). Augmentation runs on the device, on whole
 batches, in :meth:`LandcoverDataModule.on_after_batch_transfer`, during training only.
@@ -144,11 +144,11 @@ class TileDataset(Dataset):
 
     Rasters are opened lazily once per process and cached; pickling (spawned DataLoader
     workers) drops the handles, and a forked worker notices the new pid and reopens its own.
-    ``crop_size`` with ``random_crop=False`` takes the centre. Classification targets are
-    ``rank`` (the distributed rank) gives each training process crops of its own. Classification targets are
-    computed from the (cropped) label window with ``present_threshold`` (the ingest threshold
-    reproduces the catalog's present_classes); ``single`` is the dominant class of the window's pixel
-    labels (patch labels are not used), 255 if none.
+    ``crop_size`` with ``random_crop=False`` takes the centre; ``rank`` (the distributed rank) gives
+    each training process random crops of its own. Classification targets are computed from the
+    (cropped) label window with ``present_threshold`` (the ingest threshold reproduces the catalog's
+    present_classes); ``single`` is the dominant class of the window's pixel labels (patch labels
+    are not used), 255 if none.
     """
 
     def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
