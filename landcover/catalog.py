@@ -246,9 +246,18 @@ def _read_parts(part_paths: Sequence[Path]) -> pa.Table:
     return table
 
 
-def band_statistics(table: pa.Table, bands: Sequence[str]) -> dict[str, Any]:
-    """Pooled per-band mean/std over the train, non-buffer tiles of a catalog table."""
-    train = table.filter(pc.and_(pc.equal(table["split"], "train"), pc.invert(table["buffer"])))
+def band_statistics(table: pa.Table, bands: Sequence[str], split_column: str = "split") -> dict[str, Any]:
+    """Pooled per-band mean/std over the train tiles of a catalog table.
+
+    ``split_column="split"``: the spatial split's train tiles outside the buffer; another column
+    (``official_split``): all its train tiles (the buffer belongs to the spatial split only).
+    """
+    if split_column == "split":
+        train = table.filter(pc.and_(pc.equal(table["split"], "train"), pc.invert(table["buffer"])))
+        source, what = "train tiles (buffer excluded)", "train tile"
+    else:
+        train = table.filter(pc.equal(table[split_column], "train"))
+        source, what = f"{split_column} train tiles", f"{split_column} train tile"
     sums, sumsqs = train["band_sum"].to_pylist(), train["band_sumsq"].to_pylist()
     count = sum(train["band_count"].to_pylist())
     for row in sums:
@@ -257,7 +266,7 @@ def band_statistics(table: pa.Table, bands: Sequence[str]) -> dict[str, Any]:
                                f"({', '.join(bands)}) were named; re-run `landcover ingest --overwrite`")
     if count == 0:  # e.g. a prediction-only scene; training on this dataset will refuse
         return {"bands": list(bands), "mean": None, "std": None, "count": 0,
-                "from": f"none of the {table.num_rows} tiles is a train tile with cloud-free pixels; "
+                "from": f"none of the {table.num_rows} tiles is a {what} with cloud-free pixels; "
                         "ingest more scenes, or change the split seed, block_size_m or fractions"}
     mean, std = [], []
     for b in range(len(bands)):
@@ -265,8 +274,7 @@ def band_statistics(table: pa.Table, bands: Sequence[str]) -> dict[str, Any]:
         var = math.fsum(row[b] for row in sumsqs) / count - m * m
         mean.append(m)
         std.append(math.sqrt(max(var, 0.0)))
-    return {"bands": list(bands), "mean": mean, "std": std, "count": int(count),
-            "from": "train tiles (buffer excluded)"}
+    return {"bands": list(bands), "mean": mean, "std": std, "count": int(count), "from": source}
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """Training data from an ingested dataset: tile datasets, samplers, augmentation, a DataModule.
 
 Samples are windows of ``scenes/<scene_id>/image.tif`` and ``labels.tif`` at the catalog's
-row/col/height/width; splits come from the catalog (buffer tiles are never used). Batches are
-dicts: ``image`` float32 (B, C, H, W) normalised as ``(x - mean) / std`` (no-data pixels = 0),
+row/col/height/width; splits come from the catalog column ``data.split_column`` (the spatial
+split's buffer tiles are never used with it). Batches are dicts: ``image`` float32 (B, C, H, W) normalised as ``(x - mean) / std`` (no-data pixels = 0),
 ``mask`` int64 (B, H, W) with 255 = ignore, ``label`` (float32 multi-hot (B, K), or int64 (B,)
 with 255 = no label) and ``tile_id`` (list of str). Augmentation runs on the device, on whole
 batches, in :meth:`LandcoverDataModule.on_after_batch_transfer`, during training only.
@@ -19,16 +19,19 @@ from typing import Annotated, Any, Literal
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pydantic
 import rasterio
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from landcover.catalog import CATALOG_NAME, read_catalog
+from landcover.catalog import CATALOG_NAME, band_statistics, read_catalog
 from landcover.errors import ConfigError, DatasetError
+from landcover.samplers import EpochSampler, ShardSampler, distributed_rank
 from landcover.splits import check_split_scheme
 from landcover.tables import IGNORE
 
@@ -142,15 +145,18 @@ class TileDataset(Dataset):
 
     Rasters are opened lazily once per process and cached; pickling (spawned DataLoader
     workers) drops the handles, and a forked worker notices the new pid and reopens its own.
-    ``crop_size`` with ``random_crop=False`` takes the centre. Classification targets are
-    computed from the (cropped) label window with ``present_threshold`` (the ingest threshold
-    reproduces the catalog's present_classes); ``single`` is the dominant class, 255 if none.
+    ``crop_size`` with ``random_crop=False`` takes the centre; ``rank`` (the distributed rank) gives
+    each training process random crops of its own. Classification targets are computed from the
+    (cropped) label window with ``present_threshold`` (the ingest threshold reproduces the catalog's
+    present_classes); ``single`` is the dominant class of the window's pixel labels (patch labels
+    are not used), 255 if none.
     """
 
     def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
                  crop_size: int | None = None, random_crop: bool = False, task: Task = "segmentation",
                  label_mode: Literal["multilabel", "single"] = "multilabel", num_classes: int,
-                 present_threshold: float = 0.01, seed: int = 0, patch_targets: bool = True) -> None:
+                 present_threshold: float = 0.01, seed: int = 0, patch_targets: bool = True,
+                 rank: int = 0) -> None:
         self.dataset_dir = Path(dataset_dir)
         cols = ["tile_id", "scene_id", "row", "col", "height", "width"]
         self.tiles = [tuple(r) for r in tiles[cols].itertuples(index=False)]
@@ -161,7 +167,7 @@ class TileDataset(Dataset):
         self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         self.crop_size, self.random_crop, self.task = crop_size, random_crop, task
         self.label_mode, self.num_classes = label_mode, num_classes
-        self.present_threshold, self.seed = present_threshold, seed
+        self.present_threshold, self.seed, self.rank = present_threshold, seed, rank
         self._handles: dict[str, Any] = {}  # per process, see _check_process
         self._rng: np.random.Generator | None = None
         self._pid = os.getpid()
@@ -194,7 +200,7 @@ class TileDataset(Dataset):
         if self._rng is None:
             info = torch.utils.data.get_worker_info()
             worker_seed = 0 if info is None else info.seed % 2**63
-            self._rng = np.random.default_rng([self.seed, worker_seed])
+            self._rng = np.random.default_rng([self.seed, self.rank, worker_seed])
         return self._rng
 
     def window(self, index: int) -> Window:
@@ -224,9 +230,7 @@ class TileDataset(Dataset):
                 "label": self._label(mask, self.patch_labels[index]), "tile_id": tile_id}
 
     def _label(self, mask: np.ndarray, patch: np.ndarray | None = None) -> torch.Tensor:
-        if patch is not None:  # BigEarthNet patch labels
-            if self.label_mode == "single":
-                return torch.tensor(int(patch[0]), dtype=torch.int64)
+        if patch is not None and self.label_mode == "multilabel":  # BigEarthNet patch labels
             target = np.zeros(self.num_classes, np.float32)
             target[patch] = 1.0
             return torch.from_numpy(target)
@@ -274,10 +278,13 @@ class LandcoverDataModule(LightningDataModule):
         self.num_classes = len(classes)
         self.tile_size = int(self.info["tile_size"])
         self.ingest_present_threshold = float(self.info.get("config", {}).get("present_threshold", 0.01))
-        stats = self.info.get("normalization") or {}
+        self._catalog: gpd.GeoDataFrame | None = None
+        self.statistics = self._statistics()
+        stats = self.statistics
         if cfg.normalization == "dataset":
             if stats.get("mean") is None or stats.get("std") is None:
-                raise DatasetError(f"{meta} holds no normalization statistics ({stats.get('from', 'missing')}); "
+                where = meta if cfg.split_column == "split" else self.dataset_dir / CATALOG_NAME
+                raise DatasetError(f"{where} holds no normalization statistics ({stats.get('from', 'missing')}); "
                                    "re-ingest so that the train split has tiles, or set "
                                    "data.normalization=none")
             self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
@@ -289,7 +296,6 @@ class LandcoverDataModule(LightningDataModule):
         self.eval_size, self.train_crop = self._sizes()
         self.num_workers = auto_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
         self.datasets: dict[str, TileDataset] = {}
-        self._catalog: gpd.GeoDataFrame | None = None
 
     def _sizes(self) -> tuple[int | None, int | None]:
         t, crop = self.tile_size, self.cfg.crop_size
@@ -307,16 +313,41 @@ class LandcoverDataModule(LightningDataModule):
         eval_size = t // MULTIPLE * MULTIPLE
         return (None if eval_size == t else eval_size), (crop or eval_size)
 
+    def _statistics(self) -> dict[str, Any]:
+        """Band statistics of the train tiles of ``data.split_column`` (``split_column``, ``from``).
+
+        The spatial split's are dataset.json's; another column's are pooled from the catalog's
+        per-tile band sums over all its train tiles.
+        """
+        column = self.cfg.split_column
+        if column == "split":
+            stats = dict(self.info.get("normalization") or {})
+        else:
+            cols = ["split", "buffer", column, "band_sum", "band_sumsq", "band_count"]
+            table = pa.Table.from_pandas(pd.DataFrame(self.catalog[cols]), preserve_index=False)
+            stats = band_statistics(table, self.bands, split_column=column)
+        return {**stats, "split_column": column}
+
     @property
     def normalization(self) -> dict[str, Any]:
-        """What a checkpoint must record to normalise new scenes like the training data."""
-        return {"bands": self.bands, "mean": self.mean.tolist(), "std": self.std.tolist(),
+        """What a checkpoint must record to normalise new scenes like the training data, and where
+        the statistics came from (``split_column``, ``from``, ``count``)."""
+        if self.cfg.normalization == "dataset":
+            mean = [float(m) for m in self.statistics["mean"]]
+            std = [float(s) if s > 0 else 1.0 for s in self.statistics["std"]]
+        else:
+            mean, std = self.mean.tolist(), self.std.tolist()
+        return {**self.statistics, "bands": self.bands, "mean": mean, "std": std,
                 "mode": self.cfg.normalization, "nodata": 0, "scale": self.info.get("scale")}
 
     @property
     def catalog(self) -> gpd.GeoDataFrame:
+        """The catalog tiles; buffer tiles belong to the spatial split and are left out with it only."""
         if self._catalog is None:
-            self._catalog = read_catalog(self.dataset_dir)  # buffer tiles left out
+            catalog = read_catalog(self.dataset_dir, include_buffer=True)
+            if self.cfg.split_column == "split":
+                catalog = catalog[~catalog["buffer"].to_numpy(dtype=bool)].reset_index(drop=True)
+            self._catalog = catalog
         return self._catalog
 
     def split_tiles(self, split: str) -> gpd.GeoDataFrame:
@@ -324,13 +355,18 @@ class LandcoverDataModule(LightningDataModule):
         tiles = self.catalog[self.catalog[self.cfg.split_column] == split]
         labelled = tiles["labelled_fraction"].to_numpy(dtype=np.float64)
         keep = labelled >= self.cfg.min_labelled_fraction if split == "train" else labelled > 0
-        if self.task == "classification" and self.cfg.targets == "auto" and "patch_labels" in tiles:
-            keep |= np.array([p is not None and len(p) > 0 for p in tiles["patch_labels"]], dtype=bool)
+        patch = np.array([p is not None and len(p) > 0 for p in tiles.get("patch_labels", [])], dtype=bool)
+        if self._patch_targets and patch.any():  # multi-label targets from BigEarthNet patch labels
+            keep |= patch
+        elif self.task == "classification" and self.cfg.label_mode == "single" and patch.any() and (labelled == 0).all():
+            raise ConfigError(f"data.label_mode=single trains on the dominant class of each tile's pixel labels, "
+                              f"but the {split} tiles of {self.dataset_dir} have patch-level labels only "
+                              "(BigEarthNet without reference maps); set data.label_mode=multilabel")
         used = tiles[keep].reset_index(drop=True)
         if used.empty:
             why = (f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
                    f"{self.cfg.min_labelled_fraction} (lower data.min_labelled_fraction)" if len(tiles)
-                   else f"no {split} tiles outside the buffer")
+                   else f"no {split} tiles" + (" outside the buffer" if self.cfg.split_column == "split" else ""))
             raise DatasetError(f"the {split} split of {self.dataset_dir} is empty: {why}; change the split "
                                "settings in ingest (split.fractions, split.seed, split.block_size_m) "
                                "and re-run `landcover ingest --overwrite`, or ingest more scenes")
@@ -343,7 +379,12 @@ class LandcoverDataModule(LightningDataModule):
             crop_size=self.train_crop if train else self.eval_size, random_crop=train, task=self.task,
             label_mode=self.cfg.label_mode, num_classes=self.num_classes,
             present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed,
-            patch_targets=self.task == "classification" and self.cfg.targets == "auto")
+            patch_targets=self._patch_targets, rank=distributed_rank()[0])
+
+    @property
+    def _patch_targets(self) -> bool:
+        """Whether BigEarthNet patch labels are the targets (multi-label classification, targets auto)."""
+        return self.task == "classification" and self.cfg.targets == "auto" and self.cfg.label_mode == "multilabel"
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
@@ -369,26 +410,35 @@ class LandcoverDataModule(LightningDataModule):
             worker_init_fn=seed_worker, generator=generator, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
+        """Random tiles, ``data.max_train_tiles_per_epoch`` per epoch over all ranks (each draws its
+        share; the trainer must run with ``use_distributed_sampler=False``)."""
         if "train" not in self.datasets:
             self.setup("fit")
         dataset = self.datasets["train"]
         n = len(dataset) if self.cfg.max_train_tiles_per_epoch is None else self.cfg.max_train_tiles_per_epoch
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler: Sampler
+        rank, world = distributed_rank()
+        weights = None
         if self.cfg.sampling == "rare_classes":
             weights = rare_class_weights(self.split_tiles("train"), self.num_classes, self.cfg.present_threshold)
-            sampler = WeightedRandomSampler(weights.tolist(), n,
-                                            replacement=True, generator=generator)
         else:
-            sampler = RandomSampler(dataset, num_samples=min(n, len(dataset)), generator=generator)
+            n = min(n, len(dataset))
+        sampler = EpochSampler(len(dataset), n, seed=self.seed, weights=weights, rank=rank, world_size=world)
+        generator = torch.Generator().manual_seed(self.seed + rank)  # worker seeds
         # a last batch of 1 breaks BatchNorm; drop the remainder unless it would leave no batch
         return self._loader("train", sampler, generator, drop_last=len(sampler) >= self.cfg.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Every tile of the split exactly once over all ranks: rank r scores tiles r, r + world, ..."""
+        if split not in self.datasets:
+            self.setup({"val": "validate", "test": "test"}[split])
+        rank, world = distributed_rank()
+        return self._loader(split, ShardSampler(len(self.datasets[split]), rank, world))
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if self.trainer is not None and self.trainer.training:

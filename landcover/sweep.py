@@ -136,13 +136,13 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: int | None) -> tuple[str, int, str]:
+def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: str | None) -> tuple[str, int, str]:
     """``landcover train`` in a subprocess; (name, exit code, last lines of its output)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     resume = ["--resume", "auto"] if (folder / "checkpoints").exists() else []
     with open(folder / "train.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "landcover.cli", "train", str(folder / "variant.yaml"),
@@ -175,8 +175,8 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
     wanted = parallel or cfg.parallel
     size = max(1, min(len(todo) or 1, (gpus or _cpus()) if wanted == "auto" else int(wanted)))
     threads = max(1, _cpus() // size)
-    free: queue.Queue[int] = queue.Queue()
-    for gpu in range(gpus):
+    free: queue.Queue[str] = queue.Queue()
+    for gpu in _visible_gpus(gpus):
         free.put(gpu)
 
     def job(name: str) -> tuple[str, int, str]:
@@ -199,6 +199,17 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
     if shard is not None and shard[1] > 1:
         return {"shard": list(shard), "variants": names}
     return leaderboard(out, keep=cfg.keep, dataset=dataset)
+
+
+def _visible_gpus(count: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each of this process's ``count`` GPUs.
+
+    GPU i of this process is the i-th entry of its own ``CUDA_VISIBLE_DEVICES`` (a job allocated
+    GPUs 3,5 gives its variants 3 and 5), or i when that variable is unset.
+    """
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return [str(i) for i in range(count)]
+    return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()][:count]
 
 
 def _gpu_count(configs: dict[str, dict], todo: list[str]) -> int:

@@ -238,11 +238,13 @@ class ClassificationTask(_Task):
                 "f1": torchmetrics.classification.MultilabelF1Score(k, average="none"),
             })
         else:
-            self.criterion = nn.CrossEntropyLoss(weight=self.class_weights, label_smoothing=self.loss_cfg.label_smoothing)
+            # target 255: a tile or crop without a labelled pixel, left out of the loss and the scores
+            self.criterion = nn.CrossEntropyLoss(weight=self.class_weights, ignore_index=IGNORE,
+                                                 label_smoothing=self.loss_cfg.label_smoothing)
             make = lambda: torchmetrics.MetricCollection({  # noqa: E731
-                "accuracy": torchmetrics.classification.MulticlassAccuracy(k, average="micro"),
-                "f1_macro": torchmetrics.classification.MulticlassF1Score(k, average="macro"),
-                "f1": torchmetrics.classification.MulticlassF1Score(k, average="none"),
+                "accuracy": torchmetrics.classification.MulticlassAccuracy(k, average="micro", ignore_index=IGNORE),
+                "f1_macro": torchmetrics.classification.MulticlassF1Score(k, average="macro", ignore_index=IGNORE),
+                "f1": torchmetrics.classification.MulticlassF1Score(k, average="none", ignore_index=IGNORE),
             })
         self.metrics = nn.ModuleDict({"val": make(), "test": make()})
 
@@ -250,15 +252,20 @@ class ClassificationTask(_Task):
         label = batch["label"]
         return label.float() if self.label_mode == "multilabel" else label.long()
 
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.label_mode == "single" and not (target != IGNORE).any():  # nothing labelled: no loss
+            return logits.sum() * 0.0  # (keeps the graph; cross-entropy would give NaN)
+        return self.criterion(logits, target)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self(batch["image"]), self._target(batch))
+        loss = self.loss(self(batch["image"]), self._target(batch))
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(batch["image"]), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         logits = self(batch["image"])
         target = self._target(batch)
-        self.log(f"{stage}/loss", self.criterion(logits, target), on_epoch=True, batch_size=len(logits), sync_dist=True)
+        self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, batch_size=len(logits), sync_dist=True)
         preds = torch.sigmoid(logits) if self.label_mode == "multilabel" else logits
         self._metric(self.metrics, stage).update(preds, target.long())
 

@@ -131,7 +131,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "nomenclature": info["nomenclature"],
-        "normalization": info["normalization"],
+        "normalization": data.normalization,  # the statistics used, and which split they came from
         "tile_size": info["tile_size"],
         "resolution": info["resolution"],
         "scale": info.get("scale"),
@@ -153,7 +153,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     # the resolved config and the dataset description travel with the run
     if first:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        used = {**info, "normalization": data.normalization}  # the statistics this run used
+        (out / "dataset.json").write_text(json.dumps(used, indent=2, sort_keys=True) + "\n")
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=task.monitor,
                                  mode="max", save_last=True, auto_insert_metric_name=False)
@@ -171,6 +172,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
         logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
+        # the datamodule shards tiles itself: each rank its share of the epoch's cap, and every
+        # val/test tile exactly once (Lightning's DistributedSampler ignores the cap and pads)
+        use_distributed_sampler=False,
     )
     started = time.perf_counter()
     trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)  # checked above; never unsafe

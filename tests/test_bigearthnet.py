@@ -239,3 +239,59 @@ def test_real_v2_root_splits_into_products_and_touching_groups():
         **{f"{SCENE}_{n}": [n] for n in ("38_58", "70_40", "75_43", "89_18")},  # lone patches
         "S2A_MSIL2A_20180526T100031_N9999_R122_T34WFU_14_23": ["14_23"],  # another product (.tiff files)
     }
+
+
+def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tmp_path):
+    """data.split_column=official_split: no spatial buffer tile is dropped (every official test patch
+    is scored exactly once) and the band mean/std come from the official train patches."""
+    import torch
+
+    from landcover.config import load_config
+    from landcover.datamodule import DataConfig, LandcoverDataModule
+    from landcover.train import TrainConfig, train
+
+    root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
+    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False))
+    full = read_catalog(tmp_path / "ben", include_buffer=True)
+    official = {s: full[(full["official_split"] == s) & (full["band_count"] > 0)] for s in ("train", "val", "test")}
+    assert official["test"]["buffer"].any() and official["train"]["buffer"].any()  # the spatial buffer cuts them
+    data = LandcoverDataModule(DataConfig(dataset=tmp_path / "ben", split_column="official_split", num_workers=0,
+                                          batch_size=2), task="classification")
+    data.setup(None)
+    assert sorted(t[0] for t in data.datasets["train"].tiles) == sorted(official["train"]["tile_id"])
+    for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
+        seen = [tile for batch in loader for tile in batch["tile_id"]]
+        assert sorted(seen) == sorted(official[split]["tile_id"]), split  # each exactly once
+    train_tiles = official["train"]
+    count = train_tiles["band_count"].sum()
+    sums, sumsqs = np.stack(train_tiles["band_sum"]).sum(0), np.stack(train_tiles["band_sumsq"]).sum(0)
+    mean = sums / count
+    std = np.sqrt(sumsqs / count - mean ** 2)
+    norm = data.normalization
+    assert norm["split_column"] == "official_split" and "official_split" in norm["from"]
+    np.testing.assert_allclose(norm["mean"], mean, rtol=1e-9)
+    np.testing.assert_allclose(norm["std"], std, rtol=1e-6)
+    np.testing.assert_allclose(data.mean.numpy(), mean, rtol=1e-6)  # what the tiles are normalised with
+    # the run records where its statistics came from: checkpoint and the run's dataset.json
+    cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+                      [f"data.dataset={tmp_path / 'ben'}", "model.task=classification", "trainer.max_epochs=1",
+                       "data.batch_size=4", "data.split_column=official_split"])
+    train(cfg, tmp_path / "run")
+    meta = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)["landcover"]
+    run_info = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    for recorded in (meta["normalization"], run_info["normalization"]):
+        assert recorded["split_column"] == "official_split"
+        np.testing.assert_allclose(recorded["mean"], mean, rtol=1e-9)
+
+
+def test_real_patch_level_labels_refuse_single_label_classification(tmp_path):
+    """BigEarthNet without reference maps has no pixel labels: no dominant class, so `single` is refused."""
+    from landcover.datamodule import DataConfig, LandcoverDataModule
+
+    root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
+    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False))
+    assert (read_catalog(tmp_path / "ben", include_buffer=True)["labelled_fraction"] == 0).all()
+    data = LandcoverDataModule(DataConfig(dataset=tmp_path / "ben", split_column="official_split",
+                                          label_mode="single", num_workers=0), task="classification")
+    with pytest.raises(ConfigError, match="label_mode=multilabel"):
+        data.setup("fit")

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from landcover.catalog import read_catalog
 from landcover.datamodule import (
@@ -27,6 +27,7 @@ from landcover.datamodule import (
     rare_class_weights,
 )
 from landcover.errors import ConfigError, DatasetError
+from landcover.samplers import EpochSampler, ShardSampler
 from landcover.tables import IGNORE
 from tests.learnable import make_learnable_dataset
 
@@ -258,7 +259,8 @@ def test_rare_class_sampling_weights() -> None:
 def test_rare_classes_sampler_on_dataset(dataset: Path) -> None:
     dm = module(dataset, sampling="rare_classes", max_train_tiles_per_epoch=40)
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, WeightedRandomSampler) and len(loader.sampler) == 40
+    assert isinstance(loader.sampler, EpochSampler) and loader.sampler.weights is not None
+    assert len(loader.sampler) == 40
     tiles = dm.split_tiles("train")
     w = rare_class_weights(tiles, 5)
     freq = np.array([[c in p for c in range(5)] for p in tiles["present_classes"]])
@@ -433,3 +435,50 @@ def test_trainer_augments_training_batches_only(dataset: Path) -> None:
     trainer.fit(Probe(), datamodule=dm)
     assert len(changed["train"]) == 32 and all(changed["train"])  # brightness jitter on every sample
     assert changed["val"] and not any(changed["val"])
+
+
+def test_single_label_is_the_dominant_pixel_class_not_the_lowest_patch_label(dataset: Path) -> None:
+    """Tiles with pixel labels and patch labels (BigEarthNet with reference maps): single = dominant class."""
+    dm = module(dataset, "classification", label_mode="single")
+    cat = dm.catalog.copy()
+    cat["patch_labels"] = [np.arange(5, dtype=np.int32)] * len(cat)  # the lowest class id is always 0
+    dm._catalog = cat
+    val = dm.val_dataloader().dataset
+    tiles = dm.split_tiles("val")
+    assert (tiles["dominant_class"] != 0).any()
+    assert [int(val[i]["label"]) for i in range(len(val))] == list(tiles["dominant_class"])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ranks_share_the_epoch_cap_disjointly_and_deterministically(weighted: bool) -> None:
+    weights = np.linspace(0.1, 1.0, 50) if weighted else None
+
+    def draws(rank: int, epoch: int = 0, seed: int = 0) -> list[int]:
+        sampler = EpochSampler(50, 31, seed=seed, weights=weights, rank=rank, world_size=2)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    ranks = [draws(0), draws(1)]
+    assert [len(r) for r in ranks] == [16, 16]  # ceil(31 / 2) each
+    assert ranks == [draws(0), draws(1)] and draws(0, epoch=1) != ranks[0] and draws(0, seed=1) != ranks[0]
+    if not weighted:  # uniform: a permutation, so no tile twice within the epoch, on any rank
+        assert len(set(ranks[0]) | set(ranks[1])) == 32
+    # one process draws what the two ranks draw together
+    single = EpochSampler(50, 32, seed=0, weights=weights)
+    assert sorted(single) == sorted(ranks[0] + ranks[1])
+
+
+def test_eval_shards_cover_every_tile_once() -> None:
+    shards = [list(ShardSampler(25, rank, 3)) for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(25))
+    assert list(ShardSampler(25)) == list(range(25))
+
+
+def test_datamodule_draws_this_ranks_share(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import landcover.datamodule as datamodule
+
+    monkeypatch.setattr(datamodule, "distributed_rank", lambda: (1, 2))
+    dm = module(dataset, max_train_tiles_per_epoch=40, batch_size=4)
+    assert len(dm.train_dataloader().sampler) == 20
+    val = dm.val_dataloader()
+    assert list(val.sampler) == list(range(1, len(dm.split_tiles("val")), 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -104,3 +105,32 @@ def test_a_failing_variant_is_reported_with_its_log(tmp_path):
     assert "train.log" in str(info.value)
     assert (tmp_path / "out" / "variants" / "only" / "train.log").exists()
     assert not (tmp_path / "out" / "variants" / "only" / "metrics.json").exists()  # retried by the next run
+
+
+def test_variants_get_the_parents_gpus_not_the_first_n(tmp_path, monkeypatch):
+    """A job allocated GPUs 3,5 (CUDA_VISIBLE_DEVICES=3,5): its variants must run on 3 and 5, not 0 and 1."""
+    import subprocess
+
+    import torch
+
+    import landcover.sweep as sweep
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what torch reports for "3,5"
+    monkeypatch.setattr(sweep, "leaderboard", lambda *args, **kwargs: {})
+    given: list[str] = []
+    real_run = subprocess.run
+
+    def fake_run(cmd, *args, **kwargs):  # a variant process: record its GPU, then finish
+        if "landcover.cli" not in cmd:
+            return real_run(cmd, *args, **kwargs)
+        given.append(kwargs["env"]["CUDA_VISIBLE_DEVICES"])
+        folder = Path(cmd[cmd.index("--out") + 1])
+        (folder / "metrics.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "set": {"trainer.accelerator": "gpu"},
+                                       "grid": {"optim.lr": [0.1, 0.01, 0.001, 0.0001]}})
+    run_sweep(path, tmp_path / "out", dataset=tmp_path / "ds", parallel=2, say=lambda line: None)
+    assert len(given) == 4 and set(given) == {"3", "5"}, given

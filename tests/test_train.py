@@ -124,3 +124,53 @@ def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
     assert ckpt["landcover"]["nomenclature"]["name"] == "ben19" and len(ckpt["landcover"]["bands"]) == 12
     log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
     assert "val/f1/Coniferous forest" in log.columns  # per-class scores against the official labels
+
+
+def test_single_label_scores_ignore_targets_without_label():
+    """Target 255 (a crop without a labelled pixel): no loss, no metric update, no crash."""
+    from landcover.task import ClassificationTask
+
+    task = ClassificationTask(label_mode="single", model={"task": "classification", "encoder_weights": "none"},
+                              optim={}, loss={}, bands=["B02", "B03", "B04", "B08"], class_names=list("abc"),
+                              meta={}, pretrained=False)
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+    target = torch.tensor([0, 1, 255, 255])
+    assert task.criterion(logits, target) == pytest.approx(float(task.criterion(logits[:2], target[:2])))
+    assert float(task.loss(logits[2:], target[2:])) == 0.0  # a batch with no label at all
+    metrics = task.metrics["val"]
+    metrics.update(logits, target)
+    assert float(metrics.compute()["accuracy"]) == 1.0
+
+
+def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops(tmp_path):
+    """The embedded T33UUU clip (OSM labels cover a third of it): 16-px crops often hold no labelled pixel."""
+    from landcover.demo import _ingest_segmentation
+
+    dataset = _ingest_segmentation(tmp_path / "clip")
+    cfg = tiny(dataset, "model.task=classification", "data.label_mode=single", "data.crop_size=16",
+               "data.max_train_tiles_per_epoch=64", "trainer.max_epochs=1", "data.batch_size=16")
+    data = LandcoverDataModule(cfg.data, task="classification")
+    labels = torch.cat([batch["label"] for batch in data.train_dataloader()])
+    assert (labels == 255).any() and (labels != 255).any()  # the case this test is about
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["monitor"] == "val/f1_macro" and 0.0 <= metrics["val/accuracy"] <= 1.0
+
+
+def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path):
+    """2-process CPU DDP: each rank draws half of data.max_train_tiles_per_epoch, and the val mIoU logged
+    under DDP equals a single-process evaluation of the same checkpoint (no tile repeated or left out)."""
+    val_tiles = len(LandcoverDataModule(tiny(dataset).data).split_tiles("val"))
+    assert val_tiles % 2  # an odd count: a DistributedSampler would pad it with a repeated tile
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
+         "--out", str(out), "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2",
+         "--set", "trainer.max_epochs=1", "--set", "data.max_train_tiles_per_epoch=48"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/miou"])["val/miou"].iloc[-1]
+    single = json.loads((out / "metrics.json").read_text())  # best.ckpt re-scored by one process
+    assert single["world_size"] == 2 and single["val/miou"] == pytest.approx(logged, abs=1e-6)
+    ranks = [json.loads(p.read_text()) for p in sorted((out / "ranks").glob("rank*.json"))]
+    assert [r["global_step"] for r in ranks] == [3, 3]  # 48 tiles / 2 ranks / batch 8
