@@ -251,7 +251,9 @@ def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tm
     from landcover.train import TrainConfig, train
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
-    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False))
+    # small spatial blocks (4 patches wide), so that the spatial buffer cuts official patches
+    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False,
+                                                        split={"block_size_m": 4800}))
     full = read_catalog(tmp_path / "ben", include_buffer=True)
     official = {s: full[(full["official_split"] == s) & (full["band_count"] > 0)] for s in ("train", "val", "test")}
     assert official["test"]["buffer"].any() and official["train"]["buffer"].any()  # the spatial buffer cuts them
