@@ -15,7 +15,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import geopandas as gpd
 import numpy as np
@@ -30,6 +30,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from landcover.catalog import CATALOG_NAME, read_catalog
 from landcover.errors import ConfigError, DatasetError
 from landcover.tables import IGNORE
+
+if TYPE_CHECKING:
+    from landcover.input_transform import InputTransform
 
 Task = Literal["segmentation", "classification"]
 MULTIPLE = 32
@@ -71,7 +74,9 @@ class DataConfig(pydantic.BaseModel, extra="forbid"):
     sampling: Literal["uniform", "rare_classes"] = "uniform"
     max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
     augment: AugmentConfig = AugmentConfig()
-    normalization: Literal["dataset", "none"] = "dataset"  # none: x / 10000 (reflectance)
+    # auto: the input transform model.encoder_weights declares (landcover.input_transform), else dataset;
+    # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
+    normalization: Literal["auto", "weights", "dataset", "none"] = "auto"
 
 
 def auto_num_workers(cuda: bool | None = None) -> int:
@@ -247,7 +252,8 @@ def seed_worker(worker_id: int) -> None:
 class LandcoverDataModule(LightningDataModule):
     """Train/val/test loaders over an ingested dataset, with on-device training augmentation."""
 
-    def __init__(self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0) -> None:
+    def __init__(self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0,
+                 input_transform: InputTransform | None = None) -> None:
         super().__init__()
         if task not in ("segmentation", "classification"):
             raise ConfigError(f"unknown task {task!r}; use segmentation or classification")
@@ -271,18 +277,9 @@ class LandcoverDataModule(LightningDataModule):
         self.num_classes = len(classes)
         self.tile_size = int(self.info["tile_size"])
         self.ingest_present_threshold = float(self.info.get("config", {}).get("present_threshold", 0.01))
-        stats = self.info.get("normalization") or {}
-        if cfg.normalization == "dataset":
-            if stats.get("mean") is None or stats.get("std") is None:
-                raise DatasetError(f"{meta} holds no normalization statistics ({stats.get('from', 'missing')}); "
-                                   "re-ingest so that the train split has tiles, or set "
-                                   "data.normalization=none")
-            self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
-            std = torch.tensor(stats["std"], dtype=torch.float32)
-            self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band stays finite
-        else:
-            self.mean = torch.zeros(len(self.bands))
-            self.std = torch.full((len(self.bands),), RAW_SCALE)
+        self._mean, self._std = self._input_statistics(input_transform)  # exact values, for the checkpoint
+        self.mean = torch.tensor(self._mean, dtype=torch.float32)
+        self.std = torch.tensor(self._std, dtype=torch.float32)
         self.eval_size, self.train_crop = self._sizes()
         self.num_workers = auto_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
         self.datasets: dict[str, TileDataset] = {}
@@ -304,11 +301,40 @@ class LandcoverDataModule(LightningDataModule):
         eval_size = t // MULTIPLE * MULTIPLE
         return (None if eval_size == t else eval_size), (crop or eval_size)
 
+    def _input_statistics(self, declared: InputTransform | None) -> tuple[list[float], list[float]]:
+        """Per-band mean/std of ``data.normalization`` (see DataConfig); sets ``normalization_mode/_source``."""
+        mode, n = self.cfg.normalization, len(self.bands)
+        if mode == "weights" and declared is None:
+            raise ConfigError("data.normalization=weights, but model.encoder_weights declares no input transform; "
+                              "use data.normalization=auto or dataset, or weights that declare one")
+        mode = ("weights" if declared is not None else "dataset") if mode == "auto" else mode
+        weights = declared.for_bands(self.bands) if declared is not None and mode == "weights" else None
+        self.normalization_mode, self.normalization_source = mode, "x / 10000"
+        if mode == "none":
+            return [0.0] * n, [RAW_SCALE] * n
+        if weights is not None and None not in weights["mean"]:
+            self.normalization_source = weights["source"]
+            return weights["mean"], weights["std"]
+        stats, meta = self.info.get("normalization") or {}, self.dataset_dir / "dataset.json"
+        if stats.get("mean") is None or stats.get("std") is None:
+            raise DatasetError(f"{meta} holds no normalization statistics ({stats.get('from', 'missing')}); "
+                               "re-ingest so that the train split has tiles, or set data.normalization=none")
+        mean = [float(v) for v in stats["mean"]]
+        std = [float(v) if v > 0 else 1.0 for v in stats["std"]]  # a constant band stays finite
+        self.normalization_source = "train tiles of dataset.json"
+        if weights is not None:  # bands the weights have no statistics for keep the dataset's
+            self.normalization_source = f"{weights['source']}; dataset.json for the other bands"
+            mean = [d if w is None else w for d, w in zip(mean, weights["mean"], strict=True)]
+            std = [d if w is None else w for d, w in zip(std, weights["std"], strict=True)]
+        return mean, std
+
     @property
     def normalization(self) -> dict[str, Any]:
-        """What a checkpoint must record to normalise new scenes like the training data."""
-        return {"bands": self.bands, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "mode": self.cfg.normalization, "nodata": 0, "scale": self.info.get("scale")}
+        """What a checkpoint must record to normalise new scenes like the training data:
+        ``(x - mean) / std`` per band, no-data pixels 0 (``mode`` and ``from`` say where they come from)."""
+        return {"bands": self.bands, "mean": list(self._mean), "std": list(self._std),
+                "mode": self.normalization_mode, "from": self.normalization_source, "nodata": 0,
+                "scale": self.info.get("scale")}
 
     @property
     def catalog(self) -> gpd.GeoDataFrame:

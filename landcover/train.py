@@ -26,6 +26,7 @@ from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.datamodule import DataConfig, LandcoverDataModule
 from landcover.errors import ConfigError, OutputExistsError
+from landcover.input_transform import declared_input_transform
 from landcover.models import ModelConfig, count_parameters
 from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
 
@@ -122,14 +123,16 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     pl.seed_everything(cfg.trainer.seed, workers=True)
 
     task_name = cfg.model.task
-    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed)
+    declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
+    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed, input_transform=declared)
     info = data.info
     class_weights = None
     if cfg.loss.class_weights != "none":
         class_weights = data.class_weights(cfg.loss.class_weights).tolist()
     meta = {
         "nomenclature": info["nomenclature"],
-        "normalization": info["normalization"],
+        "normalization": data.normalization,  # what the model was trained on; predict/explain apply it
+        "dataset_normalization": info["normalization"],
         "tile_size": info["tile_size"],
         "resolution": info["resolution"],
         "scale": info.get("scale"),
