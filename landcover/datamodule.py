@@ -15,7 +15,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import geopandas as gpd
 import numpy as np
@@ -29,16 +29,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 
 from landcover.catalog import CATALOG_NAME, read_catalog
 from landcover.errors import ConfigError, DatasetError
+from landcover.input_transform import InputTransform, normalization_statistics
 from landcover.tables import IGNORE
-
-if TYPE_CHECKING:
-    from landcover.input_transform import InputTransform
 
 Task = Literal["segmentation", "classification"]
 MULTIPLE = 32
 """Segmentation inputs must have sides divisible by this (encoder output stride)."""
-RAW_SCALE = 10000.0
-"""normalization='none' divides by this: uint16 reflectance x 10000 -> reflectance."""
 
 
 class AugmentConfig(pydantic.BaseModel, extra="forbid"):
@@ -277,7 +273,9 @@ class LandcoverDataModule(LightningDataModule):
         self.num_classes = len(classes)
         self.tile_size = int(self.info["tile_size"])
         self.ingest_present_threshold = float(self.info.get("config", {}).get("present_threshold", 0.01))
-        self._mean, self._std = self._input_statistics(input_transform)  # exact values, for the checkpoint
+        # exact values for the checkpoint; mode and source say where they come from
+        self._mean, self._std, self.normalization_mode, self.normalization_source = normalization_statistics(
+            cfg.normalization, self.bands, self.info.get("normalization") or {}, input_transform, meta)
         self.mean = torch.tensor(self._mean, dtype=torch.float32)
         self.std = torch.tensor(self._std, dtype=torch.float32)
         self.eval_size, self.train_crop = self._sizes()
@@ -301,32 +299,23 @@ class LandcoverDataModule(LightningDataModule):
         eval_size = t // MULTIPLE * MULTIPLE
         return (None if eval_size == t else eval_size), (crop or eval_size)
 
-    def _input_statistics(self, declared: InputTransform | None) -> tuple[list[float], list[float]]:
-        """Per-band mean/std of ``data.normalization`` (see DataConfig); sets ``normalization_mode/_source``."""
-        mode, n = self.cfg.normalization, len(self.bands)
-        if mode == "weights" and declared is None:
-            raise ConfigError("data.normalization=weights, but model.encoder_weights declares no input transform; "
-                              "use data.normalization=auto or dataset, or weights that declare one")
-        mode = ("weights" if declared is not None else "dataset") if mode == "auto" else mode
-        weights = declared.for_bands(self.bands) if declared is not None and mode == "weights" else None
-        self.normalization_mode, self.normalization_source = mode, "x / 10000"
-        if mode == "none":
-            return [0.0] * n, [RAW_SCALE] * n
-        if weights is not None and None not in weights["mean"]:
-            self.normalization_source = weights["source"]
-            return weights["mean"], weights["std"]
-        stats, meta = self.info.get("normalization") or {}, self.dataset_dir / "dataset.json"
-        if stats.get("mean") is None or stats.get("std") is None:
-            raise DatasetError(f"{meta} holds no normalization statistics ({stats.get('from', 'missing')}); "
-                               "re-ingest so that the train split has tiles, or set data.normalization=none")
-        mean = [float(v) for v in stats["mean"]]
-        std = [float(v) if v > 0 else 1.0 for v in stats["std"]]  # a constant band stays finite
-        self.normalization_source = "train tiles of dataset.json"
-        if weights is not None:  # bands the weights have no statistics for keep the dataset's
-            self.normalization_source = f"{weights['source']}; dataset.json for the other bands"
-            mean = [d if w is None else w for d, w in zip(mean, weights["mean"], strict=True)]
-            std = [d if w is None else w for d, w in zip(std, weights["std"], strict=True)]
-        return mean, std
+    def use_normalization(self, recorded: dict[str, Any]) -> None:
+        """Normalise like a checkpoint's ``landcover.normalization`` (to score it on its own inputs).
+
+        Checkpoints that do not record a ``mode`` (older ones) were trained with the config's own
+        normalisation, which this DataModule already applies: they change nothing.
+        """
+        if "mode" not in recorded or (recorded["mean"], recorded["std"]) == (self._mean, self._std):
+            return
+        if list(recorded.get("bands") or self.bands) != self.bands or len(recorded["mean"]) != len(self.bands):
+            raise DatasetError(f"the checkpoint was trained on bands {recorded.get('bands')}, {self.dataset_dir} "
+                               f"has {self.bands}; evaluate it on a dataset ingested with its bands")
+        self._mean, self._std = [float(v) for v in recorded["mean"]], [float(v) for v in recorded["std"]]
+        self.mean = torch.tensor(self._mean, dtype=torch.float32)
+        self.std = torch.tensor(self._std, dtype=torch.float32)
+        self.normalization_mode = recorded["mode"]
+        self.normalization_source = f"checkpoint ({recorded.get('from', 'recorded')})"
+        self.datasets = {}  # rebuilt with the new statistics
 
     @property
     def normalization(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ pretrained on Sentinel-2 expect their own input scale; this module reads what th
 * **imagenet**: nothing. ImageNet's mean/std are ImageNet's own channel statistics: the inputs the
   network was trained on have zero mean and unit variance per channel, which is what the dataset
   z-score gives Sentinel-2 reflectance; scaling reflectance to 0..1 and applying ImageNet's numbers
-  would feed it inputs around -2 with a tenth of the spread.
+  would feed it inputs around -1.5 to -2 with a fraction of the spread (land is dark next to photos).
 * **local files**: an ``input_transform`` entry next to ``bands`` in the saved dict (``torch.save({
   "state_dict": ..., "bands": [...], "input_transform": {"mean": 0, "std": 10000}}, path)``), or a
   ``.safetensors`` metadata key ``input_transform`` holding the same as JSON. ``mean`` and ``std`` are
@@ -31,13 +31,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from landcover.errors import ModelError
-from landcover.models import ModelConfig
-from landcover.weights import band_key, find_weight_file, resolve_weights
+from landcover.errors import ConfigError, DatasetError, ModelError
+
+if TYPE_CHECKING:
+    from landcover.models import ModelConfig
+
+RAW_SCALE = 10000.0
+"""normalization='none' divides by this: uint16 reflectance x 10000 -> reflectance."""
 
 DN_DATASETS = ("SSL4EO-S12", "SSL4Eco Dataset", "CrisisLandMark")
 """torchgeo ``meta['dataset']`` values whose transforms take Sentinel-2 digital numbers (reflectance x 10000)."""
@@ -54,6 +58,8 @@ class InputTransform:
 
     def for_bands(self, data_bands: Sequence[str]) -> dict[str, Any]:
         """``{'mean', 'std'}`` per data band (None where the weights have no value) and ``source``."""
+        from landcover.weights import band_key
+
         if len(self.mean) == 1:
             return {"mean": [self.mean[0]] * len(data_bands), "std": [self.std[0]] * len(data_bands),
                     "source": self.source}
@@ -143,6 +149,8 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     """The input transform ``cfg.encoder_weights`` declares (see the module doc), None if it declares none."""
     if cfg.encoder_weights == "none":
         return None
+    from landcover.weights import find_weight_file, resolve_weights  # torch hub, torchvision, smp
+
     source = resolve_weights(cfg.encoder_weights, cfg.encoder, cfg.weight_bands)
     if source.kind == "torchgeo":
         from torchgeo.models import get_weight
@@ -155,3 +163,32 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     if raw is None:
         return None
     return parse_transform(raw, f"weight file {path}", source.bands or stored)
+
+
+def normalization_statistics(mode: str, bands: list[str], dataset: dict[str, Any], declared: InputTransform | None,
+                             where: Path) -> tuple[list[float], list[float], str, str]:
+    """Per-band ``mean``, ``std``, the resolved mode and where they come from, for ``data.normalization``.
+
+    ``auto``: the declared transform if any, else ``dataset``; ``weights``: the declared transform
+    (data bands it has no values for keep the dataset's); ``dataset``: the train-tile statistics of
+    ``dataset.json`` (``where``; a constant band gets std 1); ``none``: mean 0, std 10000.
+    """
+    if mode == "weights" and declared is None:
+        raise ConfigError("data.normalization=weights, but model.encoder_weights declares no input transform; "
+                          "use data.normalization=auto or dataset, or weights that declare one")
+    mode = ("weights" if declared is not None else "dataset") if mode == "auto" else mode
+    weights = declared.for_bands(bands) if declared is not None and mode == "weights" else None
+    if mode == "none":
+        return [0.0] * len(bands), [RAW_SCALE] * len(bands), mode, "x / 10000"
+    if weights is not None and None not in weights["mean"]:
+        return weights["mean"], weights["std"], mode, weights["source"]
+    if dataset.get("mean") is None or dataset.get("std") is None:
+        raise DatasetError(f"{where} holds no normalization statistics ({dataset.get('from', 'missing')}); "
+                           "re-ingest so that the train split has tiles, or set data.normalization=none")
+    mean = [float(v) for v in dataset["mean"]]
+    std = [float(v) if v > 0 else 1.0 for v in dataset["std"]]  # a constant band stays finite
+    if weights is None:
+        return mean, std, mode, "train tiles of dataset.json"
+    mean = [d if w is None else w for d, w in zip(mean, weights["mean"], strict=True)]
+    std = [d if w is None else w for d, w in zip(std, weights["std"], strict=True)]
+    return mean, std, mode, f"{weights['source']}; dataset.json for the other bands"

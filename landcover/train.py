@@ -236,6 +236,7 @@ def evaluate_checkpoint(path: str | Path, data: LandcoverDataModule, *, split: s
 
     raw = torch.load(path, map_location="cpu", weights_only=False)
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu")
+    data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                          **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}))
     data.setup("validate" if split == "val" else "test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -278,20 +279,15 @@ def learnable(tmp_path_factory) -> Path:
     return make_learnable_dataset(tmp_path_factory.mktemp("learnable"), size=256)  # bands B02 B03 B04 B08
 
 
-def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tmp_path: Path, learnable: Path) -> None:
-    """Weights that declare their input transform get it: training batches and predict's windows
-    reach the (frozen) pretrained encoder as the reference transform computes them by hand."""
-    import rasterio
-    from rasterio.windows import Window
-
+@pytest.fixture(scope="module")
+def transform_run(learnable: Path, tmp_path_factory) -> SimpleNamespace:
+    """A tiny run from a weight file that declares its input transform (its encoder frozen throughout)."""
     import landcover.train
     from landcover.config import load_config
     from landcover.datamodule import LandcoverDataModule
-    from landcover.predict import load_checkpoint
     from landcover.train import TrainConfig, train
-    from landcover.windows import Feeder, make_plan, open_source
 
-    dataset = learnable
+    tmp = tmp_path_factory.mktemp("transform_run")
     wbands = ["B08", "B04", "B03", "B02"]  # the file's own band order, its statistics in that order
     mean, std = [2500.0, 600.0, 700.0, 650.0], [900.0, 400.0, 350.0, 300.0]
     torch.manual_seed(0)
@@ -302,9 +298,9 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tmp_
         elif key.endswith("running_var"):
             state[key] = torch.rand_like(value) + 0.5
     weights = save({"state_dict": state, "bands": wbands, "input_transform": {"mean": mean, "std": std}},
-                   tmp_path, "enc.pth")
+                   tmp, "enc.pth")
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs" / "tiny.yaml", [
-        f"data.dataset={dataset}", f"model.encoder_weights={weights}", "model.freeze_encoder_epochs=1",
+        f"data.dataset={learnable}", f"model.encoder_weights={weights}", "model.freeze_encoder_epochs=1",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
     made: list[LandcoverDataModule] = []
 
@@ -315,9 +311,24 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tmp_
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(landcover.train, "LandcoverDataModule", Spy)
-        train(cfg, tmp_path / "run")
-    lm = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
-    norm = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["landcover"]["normalization"]
+        train(cfg, tmp / "run")
+    return SimpleNamespace(best=tmp / "run" / "checkpoints" / "best.ckpt", cfg=cfg, data=made[0], state=state,
+                           wbands=wbands, mean=mean, std=std)
+
+
+def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(transform_run, learnable: Path) -> None:
+    """Weights that declare their input transform get it: training batches and predict's windows
+    reach the (frozen) pretrained encoder as the reference transform computes them by hand."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from landcover.predict import load_checkpoint
+    from landcover.windows import Feeder, make_plan, open_source
+
+    run, dataset = transform_run, learnable
+    state, wbands, mean, std = run.state, run.wbands, run.mean, run.std
+    lm = load_checkpoint(run.best)
+    norm = torch.load(run.best, weights_only=True)["landcover"]["normalization"]
     assert norm["mode"] == "weights" and "enc.pth" in norm["from"] and norm["bands"] == lm.bands
     encoder = encoder_of(lm.model)
     assert_encoder_equals(lm.model, state)  # frozen for the whole run: still the file's encoder
@@ -327,7 +338,7 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tmp_
             stages = encoder(x if x.ndim == 4 else x[None])[1:]  # every stage of the U-Net encoder
         return torch.cat([f[0].flatten() for f in stages])
 
-    data = made[0]
+    data = run.data  # the DataModule train used
     data.setup("validate")
     tiles = data.datasets["val"]
     _, scene, row, col, height, width = tiles.tiles[0]
@@ -345,6 +356,20 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tmp_
         feeder = Feeder(source, make_plan(source.grid.height, source.grid.width, t, 0), lm, 64, False, False)
         window = {j: x[n] for cols, x in feeder(row // t).batches for n, j in enumerate(cols)}[col // t]
     torch.testing.assert_close(features(window), expected, rtol=0, atol=1e-5)  # predict (and explain)
+
+
+def test_evaluating_a_checkpoint_uses_the_normalization_it_was_trained_with(transform_run) -> None:
+    """A DataModule built from the config alone (as sweep's test scoring and the demo build theirs)
+    scores a checkpoint on the inputs it was trained on."""
+    from landcover.datamodule import LandcoverDataModule
+    from landcover.train import evaluate_checkpoint
+
+    plain = LandcoverDataModule(transform_run.cfg.data, task="segmentation")  # knows no weights: z-score
+    scores = evaluate_checkpoint(transform_run.best, plain)
+    trained = transform_run.data.normalization
+    assert plain.normalization["mean"] == trained["mean"] and plain.normalization["std"] == trained["std"]
+    again = evaluate_checkpoint(transform_run.best, transform_run.data)
+    assert scores["val/loss"] == pytest.approx(again["val/loss"], abs=1e-6)
 
 
 def test_torchgeo_transforms_become_mean_and_std_in_stored_units() -> None:
