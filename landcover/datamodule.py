@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from landcover.catalog import CATALOG_NAME, band_statistics, read_catalog
 from landcover.errors import ConfigError, DatasetError
+from landcover.input_transform import InputTransform, normalization_statistics
 from landcover.samplers import EpochSampler, ShardSampler, distributed_rank
 from landcover.splits import check_split_scheme
 from landcover.tables import IGNORE
@@ -38,8 +39,6 @@ from landcover.tables import IGNORE
 Task = Literal["segmentation", "classification"]
 MULTIPLE = 32
 """Segmentation inputs must have sides divisible by this (encoder output stride)."""
-RAW_SCALE = 10000.0
-"""normalization='none' divides by this: uint16 reflectance x 10000 -> reflectance."""
 
 
 class AugmentConfig(pydantic.BaseModel, extra="forbid"):
@@ -75,7 +74,9 @@ class DataConfig(pydantic.BaseModel, extra="forbid"):
     sampling: Literal["uniform", "rare_classes"] = "uniform"
     max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
     augment: AugmentConfig = AugmentConfig()
-    normalization: Literal["dataset", "none"] = "dataset"  # none: x / 10000 (reflectance)
+    # auto: the input transform model.encoder_weights declares (landcover.input_transform), else dataset;
+    # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
+    normalization: Literal["auto", "weights", "dataset", "none"] = "auto"
 
 
 def auto_num_workers(cuda: bool | None = None) -> int:
@@ -252,7 +253,8 @@ def seed_worker(worker_id: int) -> None:
 class LandcoverDataModule(LightningDataModule):
     """Train/val/test loaders over an ingested dataset, with on-device training augmentation."""
 
-    def __init__(self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0) -> None:
+    def __init__(self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0,
+                 input_transform: InputTransform | None = None) -> None:
         super().__init__()
         if task not in ("segmentation", "classification"):
             raise ConfigError(f"unknown task {task!r}; use segmentation or classification")
@@ -279,20 +281,13 @@ class LandcoverDataModule(LightningDataModule):
         self.tile_size = int(self.info["tile_size"])
         self.ingest_present_threshold = float(self.info.get("config", {}).get("present_threshold", 0.01))
         self._catalog: gpd.GeoDataFrame | None = None
-        self.statistics = self._statistics()
-        stats = self.statistics
-        if cfg.normalization == "dataset":
-            if stats.get("mean") is None or stats.get("std") is None:
-                where = meta if cfg.split_column == "split" else self.dataset_dir / CATALOG_NAME
-                raise DatasetError(f"{where} holds no normalization statistics ({stats.get('from', 'missing')}); "
-                                   "re-ingest so that the train split has tiles, or set "
-                                   "data.normalization=none")
-            self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
-            std = torch.tensor(stats["std"], dtype=torch.float32)
-            self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band stays finite
-        else:
-            self.mean = torch.zeros(len(self.bands))
-            self.std = torch.full((len(self.bands),), RAW_SCALE)
+        self.statistics = self._statistics()  # of the train tiles of data.split_column
+        where = meta if cfg.split_column == "split" else self.dataset_dir / CATALOG_NAME
+        # exact values for the checkpoint; mode and source say where they come from
+        self._mean, self._std, self.normalization_mode, self.normalization_source = normalization_statistics(
+            cfg.normalization, self.bands, self.statistics, input_transform, where)
+        self.mean = torch.tensor(self._mean, dtype=torch.float32)
+        self.std = torch.tensor(self._std, dtype=torch.float32)
         self.eval_size, self.train_crop = self._sizes()
         self.num_workers = auto_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
         self.datasets: dict[str, TileDataset] = {}
@@ -328,17 +323,32 @@ class LandcoverDataModule(LightningDataModule):
             stats = band_statistics(table, self.bands, split_column=column)
         return {**stats, "split_column": column}
 
+    def use_normalization(self, recorded: dict[str, Any]) -> None:
+        """Normalise like a checkpoint's ``landcover.normalization`` (to score it on its own inputs).
+
+        Checkpoints that do not record a ``mode`` (older ones) were trained with the config's own
+        normalisation, which this DataModule already applies: they change nothing.
+        """
+        if "mode" not in recorded or (recorded["mean"], recorded["std"]) == (self._mean, self._std):
+            return
+        if list(recorded.get("bands") or self.bands) != self.bands or len(recorded["mean"]) != len(self.bands):
+            raise DatasetError(f"the checkpoint was trained on bands {recorded.get('bands')}, {self.dataset_dir} "
+                               f"has {self.bands}; evaluate it on a dataset ingested with its bands")
+        self._mean, self._std = [float(v) for v in recorded["mean"]], [float(v) for v in recorded["std"]]
+        self.mean = torch.tensor(self._mean, dtype=torch.float32)
+        self.std = torch.tensor(self._std, dtype=torch.float32)
+        self.normalization_mode = recorded["mode"]
+        self.normalization_source = f"checkpoint ({recorded.get('from', 'recorded')})"
+        self.datasets = {}  # rebuilt with the new statistics
+
     @property
     def normalization(self) -> dict[str, Any]:
-        """What a checkpoint must record to normalise new scenes like the training data, and where
-        the statistics came from (``split_column``, ``from``, ``count``)."""
-        if self.cfg.normalization == "dataset":
-            mean = [float(m) for m in self.statistics["mean"]]
-            std = [float(s) if s > 0 else 1.0 for s in self.statistics["std"]]
-        else:
-            mean, std = self.mean.tolist(), self.std.tolist()
-        return {**self.statistics, "bands": self.bands, "mean": mean, "std": std,
-                "mode": self.cfg.normalization, "nodata": 0, "scale": self.info.get("scale")}
+        """What a checkpoint must record to normalise new scenes like the training data:
+        ``(x - mean) / std`` per band, no-data pixels 0 (``mode`` and ``from`` say where they come from)."""
+        return {"bands": self.bands, "mean": list(self._mean), "std": list(self._std),
+                "mode": self.normalization_mode, "from": self.normalization_source, "nodata": 0,
+                "scale": self.info.get("scale"), "split_column": self.cfg.split_column,
+                "train_pixels": self.statistics.get("count")}
 
     @property
     def catalog(self) -> gpd.GeoDataFrame:

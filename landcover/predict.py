@@ -107,7 +107,8 @@ class LoadedModel:
             bands = [str(b) for b in meta["bands"]]
             norm = meta.get("normalization") or {}
             mode = norm.get("mode") or ((meta.get("config") or {}).get("data") or {}).get("normalization")
-            if mode == "none":  # the datamodule's x / 10000
+            # modes 'dataset' and 'weights' (a pretrained input transform) record the mean/std trained on
+            if mode == "none":  # x / 10000 (older checkpoints recorded the dataset's statistics here)
                 mean, std = np.zeros(len(bands), np.float32), np.full(len(bands), 10000.0, np.float32)
             else:
                 mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)

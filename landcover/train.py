@@ -26,6 +26,7 @@ from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.datamodule import DataConfig, LandcoverDataModule
 from landcover.errors import ConfigError, ModelError, OutputExistsError
+from landcover.input_transform import declared_input_transform
 from landcover.models import ModelConfig, count_parameters
 from landcover.safeload import load_torch_file
 from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
@@ -120,7 +121,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     pl.seed_everything(cfg.trainer.seed, workers=True)
 
     task_name = cfg.model.task
-    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed)
+    declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
+    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed, input_transform=declared)
     info = data.info
     class_weights = None
     if cfg.loss.class_weights != "none":
@@ -131,7 +133,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "nomenclature": info["nomenclature"],
-        "normalization": data.normalization,  # the statistics used, and which split they came from
+        "normalization": data.normalization,  # what the model was trained on (and from which split); predict applies it
+        "dataset_normalization": info["normalization"],
         "tile_size": info["tile_size"],
         "resolution": info["resolution"],
         "scale": info.get("scale"),
@@ -255,6 +258,7 @@ def evaluate_checkpoint(path: str | Path, data: LandcoverDataModule, *, split: s
 
     raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                          **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}))
     data.setup("validate" if split == "val" else "test")

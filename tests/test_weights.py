@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import safetensors.torch
 import segmentation_models_pytorch as smp
 import timm
 import torch
-from torchgeo.models import ResNet18_Weights
+from torchgeo.models import ResNet18_Weights, ResNet50_Weights
 
 from landcover.errors import ConfigError, ModelError
+from landcover.input_transform import InputTransform, declared_input_transform
 from landcover.models import ModelConfig, build_model, encoder_of, parameter_groups
 from landcover.tables import default_bands
 from landcover.weights import (
@@ -266,3 +271,162 @@ def test_set_encoder_trainable() -> None:
     assert all(p.requires_grad for p in groups["head"])
     set_encoder_trainable(model, True)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory) -> Path:
+    from tests.learnable import make_learnable_dataset
+
+    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"), size=256)  # bands B02 B03 B04 B08
+
+
+@pytest.fixture(scope="module")
+def transform_run(learnable: Path, tmp_path_factory) -> SimpleNamespace:
+    """A tiny run from a weight file that declares its input transform (its encoder frozen throughout)."""
+    import landcover.train
+    from landcover.config import load_config
+    from landcover.datamodule import LandcoverDataModule
+    from landcover.train import TrainConfig, train
+
+    tmp = tmp_path_factory.mktemp("transform_run")
+    wbands = ["B08", "B04", "B03", "B02"]  # the file's own band order, its statistics in that order
+    mean, std = [2500.0, 600.0, 700.0, 650.0], [900.0, 400.0, 350.0, 300.0]
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", pretrained=False, in_chans=4, num_classes=1000).state_dict()
+    for key, value in state.items():  # batch-norm statistics of a pretrained (not a fresh) network
+        if key.endswith("running_mean"):
+            state[key] = torch.randn_like(value) * 0.1
+        elif key.endswith("running_var"):
+            state[key] = torch.rand_like(value) + 0.5
+    weights = save({"state_dict": state, "bands": wbands, "input_transform": {"mean": mean, "std": std}},
+                   tmp, "enc.pth")
+    cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs" / "tiny.yaml", [
+        f"data.dataset={learnable}", f"model.encoder_weights={weights}", "model.freeze_encoder_epochs=1",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    made: list[LandcoverDataModule] = []
+
+    class Spy(LandcoverDataModule):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(landcover.train, "LandcoverDataModule", Spy)
+        train(cfg, tmp / "run")
+    return SimpleNamespace(best=tmp / "run" / "checkpoints" / "best.ckpt", cfg=cfg, data=made[0], state=state,
+                           wbands=wbands, mean=mean, std=std)
+
+
+def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(transform_run, learnable: Path) -> None:
+    """Weights that declare their input transform get it: training batches and predict's windows
+    reach the (frozen) pretrained encoder as the reference transform computes them by hand."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from landcover.predict import load_checkpoint
+    from landcover.windows import Feeder, make_plan, open_source
+
+    run, dataset = transform_run, learnable
+    state, wbands, mean, std = run.state, run.wbands, run.mean, run.std
+    lm = load_checkpoint(run.best)
+    norm = torch.load(run.best, weights_only=True)["landcover"]["normalization"]
+    assert norm["mode"] == "weights" and "enc.pth" in norm["from"] and norm["bands"] == lm.bands
+    encoder = encoder_of(lm.model)
+    assert_encoder_equals(lm.model, state)  # frozen for the whole run: still the file's encoder
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            stages = encoder(x if x.ndim == 4 else x[None])[1:]  # every stage of the U-Net encoder
+        return torch.cat([f[0].flatten() for f in stages])
+
+    data = run.data  # the DataModule train used
+    data.setup("validate")
+    tiles = data.datasets["val"]
+    _, scene, row, col, height, width = tiles.tiles[0]
+    stack = dataset / "scenes" / scene / "image.tif"
+    with rasterio.open(stack) as src:  # the reference: the declared transform, by hand
+        raw = src.read(window=Window(col, row, width, height)).astype(np.float64)
+        bands = list(src.descriptions)
+    m = np.array([mean[wbands.index(b)] for b in bands])[:, None, None]
+    s = np.array([std[wbands.index(b)] for b in bands])[:, None, None]
+    reference = torch.from_numpy(((raw - m) / s * raw.any(axis=0)).astype(np.float32))
+    expected = features(reference)
+    torch.testing.assert_close(features(tiles[0]["image"]), expected, rtol=0, atol=1e-5)  # training
+    t = lm.tile_size
+    with contextlib.closing(open_source(stack, lm)) as source:  # predict's reader and normalisation
+        feeder = Feeder(source, make_plan(source.grid.height, source.grid.width, t, 0), lm, 64, False, False)
+        window = {j: x[n] for cols, x in feeder(row // t).batches for n, j in enumerate(cols)}[col // t]
+    torch.testing.assert_close(features(window), expected, rtol=0, atol=1e-5)  # predict (and explain)
+
+
+def test_evaluating_a_checkpoint_uses_the_normalization_it_was_trained_with(transform_run) -> None:
+    """A DataModule built from the config alone (as sweep's test scoring and the demo build theirs)
+    scores a checkpoint on the inputs it was trained on."""
+    from landcover.datamodule import LandcoverDataModule
+    from landcover.train import evaluate_checkpoint
+
+    plain = LandcoverDataModule(transform_run.cfg.data, task="segmentation")  # knows no weights: z-score
+    scores = evaluate_checkpoint(transform_run.best, plain)
+    trained = transform_run.data.normalization
+    assert plain.normalization["mean"] == trained["mean"] and plain.normalization["std"] == trained["std"]
+    again = evaluate_checkpoint(transform_run.best, transform_run.data)
+    assert scores["val/loss"] == pytest.approx(again["val/loss"], abs=1e-6)
+
+
+def test_torchgeo_transforms_become_mean_and_std_in_stored_units() -> None:
+    """No file is needed to know the transform; the result equals torchgeo's own transform."""
+    moco = declared_input_transform(ModelConfig(encoder_weights=MOCO, allow_download=False))
+    assert moco is not None and moco.for_bands(L2A)["mean"] == [0.0] * 12
+    assert moco.for_bands(L2A)["std"] == [10000.0] * 12
+    spec = "ResNet50_Weights.SENTINEL2_ALL_SOFTCON"  # per-band statistics, in the 13 L1C bands' order
+    softcon = declared_input_transform(ModelConfig(encoder="resnet50", encoder_weights=spec))
+    assert softcon is not None
+    mapped = softcon.for_bands(["B08", "B04", "NDVI"])
+    assert mapped["mean"] == [2318.7, 1373.1, None] and mapped["std"] == [1249.5, 1144.9, None]
+    x = torch.rand(2, 13, 256, 256) * 5000  # torchgeo: Resize(256) (a no-op here), CenterCrop(224), Normalize
+    full = softcon.for_bands(L1C)
+    mean, std = (torch.tensor(full[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    expected = ((x - mean) / std)[..., 16:240, 16:240]
+    torch.testing.assert_close(ResNet50_Weights.SENTINEL2_ALL_SOFTCON.transforms(x.clone()), expected)
+    # 8-bit true-colour inputs (SeCo) are not the stacks' units; ImageNet: the dataset z-score (module doc)
+    assert declared_input_transform(ModelConfig(encoder_weights="ResNet18_Weights.SENTINEL2_RGB_SECO")) is None
+    assert declared_input_transform(ModelConfig(encoder_weights="imagenet")) is None
+    assert declared_input_transform(ModelConfig()) is None
+
+
+def test_input_transform_of_local_files(tmp_path: Path, l1c_state) -> None:
+    path = tmp_path / "enc.safetensors"
+    safetensors.torch.save_file(l1c_state, str(path), metadata={
+        "bands": ",".join(L1C), "input_transform": '{"mean": 1000, "std": 2000}'})
+    declared = declared_input_transform(ModelConfig(encoder_weights=str(path)))
+    assert declared is not None and declared.for_bands(["B02"])["mean"] == [1000.0]
+    plain = save(l1c_state, tmp_path, "plain.pth")  # declares nothing
+    assert declared_input_transform(ModelConfig(encoder_weights=str(plain))) is None
+    for bad, match in (({"mean": [1, 2], "std": [1, 2, 3]}, "2 means, 3 stds"), ({"std": 5}, "lacks mean"),
+                       ({"mean": 0, "std": 0}, "positive stds"), ("{oops", "not JSON")):
+        bad_file = save({"state_dict": l1c_state, "input_transform": bad}, tmp_path, "bad.pth")
+        with pytest.raises(ModelError, match=match):
+            declared_input_transform(ModelConfig(encoder_weights=str(bad_file)))
+    unnamed = InputTransform((1.0, 2.0), (3.0, 4.0), None, "x")
+    with pytest.raises(ModelError, match="no band names"):
+        unnamed.for_bands(L2A)
+
+
+def test_normalization_modes_of_the_datamodule(learnable: Path) -> None:
+    from landcover.datamodule import DataConfig, LandcoverDataModule
+
+    info = json.loads((learnable / "dataset.json").read_text())["normalization"]
+    declared = InputTransform((500.0, 600.0), (50.0, 60.0), ("B03", "B02"), "weight file w.pth")
+    auto = LandcoverDataModule(DataConfig(dataset=learnable), input_transform=declared)
+    # B02 B03 from the weights, B04 B08 (no statistics in the weights) from the dataset
+    assert auto.normalization["mean"] == pytest.approx([600.0, 500.0, *info["mean"][2:]])
+    assert auto.normalization["std"] == pytest.approx([60.0, 50.0, *info["std"][2:]])
+    assert auto.normalization["mode"] == "weights" and "w.pth" in auto.normalization["from"]
+    dataset = LandcoverDataModule(DataConfig(dataset=learnable, normalization="dataset"), input_transform=declared)
+    assert dataset.normalization["mean"] == pytest.approx(info["mean"]) and dataset.normalization["mode"] == "dataset"
+    plain = LandcoverDataModule(DataConfig(dataset=learnable))  # auto without declared transform: dataset
+    assert plain.normalization["mean"] == pytest.approx(info["mean"]) and plain.normalization["mode"] == "dataset"
+    raw = LandcoverDataModule(DataConfig(dataset=learnable, normalization="none"), input_transform=declared)
+    assert raw.normalization["std"] == [10000.0] * 4 and raw.normalization["mode"] == "none"
+    with pytest.raises(ConfigError, match="declares no input transform"):
+        LandcoverDataModule(DataConfig(dataset=learnable, normalization="weights"))
