@@ -56,12 +56,14 @@ def make_learnable_scene(folder: Path, size: int = 256, seed: int = 0, x0: float
     return img, labels
 
 
-def make_learnable_dataset(root: Path, size: int = 768, tile_size: int = 32, seed: int = 0) -> Path:
-    """Ingest one learnable scene into ``root/dataset`` (level 1, tiles of ``tile_size``) and return it."""
+def make_learnable_dataset(root: Path, size: int = 768, tile_size: int = 32, seed: int = 0,
+                           split: dict | None = None) -> Path:
+    """Ingest one learnable scene into ``root/dataset`` (level 1, tiles of ``tile_size``) and return it;
+    ``split`` replaces the split settings (blocks of 6 tiles, fractions 0.6/0.2/0.2)."""
     image, labels = make_learnable_scene(root / "raw", size=size, seed=seed)
     config = IngestConfig(
         nomenclature="level1", tile_size=tile_size, overviews=False,
-        split={"block_size_m": tile_size * 10 * 6, "seed": seed, "fractions": (0.6, 0.2, 0.2)},
+        split=split or {"block_size_m": tile_size * 10 * 6, "seed": seed, "fractions": (0.6, 0.2, 0.2)},
     )
     ingest([image], root / "dataset", labels=labels, config=config)
     return root / "dataset"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,10 @@ def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops
 def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path):
     """2-process CPU DDP: each rank draws half of data.max_train_tiles_per_epoch, and the val mIoU logged
     under DDP equals a single-process evaluation of the same checkpoint (no tile repeated or left out)."""
+    from landcover.ingest import finalize, split_settings
+
+    dataset = Path(shutil.copytree(dataset, tmp_path / "dataset"))
+    finalize(dataset, split=split_settings(dataset, ["split.seed=2"]))  # re-split: 9 val tiles
     val_tiles = len(LandcoverDataModule(tiny(dataset).data).split_tiles("val"))
     assert val_tiles % 2  # an odd count: a DistributedSampler would pad it with a repeated tile
     out = tmp_path / "ddp"

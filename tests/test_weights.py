@@ -277,7 +277,9 @@ def test_set_encoder_trainable() -> None:
 def learnable(tmp_path_factory) -> Path:
     from tests.learnable import make_learnable_dataset
 
-    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"), size=256)  # bands B02 B03 B04 B08
+    # bands B02 B03 B04 B08; small blocks, so that this small scene has train, val and test tiles
+    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"), size=256,
+                                  split={"block_size_m": 1280, "seed": 4, "fractions": (0.6, 0.2, 0.2)})
 
 
 @pytest.fixture(scope="module")
