@@ -131,7 +131,7 @@ def dataset(scenes, tmp_path_factory):
     scene_list, clc = scenes
     out = tmp_path_factory.mktemp("ds") / "dataset"
     proc = subprocess.run([LANDCOVER, "ingest", "--from-list", str(scene_list), "--labels", str(clc), "--out", str(out),
-                           "--nomenclature", "level1", "--tile-size", "32", "--block-size", "1920"],
+                           "--nomenclature", "level1", "--tile-size", "32", "--block-size", "1920", "--seed", "3"],
                           capture_output=True, text=True, env=env())
     assert proc.returncode == 0, proc.stderr
     return out
@@ -167,7 +167,7 @@ def test_pipeline_chains_ingest_finalize_train_predict(scenes, tmp_path):
         capture_output=True, text=True, cwd=ROOT,
         env=env(INGEST_TASKS="2", PREDICT_TASKS="2", GPUS_PER_NODE="0", TASKS_PER_NODE="2",
                 SBATCH_ARGS="--cpus-per-task=1", PREDICT_ARGS="--device cpu",
-                INGEST_ARGS="--nomenclature level1 --tile-size 32 --block-size 1920", TRAIN_ARGS=" ".join(TRAIN_ARGS)),
+                INGEST_ARGS="--nomenclature level1 --tile-size 32 --block-size 1920 --seed 3", TRAIN_ARGS=" ".join(TRAIN_ARGS)),
     )
     assert proc.returncode == 0, proc.stderr
     jobs = dict(line.split() for line in proc.stdout.split("\n") if line.strip())
@@ -208,7 +208,8 @@ def test_sweep_as_an_array_gives_the_local_pools_leaderboard(tmp_path):
     from landcover.sweep import run_sweep
     from tests.learnable import make_learnable_dataset
 
-    dataset = make_learnable_dataset(tmp_path, size=512, seed=1)  # small, with val and test tiles
+    dataset = make_learnable_dataset(tmp_path, size=512, seed=1,  # small, with val and test tiles
+                                     split={"block_size_m": 1920, "seed": 3, "fractions": (0.6, 0.2, 0.2)})
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(json.dumps({"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.001, 0.00001]},
                                  "set": {"trainer.max_epochs": 2, "optim.scheduler": "none"}}))
