@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "signal": None, "resume_hint": None}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,31 +44,87 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|num_workers|`srun` command).*")
 
 
-def sigterm_as_interrupt() -> None:
-    """Unwind on SIGTERM (scancel, a SLURM requeue or time limit) as on Ctrl-C: partial outputs are removed."""
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, what shells and SLURM report
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM (scancel, a time limit, ``kill``) and SIGINT (Ctrl-C) unwind it as an
+    interrupt (partial outputs are removed on the way out) and are remembered for the exit code.
+
+    Inside Lightning's ``fit`` its own SIGTERM handler runs first and calls this one: then the signal is only
+    recorded and Lightning stops at the next step (``SIGTERMException``), so checkpoints are never cut in half
+    and SLURM's pre-emption path (SIGUSR1: save ``hpc_ckpt_N.ckpt``, requeue) stays Lightning's.
+    """
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
 
     def interrupt(signum: int, frame: object) -> None:
+        _state["signal"] = signal.Signals(signum).name
+        if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is not interrupt:
+            return  # called by Lightning's handler: it raises SIGTERMException at the next step
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _state["signal"] = None
+    for signum in previous:
+        signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _resume_command() -> str:
+    """This ``landcover train`` command line with ``--resume auto`` (and without --resume X, --overwrite)."""
+    import shlex
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--overwrite" or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        args.append(arg)
+    return shlex.join(["landcover", *args, "--resume", "auto"])
+
+
+def _interrupted(name: str) -> typer.Exit:
+    hint = _state.get("resume_hint") or "finished outputs are kept, partial ones were removed; run the same " \
+        "command again to resume"
+    err.print(f"interrupted ({name}): {hint}", highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(EXIT_CODES.get(name, 130))
 
 
 def handles_errors(fn: F) -> F:
-    """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug)."""
+    """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug), and an
+    interruption (SIGINT, SIGTERM) into one line and exit code 130 or 143 (Lightning's own exits included)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _state["resume_hint"] = None
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except LandcoverError as exc:
             if _state["debug"]:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted: finished outputs are kept, partial ones were removed; run again to resume")
-            raise typer.Exit(130) from None
+            raise _interrupted(_state.get("signal") or "SIGINT") from None
+        except SystemExit as exc:  # Lightning exits on SIGTERM (SIGTERMException, no code) and Ctrl-C (code 1)
+            if _state.get("signal"):
+                raise _interrupted(_state["signal"]) from None
+            raise exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -195,7 +251,6 @@ def ingest(
     from landcover.ingest import finalize as finalize_dataset
     from landcover.ingest import ingest as run_ingest
 
-    sigterm_as_interrupt()
     if finalize:
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
@@ -257,6 +312,8 @@ def train(
     from landcover.train import TrainConfig
     from landcover.train import train as run_train
 
+    _state["resume_hint"] = f"{out_dir / 'checkpoints' / 'last.ckpt'} holds the last finished epoch; resume with " \
+        f"`{_resume_command()}`"
     quiet_lightning()
     cfg = load_config(
         TrainConfig, config, set_,
@@ -363,7 +420,6 @@ def predict(
     from landcover.errors import ConfigError
     from landcover.predict import predict_many, predict_scene, scene_name
 
-    sigterm_as_interrupt()
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
         raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
@@ -410,7 +466,6 @@ def explain(
     from landcover.explain import explain as run_explain
     from landcover.explain import explain_command_summary
 
-    sigterm_as_interrupt()
     with progress_bars() as update:
         result = run_explain(checkpoint, input_path, out_dir, classes=classes, device=device, overwrite=overwrite,
                              progress=update)
@@ -427,6 +482,7 @@ def demo(
     """Run ingest -> train -> predict -> evaluate on the embedded real samples."""
     from landcover.demo import demo_summary, run_demo
 
+    _state["resume_hint"] = "the finished steps are kept; run the same command again to continue (training starts over)"
     quiet_lightning()
     if task not in ("segmentation", "classification", "all"):
         err.print(f"[bold red]error:[/] unknown task {task!r}: use segmentation, classification or all")

@@ -1,0 +1,64 @@
+"""Failures that tell the truth: interrupted commands exit non-zero with one line, failed runs leave nothing
+that blocks the corrected one, and bad arguments are reported before the heavy imports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.learnable import make_learnable_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "landcover.cli"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"))
+
+
+def train_args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [*CLI, "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset), "--out", str(out),
+            "--set", "trainer.limit_train_batches=2", "--set", "trainer.limit_val_batches=1", *extra]
+
+
+def interrupt_when(args: list[str], ready: Path, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``args``, send ``signum`` once ``ready`` exists, return the finished process."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + timeout
+    while not ready.exists() and proc.poll() is None and time.time() < end:
+        time.sleep(0.1)
+    assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()[1][-2000:]}"
+    os.kill(proc.pid, signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_sigterm_stops_training_with_143_and_resume_completes(dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt",
+                          signal.SIGTERM)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
+    assert "--resume auto" in lines[0]
+    assert not (run / "metrics.json").exists()
+    again = subprocess.run(train_args(dataset, run, "--max-epochs", "2", "--resume", "auto"),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "metrics.json").exists()
+
+
+def test_sigint_stops_training_with_130(dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt",
+                          signal.SIGINT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT)"), proc.stderr[-2000:]
