@@ -3,6 +3,7 @@ that blocks the corrected one, and bad arguments are reported before the heavy i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,9 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 
-from tests.learnable import make_learnable_dataset
+from landcover.errors import UnknownCodeError
+from landcover.ingest import IngestConfig, ingest
+from tests.conftest import write_raster
+from tests.learnable import make_learnable_dataset, make_learnable_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "landcover.cli"]
@@ -62,3 +68,18 @@ def test_sigint_stops_training_with_130(dataset, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT)"), proc.stderr[-2000:]
+
+
+def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_path):
+    image, labels = make_learnable_scene(tmp_path / "raw", size=256)
+    with rasterio.open(labels) as src:
+        bad = write_raster(tmp_path / "bad_labels.tif", np.full((src.height, src.width), 999, np.uint16),
+                           "EPSG:32633", src.transform)
+    config = IngestConfig(nomenclature="level1", tile_size=32, overviews=False,
+                          split={"block_size_m": 3200, "min_valid_fraction": 0.0})
+    with pytest.raises(UnknownCodeError):
+        ingest([image], tmp_path / "ds", labels=bad, config=config)
+    assert not list((tmp_path / "ds" / "scenes").glob("*/scene.json"))  # nothing was ingested
+    dataset = ingest([image], tmp_path / "ds", labels=labels, config=config)  # the corrected run proceeds
+    assert len(dataset["scenes"]) == 1 and dataset["scenes"][0]["labels"]
+    assert json.loads((tmp_path / "ds" / "ingest_settings.json").read_text())["labels"] == labels.name
