@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from typer.testing import CliRunner
 
+from landcover.cli import app
 from landcover.errors import UnknownCodeError
 from landcover.ingest import IngestConfig, ingest
 from tests.conftest import write_raster
-from tests.learnable import make_learnable_dataset, make_learnable_scene
+from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "landcover.cli"]
@@ -83,3 +85,27 @@ def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_p
     dataset = ingest([image], tmp_path / "ds", labels=labels, config=config)  # the corrected run proceeds
     assert len(dataset["scenes"]) == 1 and dataset["scenes"][0]["labels"]
     assert json.loads((tmp_path / "ds" / "ingest_settings.json").read_text())["labels"] == labels.name
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt")
+
+
+def test_predict_list_with_a_missing_entry_creates_no_output_folder(checkpoint, tmp_path):
+    image, _ = make_learnable_scene(tmp_path / "raw", size=64)
+    scenes = tmp_path / "scenes.txt"
+    scenes.write_text(f"{image}\nmissing/scene.tif\n")
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), "--from-list", str(scenes), "--out",
+                                      str(tmp_path / "maps"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "missing/scene.tif" in result.output and "do not exist" in result.output
+    assert not (tmp_path / "maps").exists()
+
+
+def test_explain_with_a_missing_input_creates_no_output_folder(checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["explain", str(checkpoint), str(tmp_path / "nope.tif"), "--out",
+                                      str(tmp_path / "explained"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "does not exist" in result.output
+    assert not (tmp_path / "explained").exists()
