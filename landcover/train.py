@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -125,10 +126,6 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     class_weights = None
     if cfg.loss.class_weights != "none":
         class_weights = data.class_weights(cfg.loss.class_weights).tolist()
-    # inputs are valid (dataset, checkpoints): only now is the run folder replaced or created
-    if ckpt_path is None and overwrite and out.exists() and first:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "nomenclature": info["nomenclature"],
         "normalization": info["normalization"],
@@ -150,6 +147,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         class_names=[c["name"] for c in info["nomenclature"]["classes"]], meta=meta,
         class_weights=class_weights, **kwargs,
     )
+    if ckpt_path is not None:
+        _check_resume_fits(task, out, ckpt_path)
+    # inputs are valid (dataset, checkpoints): only now is the run folder replaced or created
+    if ckpt_path is None and overwrite and out.exists() and first:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     # the resolved config and the dataset description travel with the run
     if first:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -227,6 +230,19 @@ def _resume_path(out: Path, resume: str | Path | None) -> str | None:
         return None
     _check_checkpoints([last, best])
     return str(last)
+
+
+def _check_resume_fits(task: Any, out: Path, ckpt_path: str) -> None:
+    """The checkpoint to resume from fits the model of this config (checked before anything is written)."""
+    if ckpt_path == "hpc":  # Lightning resumes from the highest-numbered one
+        ckpt_path = str(max(out.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)))
+    state = load_torch_file(ckpt_path, "checkpoint", "resume from RUN/checkpoints/last.ckpt")["state_dict"]
+    try:
+        task.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"{ckpt_path} does not fit the model of this config ({first}); resume with the config the "
+                         "run was trained with (RUN/config.yaml), or start a new run without --resume") from exc
 
 
 def _check_checkpoints(paths: list[Path]) -> None:

@@ -17,7 +17,7 @@ import rasterio
 from typer.testing import CliRunner
 
 from landcover.cli import app
-from landcover.errors import UnknownCodeError
+from landcover.errors import ModelError, UnknownCodeError
 from landcover.ingest import IngestConfig, ingest
 from tests.conftest import write_raster
 from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint
@@ -109,3 +109,23 @@ def test_explain_with_a_missing_input_creates_no_output_folder(checkpoint, tmp_p
     assert result.exit_code == 2, result.output
     assert "does not exist" in result.output
     assert not (tmp_path / "explained").exists()
+
+
+def test_failed_resume_writes_nothing(dataset, tmp_path):
+    from landcover.config import load_config
+    from landcover.train import TrainConfig, train
+
+    def cfg(*overrides: str) -> TrainConfig:
+        return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
+                           [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                            "trainer.limit_val_batches=1", *overrides])
+
+    train(cfg(), tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    with pytest.raises(ModelError, match="does not fit"):  # a ResNet-34 cannot continue a ResNet-18 run
+        train(cfg("model.encoder=resnet34", "trainer.max_epochs=2"), tmp_path / "other", resume=last)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ModelError, match="does not fit"):
+        train(cfg("model.encoder=resnet34", "trainer.max_epochs=2"), tmp_path / "run", resume="auto")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before  # the run is untouched
