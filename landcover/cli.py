@@ -308,6 +308,13 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
+    from landcover.preflight import check_train_arguments
+
+    values = {"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
+              "trainer.accelerator": accelerator,
+              "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)}
+    check_train_arguments(config, set_, resume, **values)  # before torch and Lightning are imported
+
     from landcover.config import load_config
     from landcover.train import TrainConfig
     from landcover.train import train as run_train
@@ -315,12 +322,7 @@ def train(
     _state["resume_hint"] = f"{out_dir / 'checkpoints' / 'last.ckpt'} holds the last finished epoch; resume with " \
         f"`{_resume_command()}`"
     quiet_lightning()
-    cfg = load_config(
-        TrainConfig, config, set_,
-        **{"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
-           "trainer.accelerator": accelerator,
-           "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)},
-    )
+    cfg = load_config(TrainConfig, config, set_, **values)
     metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
     if not metrics:  # a non-zero DDP rank
         return
@@ -344,6 +346,10 @@ def sweep(
 ) -> None:
     """Train many variants of a config (grid/list), rank them on validation, keep the best."""
     from landcover.cluster import parse_shard
+    from landcover.errors import ConfigError
+
+    if not sweep_file.is_file():
+        raise ConfigError(f"sweep file {sweep_file} does not exist; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
     from landcover.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
 
     if leaderboard_only:
@@ -418,12 +424,17 @@ def predict(
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.cluster import parse_shard, read_list, shard_items
     from landcover.errors import ConfigError
-    from landcover.predict import predict_many, predict_scene, scene_name
+    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
 
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
         raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
     part = parse_shard(shard)
+    check_checkpoint_exists(checkpoint)  # before torch is imported
+    check_inputs_exist(items)
+
+    from landcover.predict import predict_many, predict_scene, scene_name
+
     if part is not None and part[1] > 1:
         if out_path.suffix.lower() in (".tif", ".tiff"):
             raise ConfigError(f"--out {out_path} is a file name but --shard splits a batch; pass a folder")
@@ -463,6 +474,11 @@ def explain(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Show what a model relies on: Grad-CAM heat maps (classification) or entropy/margin maps (segmentation)."""
+    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
+
+    check_checkpoint_exists(checkpoint)  # before torch is imported
+    check_inputs_exist([input_path])
+
     from landcover.explain import explain as run_explain
     from landcover.explain import explain_command_summary
 
@@ -480,13 +496,14 @@ def demo(
     max_epochs: Annotated[int | None, typer.Option(help="Fewer epochs for a quicker look.")] = None,
 ) -> None:
     """Run ingest -> train -> predict -> evaluate on the embedded real samples."""
+    from landcover.errors import ConfigError
+
+    if task not in ("segmentation", "classification", "all"):
+        raise ConfigError(f"unknown task {task!r}: use segmentation, classification or all")
     from landcover.demo import demo_summary, run_demo
 
     _state["resume_hint"] = "the finished steps are kept; run the same command again to continue (training starts over)"
     quiet_lightning()
-    if task not in ("segmentation", "classification", "all"):
-        err.print(f"[bold red]error:[/] unknown task {task!r}: use segmentation, classification or all")
-        raise typer.Exit(2)
     results = run_demo(out_dir, task, say=lambda line: out.print(line, highlight=False), max_epochs=max_epochs)
     out.print("\n" + demo_summary(results), highlight=False)
 

@@ -45,7 +45,6 @@ from torch import nn
 from landcover import __version__
 from landcover.errors import (
     ConfigError,
-    InputFormatError,
     ModelError,
     OutputExistsError,
 )
@@ -56,6 +55,7 @@ from landcover.io import (
     write_qgis_style,
 )
 from landcover.models import ModelConfig, build_model
+from landcover.preflight import check_inputs_exist
 from landcover.safeload import load_torch_file
 from landcover.tables import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
 from landcover.windows import (
@@ -189,8 +189,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     paths = output_paths(out, probabilities=probabilities, confidence=confidence, quicklook=quicklook)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
-    if not input.exists():
-        raise InputFormatError(f"{input} does not exist; check the path")
+    check_inputs_exist([input])
     lm = checkpoint_or_loaded_model if isinstance(checkpoint_or_loaded_model, LoadedModel) \
         else load_checkpoint(checkpoint_or_loaded_model)
     seg = lm.task == "segmentation"
@@ -368,9 +367,7 @@ def predict_many(checkpoint_or_loaded_model: str | Path | LoadedModel, inputs: S
     names = [scene_name(p) for p in inputs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"inputs repeat a scene ({', '.join(dup)}); give each scene once")
-    if missing := [str(p) for p in inputs if not Path(p).exists()]:  # before any output is created
-        raise InputFormatError(f"{len(missing)} of {len(inputs)} inputs do not exist ({', '.join(missing[:5])}"
-                               f"{', ...' if len(missing) > 5 else ''}); check the paths (or the --from-list file)")
+    check_inputs_exist(inputs)  # before any output is created
     lm = checkpoint_or_loaded_model  # loaded when a scene needs it: a finished batch costs nothing
     flags = {k: options[k] for k in ("probabilities", "confidence", "quicklook") if k in options}
     summaries = []

@@ -129,3 +129,45 @@ def test_failed_resume_writes_nothing(dataset, tmp_path):
     with pytest.raises(ModelError, match="does not fit"):
         train(cfg("model.encoder=resnet34", "trainer.max_epochs=2"), tmp_path / "run", resume="auto")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before  # the run is untouched
+
+
+FAIL_FAST = """
+import sys
+from landcover.cli import main
+sys.argv = ["landcover", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    heavy = sorted(m for m in ("torch", "lightning", "segmentation_models_pytorch", "timm") if m in sys.modules)
+    print("heavy:", heavy, "exit:", exc.code)
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "missing.ckpt", "scene.tif", "--out", "map.tif"], "missing.ckpt does not exist"),
+    (["predict", "{ckpt}", "missing_scene.tif", "--out", "map.tif"], "missing_scene.tif does not exist"),
+    (["explain", "missing.ckpt", "scene.tif", "--out", "explained"], "missing.ckpt does not exist"),
+    (["train", "missing.yaml", "--dataset", "ds", "--out", "run"], "missing.yaml"),
+    (["train", "{tiny}", "--dataset", "no_dataset", "--out", "run"], "no_dataset does not exist"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epochs"], "KEY=VALUE"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainr.max_epochs=2"], "trainr"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--resume", "missing.ckpt"], "missing.ckpt"),
+    (["demo", "--task", "segmentatoin", "--out", "demo"], "segmentatoin"),
+    (["sweep", "missing_sweep.yaml", "--out", "sweep"], "missing_sweep.yaml"),
+])
+def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, tmp_path):
+    values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset}
+    args = [a.format(**values) for a in args]
+    proc = subprocess.run([sys.executable, "-c", FAIL_FAST, *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: [] exit: 2", (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not [p.name for p in tmp_path.iterdir()]  # and nothing was written
+
+
+def test_preflight_knows_every_section_of_the_training_config():
+    from landcover.preflight import TRAIN_SECTIONS
+    from landcover.train import TrainConfig
+
+    assert set(TRAIN_SECTIONS) == set(TrainConfig.model_fields)
