@@ -319,8 +319,8 @@ def train(
     from landcover.train import TrainConfig
     from landcover.train import train as run_train
 
-    _state["resume_hint"] = f"{out_dir / 'checkpoints' / 'last.ckpt'} holds the last finished epoch; resume with " \
-        f"`{_resume_command()}`"
+    _state["resume_hint"] = f"resume with `{_resume_command()}` (it continues from the last finished epoch, " \
+        f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
     quiet_lightning()
     cfg = load_config(TrainConfig, config, set_, **values)
     metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)

@@ -171,3 +171,12 @@ def test_preflight_knows_every_section_of_the_training_config():
     from landcover.train import TrainConfig
 
     assert set(TRAIN_SECTIONS) == set(TrainConfig.model_fields)
+
+
+def test_sigterm_stops_the_demo_with_143(tmp_path):
+    out = tmp_path / "demo"
+    proc = interrupt_when([*CLI, "demo", "--out", str(out), "--max-epochs", "1"],
+                          out / "segmentation" / "dataset" / "ingest_settings.json", signal.SIGTERM)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
