@@ -122,6 +122,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
 
     task_name = cfg.model.task
     data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed)
+    for split in ("train", "val"):
+        data.split_tiles(split)  # an empty split is an error now, before the run folder exists
     info = data.info
     class_weights = None
     if cfg.loss.class_weights != "none":

@@ -180,3 +180,15 @@ def test_sigterm_stops_the_demo_with_143(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
+
+
+def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
+    from landcover.config import load_config
+    from landcover.errors import DatasetError
+    from landcover.train import TrainConfig, train
+
+    small = make_learnable_dataset(tmp_path / "small", size=256)  # too small for a val block
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={small}"])
+    with pytest.raises(DatasetError, match=r"split .* is empty"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
