@@ -192,3 +192,23 @@ def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
     with pytest.raises(DatasetError, match=r"split .* is empty"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
+    image, labels = make_learnable_scene(tmp_path / "raw", size=2048)
+    out = tmp_path / "ds"
+    args = [*CLI, "ingest", str(image), "--labels", str(labels), "--out", str(out), "--nomenclature", "level1",
+            "--tile-size", "32", "--set", "split.min_valid_fraction=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while not list((out / "scenes").glob(".*partial*")) and proc.poll() is None and time.time() < end:
+        time.sleep(0.02)
+    assert proc.poll() is None, "ingest finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
+    assert not list((out / "scenes").iterdir())  # the partial scene was removed
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "dataset.json").exists() and len(list((out / "scenes").glob("*/scene.json"))) == 1
