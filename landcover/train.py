@@ -27,6 +27,7 @@ from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.datamodule import DataConfig, LandcoverDataModule
 from landcover.errors import ConfigError, ModelError, OutputExistsError
+from landcover.io import atomic_output
 from landcover.models import ModelConfig, count_parameters
 from landcover.safeload import load_torch_file
 from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
@@ -199,7 +200,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         "train_samples_per_second": round(trainer.global_step * cfg.data.batch_size * trainer.world_size
                                           / max(fit_seconds, 1e-9), 2),
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_output(out / "metrics.json", overwrite=True) as tmp:  # it marks a finished run: never half-written
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     if (Path(csv_logger.log_dir) / "metrics.csv").exists():
         _plot_curves(out / "logs", out / "curves.png", task.monitor)
     return metrics

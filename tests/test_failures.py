@@ -212,3 +212,25 @@ def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "dataset.json").exists() and len(list((out / "scenes").glob("*/scene.json"))) == 1
+
+
+def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, tmp_path, monkeypatch):
+    """metrics.json marks a finished run (a sweep skips such variants): it must never exist half-written."""
+    from landcover.config import load_config
+    from landcover.train import TrainConfig, train
+
+    real = Path.write_text
+
+    def killed_midway(self: Path, text: str, *args, **kwargs):
+        if "metrics.json" in self.name:
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
+                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                       "trainer.limit_val_batches=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run")
+    assert not [p.name for p in (tmp_path / "run").iterdir() if "metrics.json" in p.name]
