@@ -65,6 +65,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     def interrupt(signum: int, frame: object) -> None:
         _state["signal"] = signal.Signals(signum).name
+        if signum == signal.SIGTERM and _state.get("forward_sigterm"):
+            _signal_children(signum)
         if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is not interrupt:
             return  # called by Lightning's handler: it raises SIGTERMException at the next step
         raise KeyboardInterrupt
@@ -78,6 +80,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _signal_children(signum: int) -> None:
+    """Send ``signum`` to this process's children (a sweep's ``landcover train`` runs): a SIGTERM sent to the
+    sweep alone (``kill PID``) stops them too instead of the sweep waiting for them to finish (Linux /proc)."""
+    import contextlib
+    import os
+
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # "pid (name) state ppid ..."
+                os.kill(int(stat.parent.name), signum)
 
 
 def _resume_command() -> str:
@@ -110,7 +125,7 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _state["resume_hint"] = None
+        _state["resume_hint"], _state["forward_sigterm"] = None, False
         try:
             with sigterm_as_interrupt():
                 return fn(*args, **kwargs)
@@ -351,6 +366,8 @@ def sweep(
     if not sweep_file.is_file():
         raise ConfigError(f"sweep file {sweep_file} does not exist; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
     from landcover.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
+
+    _state["forward_sigterm"] = True  # the variants stop with the sweep; a rerun continues them
 
     if leaderboard_only:
         result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)

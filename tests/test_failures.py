@@ -234,3 +234,32 @@ def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, t
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
     assert not [p.name for p in (tmp_path / "run").iterdir() if "metrics.json" in p.name]
+
+
+def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tmp_path):
+    """`kill PID` of a sweep reaches the variants it runs: the sweep does not wait for them to finish."""
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "tiny.yaml", "parallel": 1, "grid": {"optim.lr": [0.003]},
+        "set": {"data.dataset": str(dataset), "trainer.max_epochs": 200, "trainer.patience": 200,
+                "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}}))
+    out = tmp_path / "sweep"
+    started = time.time()
+    proc = subprocess.Popen([*CLI, "sweep", str(sweep), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    end = started + 120
+    while not list(out.glob("variants/*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < end:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=60)  # 200 epochs would take minutes
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the sweep waited for its variants after SIGTERM") from None
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
+    log = next(out.glob("variants/*/train.log")).read_text()
+    assert "interrupted (SIGTERM)" in log  # the variant was stopped too, and resumes on the next run
