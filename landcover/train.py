@@ -116,7 +116,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     check_slurm_training(cfg.trainer.devices, cfg.trainer.num_nodes)
     ckpt_path = _resume_path(out, resume)
     first = _launch_rank() == 0  # processes started by srun or Lightning's launcher all run this
-    if ckpt_path is None and (out / "checkpoints").exists() and not overwrite and first:
+    # (--resume auto without a checkpoint to continue from starts the run, e.g. one killed before its first)
+    if ckpt_path is None and resume != "auto" and (out / "checkpoints").exists() and not overwrite and first:
         raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
                                 "--overwrite to replace it, or another --out")
     pl.seed_everything(cfg.trainer.seed, workers=True)

@@ -263,3 +263,18 @@ def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tm
     assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
     log = next(out.glob("variants/*/train.log")).read_text()
     assert "interrupted (SIGTERM)" in log  # the variant was stopped too, and resumes on the next run
+
+
+def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(dataset, tmp_path):
+    """A kill between the first best.ckpt and last.ckpt (or while the first one was written) leaves
+    checkpoints/ without last.ckpt: --resume auto must start the run, not refuse it."""
+    from landcover.config import load_config
+    from landcover.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
+                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                       "trainer.limit_val_batches=1"])
+    metrics = train(cfg, run, resume="auto")
+    assert metrics["stopped_epoch"] >= 0 and (run / "checkpoints" / "last.ckpt").exists()
