@@ -206,10 +206,10 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     lm.model.to(dev).eval()
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
-        remove_stale_temporaries(path)
     with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm)) as source:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands...): only now
+        for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
+            remove_stale_temporaries(path)
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
         gtiffs = {name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths}

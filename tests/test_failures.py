@@ -278,3 +278,14 @@ def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(da
                        "trainer.limit_val_batches=1"])
     metrics = train(cfg, run, resume="auto")
     assert metrics["stopped_epoch"] >= 0 and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_path):
+    ckpt = write_unet_checkpoint(tmp_path / "b11.ckpt", bands=["B02", "B03", "B04", "B08", "B11"])
+    image, _ = make_learnable_scene(tmp_path / "raw", size=64)  # B02 B03 B04 B08: no B11
+    (tmp_path / "list.txt").write_text(f"{image}\n")
+    for args in (["--out", str(tmp_path / "maps" / "scene.tif"), str(image)],
+                 ["--out", str(tmp_path / "batch"), "--from-list", str(tmp_path / "list.txt")]):
+        result = CliRunner().invoke(app, ["predict", str(ckpt), *args, "--device", "cpu"])
+        assert result.exit_code == 2 and "B11" in result.output, result.output
+    assert not (tmp_path / "maps").exists() and not (tmp_path / "batch").exists()
