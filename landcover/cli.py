@@ -54,7 +54,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     Inside Lightning's ``fit`` its own SIGTERM handler runs first and calls this one: then the signal is only
     recorded and Lightning stops at the next step (``SIGTERMException``), so checkpoints are never cut in half
-    and SLURM's pre-emption path (SIGUSR1: save ``hpc_ckpt_N.ckpt``, requeue) stays Lightning's.
+    and SLURM's pre-emption path (SIGUSR1: save ``hpc_ckpt_N.ckpt``, requeue) stays Lightning's. Ctrl-C there
+    is passed to Lightning's handler the same way. The first signal names the interruption.
     """
     import signal
     import threading
@@ -63,12 +64,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def interrupt(signum: int, frame: object) -> None:
-        _state["signal"] = signal.Signals(signum).name
+    def interrupt(signum: int, frame: Any) -> None:
+        again, _state["signal"] = _state["signal"], _state["signal"] or signal.Signals(signum).name
         if signum == signal.SIGTERM and _state.get("forward_sigterm"):
             _signal_children(signum)
-        if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is not interrupt:
-            return  # called by Lightning's handler: it raises SIGTERMException at the next step
+        lightning = signal.getsignal(signal.SIGTERM)
+        if lightning is not interrupt and callable(lightning) and not (again and signum == signal.SIGINT):
+            # inside a Lightning run (its SIGTERM handler is installed and calls this one): Lightning stops at the
+            # next step (SIGTERMException); Ctrl-C takes the same path (a KeyboardInterrupt raised while a
+            # checkpoint is closed can be swallowed), a second Ctrl-C stops at once
+            if signum == signal.SIGINT:
+                lightning(signal.SIGTERM, frame)
+            return
         raise KeyboardInterrupt
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
