@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "signal": None, "resume_hint": None}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,31 +44,109 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|num_workers|`srun` command).*")
 
 
-def sigterm_as_interrupt() -> None:
-    """Unwind on SIGTERM (scancel, a SLURM requeue or time limit) as on Ctrl-C: partial outputs are removed."""
-    import signal
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, what shells and SLURM report
 
-    def interrupt(signum: int, frame: object) -> None:
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM (scancel, a time limit, ``kill``) and SIGINT (Ctrl-C) unwind it as an
+    interrupt (partial outputs are removed on the way out) and are remembered for the exit code.
+
+    Inside Lightning's ``fit`` its own SIGTERM handler runs first and calls this one: then the signal is only
+    recorded and Lightning stops at the next step (``SIGTERMException``), so checkpoints are never cut in half
+    and SLURM's pre-emption path (SIGUSR1: save ``hpc_ckpt_N.ckpt``, requeue) stays Lightning's. Ctrl-C there
+    is passed to Lightning's handler the same way. The first signal names the interruption.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        again, _state["signal"] = _state["signal"], _state["signal"] or signal.Signals(signum).name
+        if signum == signal.SIGTERM and _state.get("forward_sigterm"):
+            _signal_children(signum)
+        lightning = signal.getsignal(signal.SIGTERM)
+        if lightning is not interrupt and callable(lightning) and not (again and signum == signal.SIGINT):
+            # inside a Lightning run (its SIGTERM handler is installed and calls this one): Lightning stops at the
+            # next step (SIGTERMException); Ctrl-C takes the same path (a KeyboardInterrupt raised while a
+            # checkpoint is closed can be swallowed), a second Ctrl-C stops at once
+            if signum == signal.SIGINT:
+                lightning(signal.SIGTERM, frame)
+            return
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _state["signal"] = None
+    for signum in previous:
+        signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _signal_children(signum: int) -> None:
+    """Send ``signum`` to this process's children (a sweep's ``landcover train`` runs): a SIGTERM sent to the
+    sweep alone (``kill PID``) stops them too instead of the sweep waiting for them to finish (Linux /proc)."""
+    import contextlib
+    import os
+
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # "pid (name) state ppid ..."
+                os.kill(int(stat.parent.name), signum)
+
+
+def _resume_command() -> str:
+    """This ``landcover train`` command line with ``--resume auto`` (and without --resume X, --overwrite)."""
+    import shlex
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--overwrite" or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        args.append(arg)
+    return shlex.join(["landcover", *args, "--resume", "auto"])
+
+
+def _interrupted(name: str) -> typer.Exit:
+    hint = _state.get("resume_hint") or "finished outputs are kept, partial ones were removed; run the same " \
+        "command again to resume"
+    err.print(f"interrupted ({name}): {hint}", highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(EXIT_CODES.get(name, 130))
 
 
 def handles_errors(fn: F) -> F:
-    """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug)."""
+    """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug), and an
+    interruption (SIGINT, SIGTERM) into one line and exit code 130 or 143 (Lightning's own exits included)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _state["resume_hint"], _state["forward_sigterm"] = None, False
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except LandcoverError as exc:
             if _state["debug"]:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted: finished outputs are kept, partial ones were removed; run again to resume")
-            raise typer.Exit(130) from None
+            raise _interrupted(_state.get("signal") or "SIGINT") from None
+        except SystemExit as exc:  # Lightning exits on SIGTERM (SIGTERMException, no code) and Ctrl-C (code 1)
+            if _state.get("signal"):
+                raise _interrupted(_state["signal"]) from None
+            raise exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -195,7 +273,6 @@ def ingest(
     from landcover.ingest import finalize as finalize_dataset
     from landcover.ingest import ingest as run_ingest
 
-    sigterm_as_interrupt()
     if finalize:
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
@@ -253,17 +330,21 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
+    from landcover.preflight import check_train_arguments
+
+    values = {"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
+              "trainer.accelerator": accelerator,
+              "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)}
+    check_train_arguments(config, set_, resume, **values)  # before torch and Lightning are imported
+
     from landcover.config import load_config
     from landcover.train import TrainConfig
     from landcover.train import train as run_train
 
+    _state["resume_hint"] = f"resume with `{_resume_command()}` (it continues from the last finished epoch, " \
+        f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
     quiet_lightning()
-    cfg = load_config(
-        TrainConfig, config, set_,
-        **{"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
-           "trainer.accelerator": accelerator,
-           "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)},
-    )
+    cfg = load_config(TrainConfig, config, set_, **values)
     metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
     if not metrics:  # a non-zero DDP rank
         return
@@ -287,7 +368,13 @@ def sweep(
 ) -> None:
     """Train many variants of a config (grid/list), rank them on validation, keep the best."""
     from landcover.cluster import parse_shard
+    from landcover.errors import ConfigError
+
+    if not sweep_file.is_file():
+        raise ConfigError(f"sweep file {sweep_file} does not exist; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
     from landcover.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
+
+    _state["forward_sigterm"] = True  # the variants stop with the sweep; a rerun continues them
 
     if leaderboard_only:
         result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)
@@ -361,13 +448,17 @@ def predict(
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.cluster import parse_shard, read_list, shard_items
     from landcover.errors import ConfigError
-    from landcover.predict import predict_many, predict_scene, scene_name
+    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
 
-    sigterm_as_interrupt()
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
         raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
     part = parse_shard(shard)
+    check_checkpoint_exists(checkpoint)  # before torch is imported
+    check_inputs_exist(items)
+
+    from landcover.predict import predict_many, predict_scene, scene_name
+
     if part is not None and part[1] > 1:
         if out_path.suffix.lower() in (".tif", ".tiff"):
             raise ConfigError(f"--out {out_path} is a file name but --shard splits a batch; pass a folder")
@@ -407,10 +498,14 @@ def explain(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Show what a model relies on: Grad-CAM heat maps (classification) or entropy/margin maps (segmentation)."""
+    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
+
+    check_checkpoint_exists(checkpoint)  # before torch is imported
+    check_inputs_exist([input_path])
+
     from landcover.explain import explain as run_explain
     from landcover.explain import explain_command_summary
 
-    sigterm_as_interrupt()
     with progress_bars() as update:
         result = run_explain(checkpoint, input_path, out_dir, classes=classes, device=device, overwrite=overwrite,
                              progress=update)
@@ -425,12 +520,14 @@ def demo(
     max_epochs: Annotated[int | None, typer.Option(help="Fewer epochs for a quicker look.")] = None,
 ) -> None:
     """Run ingest -> train -> predict -> evaluate on the embedded real samples."""
+    from landcover.errors import ConfigError
+
+    if task not in ("segmentation", "classification", "all"):
+        raise ConfigError(f"unknown task {task!r}: use segmentation, classification or all")
     from landcover.demo import demo_summary, run_demo
 
+    _state["resume_hint"] = "the finished steps are kept; run the same command again to continue (training starts over)"
     quiet_lightning()
-    if task not in ("segmentation", "classification", "all"):
-        err.print(f"[bold red]error:[/] unknown task {task!r}: use segmentation, classification or all")
-        raise typer.Exit(2)
     results = run_demo(out_dir, task, say=lambda line: out.print(line, highlight=False), max_epochs=max_epochs)
     out.print("\n" + demo_summary(results), highlight=False)
 

@@ -37,9 +37,9 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
-                **values: object) -> M:
-    """Read ``path`` (YAML), apply ``values`` (non-None CLI options) and ``overrides``, validate."""
+def config_data(path: str | Path | None = None, overrides: list[str] | None = None, **values: object) -> dict:
+    """The settings of ``path`` (YAML) with ``values`` (non-None CLI options) and ``overrides`` applied, not yet
+    validated (cheap: no model class needed, e.g. to check arguments before the heavy imports)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -54,6 +54,13 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
             apply_override(data, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
     for assignment in overrides or []:
         apply_override(data, assignment)
+    return data
+
+
+def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
+                **values: object) -> M:
+    """Read ``path`` (YAML), apply ``values`` (non-None CLI options) and ``overrides``, validate."""
+    data = config_data(path, overrides, **values)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

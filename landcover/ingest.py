@@ -153,6 +153,9 @@ def _with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
 def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """Create ``out`` or check it holds a dataset made with the same settings.
 
+    A folder whose settings file exists but that holds no finished scene (a run that failed on bad labels
+    or a bad mapping) is not a dataset yet: its settings are replaced by these.
+
     Safe when several shards (array tasks) start at once: the settings file is created atomically
     (the first one wins) and every other shard checks it holds the same settings.
     """
@@ -160,7 +163,10 @@ def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
     if marker.exists():
         old = _with_defaults(json.loads(marker.read_text()))
-        if old != settings:
+        finished = any((out / "scenes").glob("*/scene.json"))
+        if old != settings and not finished:  # a run that failed before its first scene: not a dataset yet
+            marker.unlink(missing_ok=True)
+        elif old != settings:
             if not overwrite:
                 changed = sorted(k for k in settings["config"] if old.get("config", {}).get(k) != settings["config"][k])
                 raise OutputExistsError(

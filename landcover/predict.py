@@ -55,6 +55,7 @@ from landcover.io import (
     write_qgis_style,
 )
 from landcover.models import ModelConfig, build_model
+from landcover.preflight import check_inputs_exist
 from landcover.safeload import load_torch_file
 from landcover.tables import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
 from landcover.windows import (
@@ -189,6 +190,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     paths = output_paths(out, probabilities=probabilities, confidence=confidence, quicklook=quicklook)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    check_inputs_exist([input])
     lm = checkpoint_or_loaded_model if isinstance(checkpoint_or_loaded_model, LoadedModel) \
         else load_checkpoint(checkpoint_or_loaded_model)
     seg = lm.task == "segmentation"
@@ -205,10 +207,10 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     lm.model.to(dev).eval()
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
-        remove_stale_temporaries(path)
     with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm)) as source:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands...): only now
+        for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
+            remove_stale_temporaries(path)
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
         gtiffs = {name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths}
@@ -366,6 +368,7 @@ def predict_many(checkpoint_or_loaded_model: str | Path | LoadedModel, inputs: S
     names = [scene_name(p) for p in inputs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"inputs repeat a scene ({', '.join(dup)}); give each scene once")
+    check_inputs_exist(inputs)  # before any output is created
     lm = checkpoint_or_loaded_model  # loaded when a scene needs it: a finished batch costs nothing
     flags = {k: options[k] for k in ("probabilities", "confidence", "quicklook") if k in options}
     summaries = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from landcover.cluster import check_slurm_training
 from landcover.datamodule import DataConfig, LandcoverDataModule
 from landcover.errors import ConfigError, ModelError, OutputExistsError
 from landcover.input_transform import declared_input_transform
+from landcover.io import atomic_output
 from landcover.models import ModelConfig, count_parameters
 from landcover.safeload import load_torch_file
 from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
@@ -115,7 +117,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     check_slurm_training(cfg.trainer.devices, cfg.trainer.num_nodes)
     ckpt_path = _resume_path(out, resume)
     first = _launch_rank() == 0  # processes started by srun or Lightning's launcher all run this
-    if ckpt_path is None and (out / "checkpoints").exists() and not overwrite and first:
+    # (--resume auto without a checkpoint to continue from starts the run, e.g. one killed before its first)
+    if ckpt_path is None and resume != "auto" and (out / "checkpoints").exists() and not overwrite and first:
         raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
                                 "--overwrite to replace it, or another --out")
     pl.seed_everything(cfg.trainer.seed, workers=True)
@@ -123,14 +126,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     task_name = cfg.model.task
     declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
     data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed, input_transform=declared)
+    for split in ("train", "val"):
+        data.split_tiles(split)  # an empty split is an error now, before the run folder exists
     info = data.info
     class_weights = None
     if cfg.loss.class_weights != "none":
         class_weights = data.class_weights(cfg.loss.class_weights).tolist()
-    # inputs are valid (dataset, checkpoints): only now is the run folder replaced or created
-    if ckpt_path is None and overwrite and out.exists() and first:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "nomenclature": info["nomenclature"],
         "normalization": data.normalization,  # what the model was trained on (and from which split); predict applies it
@@ -153,6 +154,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         class_names=[c["name"] for c in info["nomenclature"]["classes"]], meta=meta,
         class_weights=class_weights, **kwargs,
     )
+    if ckpt_path is not None:
+        _check_resume_fits(task, out, ckpt_path)
+    # inputs are valid (dataset, checkpoints): only now is the run folder replaced or created
+    if ckpt_path is None and overwrite and out.exists() and first:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     # the resolved config and the dataset description travel with the run
     if first:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -201,7 +208,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         "train_samples_per_second": round(trainer.global_step * cfg.data.batch_size * trainer.world_size
                                           / max(fit_seconds, 1e-9), 2),
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_output(out / "metrics.json", overwrite=True) as tmp:  # it marks a finished run: never half-written
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     if (Path(csv_logger.log_dir) / "metrics.csv").exists():
         _plot_curves(out / "logs", out / "curves.png", task.monitor)
     return metrics
@@ -234,6 +242,19 @@ def _resume_path(out: Path, resume: str | Path | None) -> str | None:
         return None
     _check_checkpoints([last, best])
     return str(last)
+
+
+def _check_resume_fits(task: Any, out: Path, ckpt_path: str) -> None:
+    """The checkpoint to resume from fits the model of this config (checked before anything is written)."""
+    if ckpt_path == "hpc":  # Lightning resumes from the highest-numbered one
+        ckpt_path = str(max(out.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)))
+    state = load_torch_file(ckpt_path, "checkpoint", "resume from RUN/checkpoints/last.ckpt")["state_dict"]
+    try:
+        task.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"{ckpt_path} does not fit the model of this config ({first}); resume with the config the "
+                         "run was trained with (RUN/config.yaml), or start a new run without --resume") from exc
 
 
 def _check_checkpoints(paths: list[Path]) -> None:

@@ -62,7 +62,8 @@ def test_train_resume_from_a_poisoned_checkpoint_is_refused_before_any_run_folde
     marker = tmp_path / "pwned"
     evil = poison(tmp_path / "evil.ckpt", marker)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(tmp_path / "ds"),
+    dataset = make_learnable_dataset(tmp_path / "ds")  # a real one: a missing dataset is reported first
+    result = runner.invoke(app, ["train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
                                  "--out", str(out), "--resume", str(evil)])
     assert result.exit_code == 2, result.output
     assert_refused(result.output, marker)
@@ -123,9 +124,10 @@ def test_torch_override_variable_does_not_unlock_unsafe_loading(tmp_path):
     out = tmp_path / "run"
     poison(out / "checkpoints" / "last.ckpt", marker)
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    dataset = make_learnable_dataset(tmp_path / "ds")  # a real one: a missing dataset is reported first
     proc = subprocess.run(
         [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset",
-         str(tmp_path / "ds"), "--out", str(out), "--resume", "auto"],
+         str(dataset), "--out", str(out), "--resume", "auto"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,0 +1,291 @@
+"""Failures that tell the truth: interrupted commands exit non-zero with one line, failed runs leave nothing
+that blocks the corrected one, and bad arguments are reported before the heavy imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from typer.testing import CliRunner
+
+from landcover.cli import app
+from landcover.errors import ModelError, UnknownCodeError
+from landcover.ingest import IngestConfig, ingest
+from tests.conftest import write_raster
+from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "landcover.cli"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"))
+
+
+def train_args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [*CLI, "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset), "--out", str(out),
+            "--set", "trainer.limit_train_batches=2", "--set", "trainer.limit_val_batches=1", *extra]
+
+
+def interrupt_when(args: list[str], ready: Path, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``args``, send ``signum`` once ``ready`` exists, return the finished process."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + timeout
+    while not ready.exists() and proc.poll() is None and time.time() < end:
+        time.sleep(0.1)
+    assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()[1][-2000:]}"
+    os.kill(proc.pid, signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_sigterm_stops_training_with_143_and_resume_completes(dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt",
+                          signal.SIGTERM)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
+    assert "--resume auto" in lines[0]
+    assert not (run / "metrics.json").exists()
+    again = subprocess.run(train_args(dataset, run, "--max-epochs", "2", "--resume", "auto"),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "metrics.json").exists()
+
+
+def test_sigint_stops_training_with_130(dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt",
+                          signal.SIGINT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT)"), proc.stderr[-2000:]
+
+
+def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_path):
+    image, labels = make_learnable_scene(tmp_path / "raw", size=256)
+    with rasterio.open(labels) as src:
+        bad = write_raster(tmp_path / "bad_labels.tif", np.full((src.height, src.width), 999, np.uint16),
+                           "EPSG:32633", src.transform)
+    config = IngestConfig(nomenclature="level1", tile_size=32, overviews=False,
+                          split={"block_size_m": 3200, "min_valid_fraction": 0.0})
+    with pytest.raises(UnknownCodeError):
+        ingest([image], tmp_path / "ds", labels=bad, config=config)
+    assert not list((tmp_path / "ds" / "scenes").glob("*/scene.json"))  # nothing was ingested
+    dataset = ingest([image], tmp_path / "ds", labels=labels, config=config)  # the corrected run proceeds
+    assert len(dataset["scenes"]) == 1 and dataset["scenes"][0]["labels"]
+    assert json.loads((tmp_path / "ds" / "ingest_settings.json").read_text())["labels"] == labels.name
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt")
+
+
+def test_predict_list_with_a_missing_entry_creates_no_output_folder(checkpoint, tmp_path):
+    image, _ = make_learnable_scene(tmp_path / "raw", size=64)
+    scenes = tmp_path / "scenes.txt"
+    scenes.write_text(f"{image}\nmissing/scene.tif\n")
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), "--from-list", str(scenes), "--out",
+                                      str(tmp_path / "maps"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "missing/scene.tif" in result.output and "do not exist" in result.output
+    assert not (tmp_path / "maps").exists()
+
+
+def test_explain_with_a_missing_input_creates_no_output_folder(checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["explain", str(checkpoint), str(tmp_path / "nope.tif"), "--out",
+                                      str(tmp_path / "explained"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "does not exist" in result.output
+    assert not (tmp_path / "explained").exists()
+
+
+def test_failed_resume_writes_nothing(dataset, tmp_path):
+    from landcover.config import load_config
+    from landcover.train import TrainConfig, train
+
+    def cfg(*overrides: str) -> TrainConfig:
+        return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
+                           [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                            "trainer.limit_val_batches=1", *overrides])
+
+    train(cfg(), tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    with pytest.raises(ModelError, match="does not fit"):  # a ResNet-34 cannot continue a ResNet-18 run
+        train(cfg("model.encoder=resnet34", "trainer.max_epochs=2"), tmp_path / "other", resume=last)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ModelError, match="does not fit"):
+        train(cfg("model.encoder=resnet34", "trainer.max_epochs=2"), tmp_path / "run", resume="auto")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before  # the run is untouched
+
+
+FAIL_FAST = """
+import sys
+from landcover.cli import main
+sys.argv = ["landcover", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    heavy = sorted(m for m in ("torch", "lightning", "segmentation_models_pytorch", "timm") if m in sys.modules)
+    print("heavy:", heavy, "exit:", exc.code)
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "missing.ckpt", "scene.tif", "--out", "map.tif"], "missing.ckpt does not exist"),
+    (["predict", "{ckpt}", "missing_scene.tif", "--out", "map.tif"], "missing_scene.tif does not exist"),
+    (["explain", "missing.ckpt", "scene.tif", "--out", "explained"], "missing.ckpt does not exist"),
+    (["train", "missing.yaml", "--dataset", "ds", "--out", "run"], "missing.yaml"),
+    (["train", "{tiny}", "--dataset", "no_dataset", "--out", "run"], "no_dataset does not exist"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epochs"], "KEY=VALUE"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainr.max_epochs=2"], "trainr"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--resume", "missing.ckpt"], "missing.ckpt"),
+    (["demo", "--task", "segmentatoin", "--out", "demo"], "segmentatoin"),
+    (["sweep", "missing_sweep.yaml", "--out", "sweep"], "missing_sweep.yaml"),
+])
+def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, tmp_path):
+    values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset}
+    args = [a.format(**values) for a in args]
+    proc = subprocess.run([sys.executable, "-c", FAIL_FAST, *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: [] exit: 2", (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not [p.name for p in tmp_path.iterdir()]  # and nothing was written
+
+
+def test_preflight_knows_every_section_of_the_training_config():
+    from landcover.preflight import TRAIN_SECTIONS
+    from landcover.train import TrainConfig
+
+    assert set(TRAIN_SECTIONS) == set(TrainConfig.model_fields)
+
+
+def test_sigterm_stops_the_demo_with_143(tmp_path):
+    out = tmp_path / "demo"
+    proc = interrupt_when([*CLI, "demo", "--out", str(out), "--max-epochs", "1"],
+                          out / "segmentation" / "dataset" / "ingest_settings.json", signal.SIGTERM)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
+
+
+def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
+    from landcover.config import load_config
+    from landcover.errors import DatasetError
+    from landcover.train import TrainConfig, train
+
+    small = make_learnable_dataset(tmp_path / "small", size=256)  # too small for a val block
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={small}"])
+    with pytest.raises(DatasetError, match=r"split .* is empty"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
+    image, labels = make_learnable_scene(tmp_path / "raw", size=2048)
+    out = tmp_path / "ds"
+    args = [*CLI, "ingest", str(image), "--labels", str(labels), "--out", str(out), "--nomenclature", "level1",
+            "--tile-size", "32", "--set", "split.min_valid_fraction=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while not list((out / "scenes").glob(".*partial*")) and proc.poll() is None and time.time() < end:
+        time.sleep(0.02)
+    assert proc.poll() is None, "ingest finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
+    assert not list((out / "scenes").iterdir())  # the partial scene was removed
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "dataset.json").exists() and len(list((out / "scenes").glob("*/scene.json"))) == 1
+
+
+def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, tmp_path, monkeypatch):
+    """metrics.json marks a finished run (a sweep skips such variants): it must never exist half-written."""
+    from landcover.config import load_config
+    from landcover.train import TrainConfig, train
+
+    real = Path.write_text
+
+    def killed_midway(self: Path, text: str, *args, **kwargs):
+        if "metrics.json" in self.name:
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
+                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                       "trainer.limit_val_batches=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run")
+    assert not [p.name for p in (tmp_path / "run").iterdir() if "metrics.json" in p.name]
+
+
+def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tmp_path):
+    """`kill PID` of a sweep reaches the variants it runs: the sweep does not wait for them to finish."""
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "tiny.yaml", "parallel": 1, "grid": {"optim.lr": [0.003]},
+        "set": {"data.dataset": str(dataset), "trainer.max_epochs": 200, "trainer.patience": 200,
+                "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}}))
+    out = tmp_path / "sweep"
+    started = time.time()
+    proc = subprocess.Popen([*CLI, "sweep", str(sweep), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    end = started + 120
+    while not list(out.glob("variants/*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < end:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=60)  # 200 epochs would take minutes
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the sweep waited for its variants after SIGTERM") from None
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
+    log = next(out.glob("variants/*/train.log")).read_text()
+    assert "interrupted (SIGTERM)" in log  # the variant was stopped too, and resumes on the next run
+
+
+def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(dataset, tmp_path):
+    """A kill between the first best.ckpt and last.ckpt (or while the first one was written) leaves
+    checkpoints/ without last.ckpt: --resume auto must start the run, not refuse it."""
+    from landcover.config import load_config
+    from landcover.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
+                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                       "trainer.limit_val_batches=1"])
+    metrics = train(cfg, run, resume="auto")
+    assert metrics["stopped_epoch"] >= 0 and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_path):
+    ckpt = write_unet_checkpoint(tmp_path / "b11.ckpt", bands=["B02", "B03", "B04", "B08", "B11"])
+    image, _ = make_learnable_scene(tmp_path / "raw", size=64)  # B02 B03 B04 B08: no B11
+    (tmp_path / "list.txt").write_text(f"{image}\n")
+    for args in (["--out", str(tmp_path / "maps" / "scene.tif"), str(image)],
+                 ["--out", str(tmp_path / "batch"), "--from-list", str(tmp_path / "list.txt")]):
+        result = CliRunner().invoke(app, ["predict", str(ckpt), *args, "--device", "cpu"])
+        assert result.exit_code == 2 and "B11" in result.output, result.output
+    assert not (tmp_path / "maps").exists() and not (tmp_path / "batch").exists()
