@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -37,16 +37,28 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The YAML document of ``path``; an unreadable or malformed file is one :class:`ConfigError` line
+    naming the file and, for a syntax error, the line and column."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["syntax error"])[0]
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}; correct the file") from exc
+
+
 def config_data(path: str | Path | None = None, overrides: list[str] | None = None, **values: object) -> dict:
     """The settings of ``path`` (YAML) with ``values`` (non-None CLI options) and ``overrides`` applied, not yet
     validated (cheap: no model class needed, e.g. to check arguments before the heavy imports)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a YAML mapping of settings")
     for key, value in values.items():

@@ -287,7 +287,7 @@ def ingest_scene(
                     img.update_tags(i, WAVELENGTH_NM=str(info.wavelength_nm), RESOLUTION_M=str(info.resolution))
                 img.update_tags(
                     PRODUCT_ID=product.product_id, SCALE="reflectance x 10000",
-                    PROCESSING_BASELINE=str(product.processing_baseline),
+                    PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
                     OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
                     SOFTWARE=f"landcover {__version__}",
                 )

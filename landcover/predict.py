@@ -233,7 +233,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
                 bw.ds.close()
         if progress:
             progress(f"{out.stem}: COG", 0, 1)
-        tags = {"PRODUCT_ID": source.product_id, "PROCESSING_BASELINE": str(source.baseline), "INPUT": str(input),
+        tags = {"PRODUCT_ID": source.product_id, "PROCESSING_BASELINE": str(source.baseline or "unknown"), "INPUT": str(input),
                 "CHECKPOINT": lm.path or "in-memory model", "CHECKPOINT_SHA256": lm.sha256 or "none",
                 "BANDS": json.dumps(lm.bands), "TASK": lm.task, "TILE_SIZE": str(t), "OVERLAP": str(o),
                 "BLENDING": "cosine ramps over the overlap, weights sum to 1", "SOFTWARE": f"landcover {__version__}"}

@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from landcover.cluster import Shard, shard_items
-from landcover.config import apply_override, config_dir, load_config
+from landcover.config import apply_override, config_dir, load_config, read_yaml
 from landcover.errors import ConfigError, OutputExistsError, TrainingError
 
 RESERVED = ("name",)
@@ -64,11 +64,9 @@ class SweepConfig(BaseModel):
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
     path = Path(path)
+    data = read_yaml(path, "sweep file") or {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
         cfg = SweepConfig.model_validate(data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read sweep file {path}: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'sweep'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid sweep file {path}: {problems}") from exc
