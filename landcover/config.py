@@ -76,8 +76,23 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid settings{where}: {problems}") from exc
+        # a key set on the command line is blamed on its option, the others on the file
+        given = {a.partition("=")[0].strip() for a in overrides or []}
+        options = {k for k, v in values.items() if v is not None}
+
+        def source(key: str) -> str:
+            parents = [".".join(key.split(".")[:i]) for i in range(len(key.split(".")), 0, -1)]
+            hit = next((p for p in parents if p in given), None)
+            if hit is not None:
+                return f"--set {hit}"
+            if any(p in options for p in parents):
+                return "the command-line option"
+            return f"in {path}" if path else "the defaults"
+
+        errors = [('.'.join(map(str, e["loc"])) or "config", e["msg"]) for e in exc.errors()]
+        sources = [source(key) for key, _ in errors]
+        if path and set(sources) == {f"in {path}"}:
+            problems = "; ".join(f"{key}: {msg}" for key, msg in errors)
+            raise ConfigError(f"invalid settings in {path}: {problems}") from exc
+        problems = "; ".join(f"{key} ({where}): {msg}" for (key, msg), where in zip(errors, sources, strict=True))
+        raise ConfigError(f"invalid settings: {problems}") from exc

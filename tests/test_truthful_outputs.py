@@ -43,3 +43,16 @@ def test_stack_tags_hold_no_literal_none(tmp_path):
         tags = src.tags()
     assert tags["PROCESSING_BASELINE"] == "unknown"
     assert "None" not in tags.values()
+
+
+def test_a_bad_set_value_is_blamed_on_set_not_on_the_file(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer:\n  max_epochs: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, good, ["trainer.max_epochs=-1"])
+    message = str(info.value)
+    assert "--set trainer.max_epochs" in message and f"in {good}" not in message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_epochs: -1\n")
+    with pytest.raises(ConfigError, match=f"in {bad}"):
+        load_config(TrainConfig, bad, ["trainer.patience=3"])
