@@ -48,14 +48,19 @@ def interrupt_when(args: list[str], ready: Path, signum: int, timeout: float = 1
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
+def interrupted_training(dataset, run, signum: signal.Signals, code: int) -> str:
+    """Interrupt a training once its first last.ckpt exists; check the exit code and the one stderr line."""
+    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt", signum)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted ({signum.name})"), proc.stderr[-2000:]
+    return lines[0]
+
+
 def test_sigterm_stops_training_with_143_and_resume_completes(dataset, tmp_path):
     run = tmp_path / "run"
-    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt",
-                          signal.SIGTERM)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 143, proc.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
-    assert "--resume auto" in lines[0]
+    line = interrupted_training(dataset, run, signal.SIGTERM, 143)
+    assert "--resume auto" in line
     assert not (run / "metrics.json").exists()
     again = subprocess.run(train_args(dataset, run, "--max-epochs", "2", "--resume", "auto"),
                            capture_output=True, text=True, timeout=300)
@@ -64,12 +69,7 @@ def test_sigterm_stops_training_with_143_and_resume_completes(dataset, tmp_path)
 
 
 def test_sigint_stops_training_with_130(dataset, tmp_path):
-    run = tmp_path / "run"
-    proc = interrupt_when(train_args(dataset, run, "--max-epochs", "50"), run / "checkpoints" / "last.ckpt",
-                          signal.SIGINT)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 130, proc.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT)"), proc.stderr[-2000:]
+    interrupted_training(dataset, tmp_path / "run", signal.SIGINT, 130)
 
 
 def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_path):
