@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,7 +188,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         use_distributed_sampler=False,
     )
     started = time.perf_counter()
-    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)  # checked above; never unsafe
+    with warnings.catch_warnings():
+        if ckpt_path is not None:  # a resumed run writes into its own checkpoint folder: not a warning
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)  # checked above; never unsafe
     fit_seconds = time.perf_counter() - started
     if trainer.world_size > 1:  # the final evaluation runs on rank 0 alone
         import torch.distributed as dist
