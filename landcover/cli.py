@@ -216,7 +216,7 @@ def labels(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Put CORINE Land Cover labels on exactly the grid of a reference raster."""
-    from landcover.labels import labels_like
+    from landcover.sources.labels import labels_like
 
     with progress_bars() as update:
         summary = labels_like(
@@ -268,10 +268,10 @@ def ingest(
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
     from landcover.cluster import parse_shard, read_list
     from landcover.config import load_config
+    from landcover.dataset.ingest import IngestConfig, split_settings
+    from landcover.dataset.ingest import finalize as finalize_dataset
+    from landcover.dataset.ingest import ingest as run_ingest
     from landcover.errors import ConfigError
-    from landcover.ingest import IngestConfig, split_settings
-    from landcover.ingest import finalize as finalize_dataset
-    from landcover.ingest import ingest as run_ingest
 
     if finalize:
         if inputs or from_list:
@@ -338,8 +338,8 @@ def train(
     check_train_arguments(config, set_, resume, **values)  # before torch and Lightning are imported
 
     from landcover.config import load_config
-    from landcover.train import TrainConfig
-    from landcover.train import train as run_train
+    from landcover.training.train import TrainConfig
+    from landcover.training.train import train as run_train
 
     _state["resume_hint"] = f"resume with `{_resume_command()}` (it continues from the last finished epoch, " \
         f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
@@ -372,7 +372,7 @@ def sweep(
 
     if not sweep_file.is_file():
         raise ConfigError(f"sweep file {sweep_file} does not exist; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
-    from landcover.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
+    from landcover.training.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
 
     _state["forward_sigterm"] = True  # the variants stop with the sweep; a rerun continues them
 
@@ -409,7 +409,7 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
 ) -> None:
     """Score a land-cover map against CORINE labels: IoU, kappa, confusion matrix, per-tile error map."""
-    from landcover.evaluate import evaluate_maps
+    from landcover.evaluation.evaluate import evaluate_maps
 
     with progress_bars() as update:
         metrics = evaluate_maps(
@@ -457,7 +457,7 @@ def predict(
     check_checkpoint_exists(checkpoint)  # before torch is imported
     check_inputs_exist(items)
 
-    from landcover.predict import predict_many, predict_scene, scene_name
+    from landcover.inference.predict import predict_many, predict_scene, scene_name
 
     if part is not None and part[1] > 1:
         if out_path.suffix.lower() in (".tif", ".tiff"):
@@ -503,8 +503,8 @@ def explain(
     check_checkpoint_exists(checkpoint)  # before torch is imported
     check_inputs_exist([input_path])
 
-    from landcover.explain import explain as run_explain
-    from landcover.explain import explain_command_summary
+    from landcover.inference.explain import explain as run_explain
+    from landcover.inference.explain import explain_command_summary
 
     with progress_bars() as update:
         result = run_explain(checkpoint, input_path, out_dir, classes=classes, device=device, overwrite=overwrite,

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from landcover.catalog import read_catalog
 from landcover.config import config_dir, load_config
-from landcover.evaluate import evaluate_maps, scores_from_confusion
-from landcover.ingest import IngestConfig, ingest
-from landcover.io import Grid, class_map_profile, style_class_map
-from landcover.tables import IGNORE, catalog_dir, nomenclature
+from landcover.dataset.catalog import read_catalog
+from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.evaluation.evaluate import evaluate_maps, scores_from_confusion
+from landcover.io.grid import Grid, class_map_profile, style_class_map
+from landcover.nomenclature import IGNORE, catalog_dir, nomenclature
 
 SAMPLES = Path(__file__).resolve().parent / "sample_data"
 Say = Callable[[str], None]
@@ -98,8 +98,8 @@ def nearest_centroid_baseline(dataset: Path) -> dict[str, Any]:
 
 
 def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dict[str, Any]:
-    from landcover.predict import predict_scene
-    from landcover.train import TrainConfig, train
+    from landcover.inference.predict import predict_scene
+    from landcover.training.train import TrainConfig, train
 
     say("1/4 ingest: Sentinel-2 L1C clip T33UUU + OpenStreetMap land use -> CORINE level 1")
     dataset = _ingest_segmentation(out / "dataset")
@@ -124,8 +124,8 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
 
 
 def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> dict[str, Any]:
-    from landcover.datamodule import LandcoverDataModule
-    from landcover.train import TrainConfig, evaluate_checkpoint, train
+    from landcover.training.datamodule import LandcoverDataModule
+    from landcover.training.train import TrainConfig, evaluate_checkpoint, train
 
     say("1/3 ingest: BigEarthNet v2 patches of T33UUP with their official 19-class labels")
     root = SAMPLES / "bigearthnet"

@@ -3,7 +3,7 @@
 All data are synthetic and made on the machine. ``train``: one SIZE x SIZE 12-band scene through the real
 ``landcover ingest`` (256-px tiles, CORINE level 2, split blocks of 4 x 4 tiles); (a) the DataModule alone:
 tiles/s through ``train_dataloader()`` + transfer + on-device augmentation, per worker count; (b) the real
-``landcover.train.train()`` of configs/tiny.yaml and configs/unet_resnet18.yaml (``encoder_weights=none``,
+``landcover.training.train.train()`` of configs/tiny.yaml and configs/unet_resnet18.yaml (``encoder_weights=none``,
 ``freeze_encoder_epochs=0``, bf16-mixed) with a callback timing every step (synchronised): steady-state
 images/s (first 10 steps and validation left out), the model's own rate (forward + backward + optimiser),
 the share of time spent waiting for data, peak GPU memory. ``predict``: a PREDICT_SIZE^2 stack like ingest
@@ -38,7 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 from unittest import mock
 
-if importlib.util.find_spec("pyogrio") is None:  # before landcover.catalog imports it
+if importlib.util.find_spec("pyogrio") is None:  # before landcover.dataset.catalog imports it
     _stub = types.ModuleType("pyogrio")
     _stub.get_gdal_config_option = lambda name: None  # type: ignore[attr-defined]
     _stub.set_gdal_config_options = lambda options: None  # type: ignore[attr-defined]
@@ -56,10 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import make_checkpoint, make_stack, peak_rss_mb
 
 from landcover.config import config_dir, load_config
-from landcover.datamodule import LandcoverDataModule
-from landcover.ingest import IngestConfig, ingest
-from landcover.tables import default_bands
-from landcover.train import TrainConfig, train
+from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.nomenclature import default_bands
+from landcover.training.datamodule import LandcoverDataModule
+from landcover.training.train import TrainConfig, train
 
 BANDS = list(default_bands("L2A"))
 CODES = np.array([112, 211, 231, 242, 311, 324, 411, 512], np.uint16)  # CLC codes -> level 2 classes
@@ -203,7 +203,7 @@ def bench_train(args: argparse.Namespace, dev: torch.device) -> None:
 
 def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -> dict:
     """Pure forward over as many windows as predict runs, then predict_scene with a time breakdown."""
-    import landcover.predict as lp
+    import landcover.inference.predict as lp
 
     times: dict[str, float] = defaultdict(float)
 

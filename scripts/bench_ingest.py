@@ -15,12 +15,12 @@ What it does, in one run:
    per core (1 thread each); with ``--all-floors`` also (c) band after band with GDAL's own tile
    threads (GDAL_NUM_THREADS=ALL_CPUS). The fair floor is the fastest parallel decode, since ingest
    uses every core. CPU seconds are reported too: on a shared machine they vary less than wall time.
-3. Runs ``landcover.ingest.ingest([product], out, labels=clc.gpkg, config=IngestConfig())`` in a
+3. Runs ``landcover.dataset.ingest.ingest([product], out, labels=clc.gpkg, config=IngestConfig())`` in a
    child process and reports its wall time (of ``ingest()``), CPU time and peak RSS (``wait4``
    rusage of the child), and ratio = ingest time / decode floor. Target (issue): ratio <= 1.5,
    peak RSS < 3 GB. ``--variant`` repeats the ingest with other settings: IngestConfig fields
    (``overviews=false``) or image.tif creation options (``gtiff.interleave=band``, patched into
-   ``landcover.ingest._image_profile`` in the child) to measure a proposed change.
+   ``landcover.dataset.ingest._image_profile`` in the child) to measure a proposed change.
 
 Usage::
 
@@ -206,7 +206,7 @@ def make_clc(workdir: Path, size: int, per_side: int | None = None, seed: int = 
     from pyproj import Transformer
     from shapely.geometry import Polygon
 
-    from landcover.tables import corine_classes
+    from landcover.nomenclature import corine_classes
 
     path = workdir / f"clc-{size}-v{GENERATOR_VERSION}.gpkg"
     if path.exists():
@@ -285,8 +285,8 @@ def decode_floor(files: list[Path], threads: str, workers: int) -> dict[str, flo
 
 CHILD = """
 import cProfile, json, pstats, sys, time
-from landcover.ingest import IngestConfig, ingest
-import landcover.ingest as ingest_module
+from landcover.dataset.ingest import IngestConfig, ingest
+import landcover.dataset.ingest as ingest_module
 product, labels, out, profile, config, image_profile = sys.argv[1:7]
 cfg = IngestConfig.model_validate(json.loads(config))
 if json.loads(image_profile):  # a proposed change of ingest's GeoTIFF options, measured here
@@ -358,7 +358,7 @@ def _parse_variant(text: str) -> tuple[dict[str, object], dict[str, object]]:
     """'overviews=false,gtiff.zstd_level=1' -> (IngestConfig overrides, image.tif creation options).
 
     Values are parsed as JSON when they can be. ``gtiff.KEY`` patches ingest's image.tif profile
-    (landcover.ingest._image_profile) in the child process: a way to measure a proposed change.
+    (landcover.dataset.ingest._image_profile) in the child process: a way to measure a proposed change.
     """
     config: dict[str, object] = {}
     gtiff: dict[str, object] = {}

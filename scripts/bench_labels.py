@@ -22,8 +22,8 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 from shapely.geometry import Polygon
 
-from landcover.labels import labels_like
-from landcover.tables import corine_classes
+from landcover.nomenclature import corine_classes
+from landcover.sources.labels import labels_like
 
 
 def peak_rss_mb() -> float:

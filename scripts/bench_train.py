@@ -24,9 +24,9 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from landcover.datamodule import DataConfig, LandcoverDataModule
-from landcover.ingest import IngestConfig, ingest
-from landcover.models import ModelConfig, build_model
+from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.models.build import ModelConfig, build_model
+from landcover.training.datamodule import DataConfig, LandcoverDataModule
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 
@@ -88,7 +88,7 @@ def trainer_rate(dataset: Path, batch_size: int, steps: int) -> dict[str, float]
     import lightning.pytorch as pl
     from torchgeo.trainers import SemanticSegmentationTask
 
-    from landcover.task import SegmentationTask
+    from landcover.training.task import SegmentationTask
 
     rates = {}
     for name in ("landcover", "torchgeo"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.transform import from_origin
 
-from landcover.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import IngestConfig, ingest
 from tests.conftest import write_raster
 
 CODES = (111, 211, 311, 411, 512)
@@ -74,8 +74,8 @@ def write_unet_checkpoint(path: Path, bands: list[str] | None = None, tile: int 
     """A U-Net/ResNet-18 with seeded random weights (CORINE level 1), saved as `landcover train` saves it."""
     import torch
 
-    from landcover.models import ModelConfig, build_model
-    from landcover.tables import nomenclature
+    from landcover.models.build import ModelConfig, build_model
+    from landcover.nomenclature import nomenclature
 
     bands = list(bands or BANDS)
     torch.manual_seed(0)

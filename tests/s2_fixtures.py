@@ -1,7 +1,7 @@
 """Synthetic Sentinel-2 inputs for tests: tiny real rasters in the layouts landcover reads.
 
 Every helper writes into a folder you give it (pytest's ``tmp_path``) and returns the path to
-point :func:`landcover.sentinel2.open_product` at. Rasters are georeferenced in a real UTM CRS
+point :func:`landcover.sources.sentinel2.open_product` at. Rasters are georeferenced in a real UTM CRS
 (EPSG:32633 by default) with one upper-left corner shared by all resolutions, like a real tile:
 at the default ``size=64`` a 10 m band is 64x64, a 20 m band 32x32 and a 60 m band 11x11.
 Pixel values are seeded uint16 reflectances (plus 1000 when the processing baseline is >= 04.00,

@@ -13,13 +13,13 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from landcover.bigearthnet import bigearthnet_reference_map
-from landcover.bigearthnet_scenes import BigEarthNetProduct, open_inputs
-from landcover.catalog import read_catalog
 from landcover.cli import app
+from landcover.dataset.catalog import read_catalog
+from landcover.dataset.ingest import IngestConfig, ingest
 from landcover.errors import ConfigError, MissingBandError
-from landcover.ingest import IngestConfig, ingest
-from landcover.tables import IGNORE, corine_classes, nomenclature
+from landcover.nomenclature import IGNORE, corine_classes, nomenclature
+from landcover.sources.bigearthnet import bigearthnet_reference_map
+from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs
 from tests.s2_fixtures import make_bigearthnet_metadata, make_bigearthnet_patch, shared_data
 
 SCENE = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
@@ -247,8 +247,8 @@ def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tm
     import torch
 
     from landcover.config import load_config
-    from landcover.datamodule import DataConfig, LandcoverDataModule
-    from landcover.train import TrainConfig, train
+    from landcover.training.datamodule import DataConfig, LandcoverDataModule
+    from landcover.training.train import TrainConfig, train
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
     # small spatial blocks (4 patches wide), so that the spatial buffer cuts official patches
@@ -288,7 +288,7 @@ def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tm
 
 def test_real_patch_level_labels_refuse_single_label_classification(tmp_path):
     """BigEarthNet without reference maps has no pixel labels: no dominant class, so `single` is refused."""
-    from landcover.datamodule import DataConfig, LandcoverDataModule
+    from landcover.training.datamodule import DataConfig, LandcoverDataModule
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
     ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False))

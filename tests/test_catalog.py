@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from landcover.catalog import (
+from landcover.dataset.catalog import (
     COLUMNS,
     SPLITS,
     SplitConfig,
@@ -32,10 +32,10 @@ from landcover.catalog import (
     tile_split,
     write_scene_part,
 )
-from landcover.catalog import finalize as finalize_catalog
+from landcover.dataset.catalog import finalize as finalize_catalog
 from landcover.errors import ConfigError, DatasetError
-from landcover.io import Grid
-from landcover.tables import IGNORE, nomenclature
+from landcover.io.grid import Grid
+from landcover.nomenclature import IGNORE, nomenclature
 
 CRS_TEXT = "EPSG:32633"
 NOM = nomenclature("level1")  # 5 classes

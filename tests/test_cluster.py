@@ -11,11 +11,11 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from landcover.catalog import read_catalog
 from landcover.cli import app
 from landcover.cluster import check_slurm_training, parse_shard, read_list, shard_items
+from landcover.dataset.catalog import read_catalog
+from landcover.dataset.ingest import IngestConfig, finalize, ingest
 from landcover.errors import ConfigError
-from landcover.ingest import IngestConfig, finalize, ingest
 from tests.conftest import write_raster
 from tests.learnable import make_learnable_scene, write_unet_checkpoint
 

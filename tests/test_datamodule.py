@@ -1,4 +1,4 @@
-"""landcover.datamodule on a real (tiny) ingested dataset: reads, splits, targets, augmentation."""
+"""landcover.training.datamodule on a real (tiny) ingested dataset: reads, splits, targets, augmentation."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
-from landcover.catalog import read_catalog
-from landcover.datamodule import (
+from landcover.dataset.catalog import read_catalog
+from landcover.errors import ConfigError, DatasetError
+from landcover.nomenclature import IGNORE
+from landcover.training.datamodule import (
     DataConfig,
     LandcoverDataModule,
     TileDataset,
@@ -26,9 +28,7 @@ from landcover.datamodule import (
     class_weights_from_tiles,
     rare_class_weights,
 )
-from landcover.errors import ConfigError, DatasetError
-from landcover.samplers import EpochSampler, ShardSampler
-from landcover.tables import IGNORE
+from landcover.training.samplers import EpochSampler, ShardSampler
 from tests.learnable import make_learnable_dataset
 
 
@@ -475,7 +475,7 @@ def test_eval_shards_cover_every_tile_once() -> None:
 
 
 def test_datamodule_draws_this_ranks_share(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import landcover.datamodule as datamodule
+    import landcover.training.datamodule as datamodule
 
     monkeypatch.setattr(datamodule, "distributed_rank", lambda: (1, 2))
     dm = module(dataset, max_train_tiles_per_epoch=40, batch_size=4)

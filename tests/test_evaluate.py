@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import DatasetError, NoOverlapError, OutputExistsError
-from landcover.evaluate import ClassMapReader, confusion_matrix_streaming, evaluate_maps
-from landcover.io import Grid, class_map_profile, style_class_map
-from landcover.labels import labels_like
-from landcover.tables import IGNORE, corine_classes, nomenclature
+from landcover.evaluation.evaluate import ClassMapReader, confusion_matrix_streaming, evaluate_maps
+from landcover.io.grid import Grid, class_map_profile, style_class_map
+from landcover.nomenclature import IGNORE, corine_classes, nomenclature
+from landcover.sources.labels import labels_like
 
 UTM = Grid(rasterio.crs.CRS.from_epsg(32633), from_origin(600_000, 5_340_000, 10, 10), 300, 200)
 FILES = {"metrics.json", "report.md", "confusion_matrix.png", "iou_per_class.png", "tiles_iou.gpkg"}

@@ -17,11 +17,11 @@ import rasterio
 import torch
 from torch import nn
 
-from landcover import explain as explain_module
 from landcover.errors import ConfigError, MissingBandError, ModelError, OutputExistsError
-from landcover.explain import explain, explain_command_summary, last_stage
-from landcover.models import ModelConfig, build_model
-from landcover.predict import LoadedModel
+from landcover.inference import explain as explain_module
+from landcover.inference.explain import explain, explain_command_summary, last_stage
+from landcover.inference.predict import LoadedModel
+from landcover.models.build import ModelConfig, build_model
 from tests.test_predict import BANDS, MEAN, STD, meta, scene, write_stack
 
 EVIDENCE = 2  # level1 class id '3' Forest and semi natural areas

@@ -17,8 +17,8 @@ import rasterio
 from typer.testing import CliRunner
 
 from landcover.cli import app
+from landcover.dataset.ingest import IngestConfig, ingest
 from landcover.errors import ModelError, UnknownCodeError
-from landcover.ingest import IngestConfig, ingest
 from tests.conftest import write_raster
 from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint
 
@@ -114,7 +114,7 @@ def test_explain_with_a_missing_input_creates_no_output_folder(checkpoint, tmp_p
 
 def test_failed_resume_writes_nothing(dataset, tmp_path):
     from landcover.config import load_config
-    from landcover.train import TrainConfig, train
+    from landcover.training.train import TrainConfig, train
 
     def cfg(*overrides: str) -> TrainConfig:
         return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
@@ -169,7 +169,7 @@ def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoi
 
 def test_preflight_knows_every_section_of_the_training_config():
     from landcover.preflight import TRAIN_SECTIONS
-    from landcover.train import TrainConfig
+    from landcover.training.train import TrainConfig
 
     assert set(TRAIN_SECTIONS) == set(TrainConfig.model_fields)
 
@@ -186,7 +186,7 @@ def test_sigterm_stops_the_demo_with_143(tmp_path):
 def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
     from landcover.config import load_config
     from landcover.errors import DatasetError
-    from landcover.train import TrainConfig, train
+    from landcover.training.train import TrainConfig, train
 
     small = make_learnable_dataset(tmp_path / "small", size=256)  # too small for a val block
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={small}"])
@@ -218,7 +218,7 @@ def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
 def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, tmp_path, monkeypatch):
     """metrics.json marks a finished run (a sweep skips such variants): it must never exist half-written."""
     from landcover.config import load_config
-    from landcover.train import TrainConfig, train
+    from landcover.training.train import TrainConfig, train
 
     real = Path.write_text
 
@@ -270,7 +270,7 @@ def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(da
     """A kill between the first best.ckpt and last.ckpt (or while the first one was written) leaves
     checkpoints/ without last.ckpt: --resume auto must start the run, not refuse it."""
     from landcover.config import load_config
-    from landcover.train import TrainConfig, train
+    from landcover.training.train import TrainConfig, train
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -28,9 +28,9 @@ if torch.cuda.is_available() and importlib.util.find_spec("pyogrio") is None:
     _stub.write_dataframe = lambda frame, path, **kw: Path(path).touch()  # type: ignore[attr-defined]
     sys.modules["pyogrio"] = _stub
 
-from landcover.models import ModelConfig, build_model  # noqa: E402
-from landcover.predict import predict_scene  # noqa: E402
-from landcover.tables import default_bands, nomenclature  # noqa: E402
+from landcover.inference.predict import predict_scene  # noqa: E402
+from landcover.models.build import ModelConfig, build_model  # noqa: E402
+from landcover.nomenclature import default_bands, nomenclature  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_predict_on_cuda_gives_the_cpu_map(tmp_path):
 
 def test_training_on_the_gpu_in_mixed_precision(tmp_path):
     from landcover.config import load_config
-    from landcover.train import TrainConfig, train
+    from landcover.training.train import TrainConfig, train
     from tests.learnable import make_learnable_dataset
 
     dataset = make_learnable_dataset(tmp_path)

@@ -13,13 +13,13 @@ from rasterio.warp import reproject
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from landcover import ingest as ingest_mod
-from landcover.catalog import read_catalog
 from landcover.cli import app
+from landcover.dataset import ingest as ingest_mod
+from landcover.dataset.catalog import read_catalog
+from landcover.dataset.ingest import IngestConfig, ingest
 from landcover.errors import MissingBandError, NoOverlapError, OutputExistsError
-from landcover.ingest import IngestConfig, ingest
-from landcover.sentinel2 import open_product
-from landcover.tables import IGNORE, catalog_dir, default_scl_invalid, nomenclature
+from landcover.nomenclature import IGNORE, catalog_dir, default_scl_invalid, nomenclature
+from landcover.sources.sentinel2 import open_product
 from tests.s2_fixtures import ORIGIN, make_safe, shared_data
 
 SMALL = IngestConfig(tile_size=16, overviews=False, split={"block_size_m": 640, "min_valid_fraction": 0.0})

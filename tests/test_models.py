@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from landcover.errors import ConfigError
-from landcover.models import (
+from landcover.models.build import (
     ModelConfig,
     build_model,
     count_parameters,
@@ -17,7 +17,7 @@ from landcover.models import (
     encoder_parameter_names,
     parameter_groups,
 )
-from landcover.tables import default_bands
+from landcover.nomenclature import default_bands
 
 BAND_SETS = {
     4: ["B04", "B03", "B02", "B08"],
@@ -125,8 +125,8 @@ def test_bad_bands_and_classes() -> None:
 
 
 def test_models_module_does_not_import_lightning() -> None:
-    import landcover.models
+    import landcover.models.build
 
-    source = Path(landcover.models.__file__).read_text(encoding="utf-8")
+    source = Path(landcover.models.build.__file__).read_text(encoding="utf-8")
     assert "import lightning" not in source and "from lightning" not in source
     assert "pytorch_lightning" not in source

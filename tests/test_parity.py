@@ -14,16 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-import landcover.predict
-import landcover.train
+import landcover.inference.predict
+import landcover.training.train
 from landcover.config import config_dir, load_config
-from landcover.datamodule import LandcoverDataModule
-from landcover.ingest import IngestConfig, ingest
-from landcover.predict import load_checkpoint, predict_scene
-from landcover.tables import catalog_dir
-from landcover.task import task_class
-from landcover.train import TrainConfig, train
-from landcover.windows import Feeder
+from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.inference.predict import load_checkpoint, predict_scene
+from landcover.inference.sliding import Feeder
+from landcover.nomenclature import catalog_dir
+from landcover.training.datamodule import LandcoverDataModule
+from landcover.training.task import task_class
+from landcover.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "landcover" / "sample_data" / "T33UUU"
@@ -76,7 +76,7 @@ def run(tmp_path_factory) -> tuple[Path, LandcoverDataModule]:
         "trainer.limit_val_batches=1", "data.batch_size=4"])
     SpyDataModule.made.clear()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(landcover.train, "LandcoverDataModule", SpyDataModule)
+        mp.setattr(landcover.training.train, "LandcoverDataModule", SpyDataModule)
         train(cfg, root / "run")
     return root, SpyDataModule.made[0]
 
@@ -101,7 +101,7 @@ def test_predict_logits_equal_the_training_task_logits(run, source: str, tmp_pat
     RecordingFeeder.order.clear()
     t = lm.tile_size
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(landcover.predict, "Feeder", RecordingFeeder)
+        mp.setattr(landcover.inference.predict, "Feeder", RecordingFeeder)
         predict_scene(lm, CLIP / "IMG_DATA" if source == "product" else scene / "image.tif", tmp_path / "map.tif",
                       overlap=0, batch_size=16, device="cpu", quicklook=False)
     assert len(recorder.logits) == len(RecordingFeeder.order)

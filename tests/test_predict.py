@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import ConfigError, MissingBandError, ModelError, OutputExistsError
-from landcover.models import ModelConfig, build_model
-from landcover.predict import (
+from landcover.inference.predict import (
     LoadedModel,
     blend_weights,
     load_checkpoint,
@@ -30,7 +29,8 @@ from landcover.predict import (
     predict_many,
     predict_scene,
 )
-from landcover.tables import nomenclature
+from landcover.models.build import ModelConfig, build_model
+from landcover.nomenclature import nomenclature
 from tests.s2_fixtures import make_safe
 
 BANDS = ["B02", "B03", "B04", "B08"]
@@ -310,7 +310,7 @@ def test_interrupted_run_leaves_no_file(tmp_path):
 
 
 def test_safe_product_and_its_ingested_stack_give_the_same_map(tmp_path):
-    from landcover.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import IngestConfig, ingest
 
     bands = [*BANDS, "B11"]  # B11 is a 20 m band: resampled like ingest does
     safe = make_safe(tmp_path / "raw", size=64, with_scl=False)
@@ -327,8 +327,8 @@ def test_safe_product_and_its_ingested_stack_give_the_same_map(tmp_path):
 def test_clouds_are_masked_only_when_asked(tmp_path):
     from rasterio.windows import Window
 
-    from landcover.sentinel2 import open_product
-    from landcover.stack import SceneReader
+    from landcover.sources.reader import SceneReader
+    from landcover.sources.sentinel2 import open_product
 
     safe = make_safe(tmp_path, size=48, bands=BANDS)  # random SCL classes, SCL 0 = no data
     with SceneReader(open_product(safe).select(BANDS), BANDS) as reader:

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from landcover.catalog import read_catalog
 from landcover.cli import app
+from landcover.dataset.catalog import read_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 

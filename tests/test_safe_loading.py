@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from landcover.cli import app
 from landcover.config import load_config
 from landcover.errors import ModelError
-from landcover.models import ModelConfig, build_model
-from landcover.train import TrainConfig, train
+from landcover.models.build import ModelConfig, build_model
+from landcover.training.train import TrainConfig, train
 from tests.learnable import make_learnable_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,6 @@ import numpy as np
 import pytest
 import rasterio
 
-from landcover.bigearthnet import (
-    bigearthnet_labels,
-    bigearthnet_patch_labels,
-    bigearthnet_reference_map,
-    find_bigearthnet_patches,
-)
 from landcover.errors import (
     CorruptFileError,
     DatasetError,
@@ -25,8 +19,14 @@ from landcover.errors import (
     MissingBandError,
     ProductMismatchError,
 )
-from landcover.sentinel2 import is_bigearthnet_patch, open_product, product_grid_band
-from landcover.tables import corine_classes, default_bands, nomenclature
+from landcover.nomenclature import corine_classes, default_bands, nomenclature
+from landcover.sources.bigearthnet import (
+    bigearthnet_labels,
+    bigearthnet_patch_labels,
+    bigearthnet_reference_map,
+    find_bigearthnet_patches,
+)
+from landcover.sources.sentinel2 import is_bigearthnet_patch, open_product, product_grid_band
 from tests.s2_fixtures import (
     ESA_BANDS,
     L2A_BANDS,

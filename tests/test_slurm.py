@@ -205,7 +205,7 @@ def test_readme_cluster_example_runs_as_written(tmp_path):
 
 
 def test_sweep_as_an_array_gives_the_local_pools_leaderboard(tmp_path):
-    from landcover.sweep import run_sweep
+    from landcover.training.sweep import run_sweep
     from tests.learnable import make_learnable_dataset
 
     dataset = make_learnable_dataset(tmp_path, size=512, seed=1,  # small, with val and test tiles

@@ -10,10 +10,10 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from landcover.catalog import read_catalog
+from landcover.dataset.catalog import read_catalog
+from landcover.dataset.ingest import IngestConfig, finalize, ingest
+from landcover.dataset.splits import SCHEME_VERSION, SPLITS, SplitConfig, scene_split, tile_split
 from landcover.errors import DatasetError
-from landcover.ingest import IngestConfig, finalize, ingest
-from landcover.splits import SCHEME_VERSION, SPLITS, SplitConfig, scene_split, tile_split
 from tests.s2_fixtures import pixels, write_s2_raster
 
 CENTRE = (12.0, 47.5)  # lon, lat: on the boundary of UTM zones 32 and 33 (Austria/Bavaria)
@@ -147,7 +147,7 @@ def test_ingest_of_neighbouring_zones_gives_no_val_or_test_tile_on_train_ground(
 
 
 def test_dataset_of_the_old_scheme_is_refused_by_train_until_finalize_resplits_it(two_zones):
-    from landcover.datamodule import DataConfig, LandcoverDataModule
+    from landcover.training.datamodule import DataConfig, LandcoverDataModule
 
     out, _ = two_zones
     meta = json.loads((out / "dataset.json").read_text())
@@ -191,7 +191,7 @@ def test_cli_finalize_resplits_and_refuses_other_settings(two_zones):
 
 
 def test_tiles_outside_the_grid_area_of_use_get_a_warning():
-    from landcover.splits import grid_area_warning
+    from landcover.dataset.splits import grid_area_warning
 
     assert grid_area_warning((11.5, 47.0, 12.5, 48.0), SplitConfig()) is None
     vietnam = grid_area_warning((105.0, 20.0, 106.0, 21.0), SplitConfig())

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from landcover.errors import ConfigError
-from landcover.sweep import load_sweep, resolve_variants, run_sweep, variant_overrides
+from landcover.training.sweep import load_sweep, resolve_variants, run_sweep, variant_overrides
 from tests.learnable import make_learnable_dataset
 
 
@@ -113,7 +113,7 @@ def test_variants_get_the_parents_gpus_not_the_first_n(tmp_path, monkeypatch):
 
     import torch
 
-    import landcover.sweep as sweep
+    import landcover.training.sweep as sweep
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what torch reports for "3,5"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from landcover.errors import ConfigError, UnknownCodeError
-from landcover.tables import (
+from landcover.nomenclature import (
     IGNORE,
     NOMENCLATURES,
     corine_classes,
@@ -109,7 +109,7 @@ def test_scl_table_default_invalid_set():
 
 
 def test_every_table_names_its_source_and_licence():
-    from landcover.tables import catalog_dir
+    from landcover.nomenclature import catalog_dir
 
     for path in catalog_dir().glob("*.csv"):
         head = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))

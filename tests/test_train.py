@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from landcover.config import load_config
-from landcover.datamodule import LandcoverDataModule
 from landcover.errors import ConfigError
-from landcover.train import TrainConfig, evaluate_checkpoint, train
+from landcover.training.datamodule import LandcoverDataModule
+from landcover.training.train import TrainConfig, evaluate_checkpoint, train
 from tests.learnable import make_learnable_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
 
 
 def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
-    from landcover.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import IngestConfig, ingest
     from tests.conftest import shared_data
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
@@ -129,7 +129,7 @@ def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
 
 def test_single_label_scores_ignore_targets_without_label():
     """Target 255 (a crop without a labelled pixel): no loss, no metric update, no crash."""
-    from landcover.task import ClassificationTask
+    from landcover.training.task import ClassificationTask
 
     task = ClassificationTask(label_mode="single", model={"task": "classification", "encoder_weights": "none"},
                               optim={}, loss={}, bands=["B02", "B03", "B04", "B08"], class_names=list("abc"),
@@ -160,7 +160,7 @@ def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops
 def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path):
     """2-process CPU DDP: each rank draws half of data.max_train_tiles_per_epoch, and the val mIoU logged
     under DDP equals a single-process evaluation of the same checkpoint (no tile repeated or left out)."""
-    from landcover.ingest import finalize, split_settings
+    from landcover.dataset.ingest import finalize, split_settings
 
     dataset = Path(shutil.copytree(dataset, tmp_path / "dataset"))
     finalize(dataset, split=split_settings(dataset, ["split.seed=2"]))  # re-split: 9 val tiles

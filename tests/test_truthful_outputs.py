@@ -8,9 +8,9 @@ import pytest
 import rasterio
 
 from landcover.config import load_config
+from landcover.dataset.ingest import IngestConfig, ingest
 from landcover.errors import ConfigError
-from landcover.ingest import IngestConfig, ingest
-from landcover.train import TrainConfig
+from landcover.training.train import TrainConfig
 from tests.s2_fixtures import pixels, write_s2_raster
 
 
@@ -25,7 +25,7 @@ def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
 
 
 def test_sweep_yaml_syntax_error_is_one_line(tmp_path):
-    from landcover.sweep import load_sweep
+    from landcover.training.sweep import load_sweep
 
     bad = tmp_path / "sweep.yaml"
     bad.write_text("grid:\n  optim.lr: [0.1, 0.01\n")

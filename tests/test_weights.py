@@ -16,15 +16,15 @@ import torch
 from torchgeo.models import ResNet18_Weights, ResNet50_Weights
 
 from landcover.errors import ConfigError, ModelError
-from landcover.input_transform import InputTransform, declared_input_transform
-from landcover.models import ModelConfig, build_model, encoder_of, parameter_groups
-from landcover.tables import default_bands
-from landcover.weights import (
+from landcover.models.build import ModelConfig, build_model, encoder_of, parameter_groups
+from landcover.models.input_transform import InputTransform, declared_input_transform
+from landcover.models.pretrained import (
     adapt_first_conv,
     resolve_weights,
     set_encoder_trainable,
     strip_prefix,
 )
+from landcover.nomenclature import default_bands
 
 MOCO = "ResNet18_Weights.SENTINEL2_ALL_MOCO"
 MOCO_FILE = ResNet18_Weights.SENTINEL2_ALL_MOCO.url.rsplit("/", 1)[-1]
@@ -285,10 +285,10 @@ def learnable(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def transform_run(learnable: Path, tmp_path_factory) -> SimpleNamespace:
     """A tiny run from a weight file that declares its input transform (its encoder frozen throughout)."""
-    import landcover.train
+    import landcover.training.train
     from landcover.config import load_config
-    from landcover.datamodule import LandcoverDataModule
-    from landcover.train import TrainConfig, train
+    from landcover.training.datamodule import LandcoverDataModule
+    from landcover.training.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("transform_run")
     wbands = ["B08", "B04", "B03", "B02"]  # the file's own band order, its statistics in that order
@@ -313,7 +313,7 @@ def transform_run(learnable: Path, tmp_path_factory) -> SimpleNamespace:
             made.append(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(landcover.train, "LandcoverDataModule", Spy)
+        mp.setattr(landcover.training.train, "LandcoverDataModule", Spy)
         train(cfg, tmp / "run")
     return SimpleNamespace(best=tmp / "run" / "checkpoints" / "best.ckpt", cfg=cfg, data=made[0], state=state,
                            wbands=wbands, mean=mean, std=std)
@@ -325,8 +325,8 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
     import rasterio
     from rasterio.windows import Window
 
-    from landcover.predict import load_checkpoint
-    from landcover.windows import Feeder, make_plan, open_source
+    from landcover.inference.predict import load_checkpoint
+    from landcover.inference.sliding import Feeder, make_plan, open_source
 
     run, dataset = transform_run, learnable
     state, wbands, mean, std = run.state, run.wbands, run.mean, run.std
@@ -364,8 +364,8 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
 def test_evaluating_a_checkpoint_uses_the_normalization_it_was_trained_with(transform_run) -> None:
     """A DataModule built from the config alone (as sweep's test scoring and the demo build theirs)
     scores a checkpoint on the inputs it was trained on."""
-    from landcover.datamodule import LandcoverDataModule
-    from landcover.train import evaluate_checkpoint
+    from landcover.training.datamodule import LandcoverDataModule
+    from landcover.training.train import evaluate_checkpoint
 
     plain = LandcoverDataModule(transform_run.cfg.data, task="segmentation")  # knows no weights: z-score
     scores = evaluate_checkpoint(transform_run.best, plain)
@@ -415,7 +415,7 @@ def test_input_transform_of_local_files(tmp_path: Path, l1c_state) -> None:
 
 
 def test_normalization_modes_of_the_datamodule(learnable: Path) -> None:
-    from landcover.datamodule import DataConfig, LandcoverDataModule
+    from landcover.training.datamodule import DataConfig, LandcoverDataModule
 
     info = json.loads((learnable / "dataset.json").read_text())["normalization"]
     declared = InputTransform((500.0, 600.0), (50.0, 60.0), ("B03", "B02"), "weight file w.pth")

@@ -4,7 +4,7 @@ Ingest calls :func:`tile_record` for every tile of a scene, :func:`write_scene_p
 and :func:`finalize` once at the end; training reads the result with :func:`read_catalog`.
 
 Splits are assigned by :func:`finalize`, from the tile coordinates alone (see
-:mod:`landcover.splits`: blocks of one grid shared by every CRS, a buffer between splits), so
+:mod:`landcover.dataset.splits`: blocks of one grid shared by every CRS, a buffer between splits), so
 scenes and shards processed independently agree, and a dataset can be re-split without reading
 its imagery again. Buffer tiles stay in the catalog (``buffer=True``) but :func:`read_catalog`
 leaves them out unless asked.
@@ -34,9 +34,7 @@ from pyproj import CRS as ProjCRS
 from pyproj import Geod, Transformer
 from rasterio.windows import Window
 
-from landcover.errors import ConfigError, DatasetError
-from landcover.io import Grid, atomic_output
-from landcover.splits import (  # noqa: F401  (SplitConfig and the split functions are catalog's API too)
+from landcover.dataset.splits import (  # noqa: F401  (SplitConfig and the split functions are catalog's API too)
     SPLITS,
     SplitConfig,
     block_size,
@@ -47,7 +45,9 @@ from landcover.splits import (  # noqa: F401  (SplitConfig and the split functio
     scene_split,
     tile_split,
 )
-from landcover.tables import IGNORE, Nomenclature
+from landcover.errors import ConfigError, DatasetError
+from landcover.io.grid import Grid, atomic_output
+from landcover.nomenclature import IGNORE, Nomenclature
 
 CATALOG_NAME = "catalog.parquet"
 SPLITS_GPKG_NAME = "splits.gpkg"
@@ -329,7 +329,7 @@ def _write_splits_gpkg(table: pa.Table, path: Path) -> None:
 
 def assign_splits(table: pa.Table, cfg: SplitConfig, tile_size_m: float) -> pa.Table:
     """``table`` with ``split`` and ``buffer`` computed from each tile's bounds, CRS and scene
-    (:func:`landcover.splits.tile_split`; ``tile_size_m`` is the nominal tile side)."""
+    (:func:`landcover.dataset.splits.tile_split`; ``tile_size_m`` is the nominal tile side)."""
     columns = [table.column(c).to_pylist() for c in ("xmin", "ymin", "xmax", "ymax", "crs", "scene_id")]
     pairs = [tile_split((x0, y0, x1, y1), crs, tile_size_m, cfg, scene)
              for x0, y0, x1, y1, crs, scene in zip(*columns, strict=True)]

@@ -1,7 +1,7 @@
 """``landcover predict``: a checkpoint and Sentinel-2 scenes -> Cloud-Optimized GeoTIFF land-cover maps.
 
 The model is rebuilt from the checkpoint's ``landcover`` section (no Lightning). A scene is read
-through :class:`~landcover.stack.SceneReader` (the band selection, resampling and baseline offsets
+through :class:`~landcover.sources.reader.SceneReader` (the band selection, resampling and baseline offsets
 of ingest) or, for an ingested ``scenes/<id>/image.tif``, read as it is.
 
 Streaming, with memory bounded by scene *width* (never height): the scene is padded by reflection
@@ -48,17 +48,7 @@ from landcover.errors import (
     ModelError,
     OutputExistsError,
 )
-from landcover.io import (
-    GDAL_ENV,
-    remove_stale_temporaries,
-    style_class_map,
-    write_qgis_style,
-)
-from landcover.models import ModelConfig, build_model
-from landcover.preflight import check_inputs_exist
-from landcover.safeload import load_torch_file
-from landcover.tables import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
-from landcover.windows import (
+from landcover.inference.sliding import (
     BlockWriter,
     Feeder,
     Plan,
@@ -71,6 +61,16 @@ from landcover.windows import (
     to_cog,
     write_quicklook,
 )
+from landcover.io.grid import (
+    GDAL_ENV,
+    remove_stale_temporaries,
+    style_class_map,
+    write_qgis_style,
+)
+from landcover.models.build import ModelConfig, build_model
+from landcover.models.safeload import load_torch_file
+from landcover.nomenclature import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
+from landcover.preflight import check_inputs_exist
 
 Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this

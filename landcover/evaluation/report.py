@@ -1,6 +1,6 @@
 """The report of ``landcover evaluate``: the report folder, Markdown, plots and the per-tile IoU layer.
 
-Scores come from :mod:`landcover.evaluate`; this module only presents them.
+Scores come from :mod:`landcover.evaluation.evaluate`; this module only presents them.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from landcover.errors import ConfigError, OutputExistsError
-from landcover.io import Grid
-from landcover.tables import Nomenclature
+from landcover.io.grid import Grid
+from landcover.nomenclature import Nomenclature
 
 if TYPE_CHECKING:
-    from landcover.evaluate import Confusion
+    from landcover.evaluation.evaluate import Confusion
 
 
 @contextlib.contextmanager

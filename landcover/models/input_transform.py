@@ -38,7 +38,7 @@ import torch
 from landcover.errors import ConfigError, DatasetError, ModelError
 
 if TYPE_CHECKING:
-    from landcover.models import ModelConfig
+    from landcover.models.build import ModelConfig
 
 RAW_SCALE = 10000.0
 """normalization='none' divides by this: uint16 reflectance x 10000 -> reflectance."""
@@ -58,7 +58,7 @@ class InputTransform:
 
     def for_bands(self, data_bands: Sequence[str]) -> dict[str, Any]:
         """``{'mean', 'std'}`` per data band (None where the weights have no value) and ``source``."""
-        from landcover.weights import band_key
+        from landcover.models.pretrained import band_key
 
         if len(self.mean) == 1:
             return {"mean": [self.mean[0]] * len(data_bands), "std": [self.std[0]] * len(data_bands),
@@ -149,7 +149,10 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     """The input transform ``cfg.encoder_weights`` declares (see the module doc), None if it declares none."""
     if cfg.encoder_weights == "none":
         return None
-    from landcover.weights import find_weight_file, resolve_weights  # torch hub, torchvision, smp
+    from landcover.models.pretrained import (  # torch hub, torchvision, smp
+        find_weight_file,
+        resolve_weights,
+    )
 
     source = resolve_weights(cfg.encoder_weights, cfg.encoder, cfg.weight_bands)
     if source.kind == "torchgeo":

@@ -22,9 +22,7 @@ from rasterio.windows import Window
 
 from landcover import __version__
 from landcover.errors import ConfigError, DatasetError, NoOverlapError
-from landcover.io import GDAL_ENV, Grid, open_raster
-from landcover.labels import RASTER_SUFFIXES, open_label_source
-from landcover.report import (
+from landcover.evaluation.report import (
     check_report_dir,
     plot_confusion,
     plot_iou,
@@ -32,7 +30,9 @@ from landcover.report import (
     write_markdown,
     write_tiles,
 )
-from landcover.tables import IGNORE, Nomenclature, nomenclature
+from landcover.io.grid import GDAL_ENV, Grid, open_raster
+from landcover.nomenclature import IGNORE, Nomenclature, nomenclature
+from landcover.sources.labels import RASTER_SUFFIXES, open_label_source
 
 WINDOW_SIZE = 1024
 Reader = Callable[[Window], np.ndarray]

@@ -6,8 +6,8 @@ names) and the official split in the official ``metadata.parquet``; pixel refere
 level-3 codes) in ``Reference_Maps/<product>/<patch>/<patch>_reference_map.tif``. v1:
 ``<S2A_MSIL2A_<date>>_<row>_<col>/`` with ``<patch>_labels_metadata.json`` (CLC level-3 names).
 
-Opening one patch folder is :func:`landcover.sentinel2.open_product`'s job; turning patches into
-ingest scenes (mosaics of the patches of one product) is :mod:`landcover.bigearthnet_scenes`'.
+Opening one patch folder is :func:`landcover.sources.sentinel2.open_product`'s job; turning patches into
+ingest scenes (mosaics of the patches of one product) is :mod:`landcover.sources.bigearthnet_scenes`'.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from landcover import tables
+from landcover import nomenclature as tables
 from landcover.errors import DatasetError, InputFormatError, UnknownCodeError
-from landcover.sentinel2 import BEN_PATCH_RE, is_bigearthnet_patch
+from landcover.sources.sentinel2 import BEN_PATCH_RE, is_bigearthnet_patch
 
 PATCH_PIXELS = 120
 """Side of a BigEarthNet patch in 10 m pixels: the default tile size when every input is BigEarthNet."""

@@ -1,6 +1,6 @@
 """Lightning tasks: U-Net segmentation and ResNet tile classification.
 
-The task owns the model (built by :mod:`landcover.models`), the loss, the optimiser and the metrics
+The task owns the model (built by :mod:`landcover.models.build`), the loss, the optimiser and the metrics
 (torchmetrics). Every checkpoint carries a ``landcover`` section with all that prediction needs
 (bands, normalisation, nomenclature, tile size, model config, weight provenance), so
 ``landcover predict`` can rebuild the model from the checkpoint alone, without Lightning.
@@ -19,9 +19,9 @@ import torchmetrics
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from landcover.models import ModelConfig, build_model, encoder_of, parameter_groups
-from landcover.tables import IGNORE
-from landcover.weights import set_encoder_trainable
+from landcover.models.build import ModelConfig, build_model, encoder_of, parameter_groups
+from landcover.models.pretrained import set_encoder_trainable
+from landcover.nomenclature import IGNORE
 
 CHECKPOINT_FORMAT = "landcover-checkpoint/1"
 

@@ -26,13 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from landcover import __version__
 from landcover.cluster import check_slurm_training
-from landcover.datamodule import DataConfig, LandcoverDataModule
 from landcover.errors import ConfigError, ModelError, OutputExistsError
-from landcover.input_transform import declared_input_transform
-from landcover.io import atomic_output
-from landcover.models import ModelConfig, count_parameters
-from landcover.safeload import load_torch_file
-from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
+from landcover.io.grid import atomic_output
+from landcover.models.build import ModelConfig, count_parameters
+from landcover.models.input_transform import declared_input_transform
+from landcover.models.safeload import load_torch_file
+from landcover.training.datamodule import DataConfig, LandcoverDataModule
+from landcover.training.task import LossConfig, OptimConfig, confusion_scores, task_class
 
 
 class TrainerConfig(BaseModel):

@@ -19,7 +19,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from landcover.errors import CorruptFileError, OutputExistsError
-from landcover.tables import IGNORE, Nomenclature
+from landcover.nomenclature import IGNORE, Nomenclature
 
 GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 512, "CHECK_DISK_FREE_SPACE": "FALSE"}
 """GDAL options for landcover's own I/O, applied through ``rasterio.Env(**GDAL_ENV)``."""

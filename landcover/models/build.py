@@ -6,7 +6,7 @@
   logits.
 
 Neither is ever built with library weights (no hub downloads): pretrained weights are loaded by
-:mod:`landcover.weights`, which matches the first convolution to the data's bands by name and
+:mod:`landcover.models.pretrained`, which matches the first convolution to the data's bands by name and
 verifies what it loaded. This module does not import Lightning, so prediction works without it.
 
 The *encoder* (:func:`encoder_of`) is what pretrained weights go into: ``model.encoder`` of the
@@ -108,7 +108,7 @@ def build_model(
     """The network for ``bands`` (in the data's order) and ``num_classes``, and its provenance.
 
     With ``load_weights`` the weights of ``cfg.encoder_weights`` are loaded into the encoder and
-    verified (:func:`landcover.weights.load_pretrained`); the provenance dict says which file
+    verified (:func:`landcover.models.pretrained.load_pretrained`); the provenance dict says which file
     (path, sha256), which bands and how many tensors. With ``load_weights=False`` (rebuilding a
     model whose parameters come from a checkpoint) nothing is read and no file is needed.
     """
@@ -146,7 +146,9 @@ def build_model(
     if cfg.encoder_weights == "none":
         provenance.update(source="none", loaded=False, tensors_loaded=0)
         return model, provenance
-    from landcover.weights import load_pretrained  # lazy: torchgeo only when weights are named
+    from landcover.models.pretrained import (
+        load_pretrained,  # lazy: torchgeo only when weights are named
+    )
 
     provenance.update(load_pretrained(model, cfg, names))
     return model, provenance

@@ -23,7 +23,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from landcover import tables
+from landcover import nomenclature as tables
 from landcover.errors import (
     CorruptFileError,
     InputFormatError,
@@ -31,7 +31,7 @@ from landcover.errors import (
     MissingBandError,
     ProductMismatchError,
 )
-from landcover.s2meta import Meta, iso_time, needs_offset, parse_mtd, parse_name
+from landcover.sources.s2meta import Meta, iso_time, needs_offset, parse_mtd, parse_name
 
 BASELINE_OFFSET = -1000.0
 """DN offset of processing baseline >= 04.00 (from 25 January 2022): reflectance = (DN + offset) / 10000."""

@@ -2,7 +2,7 @@
 
 * Classification checkpoints (timm ResNet): Grad-CAM on the encoder's last stage (``layer4``). The
   input is cut into the non-overlapping tiles ``landcover predict`` uses (same reader, reflection
-  padding and normalisation, imported from :mod:`landcover.predict`); for each tile and requested
+  padding and normalisation, imported from :mod:`landcover.inference.predict`); for each tile and requested
   class the stage's activations are weighted by the spatially averaged gradient of the class logit,
   summed, passed through ReLU, upsampled bilinearly to the tile's pixels and divided by the tile's
   maximum (0 where that is 0). One float32 COG per class, ``cam_<code>_<name>.tif``, on the input's
@@ -42,9 +42,7 @@ from torch import nn
 
 from landcover import __version__
 from landcover.errors import ConfigError, ModelError, OutputExistsError
-from landcover.io import GDAL_ENV, Grid
-from landcover.models import encoder_of
-from landcover.predict import (
+from landcover.inference.predict import (
     LoadedModel,
     Progress,
     _probabilities,
@@ -52,8 +50,17 @@ from landcover.predict import (
     predict_scene,
     resolve_device,
 )
-from landcover.tables import Nomenclature
-from landcover.windows import BlockWriter, Feeder, make_plan, open_source, temporaries, to_cog
+from landcover.inference.sliding import (
+    BlockWriter,
+    Feeder,
+    make_plan,
+    open_source,
+    temporaries,
+    to_cog,
+)
+from landcover.io.grid import GDAL_ENV, Grid
+from landcover.models.build import encoder_of
+from landcover.nomenclature import Nomenclature
 
 NODATA = -1.0  # no-data value of the float32 outputs
 MAX_DEFAULT_CLASSES = 5

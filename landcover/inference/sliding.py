@@ -2,7 +2,7 @@
 that feed rows of windows (an ingested stack, or a Sentinel-2 product through the ingest reader), and
 the writers (block rows of temporary GeoTIFFs, then Cloud-Optimized GeoTIFFs and quick looks).
 
-See :mod:`landcover.predict` for how the windows are blended and streamed.
+See :mod:`landcover.inference.predict` for how the windows are blended and streamed.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import torch
 from rasterio.windows import Window
 
 from landcover.errors import ConfigError, InputFormatError, MissingBandError
-from landcover.io import Grid, open_raster, temporary_sibling
-from landcover.tables import Nomenclature
+from landcover.io.grid import Grid, open_raster, temporary_sibling
+from landcover.nomenclature import Nomenclature
 
 if TYPE_CHECKING:
-    from landcover.predict import LoadedModel
+    from landcover.inference.predict import LoadedModel
 
 STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
 TMP_BLOCK = 256  # block side of the temporary GeoTIFFs (written one whole block row at a time)
@@ -114,8 +114,8 @@ class ProductSource:
     """Any input open_product accepts, read like ingest reads it (SceneReader)."""
 
     def __init__(self, path: Path, lm: LoadedModel):
-        from landcover.sentinel2 import open_product
-        from landcover.stack import SceneReader
+        from landcover.sources.reader import SceneReader
+        from landcover.sources.sentinel2 import open_product
 
         try:
             product = open_product(path).select(lm.bands)

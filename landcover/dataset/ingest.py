@@ -32,14 +32,13 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from landcover import __version__
-from landcover.bigearthnet import PATCH_PIXELS
-from landcover.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
-from landcover.catalog import SplitConfig, lonlat_bounds, tile_record, write_scene_part
-from landcover.catalog import finalize as finalize_catalog
 from landcover.cluster import Shard, shard_items
 from landcover.config import apply_override
+from landcover.dataset.catalog import SplitConfig, lonlat_bounds, tile_record, write_scene_part
+from landcover.dataset.catalog import finalize as finalize_catalog
+from landcover.dataset.splits import check_block_size, grid_area_warning, split_scheme
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
-from landcover.io import (
+from landcover.io.grid import (
     GDAL_ENV,
     Grid,
     atomic_output,
@@ -47,17 +46,18 @@ from landcover.io import (
     style_class_map,
     write_qgis_style,
 )
-from landcover.labels import RasterLabels, load_label_mapping, open_label_source
-from landcover.sentinel2 import Product
-from landcover.splits import check_block_size, grid_area_warning, split_scheme
-from landcover.stack import NODATA, SceneReader, strips
-from landcover.tables import (
+from landcover.nomenclature import (
     IGNORE,
     default_bands,
     nomenclature,
     normalize_band_name,
     sentinel2_bands,
 )
+from landcover.sources.bigearthnet import PATCH_PIXELS
+from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
+from landcover.sources.labels import RasterLabels, load_label_mapping, open_label_source
+from landcover.sources.reader import NODATA, SceneReader, strips
+from landcover.sources.sentinel2 import Product
 
 Progress = Callable[[str, int, int], None]
 
@@ -432,7 +432,7 @@ def ingest(
     """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it.
 
     BigEarthNet patches and folders of them become one scene per product (tile and date) and group
-    of touching patches, see :mod:`landcover.bigearthnet_scenes`; when every input is BigEarthNet,
+    of touching patches, see :mod:`landcover.sources.bigearthnet_scenes`; when every input is BigEarthNet,
     ``tile_size`` defaults to 120 (one tile per patch).
 
     With ``shard=(I, N)``, N > 1, only the scenes of shard I are ingested (see

@@ -11,7 +11,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from landcover import tables
+from landcover import nomenclature as tables
 from landcover.errors import CorruptFileError
 
 PRODUCT_RE = re.compile(

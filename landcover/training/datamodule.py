@@ -29,12 +29,12 @@ from lightning.pytorch import LightningDataModule
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from landcover.catalog import CATALOG_NAME, band_statistics, read_catalog
+from landcover.dataset.catalog import CATALOG_NAME, band_statistics, read_catalog
+from landcover.dataset.splits import check_split_scheme
 from landcover.errors import ConfigError, DatasetError
-from landcover.input_transform import InputTransform, normalization_statistics
-from landcover.samplers import EpochSampler, ShardSampler, distributed_rank
-from landcover.splits import check_split_scheme
-from landcover.tables import IGNORE
+from landcover.models.input_transform import InputTransform, normalization_statistics
+from landcover.nomenclature import IGNORE
+from landcover.training.samplers import EpochSampler, ShardSampler, distributed_rank
 
 Task = Literal["segmentation", "classification"]
 MULTIPLE = 32
@@ -74,7 +74,7 @@ class DataConfig(pydantic.BaseModel, extra="forbid"):
     sampling: Literal["uniform", "rare_classes"] = "uniform"
     max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
     augment: AugmentConfig = AugmentConfig()
-    # auto: the input transform model.encoder_weights declares (landcover.input_transform), else dataset;
+    # auto: the input transform model.encoder_weights declares (landcover.models.input_transform), else dataset;
     # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
     normalization: Literal["auto", "weights", "dataset", "none"] = "auto"
 

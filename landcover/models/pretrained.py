@@ -41,11 +41,11 @@ import torch
 from torch import nn
 
 from landcover.errors import ConfigError, ModelError
-from landcover.models import ModelConfig, encoder_of, head_name
+from landcover.models.build import ModelConfig, encoder_of, head_name
+from landcover.models.safeload import load_torch_file
+from landcover.nomenclature import normalize_band_name, sentinel2_bands
 from landcover.offline import ENV as OFFLINE_ENV
 from landcover.offline import is_offline
-from landcover.safeload import load_torch_file
-from landcover.tables import normalize_band_name, sentinel2_bands
 
 log = logging.getLogger(__name__)
 

@@ -27,18 +27,18 @@ from typing import Any
 import rasterio.windows
 from rasterio.windows import Window
 
-from landcover import tables
-from landcover.bigearthnet import (
+from landcover import nomenclature as tables
+from landcover.errors import ConfigError, MissingBandError, ProductMismatchError
+from landcover.io.grid import Grid
+from landcover.sources.bigearthnet import (
     Patch,
     bigearthnet_reference_map,
     find_bigearthnet_patches,
     label_warnings,
     read_patch_labels,
 )
-from landcover.errors import ConfigError, MissingBandError, ProductMismatchError
-from landcover.io import Grid
-from landcover.mosaic import raster_header, write_mosaic_vrt
-from landcover.sentinel2 import (
+from landcover.sources.mosaic import raster_header, write_mosaic_vrt
+from landcover.sources.sentinel2 import (
     BEN_PATCH_RE,
     Product,
     is_bigearthnet_patch,

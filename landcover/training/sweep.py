@@ -104,7 +104,7 @@ def variant_overrides(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def resolve_variants(cfg: SweepConfig, sweep_file: Path, dataset: str | Path | None = None) -> dict[str, dict]:
     """The full, validated training config of every variant (name -> config as a dict)."""
-    from landcover.train import TrainConfig
+    from landcover.training.train import TrainConfig
 
     base = Path(cfg.base)
     for candidate in (sweep_file.parent / base, config_dir() / base, base):
@@ -317,8 +317,8 @@ def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
     done = best / "test_metrics.json"
     if done.exists():
         return json.loads(done.read_text())
-    from landcover.datamodule import LandcoverDataModule
-    from landcover.train import TrainConfig, evaluate_checkpoint
+    from landcover.training.datamodule import LandcoverDataModule
+    from landcover.training.train import TrainConfig, evaluate_checkpoint
 
     config = yaml.safe_load((best / "variant.yaml").read_text())
     if dataset is not None:

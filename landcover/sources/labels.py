@@ -11,7 +11,7 @@ Rules (documented in the README):
   GDAL: *nearest* when the grid's pixels are no larger than the source's, *mode* (majority)
   when they are larger, so a coarse pixel takes the class covering most of it.
 * Codes become contiguous class ids of the chosen nomenclature through
-  :meth:`landcover.tables.Nomenclature.encode`; 255 marks pixels without a label.
+  :meth:`landcover.nomenclature.Nomenclature.encode`; 255 marks pixels without a label.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from landcover import __version__
 from landcover.errors import LabelSourceError, NoOverlapError, UnknownCodeError
-from landcover.io import (
+from landcover.io.grid import (
     GDAL_ENV,
     Grid,
     atomic_output,
@@ -41,7 +41,7 @@ from landcover.io import (
     style_class_map,
     write_qgis_style,
 )
-from landcover.tables import (
+from landcover.nomenclature import (
     IGNORE,
     corine_classes,
     index_to_code_lut,

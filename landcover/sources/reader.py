@@ -33,9 +33,9 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from landcover.errors import ProductMismatchError
-from landcover.io import Grid, open_raster
-from landcover.sentinel2 import BandFile, Product
-from landcover.tables import default_scl_invalid
+from landcover.io.grid import Grid, open_raster
+from landcover.nomenclature import default_scl_invalid
+from landcover.sources.sentinel2 import BandFile, Product
 
 NODATA = 0
 RESAMPLING = {"bilinear": Resampling.bilinear, "cubic": Resampling.cubic, "nearest": Resampling.nearest}

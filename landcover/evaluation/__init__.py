@@ -1,0 +1,1 @@
+"""Map vs reference, without Lightning: streaming confusion matrix, scores, reports."""

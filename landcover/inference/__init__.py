@@ -1,0 +1,1 @@
+"""Checkpoint -> map, without Lightning: sliding-window prediction of whole scenes, explanations."""
