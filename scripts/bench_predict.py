@@ -36,7 +36,8 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from landcover.models.build import ModelConfig, build_model
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
 from landcover.nomenclature import default_bands, nomenclature
 
 BANDS = list(default_bands("L2A"))  # 12 bands

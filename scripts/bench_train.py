@@ -25,7 +25,8 @@ import torch
 from rasterio.transform import from_origin
 
 from landcover.dataset.ingest import IngestConfig, ingest
-from landcover.models.build import ModelConfig, build_model
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
 from landcover.training.datamodule import DataConfig, LandcoverDataModule
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]

@@ -74,7 +74,8 @@ def write_unet_checkpoint(path: Path, bands: list[str] | None = None, tile: int 
     """A U-Net/ResNet-18 with seeded random weights (CORINE level 1), saved as `landcover train` saves it."""
     import torch
 
-    from landcover.models.build import ModelConfig, build_model
+    from landcover.models.build import build_model
+    from landcover.models.config import ModelConfig
     from landcover.nomenclature import nomenclature
 
     bands = list(bands or BANDS)

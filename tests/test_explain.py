@@ -21,7 +21,8 @@ from landcover.errors import ConfigError, MissingBandError, ModelError, OutputEx
 from landcover.inference import explain as explain_module
 from landcover.inference.explain import explain, explain_command_summary, last_stage
 from landcover.inference.predict import LoadedModel
-from landcover.models.build import ModelConfig, build_model
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
 from tests.test_predict import BANDS, MEAN, STD, meta, scene, write_stack
 
 EVIDENCE = 2  # level1 class id '3' Forest and semi natural areas

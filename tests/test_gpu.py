@@ -29,7 +29,8 @@ if torch.cuda.is_available() and importlib.util.find_spec("pyogrio") is None:
     sys.modules["pyogrio"] = _stub
 
 from landcover.inference.predict import predict_scene  # noqa: E402
-from landcover.models.build import ModelConfig, build_model  # noqa: E402
+from landcover.models.build import build_model  # noqa: E402
+from landcover.models.config import ModelConfig  # noqa: E402
 from landcover.nomenclature import default_bands, nomenclature  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from landcover.errors import ConfigError
-from landcover.models.build import (
-    ModelConfig,
-    build_model,
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
+from landcover.models.encoders import (
     count_parameters,
     encoder_of,
     encoder_parameter_names,

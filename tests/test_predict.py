@@ -29,7 +29,8 @@ from landcover.inference.predict import (
     predict_many,
     predict_scene,
 )
-from landcover.models.build import ModelConfig, build_model
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
 from landcover.nomenclature import nomenclature
 from tests.s2_fixtures import make_safe
 

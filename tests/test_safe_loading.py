@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from landcover.cli import app
 from landcover.config import load_config
 from landcover.errors import ModelError
-from landcover.models.build import ModelConfig, build_model
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
 from landcover.training.train import TrainConfig, train
 from tests.learnable import make_learnable_dataset
 

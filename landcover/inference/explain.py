@@ -59,7 +59,7 @@ from landcover.inference.sliding import (
     to_cog,
 )
 from landcover.io.grid import GDAL_ENV, Grid
-from landcover.models.build import encoder_of
+from landcover.models.encoders import encoder_of
 from landcover.nomenclature import Nomenclature
 
 NODATA = -1.0  # no-data value of the float32 outputs

@@ -67,7 +67,8 @@ from landcover.io.grid import (
     style_class_map,
     write_qgis_style,
 )
-from landcover.models.build import ModelConfig, build_model
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
 from landcover.models.safeload import load_torch_file
 from landcover.nomenclature import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
 from landcover.preflight import check_inputs_exist

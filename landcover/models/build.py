@@ -9,57 +9,23 @@ Neither is ever built with library weights (no hub downloads): pretrained weight
 :mod:`landcover.models.pretrained`, which matches the first convolution to the data's bands by name and
 verifies what it loaded. This module does not import Lightning, so prediction works without it.
 
-The *encoder* (:func:`encoder_of`) is what pretrained weights go into: ``model.encoder`` of the
-U-Net, or the timm ResNet without its ``fc`` head. :func:`parameter_groups` splits the
-parameters the same way for optimizers (encoder vs. decoder/head).
+The settings are :class:`landcover.models.config.ModelConfig`; the encoder and the parameter groups
+:mod:`landcover.models.encoders`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
 import torch
-from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from landcover.errors import ConfigError, ModelError
-
-ENCODERS = ("resnet18", "resnet34", "resnet50")
-
-
-class ModelConfig(BaseModel, extra="forbid"):
-    """Settings of the network and of its pretrained weights."""
-
-    task: Literal["segmentation", "classification"] = "segmentation"
-    encoder: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    encoder_weights: str = "none"
-    """'none' | 'imagenet' | a torchgeo name such as 'ResNet18_Weights.SENTINEL2_ALL_MOCO' |
-    a path to a local .pth/.pt/.safetensors/Lightning .ckpt file."""
-    weight_bands: list[str] | None = None
-    """For local files: the band order the file's first convolution expects."""
-    adapt_channels: bool = False
-    """Allow data bands the weights lack (their kernels start as the mean kernel)."""
-    weights_dir: Path | None = None
-    """Searched for weight files before the torch hub cache ($TORCH_HOME/hub/checkpoints)."""
-    allow_download: bool = True
-    """If a named weight file is not found locally, try to download it."""
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    """Dropout before the classification head / the segmentation head."""
-    freeze_encoder_epochs: int = Field(0, ge=0)
-    """Epochs with a frozen encoder at the start of training (used by the training task)."""
-    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
-    """Stochastic depth: the chance that a residual block is skipped in training (timm's
-    ``drop_path_rate``, the classification ResNets; smp's U-Net encoders do not support it)."""
-
-    @field_validator("encoder_weights")
-    @classmethod
-    def _strip_spec(cls, value: str) -> str:
-        value = value.strip()
-        return "none" if value.lower() in ("", "none", "null", "random") else value
+from landcover.errors import ConfigError
+from landcover.models.config import ModelConfig
+from landcover.models.encoders import count_parameters
 
 
 class _DropoutSegmentationHead(nn.Sequential):
@@ -74,23 +40,6 @@ class _DropoutSegmentationHead(nn.Sequential):
 
     def extra_repr(self) -> str:
         return f"dropout={self.p}"
-
-
-class _EncoderView(nn.Module):
-    """The timm ResNet without its classifier (and pooling): the modules pretrained weights fill.
-
-    It shares its submodules with the model, so loading into the view loads into the model.
-    """
-
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
-        super().__init__()
-        for name, module in modules.items():
-            self.add_module(name, module)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
 
 
 def _check_bands(bands: Sequence[str]) -> list[str]:
@@ -154,57 +103,3 @@ def build_model(
     return model, provenance
 
 
-def _timm_head_name(model: nn.Module) -> str:
-    get_classifier = getattr(model, "get_classifier", None)
-    if get_classifier is None:
-        raise ModelError(f"{type(model).__name__} is neither an smp U-Net nor a timm classifier")
-    head = get_classifier()
-    for name, module in model.named_children():
-        if module is head:
-            return name
-    raise ModelError(f"cannot find the classifier of {type(model).__name__}")
-
-
-def head_name(model: nn.Module) -> str | None:
-    """Name of the classification head (``'fc'`` for timm ResNets), None for a U-Net."""
-    if isinstance(model, smp.Unet):
-        return None
-    return _timm_head_name(model)
-
-
-def encoder_of(model: nn.Module) -> nn.Module:
-    """The part of ``model`` that pretrained weights go into.
-
-    ``model.encoder`` for the U-Net; for a timm ResNet a view of every child but the classifier
-    and the global pooling (state-dict keys ``conv1.weight``, ``bn1.*``, ``layer1..4.*``).
-    """
-    if isinstance(model, smp.Unet):
-        return model.encoder
-    head = _timm_head_name(model)
-    skip = {head, "global_pool", "head_drop"}
-    return _EncoderView({n: m for n, m in model.named_children() if n not in skip})
-
-
-def encoder_parameter_names(model: nn.Module) -> set[str]:
-    """Names (as in ``model.named_parameters()``) of the encoder's parameters."""
-    ids = {id(p) for p in encoder_of(model).parameters()}
-    return {name for name, p in model.named_parameters() if id(p) in ids}
-
-
-def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """``{'encoder': [...], 'head': [...]}``: encoder parameters vs. everything else.
-
-    U-Net: 'encoder' = ``encoder.*``, 'head' = ``decoder.*`` + ``segmentation_head.*``;
-    timm ResNet: 'encoder' = all but ``fc.*``, 'head' = ``fc.*``. Use them as optimizer parameter
-    groups (e.g. a lower learning rate for the pretrained encoder).
-    """
-    names = encoder_parameter_names(model)
-    groups: dict[str, list[nn.Parameter]] = {"encoder": [], "head": []}
-    for name, param in model.named_parameters():
-        groups["encoder" if name in names else "head"].append(param)
-    return groups
-
-
-def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
-    """Number of parameter elements (only those with ``requires_grad`` if ``trainable_only``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -38,7 +38,7 @@ import torch
 from landcover.errors import ConfigError, DatasetError, ModelError
 
 if TYPE_CHECKING:
-    from landcover.models.build import ModelConfig
+    from landcover.models.config import ModelConfig
 
 RAW_SCALE = 10000.0
 """normalization='none' divides by this: uint16 reflectance x 10000 -> reflectance."""

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from landcover.errors import ConfigError, ModelError
-from landcover.models.build import ModelConfig, encoder_of, head_name
+from landcover.models.config import ModelConfig
+from landcover.models.encoders import encoder_of, head_name
 from landcover.models.safeload import load_torch_file
 from landcover.nomenclature import normalize_band_name, sentinel2_bands
 from landcover.offline import ENV as OFFLINE_ENV
@@ -299,11 +300,65 @@ def _countable(key: str) -> bool:
     return not key.endswith("num_batches_tracked")
 
 
+def _file_band_order(source: WeightSource, stored_bands: list[str] | None, n_channels: int,
+                     data_bands: Sequence[str], path: Path) -> tuple[list[str], str]:
+    """The band order of the file's first convolution, and where it comes from."""
+    if source.bands is not None:
+        return list(source.bands), source.bands_from
+    if stored_bands is not None:
+        return [band_key(b) for b in stored_bands], "stored in the file"
+    if n_channels == len(data_bands):
+        wbands, bands_from = [band_key(b) for b in data_bands], "assumed: same as the data"
+    elif n_channels == 13:
+        wbands, bands_from = list(l1c_bands()), "assumed: 13 L1C bands in ESA order"
+    elif n_channels == 3:
+        wbands, bands_from = list(RGB_BANDS), "assumed: RGB (B04, B03, B02)"
+    else:
+        raise ModelError(f"{path}: the first convolution takes {n_channels} bands and the file does not "
+                         "name them; set model.weight_bands to the file's band order")
+    log.warning("%s: band order %s", path, bands_from)
+    return wbands, bands_from
+
+
+def _tensors_to_load(prepared: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head: str | None,
+                     encoder_name: str, path: Path) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """The file's tensors that fit the encoder, the countable encoder keys and those left unmatched;
+    a file that fits too little (or holds too much of another architecture) is an error."""
+    to_load = {k: v for k, v in prepared.items() if k in target and v.shape == target[k].shape}
+    shape_mismatch = [k for k, v in prepared.items() if k in target and v.shape != target[k].shape]
+    total = [k for k in target if _countable(k)]
+    unmatched = [k for k in total if k not in to_load]
+    n_match = len(total) - len(unmatched)
+    if n_match < MIN_LOADED_FRACTION * len(total):
+        what = "loaded nothing" if not n_match else f"loaded only {n_match} of {len(total)} tensors"
+        raise ModelError(f"weights {path} do not fit the {encoder_name} encoder: a strict=False load "
+                         f"{what} (unmatched e.g. {', '.join(unmatched[:5])}; shape mismatches: "
+                         f"{', '.join(shape_mismatch[:5]) or 'none'})")
+    extra = [k for k in prepared if _countable(k) and k not in target
+             and not k.startswith(("fc.", f"{head or 'fc'}."))]
+    if len(extra) > (1 - MIN_LOADED_FRACTION) * len(total):
+        raise ModelError(f"weights {path} hold {len(extra)} encoder tensors the {encoder_name} encoder "
+                         f"lacks (e.g. {', '.join(extra[:5])}): weights of another architecture?")
+    return to_load, total, unmatched
+
+
+def _verified(encoder: nn.Module, to_load: dict[str, torch.Tensor], total: list[str], path: Path) -> list[str]:
+    """The keys whose tensors now equal the file's; an error when too few do (torchgeo #4036)."""
+    after = encoder.state_dict()
+    differ = [k for k, v in to_load.items() if not torch.equal(after[k], v.to(after[k].dtype))]
+    loaded = [k for k in total if k in to_load and k not in differ]
+    if differ or len(loaded) < MIN_LOADED_FRACTION * len(total):
+        raise ModelError(f"weights {path}: after a strict=False load only {len(loaded)} of "
+                         f"{len(total)} tensors equal the file's (differ: {', '.join(differ[:5])})")
+    return loaded
+
+
 def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str]) -> dict[str, Any]:
     """Load ``cfg.encoder_weights`` into the encoder of ``model`` (and a matching classifier head).
 
-    Returns provenance: spec, source, url, file, sha256, key prefix, weight/data bands, channel map,
-    tensors loaded/total, whether the head was loaded.
+    Returns provenance: spec, source, url, file name (not its path: outputs carry no paths of the
+    user's machine), sha256, key prefix, weight/data bands, channel map, tensors loaded/total, whether
+    the head was loaded.
     """
     source = resolve_weights(cfg.encoder_weights, cfg.encoder, cfg.weight_bands)
     path = find_weight_file(source, cfg.weights_dir, cfg.allow_download)
@@ -327,42 +382,11 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
     if conv_key not in stripped:
         raise ModelError(f"weights {path} have no first convolution {prefix}{conv_key}; they do not "
                          f"fit the {cfg.encoder} encoder")
-    file_conv = stripped[conv_key]
-    if source.bands is not None:
-        wbands, bands_from = list(source.bands), source.bands_from
-    elif stored_bands is not None:
-        wbands, bands_from = [band_key(b) for b in stored_bands], "stored in the file"
-    else:
-        n = file_conv.shape[1]
-        if n == len(data_bands):
-            wbands, bands_from = [band_key(b) for b in data_bands], "assumed: same as the data"
-        elif n == 13:
-            wbands, bands_from = list(l1c_bands()), "assumed: 13 L1C bands in ESA order"
-        elif n == 3:
-            wbands, bands_from = list(RGB_BANDS), "assumed: RGB (B04, B03, B02)"
-        else:
-            raise ModelError(f"{path}: the first convolution takes {n} bands and the file does not "
-                             "name them; set model.weight_bands to the file's band order")
-        log.warning("%s: band order %s", path, bands_from)
-    kernel, channel_map, scale = adapt_first_conv(file_conv, wbands, data_bands,
+    wbands, bands_from = _file_band_order(source, stored_bands, stripped[conv_key].shape[1], data_bands, path)
+    kernel, channel_map, scale = adapt_first_conv(stripped[conv_key], wbands, data_bands,
                                                   adapt_channels=cfg.adapt_channels)
-    prepared = dict(stripped)
-    prepared[conv_key] = kernel
-    to_load = {k: v for k, v in prepared.items() if k in target and v.shape == target[k].shape}
-    shape_mismatch = [k for k, v in prepared.items() if k in target and v.shape != target[k].shape]
-    total = [k for k in target if _countable(k)]
-    unmatched = [k for k in total if k not in to_load]
-    n_match = len(total) - len(unmatched)
-    if n_match < MIN_LOADED_FRACTION * len(total):
-        what = "loaded nothing" if not n_match else f"loaded only {n_match} of {len(total)} tensors"
-        raise ModelError(f"weights {path} do not fit the {cfg.encoder} encoder: a strict=False load "
-                         f"{what} (unmatched e.g. {', '.join(unmatched[:5])}; shape mismatches: "
-                         f"{', '.join(shape_mismatch[:5]) or 'none'})")
-    extra = [k for k in stripped if _countable(k) and k not in target
-             and not k.startswith(("fc.", f"{head or 'fc'}."))]
-    if len(extra) > (1 - MIN_LOADED_FRACTION) * len(total):
-        raise ModelError(f"weights {path} hold {len(extra)} encoder tensors the {cfg.encoder} encoder "
-                         f"lacks (e.g. {', '.join(extra[:5])}): weights of another architecture?")
+    prepared = {**stripped, conv_key: kernel}
+    to_load, total, unmatched = _tensors_to_load(prepared, target, head, cfg.encoder, path)
     encoder.load_state_dict(dict(to_load), strict=False)
     head_loaded = False
     if source.kind == "file" and head and all(  # a head from pretraining never fits our classes
@@ -370,17 +394,11 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
     ):
         getattr(model, head).load_state_dict({k[len(head) + 1:]: prepared[k] for k in head_target})
         head_loaded = True
-    # verify: every tensor with a counterpart in the file now equals it (torchgeo #4036)
-    after = encoder.state_dict()
-    differ = [k for k, v in to_load.items() if not torch.equal(after[k], v.to(after[k].dtype))]
-    loaded = [k for k in total if k in to_load and k not in differ]
-    if differ or len(loaded) < MIN_LOADED_FRACTION * len(total):
-        raise ModelError(f"weights {path}: after a strict=False load only {len(loaded)} of "
-                         f"{len(total)} tensors equal the file's (differ: {', '.join(differ[:5])})")
+    loaded = _verified(encoder, to_load, total, path)
     dkeys = {band_key(b) for b in data_bands}
     return {
         "source": source.kind, "encoder_weights": source.spec, "url": source.url,
-        "file": str(path.resolve()), "sha256": sha256, "hash_prefix_ok": hash_ok,
+        "file": path.name, "sha256": sha256, "hash_prefix_ok": hash_ok,
         "key_prefix": prefix, "weight_bands": wbands, "weight_bands_from": bands_from,
         "data_bands": list(data_bands), "channel_map": channel_map,
         "dropped_weight_bands": [b for b in wbands if b not in dkeys],
@@ -388,15 +406,3 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
         "first_conv_scale": scale, "loaded": True, "tensors_loaded": len(loaded),
         "tensors_total": len(total), "unmatched_keys": unmatched[:10], "head_loaded": head_loaded,
     }
-
-
-def set_encoder_trainable(model: nn.Module, trainable: bool) -> int:
-    """Set ``requires_grad`` of the encoder's parameters; returns how many tensors changed.
-
-    BatchNorm running statistics still update in train mode: call ``encoder_of(model).eval()``
-    after ``model.train()`` as well to freeze them.
-    """
-    params = list(encoder_of(model).parameters())
-    for param in params:
-        param.requires_grad_(trainable)
-    return len(params)
