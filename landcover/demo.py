@@ -22,7 +22,8 @@ import rasterio
 from landcover.config import config_dir, load_config
 from landcover.dataset.catalog import read_catalog
 from landcover.dataset.ingest import IngestConfig, ingest
-from landcover.evaluation.evaluate import evaluate_maps, scores_from_confusion
+from landcover.evaluation.confusion import scores_from_confusion
+from landcover.evaluation.evaluate import evaluate_maps
 from landcover.io.grid import Grid, class_map_profile, style_class_map
 from landcover.nomenclature import IGNORE, catalog_dir, nomenclature
 

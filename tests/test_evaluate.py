@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import DatasetError, NoOverlapError, OutputExistsError
-from landcover.evaluation.evaluate import ClassMapReader, confusion_matrix_streaming, evaluate_maps
+from landcover.evaluation.confusion import confusion_matrix_streaming
+from landcover.evaluation.evaluate import ClassMapReader, evaluate_maps
 from landcover.io.grid import Grid, class_map_profile, style_class_map
 from landcover.nomenclature import IGNORE, corine_classes, nomenclature
 from landcover.sources.labels import labels_like

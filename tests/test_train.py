@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from landcover.config import load_config
 from landcover.errors import ConfigError
+from landcover.evaluation.confusion import scores_from_confusion
 from landcover.training.datamodule import LandcoverDataModule
 from landcover.training.train import TrainConfig, evaluate_checkpoint, train
 from tests.learnable import make_learnable_dataset
@@ -62,6 +64,11 @@ def test_checkpoint_is_self_contained_and_reproduces_validation(segmentation_run
     data = LandcoverDataModule(tiny(dataset).data, task="segmentation")
     again = evaluate_checkpoint(out / "checkpoints" / "best.ckpt", data)
     assert again["val/miou"] == pytest.approx(logged, abs=1e-6)
+    # one definition of the scores: `landcover evaluate`'s function gives the same numbers from the matrix
+    scores = scores_from_confusion(np.array(again["confusion_matrix"]))
+    assert again["val/miou"] == pytest.approx(scores["miou"], abs=1e-6)
+    assert again["val/accuracy"] == pytest.approx(scores["overall_accuracy"], abs=1e-6)
+    assert again["val/iou_micro"] == pytest.approx(scores["iou_micro"], abs=1e-6)
 
 
 def test_classification_multilabel_learns(dataset, tmp_path):

@@ -12,16 +12,13 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from landcover.errors import ConfigError, OutputExistsError
+from landcover.evaluation.confusion import Confusion
 from landcover.io.grid import Grid
 from landcover.nomenclature import Nomenclature
-
-if TYPE_CHECKING:
-    from landcover.evaluation.evaluate import Confusion
 
 
 @contextlib.contextmanager

@@ -19,8 +19,10 @@ import torchmetrics
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from landcover.models.build import ModelConfig, build_model, encoder_of, parameter_groups
-from landcover.models.pretrained import set_encoder_trainable
+from landcover.evaluation.confusion import scores_from_confusion
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
+from landcover.models.encoders import encoder_of, parameter_groups, set_encoder_trainable
 from landcover.nomenclature import IGNORE
 
 CHECKPOINT_FORMAT = "landcover-checkpoint/1"
@@ -40,27 +42,6 @@ class LossConfig(BaseModel):
     name: Literal["ce", "ce+dice", "focal", "ce+focal"] = "ce"
     class_weights: Literal["none", "inverse_frequency", "median_frequency"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-
-
-def confusion_scores(cm: torch.Tensor) -> dict[str, Any]:
-    """IoU, accuracy, precision/recall/F1 from a (true x predicted) confusion matrix.
-
-    Macro means are taken over the classes that occur (in the reference or the prediction).
-    """
-    cm = cm.double()
-    tp = cm.diag()
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    union = tp + fp + fn
-    seen = union > 0
-    iou = torch.where(seen, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    total = cm.sum().clamp(min=1)
-    return {
-        "iou": iou.tolist(),
-        "miou": float(iou[seen].mean()) if seen.any() else 0.0,
-        "iou_micro": float(tp.sum() / union.sum().clamp(min=1)),
-        "accuracy": float(tp.sum() / total),
-    }
 
 
 class _Task(pl.LightningModule):
@@ -201,14 +182,15 @@ class SegmentationTask(_Task):
     def _eval_epoch_end(self, stage: str) -> None:
         cm = self._metric(self.cm, stage).compute()  # synchronised across ranks by torchmetrics
         self._metric(self.cm, stage).reset()
-        scores = confusion_scores(cm)
+        # the one definition of the scores, shared with `landcover evaluate` (0 when nothing was scored)
+        scores = scores_from_confusion(cm.cpu().numpy(), class_names=self.hparams["class_names"])
         # the matrix is already summed over ranks, so every rank logs the same values
-        self.log(f"{stage}/miou", scores["miou"], prog_bar=True, sync_dist=True)
-        self.log(f"{stage}/iou_micro", scores["iou_micro"], sync_dist=True)
-        self.log(f"{stage}/accuracy", scores["accuracy"], sync_dist=True)
-        for name, value in zip(self.hparams["class_names"], scores["iou"], strict=True):
-            if value == value:  # not NaN: the class occurred
-                self.log(f"{stage}/iou/{name}", value, sync_dist=True)
+        self.log(f"{stage}/miou", scores["miou"] or 0.0, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/iou_micro", scores["iou_micro"] or 0.0, sync_dist=True)
+        self.log(f"{stage}/accuracy", scores["overall_accuracy"] or 0.0, sync_dist=True)
+        for row in scores["per_class"]:
+            if row["iou"] is not None:  # the class occurred
+                self.log(f"{stage}/iou/{row['name']}", row["iou"], sync_dist=True)
         self.last_confusion = cm.cpu()
 
     def on_validation_epoch_end(self) -> None:

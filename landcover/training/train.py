@@ -27,12 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.errors import ConfigError, ModelError, OutputExistsError
+from landcover.evaluation.confusion import scores_from_confusion
 from landcover.io.grid import atomic_output
-from landcover.models.build import ModelConfig, count_parameters
+from landcover.models.config import ModelConfig
+from landcover.models.encoders import count_parameters
 from landcover.models.input_transform import declared_input_transform
 from landcover.models.safeload import load_torch_file
 from landcover.training.datamodule import DataConfig, LandcoverDataModule
-from landcover.training.task import LossConfig, OptimConfig, confusion_scores, task_class
+from landcover.training.task import LossConfig, OptimConfig, task_class
 
 
 class TrainerConfig(BaseModel):
@@ -296,7 +298,6 @@ def evaluate_checkpoint(path: str | Path, data: LandcoverDataModule, *, split: s
     if task.last_confusion is not None:
         cm = task.last_confusion
         metrics["confusion_matrix"] = cm.tolist()
-        scores = confusion_scores(cm)
-        names = task.hparams["class_names"]
-        metrics["per_class_iou"] = {n: (None if v != v else v) for n, v in zip(names, scores["iou"], strict=True)}
+        scores = scores_from_confusion(cm.numpy(), class_names=task.hparams["class_names"])
+        metrics["per_class_iou"] = {row["name"]: row["iou"] for row in scores["per_class"]}
     return metrics
