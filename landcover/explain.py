@@ -48,6 +48,7 @@ from landcover.predict import (
     LoadedModel,
     Progress,
     _probabilities,
+    check_level,
     load_checkpoint,
     predict_scene,
     resolve_device,
@@ -174,8 +175,8 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     if t < 1 or batch_size < 1:
         raise ConfigError(f"tile ({t}) and batch size ({batch_size}) must be positive")
     dev = resolve_device(device)
-    with contextlib.closing(open_source(input, lm)):  # a missing or unusable input: an error before any output
-        pass
+    with contextlib.closing(open_source(input, lm)) as source:  # a missing or unusable input: an error before any output
+        check_level(lm, source.level, input, None)  # explain has no --allow-level-mismatch
     previous = _previous_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)

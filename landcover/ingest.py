@@ -48,6 +48,7 @@ from landcover.io import (
     write_qgis_style,
 )
 from landcover.labels import RasterLabels, load_label_mapping, open_label_source
+from landcover.s2meta import dataset_level
 from landcover.sentinel2 import Product
 from landcover.splits import check_block_size, grid_area_warning, split_scheme
 from landcover.stack import NODATA, SceneReader, strips
@@ -288,6 +289,7 @@ def ingest_scene(
                 img.update_tags(
                     PRODUCT_ID=product.product_id, SCALE="reflectance x 10000",
                     PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
+                    PROCESSING_LEVEL=str(product.level or "unknown"),
                     OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
                     SOFTWARE=f"landcover {__version__}",
                 )
@@ -405,6 +407,7 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
         "nomenclature": nom.to_dict(),
         "normalization": stats,
         "split_scheme": scheme,
+        "processing_level": dataset_level(meta),
         "scenes": [
             {"scene_id": m["scene_id"], "image": f"scenes/{m['scene_id']}/image.tif",
              "labels": f"scenes/{m['scene_id']}/labels.tif", "grid": m["grid"], "tiles": m["tiles"],

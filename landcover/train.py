@@ -30,6 +30,7 @@ from landcover.errors import ConfigError, ModelError, OutputExistsError
 from landcover.input_transform import declared_input_transform
 from landcover.io import atomic_output
 from landcover.models import ModelConfig, count_parameters
+from landcover.s2meta import dataset_level
 from landcover.safeload import load_torch_file
 from landcover.task import LossConfig, OptimConfig, confusion_scores, task_class
 
@@ -142,6 +143,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         "label_mode": cfg.data.label_mode,
         "dataset": str(Path(cfg.data.dataset).resolve()),
         "dataset_settings": info.get("config"),
+        "processing_level": info.get("processing_level") or dataset_level(info.get("scenes") or []),
         "config": cfg.model_dump(mode="json"),
         "software": f"landcover {__version__}",
     }

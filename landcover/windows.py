@@ -22,6 +22,7 @@ from rasterio.windows import Window
 
 from landcover.errors import ConfigError, InputFormatError, MissingBandError
 from landcover.io import Grid, open_raster, temporary_sibling
+from landcover.s2meta import parse_name
 from landcover.tables import Nomenclature
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class StackSource:
         self.grid = Grid(self.ds.crs, self.ds.transform, self.ds.width, self.ds.height)
         self.product_id = tags.get("PRODUCT_ID", path.parent.name)
         self.baseline = tags.get("PROCESSING_BASELINE")
+        named = parse_name(self.product_id)  # stacks ingested before PROCESSING_LEVEL was tagged
+        self.level = tags.get("PROCESSING_LEVEL") or (named.level if named and named.level else "unknown")
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         image = self.ds.read(self.indexes, window=Window(0, r0, self.grid.width, r1 - r0))
@@ -131,6 +134,7 @@ class ProductSource:
         self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, **lm.reader)
         self.grid, self.product_id = self.reader.grid, product.product_id
         self.baseline = product.processing_baseline
+        self.level = product.level
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         win = self.reader.read(Window(0, r0, self.grid.width, r1 - r0))
