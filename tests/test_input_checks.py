@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -182,3 +183,33 @@ def test_cli_predict_of_an_all_no_data_scene_warns_on_stderr(l2a_checkpoint, tmp
     assert result.exit_code == 0, result.output
     assert result.output.count("warning:") == 1 and "no data" in result.output
 
+
+def nodata_geotiff(path: Path, fill: int = 0, size: int = 64) -> Path:
+    return write_stack(path, np.full((len(BANDS), size, size), fill, np.uint16), product_id="x")
+
+
+def test_ingest_of_nothing_usable_is_an_error_that_leaves_no_dataset(tmp_path):
+    out = tmp_path / "ds"
+    args = ["ingest", str(nodata_geotiff(tmp_path / "empty.tif")), "--out", str(out), "--tile-size", "32"]
+    line = error_line(runner.invoke(app, args))
+    assert "no data" in line and "empty" in line
+    assert_options_exist("ingest", line)
+    assert not out.exists()
+    good = write_stack(tmp_path / "good.tif", scene(64, 64), product_id="good")
+    result = runner.invoke(app, ["ingest", str(good), "--out", str(out), "--tile-size", "32"])
+    assert result.exit_code == 0, result.output  # the failed run does not block the next one
+    assert json.loads((out / "dataset.json").read_text())["scenes"][0]["tiles"] == 4
+
+
+def test_ingest_where_no_tile_has_enough_valid_pixels_names_the_threshold(tmp_path):
+    image = scene(64, 64)
+    image[:, :, 8:] = 0  # every 32-px tile is at most a quarter valid
+    stack = write_stack(tmp_path / "sparse.tif", image, product_id="sparse")
+    (tmp_path / "ds").mkdir()  # an existing empty folder stays, empty
+    line = error_line(runner.invoke(app, ["ingest", str(stack), "--out", str(tmp_path / "ds"), "--tile-size", "32"]))
+    assert "split.min_valid_fraction" in line and "0.5" in line
+    assert_options_exist("ingest", line)
+    assert list((tmp_path / "ds").iterdir()) == []
+    result = runner.invoke(app, ["ingest", str(stack), "--out", str(tmp_path / "ds"), "--tile-size", "32",
+                                 "--set", "split.min_valid_fraction=0.2"])
+    assert result.exit_code == 0, result.output
