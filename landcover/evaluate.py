@@ -119,7 +119,7 @@ def open_reference(labels: Path, grid: Grid, nom: Nomenclature, **source_options
                 f"the labels class map {labels} is on another grid than the prediction "
                 f"(labels {reader.grid.to_dict()}, prediction {grid.to_dict()}); pass the CORINE source "
                 "instead (it is warped onto the prediction's grid), or make labels on the prediction's "
-                "grid with: landcover labels SOURCE --like PREDICTION"
+                "grid with `landcover labels SOURCE --like PREDICTION`"
             )
         else:
             try:

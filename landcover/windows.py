@@ -92,8 +92,8 @@ class StackSource:
             self.ds.close()
             raise MissingBandError(
                 f"band(s) {', '.join(missing)} needed by the checkpoint are not in {path} (bands "
-                f"{','.join(names)}); ingest the scene with --bands {','.join(lm.bands)} or use a "
-                "checkpoint trained on these bands")
+                f"{','.join(names)}); ingest the scene with `landcover ingest --bands {','.join(lm.bands)}` or use "
+                "a checkpoint trained on these bands")
         if abs(self.ds.res[0] - lm.resolution) > 1e-6:
             self.ds.close()
             raise InputFormatError(f"{path} is at {self.ds.res[0]:g} m, the checkpoint at {lm.resolution:g} m; "
@@ -121,10 +121,13 @@ class ProductSource:
         from landcover.stack import SceneReader
 
         try:
-            product = open_product(path).select(lm.bands)
-        except MissingBandError as exc:
-            raise MissingBandError(f"{path} lacks band(s) the checkpoint needs ({','.join(lm.bands)}): {exc}; "
-                                   "use a product with these bands or a checkpoint trained on its bands") from exc
+            product = open_product(path)
+            if missing := [b for b in lm.bands if b not in product.bands]:  # a message without ingest's --bands
+                raise MissingBandError(
+                    f"{path} lacks band(s) {','.join(missing)} that the checkpoint needs (it has "
+                    f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
+                    "with these bands or a checkpoint trained on its bands")
+            product = product.select(lm.bands)
         except InputFormatError as exc:
             if "without band names" not in str(exc):
                 raise

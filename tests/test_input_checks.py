@@ -213,3 +213,61 @@ def test_ingest_where_no_tile_has_enough_valid_pixels_names_the_threshold(tmp_pa
     result = runner.invoke(app, ["ingest", str(stack), "--out", str(tmp_path / "ds"), "--tile-size", "32",
                                  "--set", "split.min_valid_fraction=0.2"])
     assert result.exit_code == 0, result.output
+
+
+# --- messages name options of the command that prints them -------------------------------------------
+
+
+def _predict_missing_band_product(tmp_path, ckpt):
+    safe = make_safe(tmp_path, size=32, bands=BANDS[:3], with_scl=False)  # no B08
+    return ["predict", str(ckpt), str(safe), "--out", str(tmp_path / "m.tif")], "B08"
+
+
+def _predict_missing_band_stack(tmp_path, ckpt):
+    stack = write_stack(tmp_path / "s.tif", scene(32, 32, c=3), bands=BANDS[:3])
+    return ["predict", str(ckpt), str(stack), "--out", str(tmp_path / "m.tif")], "B08"
+
+
+def _predict_unnamed_bands(tmp_path, ckpt):
+    from tests.s2_fixtures import make_multiband
+
+    tif = make_multiband(tmp_path / "unnamed.tif", descriptions=False, size=32)
+    return ["predict", str(ckpt), str(tif), "--out", str(tmp_path / "m.tif")], "without"
+
+
+def _explain_missing_band_product(tmp_path, ckpt):
+    safe = make_safe(tmp_path, size=32, bands=BANDS[:3], with_scl=False)
+    return ["explain", str(ckpt), str(safe), "--out", str(tmp_path / "x")], "B08"
+
+
+def _ingest_missing_band(tmp_path, ckpt):
+    safe = make_safe(tmp_path, size=32, bands=BANDS, with_scl=False)
+    return ["ingest", str(safe), "--bands", "B02,B05", "--out", str(tmp_path / "ds")], "B05"
+
+
+def _evaluate_class_map_on_another_grid(tmp_path, ckpt):
+    stack = write_stack(tmp_path / "s.tif", scene(32, 32))
+    assert runner.invoke(app, ["predict", str(ckpt), str(stack), "--out", str(tmp_path / "a.tif")]).exit_code == 0
+    other = write_stack(tmp_path / "o.tif", scene(40, 40))
+    assert runner.invoke(app, ["predict", str(ckpt), str(other), "--out", str(tmp_path / "b.tif")]).exit_code == 0
+    return ["evaluate", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--out", str(tmp_path / "r")], "grid"
+
+
+def _evaluate_untagged_map(tmp_path, ckpt):
+    from rasterio.transform import from_origin
+
+    from tests.conftest import write_raster
+
+    tif = write_raster(tmp_path / "c.tif", np.zeros((32, 32), np.uint8), "EPSG:32633", from_origin(500_000, 5_300_000, 10, 10))
+    return ["evaluate", str(tif), str(tif), "--out", str(tmp_path / "r")], "NOMENCLATURE"
+
+
+@pytest.mark.parametrize("case", [
+    _predict_missing_band_product, _predict_missing_band_stack, _predict_unnamed_bands,
+    _explain_missing_band_product, _ingest_missing_band, _evaluate_class_map_on_another_grid, _evaluate_untagged_map,
+], ids=lambda f: f.__name__.strip("_"))
+def test_error_messages_name_only_options_of_their_command(case, l2a_checkpoint, tmp_path):
+    args, expected = case(tmp_path, l2a_checkpoint)
+    line = error_line(runner.invoke(app, args))
+    assert expected in line
+    assert_options_exist(args[0], line)
