@@ -339,7 +339,7 @@ def evaluate_maps(
     metrics: dict[str, Any] = {
         "software": {"landcover": __version__, "numpy": np.__version__, "rasterio": rasterio.__version__},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "inputs": {"prediction": str(prediction.resolve()), "labels": str(labels.resolve()),
+        "inputs": {"prediction": prediction.name, "labels": labels.name,  # names: no path of the user's machine
                    "labels_description": description, "prediction_nomenclature": pred.source_nom.name,
                    "grid": grid.to_dict()},
         "options": {"nomenclature": nom.name, "code_column": code_column, "tile_size": tile_size,

@@ -190,7 +190,8 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
             ids = ids if ids is not None else _default_classes(lm, input, t, dev, batch_size)
             record = _classification(lm, input, out_dir, t, ids, stage, dev, batch_size, tmp, progress)
             record["layer"] = stage_name
-        record.update(checkpoint=lm.path or "in-memory model", checkpoint_sha256=lm.sha256, input=str(input),
+        record.update(checkpoint=Path(lm.path).name if lm.path else "in-memory model", checkpoint_sha256=lm.sha256,
+                      input=input.name,
                       task=lm.task, device=str(dev), software=f"landcover {__version__}",
                       seconds=round(time.perf_counter() - started, 3))
         for name, path in record.pop("temporaries").items():
@@ -263,7 +264,7 @@ def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: li
         with rasterio.open(path, "r+") as ds:
             ds.set_band_description(1, f"Grad-CAM {nom.codes[c]} {nom.class_names[c]} (0..1; -1 = no data)")
             ds.update_tags(METHOD="Grad-CAM, last encoder stage, per-tile max normalised", CLASS_CODE=nom.codes[c],
-                           CLASS_NAME=nom.class_names[c], PRODUCT_ID=product_id, INPUT=str(input),
+                           CLASS_NAME=nom.class_names[c], PRODUCT_ID=product_id, INPUT=input.name,
                            CHECKPOINT_SHA256=lm.sha256 or "none", TILE_SIZE=str(t))
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)
@@ -318,7 +319,7 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
         with rasterio.open(path, "r+") as ds:
             what = "Shannon entropy / log(K)" if name == "entropy.tif" else "top-1 minus top-2 probability"
             ds.set_band_description(1, f"{what} (0..1; -1 = no data)")
-            ds.update_tags(METHOD=what, PRODUCT_ID=summary["product_id"], INPUT=str(input),
+            ds.update_tags(METHOD=what, PRODUCT_ID=summary["product_id"], INPUT=input.name,
                            CHECKPOINT_SHA256=lm.sha256 or "none", PROBABILITY_STEP="1/255")
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)

@@ -309,7 +309,7 @@ def ingest_scene(
             write_scene_part(records, tmp / "tiles.parquet")
             scene = {
                 "scene_id": scene_id,
-                "input": str(product.path),
+                "input": Path(product.path).name,  # no path of the user's machine
                 "kind": product.kind,
                 "bands": list(bands),
                 "grid": grid.to_dict(),

@@ -298,10 +298,11 @@ def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) ->
 
 
 def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input: Path) -> dict[str, str]:
-    """Where a map comes from: product id, levels, input and checkpoint."""
+    """Where a map comes from: product id, levels, the input's and the checkpoint's file names (no path of
+    the user's machine) and the checkpoint's sha256."""
     return {"PRODUCT_ID": source.product_id, "PROCESSING_BASELINE": str(source.baseline or "unknown"),
             "PROCESSING_LEVEL": source.level or "unknown", "CHECKPOINT_PROCESSING_LEVEL": lm.level,
-            "INPUT": str(input), "CHECKPOINT": lm.path or "in-memory model",
+            "INPUT": input.name, "CHECKPOINT": Path(lm.path).name if lm.path else "in-memory model",
             "CHECKPOINT_SHA256": lm.sha256 or "none", "BANDS": json.dumps(lm.bands)}
 
 

@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         "resolution": info["resolution"],
         "scale": info.get("scale"),
         "label_mode": cfg.data.label_mode,
-        "dataset": str(Path(cfg.data.dataset).resolve()),
+        "dataset": Path(cfg.data.dataset).resolve().name,  # the folder's name, not a path of the user's machine
         "dataset_settings": info.get("config"),
         "processing_level": info.get("processing_level") or dataset_level(info.get("scenes") or []),
         "config": cfg.model_dump(mode="json"),

@@ -380,7 +380,7 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
     dkeys = {band_key(b) for b in data_bands}
     return {
         "source": source.kind, "encoder_weights": source.spec, "url": source.url,
-        "file": str(path.resolve()), "sha256": sha256, "hash_prefix_ok": hash_ok,
+        "file": path.name, "sha256": sha256, "hash_prefix_ok": hash_ok,
         "key_prefix": prefix, "weight_bands": wbands, "weight_bands_from": bands_from,
         "data_bands": list(data_bands), "channel_map": channel_map,
         "dropped_weight_bands": [b for b in wbands if b not in dkeys],

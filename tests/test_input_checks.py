@@ -271,3 +271,37 @@ def test_error_messages_name_only_options_of_their_command(case, l2a_checkpoint,
     line = error_line(runner.invoke(app, args))
     assert expected in line
     assert_options_exist(args[0], line)
+
+
+# --- provenance without the user's paths --------------------------------------------------------------
+
+
+def test_outputs_hold_no_absolute_path_of_the_users_machine(l2a_checkpoint, tmp_path):
+    from tests.learnable import make_learnable_scene
+
+    image, labels = make_learnable_scene(tmp_path / "raw", size=64)
+    safe = make_safe(tmp_path / "raw", size=64, bands=BANDS, with_scl=False)
+    ds, maps = tmp_path / "ds", tmp_path / "maps"
+    runs = [
+        ["ingest", str(image), "--labels", str(labels), "--out", str(ds), "--tile-size", "32", "--nomenclature", "level1"],
+        ["predict", str(l2a_checkpoint), str(safe), str(ds / "scenes" / "scene_0" / "image.tif"), "--out", str(maps),
+         "--probabilities", "--confidence"],
+        ["explain", str(l2a_checkpoint), str(ds / "scenes" / "scene_0" / "image.tif"), "--out", str(tmp_path / "why")],
+        ["evaluate", str(maps / "scene_0.tif"), str(ds / "scenes" / "scene_0" / "labels.tif"), "--out",
+         str(tmp_path / "report")],
+    ]
+    for args in runs:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+    forbidden = [str(tmp_path), str(l2a_checkpoint.parent)] + [str(Path.home())] * (len(Path.home().parts) > 1)
+    written = [p for folder in (ds, maps, tmp_path / "why", tmp_path / "report") for p in folder.rglob("*")
+               if p.is_file()]
+    assert len(written) > 20
+    for path in written:  # tags live as text in the TIFF; JSON, YAML, Markdown, GPKG and Parquet as bytes
+        data = path.read_bytes()
+        for text in forbidden:
+            assert text.encode() not in data, f"{path.relative_to(tmp_path)} holds {text}"
+    with rasterio.open(maps / "scene_0.tif") as m:
+        assert m.tags()["INPUT"] == "image.tif" and m.tags()["CHECKPOINT"] == "best.ckpt"
+    scenes = json.loads((ds / "dataset.json").read_text())["scenes"]
+    assert scenes[0]["input"] == image.name
