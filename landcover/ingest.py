@@ -248,6 +248,7 @@ def ingest_scene(
                 source = open_label_source(
                     labels, grid, code_column=cfg.labels.code_column, all_touched=cfg.labels.all_touched,
                     raster_values=cfg.labels.raster_values, mapping=mapping,
+                    raster_values_option="--set labels.raster_values={}",  # ingest has no --raster-values
                 )
             elif isinstance(product, BigEarthNetProduct) and product.reference_map:
                 source = RasterLabels(Path(product.reference_map), grid, "codes")

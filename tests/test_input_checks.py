@@ -262,9 +262,21 @@ def _evaluate_untagged_map(tmp_path, ckpt):
     return ["evaluate", str(tif), str(tif), "--out", str(tmp_path / "r")], "NOMENCLATURE"
 
 
+def _ingest_ambiguous_clc_raster(tmp_path, ckpt):
+    from tests.learnable import make_learnable_scene
+
+    image, labels = make_learnable_scene(tmp_path / "raw", size=64)
+    with rasterio.open(labels, "r+") as ds:
+        codes = ds.read(1)
+        codes[:8] = 5  # 5 is a raster index, 111.. codes: the values cannot be told apart
+        ds.write(codes, 1)
+    return ["ingest", str(image), "--labels", str(labels), "--out", str(tmp_path / "ds"), "--tile-size", "32"], "indices"
+
+
 @pytest.mark.parametrize("case", [
     _predict_missing_band_product, _predict_missing_band_stack, _predict_unnamed_bands,
     _explain_missing_band_product, _ingest_missing_band, _evaluate_class_map_on_another_grid, _evaluate_untagged_map,
+    _ingest_ambiguous_clc_raster,
 ], ids=lambda f: f.__name__.strip("_"))
 def test_error_messages_name_only_options_of_their_command(case, l2a_checkpoint, tmp_path):
     args, expected = case(tmp_path, l2a_checkpoint)
