@@ -215,6 +215,17 @@ def test_ingest_where_no_tile_has_enough_valid_pixels_names_the_threshold(tmp_pa
     assert result.exit_code == 0, result.output
 
 
+
+def test_finalize_of_shards_without_a_tile_is_an_error(tmp_path):
+    inputs = [str(nodata_geotiff(tmp_path / f"{n}.tif")) for n in ("a", "b")]
+    for i in range(2):
+        result = runner.invoke(app, ["ingest", *inputs, "--out", str(tmp_path / "ds"), "--tile-size", "32",
+                                     "--shard", f"{i}/2"])
+        assert result.exit_code == 0, result.output  # a shard does not know about the others
+    line = error_line(runner.invoke(app, ["ingest", "--finalize", "--out", str(tmp_path / "ds")]))
+    assert "no data" in line and "a, b" in line
+    assert not (tmp_path / "ds" / "dataset.json").exists()
+
 # --- messages name options of the command that prints them -------------------------------------------
 
 
