@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    with rasterio.Env(**GDAL_ENV), temporaries() as tmp:
+    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, _out_of_memory(input, dev):
         if lm.task == "segmentation":
             record = _segmentation(lm, input, out_dir, tile, dev, batch_size, tmp, progress)
         else:
@@ -204,6 +204,19 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
     return {**record, "out_dir": str(out_dir)}
+
+
+@contextlib.contextmanager
+def _out_of_memory(input: Path, dev: torch.device) -> Iterator[None]:
+    """A GPU out of memory as a ConfigError naming what explain offers (predict's would name --batch-size)."""
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, ConfigError) as exc:
+        cause = exc if isinstance(exc, torch.cuda.OutOfMemoryError) else exc.__cause__
+        if not isinstance(cause, torch.cuda.OutOfMemoryError):
+            raise
+        raise ConfigError(f"the GPU ({dev}) ran out of memory explaining {input.name}; free GPU memory (other "
+                          "processes) or pass --device cpu") from cause
 
 
 def _previous_files(out_dir: Path) -> set[str]:

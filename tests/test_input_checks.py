@@ -19,6 +19,7 @@ import pytest
 import rasterio
 import torch
 import typer
+from torch import nn
 from typer.testing import CliRunner
 
 from landcover.cli import app
@@ -328,3 +329,19 @@ def test_outputs_hold_no_absolute_path_of_the_users_machine(l2a_checkpoint, tmp_
         assert m.tags()["INPUT"] == "image.tif" and m.tags()["CHECKPOINT"] == "best.ckpt"
     scenes = json.loads((ds / "dataset.json").read_text())["scenes"]
     assert scenes[0]["input"] == image.name
+
+
+class OutOfMemory(nn.Module):
+    def forward(self, x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+def test_explain_out_of_gpu_memory_names_options_explain_has(tmp_path):
+    from landcover.explain import explain
+
+    lm = LoadedModel.from_meta(OutOfMemory(), meta())  # segmentation: explain runs predict's windows
+    stack = write_stack(tmp_path / "s.tif", scene(32, 32))
+    with pytest.raises(ConfigError, match="out of memory") as info:
+        explain(lm, stack, tmp_path / "x")
+    assert_options_exist("explain", str(info.value))
+    assert list((tmp_path / "x").iterdir()) == []
