@@ -325,6 +325,10 @@ def test_outputs_hold_no_absolute_path_of_the_users_machine(l2a_checkpoint, tmp_
         data = path.read_bytes()
         for text in forbidden:
             assert text.encode() not in data, f"{path.relative_to(tmp_path)} holds {text}"
+    for path in (p for p in written if p.suffix == ".tif"):  # and no tag says None
+        with rasterio.open(path) as raster:
+            for tags in (raster.tags(), *(raster.tags(i) for i in raster.indexes)):
+                assert "None" not in tags.values(), (path.name, tags)
     with rasterio.open(maps / "scene_0.tif") as m:
         assert m.tags()["INPUT"] == "image.tif" and m.tags()["CHECKPOINT"] == "best.ckpt"
     scenes = json.loads((ds / "dataset.json").read_text())["scenes"]
