@@ -444,6 +444,9 @@ def predict(
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
     quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,
+    allow_level_mismatch: Annotated[bool, typer.Option(
+        "--allow-level-mismatch", help="Predict scenes of another processing level (L1C/L2A) than the checkpoint's "
+        "training data (refused by default: results are degraded); warned and recorded in the map's tags.")] = False,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.cluster import parse_shard, read_list, shard_items
@@ -468,7 +471,8 @@ def predict(
             return
     batch = from_list is not None or (part is not None and part[1] > 1)  # --out is then a folder
     options: dict[str, Any] = dict(overlap=overlap, tile=tile, batch_size=batch_size, device=device, probabilities=probabilities,
-                   confidence=confidence, quicklook=quicklook, mask_clouds=mask_clouds)
+                   confidence=confidence, quicklook=quicklook, mask_clouds=mask_clouds,
+                   allow_level_mismatch=allow_level_mismatch)
     single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"--out {out_path} is a file name but there are {len(items)} inputs; pass a folder")
@@ -477,6 +481,8 @@ def predict(
             summaries = [predict_scene(checkpoint, items[0], out_path, overwrite=overwrite, progress=update, **options)]
         else:
             summaries = predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
+    for warning in dict.fromkeys(w for s in summaries for w in s.get("warnings", [])):  # each once
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for s in summaries:
         if s["skipped"]:
             out.print(f"skipped {s['input']}: {s['out']['map']} is complete (pass --overwrite to redo it)")

@@ -81,8 +81,8 @@ def test_default_classes_and_files(cam_run):
     assert sorted(p.name for p in out.iterdir()) == ["cam_3_forest-and-semi-natural-areas.tif", "explain.json",
                                                       "overlay.png"]
     record = json.loads((out / "explain.json").read_text())
-    assert record["checkpoint"] == str(ckpt) and len(record["checkpoint_sha256"]) == 64
-    assert record["input"] == str(stack) and record["layer"] == "layer4" and record["method"] == "grad-cam"
+    assert record["checkpoint"] == ckpt.name and len(record["checkpoint_sha256"]) == 64
+    assert record["input"] == stack.name and record["layer"] == "layer4" and record["method"] == "grad-cam"
     assert record["classes"][0]["max_probability"] > 0.9 and set(record["files"]) == {p.name for p in out.iterdir()}
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     line = explain_command_summary(result)

@@ -58,6 +58,7 @@ def test_checkpoint_is_self_contained_and_reproduces_validation(segmentation_run
     assert meta["normalization"]["mean"] == info["normalization"]["mean"]
     assert [c["name"] for c in meta["nomenclature"]["classes"]] == meta["class_names"]
     assert meta["model"]["encoder"] == "resnet18" and meta["task"] == "segmentation"
+    assert meta["processing_level"] == "unknown"  # the learnable scene is a GeoTIFF without product name
     # the value logged during training at the best epoch equals a fresh evaluation of the checkpoint
     log = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/miou"])
     logged = log.loc[log["epoch"] == ckpt["epoch"], "val/miou"].iloc[0]

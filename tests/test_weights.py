@@ -78,7 +78,7 @@ def test_named_weights_from_weights_dir(tmp_path: Path, l1c_state, task: str) ->
                       allow_download=False)
     model, prov = build_model(cfg, L1C, num_classes=10)
     assert_encoder_equals(model, l1c_state, skip=())  # 13 bands in ESA order: conv1 unchanged
-    assert prov["file"] == path.name  # no path of the user's machine in a checkpoint's provenance
+    assert prov["file"] == path.name
     assert len(prov["sha256"]) == 64 and prov["hash_prefix_ok"] is False  # a fake, not the real file
     assert prov["tensors_loaded"] == prov["tensors_total"] == 100  # ResNet-18 without counters
     assert prov["weight_bands"] == L1C and prov["weight_bands_from"] == "torchgeo meta"

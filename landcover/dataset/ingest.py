@@ -57,6 +57,7 @@ from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
 from landcover.sources.labels import RasterLabels, load_label_mapping, open_label_source
 from landcover.sources.reader import NODATA, SceneReader, strips
+from landcover.sources.s2meta import dataset_level
 from landcover.sources.sentinel2 import Product
 
 Progress = Callable[[str, int, int], None]
@@ -247,10 +248,12 @@ def ingest_scene(
                 source = open_label_source(
                     labels, grid, code_column=cfg.labels.code_column, all_touched=cfg.labels.all_touched,
                     raster_values=cfg.labels.raster_values, mapping=mapping,
+                    raster_values_option="--set labels.raster_values={}",  # ingest has no --raster-values
                 )
             elif isinstance(product, BigEarthNetProduct) and product.reference_map:
                 source = RasterLabels(Path(product.reference_map), grid, "codes")
             records = []
+            usable = 0  # valid, cloud-free pixels
             windows = strips(grid, cfg.tile_size)
             t = cfg.tile_size
             with rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img, \
@@ -263,6 +266,7 @@ def ingest_scene(
                         ids = np.full(win.valid.shape, IGNORE, np.uint8)
                     invalid = ~win.valid if win.cloud is None else ~win.valid | win.cloud
                     ids[invalid] = IGNORE
+                    usable += int(invalid.size - np.count_nonzero(invalid))
                     img.write(win.image, window=strip)
                     lab.write(ids, 1, window=strip)
                     for r0 in range(0, int(strip.height) - t + 1, t):
@@ -288,6 +292,7 @@ def ingest_scene(
                 img.update_tags(
                     PRODUCT_ID=product.product_id, SCALE="reflectance x 10000",
                     PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
+                    PROCESSING_LEVEL=str(product.level or "unknown"),
                     OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
                     SOFTWARE=f"landcover {__version__}",
                 )
@@ -305,12 +310,13 @@ def ingest_scene(
             write_scene_part(records, tmp / "tiles.parquet")
             scene = {
                 "scene_id": scene_id,
-                "input": str(product.path),
+                "input": Path(product.path).name,  # no path of the user's machine
                 "kind": product.kind,
                 "bands": list(bands),
                 "grid": grid.to_dict(),
                 "labels": None if source is None else source.description,
                 "tiles": len(records),
+                "valid_fraction": round(usable / max(1, grid.width * grid.height), 6),
                 "provenance": reader.provenance(),
             }
         (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
@@ -382,6 +388,8 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
     meta = [json.loads(p.read_text()) for p in scenes]
     bands = meta[0]["bands"]
     cfg = IngestConfig.model_validate(settings["config"])
+    if not any(m["tiles"] for m in meta):
+        raise no_tiles_error(meta, cfg)
     tile_m = cfg.tile_size * cfg.resolution
     if not cfg.split.by_scene:
         check_block_size(cfg.split, tile_m)
@@ -405,6 +413,7 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
         "nomenclature": nom.to_dict(),
         "normalization": stats,
         "split_scheme": scheme,
+        "processing_level": dataset_level(meta),
         "scenes": [
             {"scene_id": m["scene_id"], "image": f"scenes/{m['scene_id']}/image.tif",
              "labels": f"scenes/{m['scene_id']}/labels.tif", "grid": m["grid"], "tiles": m["tiles"],
@@ -417,6 +426,35 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
     with atomic_output(out / "dataset.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
     return dataset
+
+
+def no_tiles_error(scenes: list[dict[str, Any]], cfg: IngestConfig) -> DatasetError:
+    """The error for scenes (``scene.json`` contents) none of which has a usable tile."""
+    names = ", ".join(str(m["scene_id"]) for m in scenes[:3]) + (f" and {len(scenes) - 3} more" if len(scenes) > 3 else "")
+    if all(m.get("valid_fraction") == 0 for m in scenes):
+        return DatasetError(f"every pixel of {names} is no data (0 in a band, or masked by the SCL / cloud mask): "
+                            "there is nothing to ingest; check that the inputs hold imagery")
+    threshold = cfg.split.min_valid_fraction
+    return DatasetError(
+        f"no {cfg.tile_size} x {cfg.tile_size} px tile of {names} has at least split.min_valid_fraction={threshold:g} "
+        "of valid, cloud-free pixels, so there is nothing to ingest; use other inputs, or lower the threshold "
+        "(--set split.min_valid_fraction=0.2) or the tile size (--tile-size)")
+
+
+def _check_some_tile(out: Path, cfg: IngestConfig, existed: bool) -> None:
+    """Raise if no scene of ``out`` has a tile, removing the dataset first (it is not one; a rerun starts afresh)."""
+    meta = [json.loads(p.read_text()) for p in sorted((out / "scenes").glob("*/scene.json"))]
+    if any(m["tiles"] for m in meta):
+        return
+    for name in ("scenes", "catalog.parquet", "splits.gpkg", "dataset.json", "ingest_settings.json"):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+    raise no_tiles_error(meta, cfg)
 
 
 def ingest(
@@ -459,6 +497,7 @@ def ingest(
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
+        existed = out.exists()
         _prepare(out, _settings(cfg, label_path), overwrite)
         todo = shard_items(list(zip(products, ids, strict=True)), shard, key=lambda item: item[1])
         for n, (product, scene_id) in enumerate(todo):
@@ -472,6 +511,8 @@ def ingest(
             ingest_scene(product, label_path, out, cfg, bands, progress)
         if progress:
             progress("scenes", len(todo), len(todo))
+        if not sharded:
+            _check_some_tile(out, cfg, existed)
     if shard is not None and sharded:
         return {"shard": list(shard), "scenes": [scene_id for _, scene_id in todo], "total_scenes": len(ids),
                 "finalized": False}

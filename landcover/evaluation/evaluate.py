@@ -121,7 +121,7 @@ def open_reference(labels: Path, grid: Grid, nom: Nomenclature, **source_options
                 f"the labels class map {labels} is on another grid than the prediction "
                 f"(labels {reader.grid.to_dict()}, prediction {grid.to_dict()}); pass the CORINE source "
                 "instead (it is warped onto the prediction's grid), or make labels on the prediction's "
-                "grid with: landcover labels SOURCE --like PREDICTION"
+                "grid with `landcover labels SOURCE --like PREDICTION`"
             )
         else:
             try:
@@ -187,7 +187,7 @@ def evaluate_maps(
     metrics: dict[str, Any] = {
         "software": {"landcover": __version__, "numpy": np.__version__, "rasterio": rasterio.__version__},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "inputs": {"prediction": str(prediction.resolve()), "labels": str(labels.resolve()),
+        "inputs": {"prediction": prediction.name, "labels": labels.name,  # names: no path of the user's machine
                    "labels_description": description, "prediction_nomenclature": pred.source_nom.name,
                    "grid": grid.to_dict()},
         "options": {"nomenclature": nom.name, "code_column": code_column, "tile_size": tile_size,

@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from landcover.inference.predict import (
     LoadedModel,
     Progress,
     _probabilities,
+    check_level,
     load_checkpoint,
     predict_scene,
     resolve_device,
@@ -181,13 +182,13 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     if t < 1 or batch_size < 1:
         raise ConfigError(f"tile ({t}) and batch size ({batch_size}) must be positive")
     dev = resolve_device(device)
-    with contextlib.closing(open_source(input, lm)):  # a missing or unusable input: an error before any output
-        pass
+    with contextlib.closing(open_source(input, lm)) as source:  # a missing or unusable input: an error before any output
+        check_level(lm, source.level, input, None)  # explain has no --allow-level-mismatch
     previous = _previous_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    with rasterio.Env(**GDAL_ENV), temporaries() as tmp:
+    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, _out_of_memory(input, dev):
         if lm.task == "segmentation":
             record = _segmentation(lm, input, out_dir, tile, dev, batch_size, tmp, progress)
         else:
@@ -196,7 +197,8 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
             ids = ids if ids is not None else _default_classes(lm, input, t, dev, batch_size)
             record = _classification(lm, input, out_dir, t, ids, stage, dev, batch_size, tmp, progress)
             record["layer"] = stage_name
-        record.update(checkpoint=lm.path or "in-memory model", checkpoint_sha256=lm.sha256, input=str(input),
+        record.update(checkpoint=Path(lm.path).name if lm.path else "in-memory model", checkpoint_sha256=lm.sha256,
+                      input=input.name,
                       task=lm.task, device=str(dev), software=f"landcover {__version__}",
                       seconds=round(time.perf_counter() - started, 3))
         for name, path in record.pop("temporaries").items():
@@ -209,6 +211,19 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
     return {**record, "out_dir": str(out_dir)}
+
+
+@contextlib.contextmanager
+def _out_of_memory(input: Path, dev: torch.device) -> Iterator[None]:
+    """A GPU out of memory as a ConfigError naming what explain offers (predict's would name --batch-size)."""
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, ConfigError) as exc:
+        cause = exc if isinstance(exc, torch.cuda.OutOfMemoryError) else exc.__cause__
+        if not isinstance(cause, torch.cuda.OutOfMemoryError):
+            raise
+        raise ConfigError(f"the GPU ({dev}) ran out of memory explaining {input.name}; free GPU memory (other "
+                          "processes) or pass --device cpu") from cause
 
 
 def _previous_files(out_dir: Path) -> set[str]:
@@ -269,7 +284,7 @@ def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: li
         with rasterio.open(path, "r+") as ds:
             ds.set_band_description(1, f"Grad-CAM {nom.codes[c]} {nom.class_names[c]} (0..1; -1 = no data)")
             ds.update_tags(METHOD="Grad-CAM, last encoder stage, per-tile max normalised", CLASS_CODE=nom.codes[c],
-                           CLASS_NAME=nom.class_names[c], PRODUCT_ID=product_id, INPUT=str(input),
+                           CLASS_NAME=nom.class_names[c], PRODUCT_ID=product_id, INPUT=input.name,
                            CHECKPOINT_SHA256=lm.sha256 or "none", TILE_SIZE=str(t))
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)
@@ -324,7 +339,7 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
         with rasterio.open(path, "r+") as ds:
             what = "Shannon entropy / log(K)" if name == "entropy.tif" else "top-1 minus top-2 probability"
             ds.set_band_description(1, f"{what} (0..1; -1 = no data)")
-            ds.update_tags(METHOD=what, PRODUCT_ID=summary["product_id"], INPUT=str(input),
+            ds.update_tags(METHOD=what, PRODUCT_ID=summary["product_id"], INPUT=input.name,
                            CHECKPOINT_SHA256=lm.sha256 or "none", PROBABILITY_STEP="1/255")
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)

@@ -52,6 +52,8 @@ from landcover.inference.sliding import (
     BlockWriter,
     Feeder,
     Plan,
+    ProductSource,
+    StackSource,
     blend_weights,
     is_ingested_stack,
     make_plan,
@@ -72,6 +74,7 @@ from landcover.models.config import ModelConfig
 from landcover.models.safeload import load_torch_file
 from landcover.nomenclature import IGNORE, NOMENCLATURES, Nomenclature, nomenclature
 from landcover.preflight import check_inputs_exist
+from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch
 
 Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this
@@ -93,6 +96,7 @@ class LoadedModel:
     reader: dict[str, Any] = field(default_factory=dict)  # ingest settings: resampling, harmonize, scl_invalid
     sha256: str | None = None
     path: str | None = None
+    level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
 
     @classmethod
     def from_meta(cls, model: nn.Module, meta: dict[str, Any], *, where: str = "checkpoint",
@@ -121,7 +125,7 @@ class LoadedModel:
             reader = {k: settings[k] for k in ("resampling", "harmonize", "scl_invalid") if settings.get(k) is not None}
             return cls(model.eval(), str(meta["task"]), bands, nom, int(meta["tile_size"]), mean, std,
                        float(meta.get("resolution") or 10.0), str(meta.get("label_mode") or "single"),
-                       reader, sha256, path)
+                       reader, sha256, path, str(meta.get("processing_level") or "unknown"))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"the landcover section of {where} is incomplete ({exc!r}); use a checkpoint "
                              "written by `landcover train` (RUN/checkpoints/best.ckpt)") from exc
@@ -184,8 +188,14 @@ def _probabilities(lm: LoadedModel, x: torch.Tensor, amp: torch.dtype | None) ->
 def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: str | Path, out: str | Path, *,
                   overlap: int | None = None, tile: int | None = None, batch_size: int = 8, device: str = "auto",
                   probabilities: bool = False, confidence: bool = False, quicklook: bool = True,
-                  overwrite: bool = False, mask_clouds: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Predict one scene into the COG ``out`` (and its side files); return a summary."""
+                  overwrite: bool = False, mask_clouds: bool = False, allow_level_mismatch: bool = False,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Predict one scene into the COG ``out`` (and its side files); return a summary.
+
+    A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
+    with a ConfigError unless ``allow_level_mismatch``; the summary's ``warnings`` then say so, as do
+    they for a scene without any valid pixel (the map is written, all no data).
+    """
     started = time.perf_counter()
     input, out = Path(input), Path(out)
     paths = output_paths(out, probabilities=probabilities, confidence=confidence, quicklook=quicklook)
@@ -209,7 +219,8 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
     with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm)) as source:
-        out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands...): only now
+        warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
+        out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands, level...): only now
         for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
             remove_stale_temporaries(path)
         grid = source.grid
@@ -224,7 +235,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
                 writers["confidence"] = BlockWriter(gtiffs["confidence"], grid, 1, "uint8", None, True)
             feeder = Feeder(source, plan, lm, batch_size, dev.type == "cuda", mask_clouds)
             try:
-                run, skipped = _stream(lm, plan, feeder, writers, dev, amp, dtype, nodata,
+                run, skipped, valid_px = _stream(lm, plan, feeder, writers, dev, amp, dtype, nodata,
                                        lambda done: progress and progress(f"{out.stem}: predict", done, plan.rows))
             except torch.cuda.OutOfMemoryError as exc:
                 raise ConfigError(f"the GPU ran out of memory with --batch-size {batch_size} and {t}-px windows; "
@@ -234,10 +245,13 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
                 bw.ds.close()
         if progress:
             progress(f"{out.stem}: COG", 0, 1)
-        tags = {"PRODUCT_ID": source.product_id, "PROCESSING_BASELINE": str(source.baseline or "unknown"), "INPUT": str(input),
-                "CHECKPOINT": lm.path or "in-memory model", "CHECKPOINT_SHA256": lm.sha256 or "none",
-                "BANDS": json.dumps(lm.bands), "TASK": lm.task, "TILE_SIZE": str(t), "OVERLAP": str(o),
-                "BLENDING": "cosine ramps over the overlap, weights sum to 1", "SOFTWARE": f"landcover {__version__}"}
+        valid_fraction = valid_px / max(1, grid.width * grid.height)
+        if valid_px == 0:
+            warnings.append(f"every pixel of {input.name} is no data (0 in a band{', or cloud' if mask_clouds else ''}): "
+                            "the map holds no class, only 255; check the input covers data")
+        tags = {**provenance_tags(lm, source, input), "TASK": lm.task, "TILE_SIZE": str(t), "OVERLAP": str(o),
+                "BLENDING": "cosine ramps over the overlap, weights sum to 1", "SOFTWARE": f"landcover {__version__}",
+                "VALID_FRACTION": f"{valid_fraction:.6f}", "WARNINGS": " | ".join(warnings) or "none"}
         with rasterio.open(gtiffs["map"], "r+") as ds:
             style_class_map(ds, nom, **tags)
         if probabilities:
@@ -264,12 +278,40 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     return {"input": str(input), "out": {name: str(p) for name, p in paths.items()}, "grid": grid.to_dict(),
             "product_id": source.product_id, "tile": t, "overlap": o, "device": str(dev),
             "windows_run": run, "windows_skipped": skipped, "seconds": round(time.perf_counter() - started, 3),
-            "skipped": False}
+            "valid_fraction": valid_fraction, "processing_level": {"checkpoint": lm.level, "scene": source.level},
+            "warnings": warnings, "skipped": False}
+
+
+def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) -> str | None:
+    """Refuse (ConfigError) a scene whose processing level differs from the checkpoint's training data.
+
+    ``allow``: the warning to record instead (predict's --allow-level-mismatch); None for a command without
+    that flag. Unknown levels (a plain GeoTIFF, an older checkpoint) and mixed training data pass.
+    """
+    if not level_mismatch(lm.level, level):
+        return None
+    trained, scene = f"{lm.level} ({LEVEL_NAMES[lm.level]})", f"{level} ({LEVEL_NAMES[level]})"
+    if allow:
+        return f"checkpoint trained on {trained} applied to {scene} input with --allow-level-mismatch: results are degraded"
+    fix = ", or pass --allow-level-mismatch to predict anyway (results will be degraded)" if allow is not None \
+        else f" or a checkpoint trained on {level} data"
+    raise ConfigError(f"checkpoint was trained on {trained} but {input.name} is {scene}: use an {lm.level} product{fix}")
+
+
+def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input: Path) -> dict[str, str]:
+    """Where a map comes from: product id, levels, the input's and the checkpoint's file names (no path of
+    the user's machine) and the checkpoint's sha256."""
+    return {"PRODUCT_ID": source.product_id, "PROCESSING_BASELINE": str(source.baseline or "unknown"),
+            "PROCESSING_LEVEL": source.level or "unknown", "CHECKPOINT_PROCESSING_LEVEL": lm.level,
+            "INPUT": input.name, "CHECKPOINT": Path(lm.path).name if lm.path else "in-memory model",
+            "CHECKPOINT_SHA256": lm.sha256 or "none", "BANDS": json.dumps(lm.bands)}
 
 
 def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, BlockWriter], dev: torch.device,
-            amp: torch.dtype | None, dtype: str, nodata: int, progress: Callable[[int], Any]) -> tuple[int, int]:
-    """Run the model row of windows by row, blend into a strip, hand finished rows to the writer."""
+            amp: torch.dtype | None, dtype: str, nodata: int, progress: Callable[[int], Any]) -> tuple[int, int, int]:
+    """Run the model row of windows by row, blend into a strip, hand finished rows to the writer.
+
+    Returns the windows run and skipped, and the number of scene pixels that got a class."""
     t, s, m, o, width = plan.tile, plan.stride, plan.margin, plan.overlap, plan.width
     k = lm.nomenclature.num_classes
     weights = torch.from_numpy(blend_weights(t, o)).to(dev)
@@ -277,7 +319,7 @@ def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, Bloc
     wsum = torch.zeros((t, plan.padded_width), device=dev)
     reader, writer = (ThreadPoolExecutor(1, initializer=_enter_env, initargs=(GDAL_ENV,)) for _ in range(2))
     pending: list[Future[None]] = []
-    run = skipped = 0
+    run = skipped = valid_px = 0
     try:
         ahead = reader.submit(feeder, 0)
         with torch.inference_mode():
@@ -296,6 +338,7 @@ def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, Bloc
                     run += len(cols)
                 lo, hi = max(0, m - i * s), min(s, plan.height - (i * s - m))  # finished rows in the strip
                 if hi > lo:
+                    valid_px += int(row.valid[lo:hi, m:m + width].sum())
                     outputs = _finish(acc[:, lo:hi, m:m + width], wsum[lo:hi, m:m + width],
                                       row.valid[lo:hi, m:m + width], dtype, nodata,
                                       "probabilities" in writers, "confidence" in writers)
@@ -315,7 +358,7 @@ def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, Bloc
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
-    return run, skipped
+    return run, skipped, valid_px
 
 
 def _finish(acc: torch.Tensor, wsum: torch.Tensor, valid: np.ndarray, dtype: str, nodata: int,

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from landcover.errors import ConfigError, InputFormatError, MissingBandError
 from landcover.io.grid import Grid, open_raster, temporary_sibling
 from landcover.nomenclature import Nomenclature
+from landcover.sources.s2meta import parse_name
 
 if TYPE_CHECKING:
     from landcover.inference.predict import LoadedModel
@@ -91,8 +92,8 @@ class StackSource:
             self.ds.close()
             raise MissingBandError(
                 f"band(s) {', '.join(missing)} needed by the checkpoint are not in {path} (bands "
-                f"{','.join(names)}); ingest the scene with --bands {','.join(lm.bands)} or use a "
-                "checkpoint trained on these bands")
+                f"{','.join(names)}); ingest the scene with `landcover ingest --bands {','.join(lm.bands)}` or use "
+                "a checkpoint trained on these bands")
         if abs(self.ds.res[0] - lm.resolution) > 1e-6:
             self.ds.close()
             raise InputFormatError(f"{path} is at {self.ds.res[0]:g} m, the checkpoint at {lm.resolution:g} m; "
@@ -101,6 +102,8 @@ class StackSource:
         self.grid = Grid(self.ds.crs, self.ds.transform, self.ds.width, self.ds.height)
         self.product_id = tags.get("PRODUCT_ID", path.parent.name)
         self.baseline = tags.get("PROCESSING_BASELINE")
+        named = parse_name(self.product_id)  # stacks ingested before PROCESSING_LEVEL was tagged
+        self.level = tags.get("PROCESSING_LEVEL") or (named.level if named and named.level else "unknown")
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         image = self.ds.read(self.indexes, window=Window(0, r0, self.grid.width, r1 - r0))
@@ -118,10 +121,13 @@ class ProductSource:
         from landcover.sources.sentinel2 import open_product
 
         try:
-            product = open_product(path).select(lm.bands)
-        except MissingBandError as exc:
-            raise MissingBandError(f"{path} lacks band(s) the checkpoint needs ({','.join(lm.bands)}): {exc}; "
-                                   "use a product with these bands or a checkpoint trained on its bands") from exc
+            product = open_product(path)
+            if missing := [b for b in lm.bands if b not in product.bands]:  # a message without ingest's --bands
+                raise MissingBandError(
+                    f"{path} lacks band(s) {','.join(missing)} that the checkpoint needs (it has "
+                    f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
+                    "with these bands or a checkpoint trained on its bands")
+            product = product.select(lm.bands)
         except InputFormatError as exc:
             if "without band names" not in str(exc):
                 raise
@@ -131,6 +137,7 @@ class ProductSource:
         self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, **lm.reader)
         self.grid, self.product_id = self.reader.grid, product.product_id
         self.baseline = product.processing_baseline
+        self.level = product.level
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         win = self.reader.read(Window(0, r0, self.grid.width, r1 - r0))

@@ -301,6 +301,7 @@ class RasterLabels:
     path: Path
     grid: Grid
     values: str = "auto"  # 'auto' | 'codes' | 'indices'
+    values_option: str = "--raster-values {}"  # how the command that reads the raster sets ``values``
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -334,7 +335,7 @@ class RasterLabels:
             return "indices"
         raise LabelSourceError(
             f"cannot tell whether {self.path} stores CLC codes (111..523) or raster indices (1..44); "
-            "pass --raster-values codes or --raster-values indices"
+            f"pass {self.values_option.format('codes')} or {self.values_option.format('indices')}"
         )
 
     def codes(self, grid: Grid, window: Window) -> np.ndarray:
@@ -366,7 +367,7 @@ class RasterLabels:
             raise UnknownCodeError(
                 f"{self.path} holds value(s) {', '.join(map(str, values[:20]))} that are not CLC "
                 f"{self.values} (first at x={x:.1f}, y={y:.1f} in {grid.crs.to_string()}); "
-                "check --raster-values, or recode the raster to CLC codes or indices"
+                f"check {self.values_option.format('codes|indices')}, or recode the raster to CLC codes or indices"
             )
         return out
 
@@ -380,16 +381,18 @@ def open_label_source(
     raster_values: str = "auto",
     layer: str | None = None,
     mapping: dict[str, int] | None = None,
+    raster_values_option: str = "--raster-values {}",
 ) -> LabelSource:
     """Open a CORINE raster or vector as a :class:`LabelSource` for ``grid``.
 
     With ``mapping`` (see :func:`load_label_mapping`), ``code_column`` names a non-CORINE attribute.
+    ``raster_values_option`` is how the calling command sets ``raster_values`` (named in error messages).
     """
     path = Path(path)
     if not path.exists():
         raise LabelSourceError(f"label source {path} does not exist; check the path")
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return RasterLabels(path, grid, raster_values)
+        return RasterLabels(path, grid, raster_values, raster_values_option)
     return VectorLabels(path, grid, code_column, all_touched, layer, mapping)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from landcover import nomenclature as tables
 from landcover.errors import CorruptFileError
@@ -98,3 +100,22 @@ def needs_offset(baseline: str) -> bool:
         return float(baseline) >= 4.0
     except ValueError:
         return False
+
+
+LEVEL_NAMES = {"L1C": "top-of-atmosphere reflectance", "L2A": "surface reflectance"}
+"""What the values of each processing level are (they differ: a model of one misreads the other)."""
+
+
+def dataset_level(scenes: Iterable[Mapping[str, Any]]) -> str:
+    """The processing level of a dataset's scenes (``dataset.json`` entries with ``provenance.level``):
+    ``L1C`` or ``L2A`` when every scene has it, ``mixed`` for both, ``unknown`` when any scene's is unknown."""
+    levels = {str(((s.get("provenance") or {}).get("level")) or "unknown") for s in scenes}
+    if not levels or levels - set(LEVEL_NAMES):
+        return "unknown"
+    return levels.pop() if len(levels) == 1 else "mixed"
+
+
+def level_mismatch(trained: str | None, scene: str | None) -> bool:
+    """Whether a model trained on ``trained`` data must not be applied to a ``scene`` of another level
+    (both known: an unknown or mixed level is never a mismatch)."""
+    return trained in LEVEL_NAMES and scene in LEVEL_NAMES and trained != scene

@@ -33,6 +33,7 @@ from landcover.models.config import ModelConfig
 from landcover.models.encoders import count_parameters
 from landcover.models.input_transform import declared_input_transform
 from landcover.models.safeload import load_torch_file
+from landcover.sources.s2meta import dataset_level
 from landcover.training.datamodule import DataConfig, LandcoverDataModule
 from landcover.training.task import LossConfig, OptimConfig, task_class
 
@@ -143,8 +144,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         "resolution": info["resolution"],
         "scale": info.get("scale"),
         "label_mode": cfg.data.label_mode,
-        "dataset": str(Path(cfg.data.dataset).resolve()),
+        "dataset": Path(cfg.data.dataset).resolve().name,  # the folder's name, not a path of the user's machine
         "dataset_settings": info.get("config"),
+        "processing_level": info.get("processing_level") or dataset_level(info.get("scenes") or []),
         "config": cfg.model_dump(mode="json"),
         "software": f"landcover {__version__}",
     }
