@@ -84,12 +84,12 @@ def make_checkpoint(path: Path) -> Path:
 
 
 def child_predict(ckpt: Path, stack: Path, out: Path, forward_too: bool) -> dict:
-    from landcover.inference.predict import load_checkpoint, predict_scene
+    from landcover.inference.checkpoint import load_checkpoint, predict_scene
 
     lm = load_checkpoint(ckpt)
     result: dict = {"rss_before_mb": peak_rss_mb()}
     if forward_too:  # the pure model over as many windows as predict runs, same batch size
-        from landcover.inference.predict import make_plan
+        from landcover.inference.sliding import make_plan
 
         with rasterio.open(stack) as src:
             plan = make_plan(src.height, src.width, TILE, OVERLAP)
@@ -108,7 +108,7 @@ def child_predict(ckpt: Path, stack: Path, out: Path, forward_too: bool) -> dict
 
 def child_peer(ckpt: Path, stack: Path, out: Path) -> dict:
     """Whole-scene prediction: the scene, its normalised copy and K x H x W probabilities in memory."""
-    from landcover.inference.predict import load_checkpoint
+    from landcover.inference.checkpoint import load_checkpoint
 
     lm = load_checkpoint(ckpt)
     rss_before = peak_rss_mb()

@@ -101,8 +101,8 @@ def test_top_level_modules_other_than_the_cli_need_neither_typer_nor_lightning()
 
 def test_public_api_resolves_lazily():
     code = ("import sys, json, inspect, landcover\nheavy = [m for m in ('torch', 'lightning') if m in sys.modules]\n"
-            "kinds = {n: 'class' if inspect.isclass(getattr(landcover, n)) else type(getattr(landcover, n)).__name__"
-            " for n in landcover.__all__}\nprint(json.dumps([heavy, kinds]))")
+            "def kind(x): return 'class' if inspect.isclass(x) else 'function' if callable(x) else type(x).__name__\n"
+            "print(json.dumps([heavy, {n: kind(getattr(landcover, n)) for n in landcover.__all__}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     heavy, kinds = json.loads(proc.stdout.strip().splitlines()[-1])
     assert heavy == []  # `import landcover` stays light: the stages load on first use

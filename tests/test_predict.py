@@ -21,14 +21,9 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import ConfigError, MissingBandError, ModelError, OutputExistsError
-from landcover.inference.predict import (
-    LoadedModel,
-    blend_weights,
-    load_checkpoint,
-    make_plan,
-    predict_many,
-    predict_scene,
-)
+from landcover.inference.checkpoint import LoadedModel, load_checkpoint
+from landcover.inference.predict import predict_many, predict_scene
+from landcover.inference.sliding import blend_weights, make_plan
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from landcover.nomenclature import nomenclature

@@ -322,7 +322,7 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
     import rasterio
     from rasterio.windows import Window
 
-    from landcover.inference.predict import load_checkpoint
+    from landcover.inference.checkpoint import load_checkpoint
     from landcover.inference.sliding import Feeder, make_plan, open_source
 
     run, dataset = transform_run, learnable

@@ -42,15 +42,13 @@ from torch import nn
 
 from landcover import __version__
 from landcover.errors import ConfigError, ModelError, OutputExistsError
-from landcover.inference.predict import (
+from landcover.inference.checkpoint import (
     LoadedModel,
-    Progress,
-    _probabilities,
-    check_level,
     load_checkpoint,
-    predict_scene,
+    probabilities,
     resolve_device,
 )
+from landcover.inference.predict import Progress, check_level, predict_scene
 from landcover.inference.sliding import (
     BlockWriter,
     Feeder,
@@ -153,7 +151,7 @@ def _default_classes(lm: LoadedModel, input: Path, t: int, dev: torch.device, ba
         feeder = Feeder(source, plan, lm, batch_size, False, False)
         for k in range(plan.rows):
             for _, x in feeder(k).batches:
-                best = torch.maximum(best, _probabilities(lm, x.to(dev), None).amax(0).cpu())
+                best = torch.maximum(best, probabilities(lm, x.to(dev), None).amax(0).cpu())
     order = [int(i) for i in torch.argsort(best, descending=True)]
     return [i for i in order if best[i] >= 0.5][:MAX_DEFAULT_CLASSES] or order[:1]
 

@@ -26,7 +26,7 @@ from landcover.nomenclature import Nomenclature
 from landcover.sources.s2meta import parse_name
 
 if TYPE_CHECKING:
-    from landcover.inference.predict import LoadedModel
+    from landcover.inference.checkpoint import LoadedModel
 
 STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
 TMP_BLOCK = 256  # block side of the temporary GeoTIFFs (written one whole block row at a time)

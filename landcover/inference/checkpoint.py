@@ -1,0 +1,124 @@
+"""A ``landcover train`` checkpoint rebuilt for inference, without Lightning: the model in eval mode and
+everything prediction needs from the checkpoint's ``landcover`` section (bands, normalisation,
+nomenclature, tile size, processing level), and the model's class probabilities for a batch."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landcover.errors import ConfigError, ModelError
+from landcover.models.build import build_model
+from landcover.models.config import ModelConfig
+from landcover.models.safeload import load_torch_file
+from landcover.nomenclature import NOMENCLATURES, Nomenclature, nomenclature
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode and everything prediction needs from its checkpoint."""
+
+    model: nn.Module
+    task: str  # 'segmentation' | 'classification'
+    bands: list[str]
+    nomenclature: Nomenclature
+    tile_size: int
+    mean: np.ndarray
+    std: np.ndarray
+    resolution: float = 10.0
+    label_mode: str = "single"
+    reader: dict[str, Any] = field(default_factory=dict)  # ingest settings: resampling, harmonize, scl_invalid
+    sha256: str | None = None
+    path: str | None = None
+    level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
+
+    @classmethod
+    def from_meta(cls, model: nn.Module, meta: dict[str, Any], *, where: str = "checkpoint",
+                  sha256: str | None = None, path: str | None = None) -> LoadedModel:
+        """Wrap ``model`` with a checkpoint's ``landcover`` section (raises ModelError if incomplete)."""
+        try:
+            classes = sorted(meta["nomenclature"]["classes"], key=lambda c: int(c["id"]))
+            name = str(meta["nomenclature"]["name"])
+            nom = Nomenclature(
+                name, tuple(str(c["code"]) for c in classes), tuple(str(c["name"]) for c in classes),
+                tuple((int(c["rgb"][0]), int(c["rgb"][1]), int(c["rgb"][2])) for c in classes),
+                nomenclature(name).lut if name in NOMENCLATURES else np.zeros(0, np.uint16),
+            )
+            bands = [str(b) for b in meta["bands"]]
+            norm = meta.get("normalization") or {}
+            mode = norm.get("mode") or ((meta.get("config") or {}).get("data") or {}).get("normalization")
+            # modes 'dataset' and 'weights' (a pretrained input transform) record the mean/std trained on
+            if mode == "none":  # x / 10000 (older checkpoints recorded the dataset's statistics here)
+                mean, std = np.zeros(len(bands), np.float32), np.full(len(bands), 10000.0, np.float32)
+            else:
+                mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+                std = np.where(std > 0, std, 1.0).astype(np.float32)
+            if mean.shape != (len(bands),) or std.shape != (len(bands),):
+                raise ValueError(f"normalization has {mean.size} values for {len(bands)} bands")
+            settings = meta.get("dataset_settings") or {}
+            reader = {k: settings[k] for k in ("resampling", "harmonize", "scl_invalid") if settings.get(k) is not None}
+            return cls(model.eval(), str(meta["task"]), bands, nom, int(meta["tile_size"]), mean, std,
+                       float(meta.get("resolution") or 10.0), str(meta.get("label_mode") or "single"),
+                       reader, sha256, path, str(meta.get("processing_level") or "unknown"))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"the landcover section of {where} is incomplete ({exc!r}); use a checkpoint "
+                             "written by `landcover train` (RUN/checkpoints/best.ckpt)") from exc
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """Rebuild the model of a ``landcover train`` checkpoint (torch.load + build_model, no Lightning)."""
+    path = Path(path)
+    hint = "point at RUN/checkpoints/best.ckpt of a `landcover train` run"
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist; {hint}")
+    ckpt = load_torch_file(path, "checkpoint", hint)  # weights_only: a pickle that would run code is refused
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("landcover"), dict) or "state_dict" not in ckpt:
+        raise ModelError(f"{path} is not a landcover checkpoint (it has no 'landcover' section); {hint}")
+    meta = ckpt["landcover"]
+    info = LoadedModel.from_meta(nn.Identity(), meta, where=str(path))
+    try:
+        model, _ = build_model(ModelConfig.model_validate(meta["model"]), info.bands,
+                               info.nomenclature.num_classes, load_weights=False)
+    except Exception as exc:
+        raise ModelError(f"cannot rebuild the model described by {path} ({exc}); {hint}") from exc
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)  # strict: a partial load must never pass silently
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"the weights in {path} do not fit the model its landcover section describes "
+                         f"({first}); the file is damaged or edited: {hint}") from exc
+    info.model = model.eval()
+    with path.open("rb") as fh:
+        info.sha256, info.path = hashlib.file_digest(fh, "sha256").hexdigest(), str(path)
+    return info
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown --device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def probabilities(lm: LoadedModel, x: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
+    """Class probabilities of a batch ``x`` (normalised input): softmax, or sigmoid for multi-label."""
+    with torch.autocast(x.device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+        logits = lm.model(x).float()
+    k = lm.nomenclature.num_classes
+    expect = (len(x), k, *x.shape[2:]) if lm.task == "segmentation" else (len(x), k)
+    if tuple(logits.shape) != expect:
+        raise ModelError(f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}, expected {expect}")
+    if lm.task == "classification" and lm.label_mode == "multilabel":
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
