@@ -71,7 +71,7 @@ from landcover.io.grid import (
     style_class_map,
     write_qgis_style,
 )
-from landcover.nomenclature import IGNORE
+from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
 from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch
 
@@ -98,15 +98,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     check_inputs_exist([input])
     lm = checkpoint_or_loaded_model if isinstance(checkpoint_or_loaded_model, LoadedModel) \
         else load_checkpoint(checkpoint_or_loaded_model)
-    seg = lm.task == "segmentation"
-    t = int(tile or (lm.tile_size // MULTIPLE * MULTIPLE if seg else lm.tile_size))
-    if t < 1 or (seg and t % MULTIPLE):
-        raise ConfigError(f"tile {t} px: segmentation windows must be a positive multiple of {MULTIPLE} px")
-    if not seg and overlap:
-        raise ConfigError("--overlap applies to segmentation; classification predicts non-overlapping tiles")
-    o = (t // 4 if overlap is None else int(overlap)) if seg else 0
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    t, o = window_geometry(lm, tile, overlap, batch_size)
     dev = resolve_device(device)
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
     lm.model.to(dev).eval()
@@ -119,7 +111,7 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
             remove_stale_temporaries(path)
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
-        gtiffs = {name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths}
+        gtiffs: dict[str, Path] = {name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths}
         writers: dict[str, BlockWriter] = {}
         try:
             writers["map"] = BlockWriter(gtiffs["map"], grid, 1, dtype, nodata, False)
@@ -146,34 +138,60 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
         tags = {**provenance_tags(lm, source, input), "TASK": lm.task, "TILE_SIZE": str(t), "OVERLAP": str(o),
                 "BLENDING": "cosine ramps over the overlap, weights sum to 1", "SOFTWARE": f"landcover {__version__}",
                 "VALID_FRACTION": f"{valid_fraction:.6f}", "WARNINGS": " | ".join(warnings) or "none"}
-        with rasterio.open(gtiffs["map"], "r+") as ds:
-            style_class_map(ds, nom, **tags)
-        if probabilities:
-            with rasterio.open(gtiffs["probabilities"], "r+") as ds:
-                ds.update_tags(SCALE="probability x 255", NOMENCLATURE=nom.name, **tags)
-                for i, name in enumerate(nom.class_names, 1):
-                    ds.set_band_description(i, f"{nom.codes[i - 1]} {name}")
-        if confidence:
-            with rasterio.open(gtiffs["confidence"], "r+") as ds:
-                ds.update_tags(SCALE="max class probability x 255", **tags)
-                ds.set_band_description(1, "confidence (max class probability x 255)")
-        finals = {name: tmp(paths[name]) for name in paths if name != "qml"}
-        for name in ("probabilities", "confidence"):
-            if name in gtiffs:
-                to_cog(gtiffs[name], finals[name], "AVERAGE", None)
-        to_cog(gtiffs["map"], finals["map"], "MODE", nom)
-        if quicklook:
-            write_quicklook(finals["map"], finals["quicklook"], nom, nodata, f"{source.product_id} ({nom.name})")
-        for name in finals:
-            if name != "map":
-                os.replace(finals[name], paths[name])
-        write_qgis_style(out, nom)
-        os.replace(finals["map"], out)  # last: the final name means 'complete'
+        _tag_outputs(gtiffs, nom, tags)
+        _publish(gtiffs, paths, tmp, nom, nodata, f"{source.product_id} ({nom.name})")
     return {"input": str(input), "out": {name: str(p) for name, p in paths.items()}, "grid": grid.to_dict(),
             "product_id": source.product_id, "tile": t, "overlap": o, "device": str(dev),
             "windows_run": run, "windows_skipped": skipped, "seconds": round(time.perf_counter() - started, 3),
             "valid_fraction": valid_fraction, "processing_level": {"checkpoint": lm.level, "scene": source.level},
             "warnings": warnings, "skipped": False}
+
+
+def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
+    """The window side and overlap in pixels (checked): the checkpoint's tile size rounded down to a
+    multiple of 32 and a quarter-tile overlap for segmentation; non-overlapping tiles for classification."""
+    seg = lm.task == "segmentation"
+    t = int(tile or (lm.tile_size // MULTIPLE * MULTIPLE if seg else lm.tile_size))
+    if t < 1 or (seg and t % MULTIPLE):
+        raise ConfigError(f"tile {t} px: segmentation windows must be a positive multiple of {MULTIPLE} px")
+    if not seg and overlap:
+        raise ConfigError("--overlap applies to segmentation; classification predicts non-overlapping tiles")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    return t, (t // 4 if overlap is None else int(overlap)) if seg else 0
+
+
+def _tag_outputs(gtiffs: dict[str, Path], nom: Nomenclature, tags: dict[str, str]) -> None:
+    """Class map style and provenance tags; band descriptions and scales of the probability rasters."""
+    with rasterio.open(gtiffs["map"], "r+") as ds:
+        style_class_map(ds, nom, **tags)
+    if "probabilities" in gtiffs:
+        with rasterio.open(gtiffs["probabilities"], "r+") as ds:
+            ds.update_tags(SCALE="probability x 255", NOMENCLATURE=nom.name, **tags)
+            for i, name in enumerate(nom.class_names, 1):
+                ds.set_band_description(i, f"{nom.codes[i - 1]} {name}")
+    if "confidence" in gtiffs:
+        with rasterio.open(gtiffs["confidence"], "r+") as ds:
+            ds.update_tags(SCALE="max class probability x 255", **tags)
+            ds.set_band_description(1, "confidence (max class probability x 255)")
+
+
+def _publish(gtiffs: dict[str, Path], paths: dict[str, Path], tmp: Callable[[Path], Path], nom: Nomenclature,
+             nodata: int, title: str) -> None:
+    """COGs (and the quick-look) under temporary names, then renamed: the class map last, since its
+    final name means 'complete'."""
+    finals = {name: tmp(paths[name]) for name in paths if name != "qml"}
+    for name in ("probabilities", "confidence"):
+        if name in gtiffs:
+            to_cog(gtiffs[name], finals[name], "AVERAGE", None)
+    to_cog(gtiffs["map"], finals["map"], "MODE", nom)
+    if "quicklook" in finals:
+        write_quicklook(finals["map"], finals["quicklook"], nom, nodata, title)
+    for name in finals:
+        if name != "map":
+            os.replace(finals[name], paths[name])
+    write_qgis_style(paths["map"], nom)
+    os.replace(finals["map"], paths["map"])
 
 
 def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) -> str | None:
