@@ -45,6 +45,8 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
         return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not a text file (YAML); pass the YAML settings file") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

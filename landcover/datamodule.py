@@ -15,13 +15,12 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pydantic
 import rasterio
 import torch
 import torch.nn.functional as F
@@ -35,48 +34,11 @@ from landcover.input_transform import InputTransform, normalization_statistics
 from landcover.samplers import EpochSampler, ShardSampler, distributed_rank
 from landcover.splits import check_split_scheme
 from landcover.tables import IGNORE
+from landcover.train_config import DataConfig
 
 Task = Literal["segmentation", "classification"]
 MULTIPLE = 32
 """Segmentation inputs must have sides divisible by this (encoder output stride)."""
-
-
-class AugmentConfig(pydantic.BaseModel, extra="forbid"):
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
-    brightness: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band brightness jitter
-    contrast: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band contrast jitter
-    resized_crop: bool = False  # random crop of crop_scale x the area, resized back (mask: nearest)
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-
-    @pydantic.field_validator("crop_scale")
-    @classmethod
-    def _scale(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
-        return value
-
-
-class DataConfig(pydantic.BaseModel, extra="forbid"):
-    dataset: Path | None = None  # ingested dataset folder (set by the CLI --dataset)
-    batch_size: Annotated[int, pydantic.Field(ge=1)] = 16
-    num_workers: Annotated[int, pydantic.Field(ge=0)] | Literal["auto"] = "auto"  # see auto_num_workers()
-    crop_size: Annotated[int | None, pydantic.Field(ge=1)] = None  # training random crop (None = whole tile)
-    label_mode: Literal["multilabel", "single"] = "multilabel"
-    present_threshold: Annotated[float | None, pydantic.Field(gt=0, le=1)] = None  # None: ingest's present_classes
-    min_labelled_fraction: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.05
-    # which catalog column assigns tiles to splits: the spatial split, or BigEarthNet's official one
-    split_column: Literal["split", "official_split"] = "split"
-    # classification targets: 'auto' = the tile's patch labels (BigEarthNet) when it has them, else
-    # the classes of its pixel labels; 'pixels' always uses the pixel labels
-    targets: Literal["auto", "pixels"] = "auto"
-    sampling: Literal["uniform", "rare_classes"] = "uniform"
-    max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
-    augment: AugmentConfig = AugmentConfig()
-    # auto: the input transform model.encoder_weights declares (landcover.input_transform), else dataset;
-    # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
-    normalization: Literal["auto", "weights", "dataset", "none"] = "auto"
 
 
 def auto_num_workers(cuda: bool | None = None) -> int:

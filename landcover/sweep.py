@@ -37,14 +37,15 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from landcover.cluster import Shard, shard_items
 from landcover.config import apply_override, config_dir, load_config, read_yaml
-from landcover.errors import ConfigError, OutputExistsError, TrainingError
+from landcover.errors import ConfigError, LandcoverError, OutputExistsError, TrainingError
+from landcover.preflight import check_dataset_folder
 
 RESERVED = ("name",)
 
@@ -58,7 +59,7 @@ class SweepConfig(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default_factory=list)
-    parallel: int | str = "auto"
+    parallel: PositiveInt | Literal["auto"] = "auto"
     keep: int | None = Field(None, ge=1)
 
 
@@ -104,7 +105,7 @@ def variant_overrides(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def resolve_variants(cfg: SweepConfig, sweep_file: Path, dataset: str | Path | None = None) -> dict[str, dict]:
     """The full, validated training config of every variant (name -> config as a dict)."""
-    from landcover.train import TrainConfig
+    from landcover.train_config import TrainConfig
 
     base = Path(cfg.base)
     for candidate in (sweep_file.parent / base, config_dir() / base, base):
@@ -156,6 +157,11 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
     cfg, sweep_file = load_sweep(sweep_file)
     out = Path(out)
     configs = resolve_variants(cfg, sweep_file, dataset)
+    for name, config in configs.items():  # before any variant starts
+        try:
+            check_dataset_folder(config["data"]["dataset"])
+        except LandcoverError as exc:
+            raise type(exc)(f"variant {name}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     plan = out / "sweep.json"
     record = {"sweep": yaml.safe_load(sweep_file.read_text()), "variants": configs}

@@ -131,6 +131,19 @@ def test_failed_resume_writes_nothing(dataset, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before  # the run is untouched
 
 
+@pytest.fixture(scope="module")
+def config_files(tmp_path_factory) -> Path:
+    import yaml
+
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "model_typo.yaml").write_text("model: {archh: unet}\n")
+    (folder / "file").write_text("a regular file where --out expects a folder\n")
+    sweep = {"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.01]}}
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    (folder / "sweep_typo.yaml").write_text(yaml.safe_dump({**sweep, "set": {"trainer.max_epoch": 3}}))
+    return folder
+
+
 FAIL_FAST = """
 import sys
 from landcover.cli import main
@@ -154,9 +167,18 @@ except SystemExit as exc:
     (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--resume", "missing.ckpt"], "missing.ckpt"),
     (["demo", "--task", "segmentatoin", "--out", "demo"], "segmentatoin"),
     (["sweep", "missing_sweep.yaml", "--out", "sweep"], "missing_sweep.yaml"),
+    # issue 13: typos inside a section, and the option faults that used to launch work first
+    (["train", "{files}/model_typo.yaml", "--dataset", "{ds}", "--out", "run"], "archh"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epoch=3"], "max_epoch"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "optim.lr=-1"], "optim.lr"),
+    (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--dataset", "no_dataset"], "no_dataset does not exist"),
+    (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--parallel", "abc"], "--parallel"),
+    (["sweep", "{files}/sweep_typo.yaml", "--out", "sweep", "--dataset", "{ds}"], "max_epoch"),
+    (["demo", "--out", "demo", "--max-epochs", "-1"], "--max-epochs"),
+    (["demo", "--out", "{files}/file/demo"], "is a file"),
 ])
-def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, tmp_path):
-    values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset}
+def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, config_files, tmp_path):
+    values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset, "files": config_files}
     args = [a.format(**values) for a in args]
     proc = subprocess.run([sys.executable, "-c", FAIL_FAST, *args], capture_output=True, text=True, cwd=tmp_path,
                           timeout=120)
@@ -289,3 +311,18 @@ def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_
         result = CliRunner().invoke(app, ["predict", str(ckpt), *args, "--device", "cpu"])
         assert result.exit_code == 2 and "B11" in result.output, result.output
     assert not (tmp_path / "maps").exists() and not (tmp_path / "batch").exists()
+
+
+def test_labels_like_a_raster_without_crs_is_one_line(tmp_path):
+    """Issue 13: no CRSError traceback, and no NotGeoreferencedWarning printed above the message."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+    gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[box(0, 0, 8, 8)], crs="EPSG:32633").to_file(tmp_path / "clc.gpkg")
+    proc = subprocess.run([*CLI, "labels", str(tmp_path / "clc.gpkg"), "--like", str(tmp_path / "nocrs.tif"), "--out",
+                           str(tmp_path / "out" / "labels.tif")], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "has no CRS" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,128 @@
+"""The settings of a training run (``landcover train`` YAML configs), as pydantic models.
+
+Only pydantic here: the CLI validates a whole config (every section, key and value) before torch and
+Lightning are imported. The modules that use a section import its model from here (and re-export it:
+``landcover.train.TrainConfig``, ``landcover.models.ModelConfig``... keep working).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ModelConfig(BaseModel, extra="forbid"):
+    """Settings of the network and of its pretrained weights."""
+
+    task: Literal["segmentation", "classification"] = "segmentation"
+    encoder: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    encoder_weights: str = "none"
+    """'none' | 'imagenet' | a torchgeo name such as 'ResNet18_Weights.SENTINEL2_ALL_MOCO' |
+    a path to a local .pth/.pt/.safetensors/Lightning .ckpt file."""
+    weight_bands: list[str] | None = None
+    """For local files: the band order the file's first convolution expects."""
+    adapt_channels: bool = False
+    """Allow data bands the weights lack (their kernels start as the mean kernel)."""
+    weights_dir: Path | None = None
+    """Searched for weight files before the torch hub cache ($TORCH_HOME/hub/checkpoints)."""
+    allow_download: bool = True
+    """If a named weight file is not found locally, try to download it."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout before the classification head / the segmentation head."""
+    freeze_encoder_epochs: int = Field(0, ge=0)
+    """Epochs with a frozen encoder at the start of training (used by the training task)."""
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    """Stochastic depth: the chance that a residual block is skipped in training (timm's
+    ``drop_path_rate``, the classification ResNets; smp's U-Net encoders do not support it)."""
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _strip_spec(cls, value: str) -> str:
+        value = value.strip()
+        return "none" if value.lower() in ("", "none", "null", "random") else value
+
+
+class AugmentConfig(pydantic.BaseModel, extra="forbid"):
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    brightness: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band brightness jitter
+    contrast: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band contrast jitter
+    resized_crop: bool = False  # random crop of crop_scale x the area, resized back (mask: nearest)
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+
+    @pydantic.field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
+        return value
+
+
+class DataConfig(pydantic.BaseModel, extra="forbid"):
+    dataset: Path | None = None  # ingested dataset folder (set by the CLI --dataset)
+    batch_size: Annotated[int, pydantic.Field(ge=1)] = 16
+    num_workers: Annotated[int, pydantic.Field(ge=0)] | Literal["auto"] = "auto"  # see auto_num_workers()
+    crop_size: Annotated[int | None, pydantic.Field(ge=1)] = None  # training random crop (None = whole tile)
+    label_mode: Literal["multilabel", "single"] = "multilabel"
+    present_threshold: Annotated[float | None, pydantic.Field(gt=0, le=1)] = None  # None: ingest's present_classes
+    min_labelled_fraction: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.05
+    # which catalog column assigns tiles to splits: the spatial split, or BigEarthNet's official one
+    split_column: Literal["split", "official_split"] = "split"
+    # classification targets: 'auto' = the tile's patch labels (BigEarthNet) when it has them, else
+    # the classes of its pixel labels; 'pixels' always uses the pixel labels
+    targets: Literal["auto", "pixels"] = "auto"
+    sampling: Literal["uniform", "rare_classes"] = "uniform"
+    max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
+    augment: AugmentConfig = AugmentConfig()
+    # auto: the input transform model.encoder_weights declares (landcover.input_transform), else dataset;
+    # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
+    normalization: Literal["auto", "weights", "dataset", "none"] = "auto"
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0, description="L2 regularisation (AdamW decoupled weight decay)")
+    encoder_lr_factor: float = Field(1.0, gt=0, description="Encoder learning rate = lr x this (e.g. 0.1 after unfreezing)")
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class LossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["ce", "ce+dice", "focal", "ce+focal"] = "ce"
+    class_weights: Literal["none", "inverse_frequency", "median_frequency"] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="Early stopping: epochs without improvement of the monitored metric")
+    min_delta: float = Field(0.0, ge=0)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    gradient_clip_val: float | None = None
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    log_every_n_steps: int = 10
+    seed: int = 0
+    deterministic: bool = False
+
+
+class TrainConfig(BaseModel):
+    """One training run (YAML: configs/*.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    trainer: TrainerConfig = TrainerConfig()
