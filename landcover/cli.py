@@ -92,8 +92,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         again, _state["signal"] = _state["signal"], _state["signal"] or signal.Signals(signum).name
-        if signum == signal.SIGTERM and _state.get("forward_sigterm"):
-            _signal_children(signum)
+        if signum == signal.SIGTERM and callable(_state.get("forward_sigterm")):
+            _state["forward_sigterm"](signum)  # a sweep passes it on to its variants
         lightning = signal.getsignal(signal.SIGTERM)
         if lightning is not interrupt and callable(lightning) and not (again and signum == signal.SIGINT):
             # inside a Lightning run (its SIGTERM handler is installed and calls this one): Lightning stops at the
@@ -113,19 +113,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _signal_children(signum: int) -> None:
-    """Send ``signum`` to this process's children (a sweep's ``landcover train`` runs): a SIGTERM sent to the
-    sweep alone (``kill PID``) stops them too instead of the sweep waiting for them to finish (Linux /proc)."""
-    import contextlib
-    import os
-
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # "pid (name) state ppid ..."
-                os.kill(int(stat.parent.name), signum)
 
 
 def _resume_command() -> str:
@@ -415,9 +402,9 @@ def sweep(
         what = "is a folder" if sweep_file.is_dir() else "does not exist"
         raise ConfigError(f"sweep file {sweep_file} {what}; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
     check_output_path(out_dir)
-    from landcover.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
+    from landcover.sweep import leaderboard, load_sweep, run_sweep, signal_variants, sweep_summary
 
-    _state["forward_sigterm"] = True  # the variants stop with the sweep; a rerun continues them
+    _state["forward_sigterm"] = signal_variants  # the variants stop with the sweep; a rerun continues them
 
     if leaderboard_only:
         result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)

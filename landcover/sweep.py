@@ -145,9 +145,44 @@ def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: str |
     resume = ["--resume", "auto"] if (folder / "checkpoints").exists() else []
     with open(folder / "train.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "landcover.cli", "train", str(folder / "variant.yaml"),
-                               "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env)
+                               "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              preexec_fn=_die_with_parent())
     tail = (folder / "train.log").read_text().strip().splitlines()[-3:]
     return name, proc.returncode, "\n".join(tail)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the variant receive SIGTERM when the sweep dies, even of SIGKILL, which no
+    handler sees (Linux ``prctl(PR_SET_PDEATHSIG)``); the variant then stops like on ``kill`` and resumes on
+    the next run. None elsewhere. prctl is looked up here, so that the child, forked from a thread, only
+    calls it. (The signal follows the death of the forking thread: a pool thread, alive while its variant runs.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+    import signal
+
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the sweep died before prctl: nobody is left to send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def signal_variants(signum: int) -> None:
+    """Send ``signum`` to this process's children, the running variants: a SIGTERM sent to the sweep alone
+    (``kill PID``) stops them too, instead of the sweep waiting for them to finish (Linux /proc)."""
+    import contextlib
+
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # "pid (name) state ppid ..."
+                os.kill(int(stat.parent.name), signum)
 
 
 def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | None = None,

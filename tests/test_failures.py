@@ -326,3 +326,52 @@ def test_labels_like_a_raster_without_crs_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "has no CRS" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (its parent, init now, reaps it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_a_sweep_takes_its_variants_down(dataset, tmp_path):
+    """`kill -9` of a sweep cannot be caught: its variants must not go on training as orphans."""
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "tiny.yaml", "parallel": 2, "grid": {"optim.lr": [0.003, 0.001]},
+        "set": {"data.dataset": str(dataset), "trainer.max_epochs": 200, "trainer.patience": 200,
+                "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}}))
+    proc = subprocess.Popen([*CLI, "sweep", str(sweep), "--out", str(tmp_path / "sweep")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.time() < end:
+        time.sleep(0.2)
+    variants = _children(proc.pid)
+    assert len(variants) == 2, "the variants did not start"
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    end = time.time() + 30
+    while any(_alive(pid) for pid in variants) and time.time() < end:
+        time.sleep(0.2)
+    orphans = [pid for pid in variants if _alive(pid)]
+    for pid in orphans:  # leave nothing running whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "variants kept running after their sweep was killed"
