@@ -292,9 +292,10 @@ def ingest(
     from landcover.ingest import IngestConfig, split_settings
     from landcover.ingest import finalize as finalize_dataset
     from landcover.ingest import ingest as run_ingest
-    from landcover.preflight import check_output_path
+    from landcover.preflight import check_inputs_exist, check_output_path
 
     check_output_path(out_dir)
+    check_inputs_exist([p for p in (labels_path, mapping, bigearthnet_metadata) if p is not None])
     if finalize:
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")

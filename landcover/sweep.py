@@ -265,6 +265,9 @@ def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path
     import pandas as pd
 
     out = Path(out)
+    if not (out / "sweep.json").is_file():
+        raise ConfigError(f"{out} holds no sweep (no sweep.json); run `landcover sweep SWEEP --out {out}` first, "
+                          "or pass the --out of that run")
     plan = json.loads((out / "sweep.json").read_text())
     rows, missing = [], []
     for name, config in plan["variants"].items():

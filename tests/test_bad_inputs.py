@@ -78,7 +78,9 @@ CASES = {
     "train: --dataset is a file": ["train", "{tiny}", "--dataset", "{file}", "--out", "out"],
     "train: --out below a file": ["train", "{tiny}", "--dataset", "{ds}", "--out", "{file}/run"],
     "train: --out is a file": ["train", "{tiny}", "--dataset", "{ds}", "--out", "{file}"],
+    "train: --set value is not YAML": [*TRAIN, "--set", "optim.lr=[1"],
     # sweep
+    "sweep: --leaderboard of a folder without a sweep": ["sweep", "{sweep}", "--out", "out", "--leaderboard"],
     "sweep: --parallel abc": [*SWEEP, "--parallel", "abc"],
     "sweep: --parallel 0": [*SWEEP, "--parallel", "0"],
     "sweep: parallel abc in the file": ["sweep", "{sweep_parallel}", "--out", "out", "--dataset", "{ds}"],
@@ -109,6 +111,9 @@ CASES = {
     "ingest: --shard 3/2": ["ingest", "{ref}", "--out", "out", "--shard", "3/2"],
     "ingest: --out is a file": ["ingest", "{ref}", "--out", "{file}"],
     "ingest: --config is binary": ["ingest", "{ref}", "--out", "out", "--config", "{binary}"],
+    "ingest: --labels missing": ["ingest", "{ref}", "--bands", "B04", "--out", "out", "--labels", "no_labels.gpkg"],
+    "ingest: --mapping missing": ["ingest", "{ref}", "--bands", "B04", "--out", "out", "--labels", "{clc}",
+                                  "--mapping", "no_mapping.csv"],
     # evaluate
     "evaluate: missing prediction": ["evaluate", "no_such_map.tif", "{ref}", "--out", "out"],
     "evaluate: --tile-size 0": ["evaluate", "{ref}", "{ref}", "--out", "out", "--tile-size", "0"],
