@@ -92,8 +92,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         again, _state["signal"] = _state["signal"], _state["signal"] or signal.Signals(signum).name
-        if signum == signal.SIGTERM and callable(_state.get("forward_sigterm")):
-            _state["forward_sigterm"](signum)  # a sweep passes it on to its variants
+        if callable(_state.get("forward_sigterm")):  # a sweep stops its variants (own session) with SIGTERM
+            _state["forward_sigterm"](signal.SIGTERM)
         lightning = signal.getsignal(signal.SIGTERM)
         if lightning is not interrupt and callable(lightning) and not (again and signum == signal.SIGINT):
             # inside a Lightning run (its SIGTERM handler is installed and calls this one): Lightning stops at the

@@ -146,7 +146,7 @@ def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: str |
     with open(folder / "train.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "landcover.cli", "train", str(folder / "variant.yaml"),
                                "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env,
-                              preexec_fn=_die_with_parent())
+                              preexec_fn=_die_with_parent(), start_new_session=True)
     tail = (folder / "train.log").read_text().strip().splitlines()[-3:]
     return name, proc.returncode, "\n".join(tail)
 
@@ -174,8 +174,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def signal_variants(signum: int) -> None:
-    """Send ``signum`` to this process's children, the running variants: a SIGTERM sent to the sweep alone
-    (``kill PID``) stops them too, instead of the sweep waiting for them to finish (Linux /proc)."""
+    """Send ``signum`` to this process's children, the running variants: a SIGTERM or SIGINT sent to the sweep
+    (``kill PID``, Ctrl-C) stops them too, instead of the sweep waiting for them to finish (Linux /proc). The
+    variants run in sessions of their own, so a Ctrl-C reaches them once, through the sweep."""
     import contextlib
 
     me = os.getpid()

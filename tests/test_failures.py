@@ -260,6 +260,15 @@ def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, t
 
 def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tmp_path):
     """`kill PID` of a sweep reaches the variants it runs: the sweep does not wait for them to finish."""
+    interrupted_sweep(dataset, tmp_path, signal.SIGTERM, 143)
+
+
+def test_sigint_to_a_sweep_alone_stops_its_running_variants_and_exits_130(dataset, tmp_path):
+    """`kill -INT PID` (or Ctrl-C) of a sweep stops its variants too, each once (they run in their own session)."""
+    interrupted_sweep(dataset, tmp_path, signal.SIGINT, 130)
+
+
+def interrupted_sweep(dataset: Path, tmp_path: Path, signum: signal.Signals, code: int) -> None:
     import yaml
 
     sweep = tmp_path / "sweep.yaml"
@@ -275,14 +284,14 @@ def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tm
     while not list(out.glob("variants/*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < end:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signum)
     try:
         _, stderr = proc.communicate(timeout=60)  # 200 epochs would take minutes
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError("the sweep waited for its variants after SIGTERM") from None
+        raise AssertionError(f"the sweep waited for its variants after {signum.name}") from None
     lines = stderr.strip().splitlines()
-    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith(f"interrupted ({signum.name})"), stderr
     log = next(out.glob("variants/*/train.log")).read_text()
     assert "interrupted (SIGTERM)" in log  # the variant was stopped too, and resumes on the next run
 
