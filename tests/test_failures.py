@@ -176,6 +176,9 @@ except SystemExit as exc:
     (["sweep", "{files}/sweep_typo.yaml", "--out", "sweep", "--dataset", "{ds}"], "max_epoch"),
     (["demo", "--out", "demo", "--max-epochs", "-1"], "--max-epochs"),
     (["demo", "--out", "{files}/file/demo"], "is a file"),
+    (["predict", "{files}/file", "{files}/file", "--out", "map.tif"], "is not a checkpoint"),
+    (["predict", "{ckpt}", "{files}/file", "--out", "map.tif", "--device", "tpu"], "--device"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "{files}/file/run"], "is a file"),
 ])
 def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, config_files, tmp_path):
     values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset, "files": config_files}
