@@ -104,7 +104,7 @@ class TrainerConfig(BaseModel):
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(5, ge=1, description="Early stopping: epochs without improvement of the monitored metric")
     min_delta: float = Field(0.0, ge=0)
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"] = "auto"  # Lightning's names
     devices: int | str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1

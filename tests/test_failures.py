@@ -179,6 +179,7 @@ except SystemExit as exc:
     (["predict", "{files}/file", "{files}/file", "--out", "map.tif"], "is not a checkpoint"),
     (["predict", "{ckpt}", "{files}/file", "--out", "map.tif", "--device", "tpu"], "--device"),
     (["train", "{tiny}", "--dataset", "{ds}", "--out", "{files}/file/run"], "is a file"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--accelerator", "gpuu"], "trainer.accelerator"),
 ])
 def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, config_files, tmp_path):
     values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset, "files": config_files}
