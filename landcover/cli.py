@@ -12,11 +12,37 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from landcover import __version__
 from landcover.errors import LandcoverError
 
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown option, a value that is not a number...) as one line, exit code 2,
+    like every other error, instead of a usage text and a framed panel."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,  # type: ignore[override]
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's errors (typer bundles click)
+            if type(exc).__name__ != "NoArgsIsHelpError":  # the help is shown already
+                ctx = getattr(exc, "ctx", None)
+                command = ctx.command_path if ctx is not None else "landcover"
+                err.print(f"error: {exc.format_message().rstrip('.')}; see `{command} --help`", highlight=False,
+                          soft_wrap=True, markup=False)
+            raise SystemExit(exc.exit_code) from None
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            raise SystemExit(1) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="landcover",
     help="Sentinel-2 + CORINE Land Cover: analysis-ready data, CNN training, land-cover maps.",
     no_args_is_help=True,
@@ -66,8 +92,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         again, _state["signal"] = _state["signal"], _state["signal"] or signal.Signals(signum).name
-        if signum == signal.SIGTERM and _state.get("forward_sigterm"):
-            _signal_children(signum)
+        if callable(_state.get("forward_sigterm")):  # a sweep stops its variants (own session) with SIGTERM
+            _state["forward_sigterm"](signal.SIGTERM)
         lightning = signal.getsignal(signal.SIGTERM)
         if lightning is not interrupt and callable(lightning) and not (again and signum == signal.SIGINT):
             # inside a Lightning run (its SIGTERM handler is installed and calls this one): Lightning stops at the
@@ -87,19 +113,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _signal_children(signum: int) -> None:
-    """Send ``signum`` to this process's children (a sweep's ``landcover train`` runs): a SIGTERM sent to the
-    sweep alone (``kill PID``) stops them too instead of the sweep waiting for them to finish (Linux /proc)."""
-    import contextlib
-    import os
-
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # "pid (name) state ppid ..."
-                os.kill(int(stat.parent.name), signum)
 
 
 def _resume_command() -> str:
@@ -192,6 +205,10 @@ def root(
 ) -> None:
     """Sentinel-2 + CORINE Land Cover: analysis-ready data, CNN training, land-cover maps."""
     _state["debug"] = debug
+    if not debug:  # a raster without georeferencing gets our own one-line error, not rasterio's warning above it
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
 
 NOMENCLATURE_HELP = "Classes to produce: level3 (44), level2 (15), level1 (5) or ben19 (BigEarthNet 19)."
@@ -216,6 +233,9 @@ def labels(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Put CORINE Land Cover labels on exactly the grid of a reference raster."""
+    from landcover.preflight import check_output_path
+
+    check_output_path(out_path, folder=False)
     from landcover.sources.labels import labels_like
 
     with progress_bars() as update:
@@ -244,7 +264,7 @@ def ingest(
     bands: Annotated[str | None, typer.Option(help="Comma-separated bands in stack order, e.g. B02,B03,B04,B08.")] = None,
     nomenclature: Annotated[str | None, typer.Option(help=NOMENCLATURE_HELP)] = None,
     tile_size: Annotated[
-        int | None, typer.Option(help="Training tile side in pixels (default 256; 120 = one BigEarthNet patch).")
+        int | None, typer.Option(min=1, help="Training tile side in pixels (default 256; 120 = one BigEarthNet patch).")
     ] = None,
     code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
     mapping: Annotated[
@@ -272,7 +292,10 @@ def ingest(
     from landcover.dataset.ingest import finalize as finalize_dataset
     from landcover.dataset.ingest import ingest as run_ingest
     from landcover.errors import ConfigError
+    from landcover.preflight import check_inputs_exist, check_output_path
 
+    check_output_path(out_dir)
+    check_inputs_exist([p for p in (labels_path, mapping, bigearthnet_metadata) if p is not None])
     if finalize:
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
@@ -321,7 +344,7 @@ def train(
     dataset: Annotated[Path | None, typer.Option(help="Dataset folder made by landcover ingest.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
-    max_epochs: Annotated[int | None, typer.Option(help="Shortcut for --set trainer.max_epochs=N.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set trainer.max_epochs=N.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu (--set trainer.accelerator).")] = None,
     devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
     resume: Annotated[str | None, typer.Option(
@@ -330,21 +353,20 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
-    from landcover.preflight import check_train_arguments
+    from landcover.preflight import check_output_path
+    from landcover.training.config import check_train_arguments
 
     values = {"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
               "trainer.accelerator": accelerator,
               "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)}
-    check_train_arguments(config, set_, resume, **values)  # before torch and Lightning are imported
+    check_output_path(out_dir)
+    cfg = check_train_arguments(config, set_, resume, **values)  # before torch and Lightning are imported
 
-    from landcover.config import load_config
-    from landcover.training.train import TrainConfig
     from landcover.training.train import train as run_train
 
     _state["resume_hint"] = f"resume with `{_resume_command()}` (it continues from the last finished epoch, " \
         f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
     quiet_lightning()
-    cfg = load_config(TrainConfig, config, set_, **values)
     metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
     if not metrics:  # a non-zero DDP rank
         return
@@ -355,13 +377,20 @@ def train(
     )
 
 
+def _parallel(value: str | None) -> str | None:
+    if value is not None and value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise typer.BadParameter(f"{value!r} is neither a number of variants (1 or more) nor 'auto'")
+    return value
+
+
 @app.command()
 @handles_errors
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP", help="Sweep YAML (see configs/sweep_lr_encoder.yaml).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: variants/, leaderboard, best/.")],
     dataset: Annotated[Path | None, typer.Option(help="Dataset folder for every variant (else the sweep's).")] = None,
-    parallel: Annotated[str | None, typer.Option(help="Variants at once: N or auto (one per core or GPU).")] = None,
+    parallel: Annotated[str | None, typer.Option(
+        callback=_parallel, help="Variants at once: N or auto (one per core or GPU).")] = None,
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP + " Then run --leaderboard once all are done.")] = None,
     leaderboard_only: Annotated[bool, typer.Option(
         "--leaderboard", help="Only rank the finished variants, promote the best and score it on test.")] = False,
@@ -369,12 +398,21 @@ def sweep(
     """Train many variants of a config (grid/list), rank them on validation, keep the best."""
     from landcover.cluster import parse_shard
     from landcover.errors import ConfigError
+    from landcover.preflight import check_output_path
 
     if not sweep_file.is_file():
-        raise ConfigError(f"sweep file {sweep_file} does not exist; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
-    from landcover.training.sweep import leaderboard, load_sweep, run_sweep, sweep_summary
+        what = "is a folder" if sweep_file.is_dir() else "does not exist"
+        raise ConfigError(f"sweep file {sweep_file} {what}; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
+    check_output_path(out_dir)
+    from landcover.training.sweep import (
+        leaderboard,
+        load_sweep,
+        run_sweep,
+        signal_variants,
+        sweep_summary,
+    )
 
-    _state["forward_sigterm"] = True  # the variants stop with the sweep; a rerun continues them
+    _state["forward_sigterm"] = signal_variants  # the variants stop with the sweep; a rerun continues them
 
     if leaderboard_only:
         result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)
@@ -401,7 +439,7 @@ def evaluate(
         str | None, typer.Option(help="Classes to score in (default: the prediction's NOMENCLATURE tag).")
     ] = None,
     code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
-    tile_size: Annotated[int, typer.Option(help="Side in pixels of the tiles of tiles_iou.gpkg.")] = 256,
+    tile_size: Annotated[int, typer.Option(min=1, help="Side in pixels of the tiles of tiles_iou.gpkg.")] = 256,
     raster_values: Annotated[
         str, typer.Option(help="For CORINE rasters: 'codes' (111..523), 'indices' (1..44) or 'auto'.")
     ] = "auto",
@@ -409,6 +447,10 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
 ) -> None:
     """Score a land-cover map against CORINE labels: IoU, kappa, confusion matrix, per-tile error map."""
+    from landcover.preflight import check_inputs_exist, check_output_path
+
+    check_inputs_exist([prediction, labels_path])
+    check_output_path(out_dir)
     from landcover.evaluation.evaluate import evaluate_maps
 
     with progress_bars() as update:
@@ -437,9 +479,9 @@ def predict(
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")] = False,
     confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
-    overlap: Annotated[int | None, typer.Option(help="Window overlap in pixels (default: tile / 4).")] = None,
-    tile: Annotated[int | None, typer.Option(help="Window side in pixels (default: the checkpoint's tile size).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per model call.")] = 8,
+    overlap: Annotated[int | None, typer.Option(min=0, help="Window overlap in pixels (default: tile / 4).")] = None,
+    tile: Annotated[int | None, typer.Option(min=1, help="Window side in pixels (default: the checkpoint's tile size).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
     quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
@@ -451,8 +493,15 @@ def predict(
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.cluster import parse_shard, read_list, shard_items
     from landcover.errors import ConfigError
-    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
+    from landcover.preflight import (
+        check_checkpoint_exists,
+        check_device,
+        check_inputs_exist,
+        check_output_path,
+    )
 
+    check_device(device)
+    check_output_path(out_path, folder=out_path.suffix.lower() not in (".tif", ".tiff"))
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
         raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
@@ -504,10 +553,17 @@ def explain(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Show what a model relies on: Grad-CAM heat maps (classification) or entropy/margin maps (segmentation)."""
-    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
+    from landcover.preflight import (
+        check_checkpoint_exists,
+        check_device,
+        check_inputs_exist,
+        check_output_path,
+    )
 
+    check_device(device)
     check_checkpoint_exists(checkpoint)  # before torch is imported
     check_inputs_exist([input_path])
+    check_output_path(out_dir)
 
     from landcover.inference.explain import explain as run_explain
     from landcover.inference.explain import explain_command_summary
@@ -523,13 +579,15 @@ def explain(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output of the demo.")] = Path("runs/demo"),
     task: Annotated[str, typer.Option(help="segmentation, classification or all.")] = "segmentation",
-    max_epochs: Annotated[int | None, typer.Option(help="Fewer epochs for a quicker look.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(min=1, help="Fewer epochs for a quicker look.")] = None,
 ) -> None:
     """Run ingest -> train -> predict -> evaluate on the embedded real samples."""
     from landcover.errors import ConfigError
+    from landcover.preflight import check_output_path
 
     if task not in ("segmentation", "classification", "all"):
         raise ConfigError(f"unknown task {task!r}: use segmentation, classification or all")
+    check_output_path(out_dir)
     from landcover.demo import demo_summary, run_demo
 
     _state["resume_hint"] = "the finished steps are kept; run the same command again to continue (training starts over)"

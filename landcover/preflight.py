@@ -7,19 +7,47 @@ torch and Lightning take to import on a loaded machine; nothing is created befor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from landcover.config import config_data
 from landcover.errors import ConfigError, DatasetError, InputFormatError, ModelError
-
-TRAIN_SECTIONS = ("model", "data", "optim", "loss", "trainer")  # TrainConfig's fields (a test keeps them equal)
 
 
 def check_checkpoint_exists(path: str | Path) -> None:
-    if not Path(path).is_file():
-        raise ModelError(f"checkpoint {path} does not exist; point at RUN/checkpoints/best.ckpt of a "
-                         "`landcover train` run")
+    """``path`` is a file that looks like a torch checkpoint (a zip archive or a pickle), checked by its first
+    bytes so that a text file, an empty file or a folder is reported before torch is imported."""
+    path = Path(path)
+    hint = "point at RUN/checkpoints/best.ckpt of a `landcover train` run"
+    if path.is_dir():
+        raise ModelError(f"checkpoint {path} is a folder; {hint}")
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist; {hint}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save: a zip archive (or a legacy pickle)
+        what = "is empty" if not head else "is not a checkpoint (not a torch zip archive or pickle)"
+        raise ModelError(f"checkpoint {path} {what}; {hint}")
+
+
+def check_output_path(path: str | Path, *, option: str = "--out", folder: bool = True) -> None:
+    """``path`` can be created: no regular file stands where a folder is needed (``path`` itself when it is a
+    folder, or one of its parents), and a file output is not an existing folder."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder; pass a folder (it is created if needed)")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; pass a file name, e.g. {path / 'map.tif'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, not a folder; choose another {option}")
+            return
+
+
+def check_device(device: str) -> None:
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def check_inputs_exist(inputs: Sequence[str | Path]) -> None:
@@ -41,20 +69,3 @@ def check_dataset_folder(dataset: str | Path | None) -> None:
         what = "does not exist" if not folder.is_dir() else "has no dataset.json or catalog.parquet"
         raise DatasetError(f"dataset folder {folder} {what}: it is not a finished ingested dataset; run "
                            "`landcover ingest ... --out DIR` first and pass that DIR")
-
-
-def check_train_arguments(config: Path, overrides: Sequence[str] | None, resume: str | None,
-                          **values: object) -> None:
-    """The config file reads, ``--set`` assignments are KEY=VALUE in known sections, the dataset and the
-    checkpoint to resume from exist. The full validation (every key and value) follows in train."""
-    data = config_data(config, list(overrides or []), **values)
-    unknown = sorted(set(data) - set(TRAIN_SECTIONS))
-    if unknown:
-        raise ConfigError(f"invalid settings in {config}: unknown section {', '.join(unknown)}; the sections are "
-                          f"{', '.join(TRAIN_SECTIONS)} (check the config file and the --set keys)")
-    for section in TRAIN_SECTIONS:
-        if not isinstance(data.get(section, {}), dict):
-            raise ConfigError(f"invalid settings in {config}: {section} must be a section of settings")
-    check_dataset_folder(data.get("data", {}).get("dataset"))
-    if resume is not None and resume != "auto" and not Path(resume).is_file():
-        raise ConfigError(f"--resume {resume}: no such checkpoint; pass RUN/checkpoints/last.ckpt or 'auto'")

@@ -232,7 +232,7 @@ def test_augmentation_only_while_training(dataset: Path) -> None:
     for state in ({"training": False}, {"training": False, "validating": True}):
         dm.trainer = SimpleNamespace(**state)
         assert dm.on_after_batch_transfer(batch, 0) is batch
-    dm.trainer = SimpleNamespace(training=True)
+    dm.trainer = SimpleNamespace(training=True, current_epoch=0)
     torch.manual_seed(0)
     assert not torch.equal(dm.on_after_batch_transfer(batch, 0)["mask"], batch["mask"])
 
@@ -482,3 +482,22 @@ def test_datamodule_draws_this_ranks_share(dataset: Path, monkeypatch: pytest.Mo
     assert len(dm.train_dataloader().sampler) == 20
     val = dm.val_dataloader()
     assert list(val.sampler) == list(range(1, len(dm.split_tiles("val")), 2))
+
+
+def test_augmentation_draws_depend_on_seed_rank_and_epoch(dataset: Path, monkeypatch) -> None:
+    """DDP ranks start from the same global seed (seed_everything): each rank must still augment its batches
+    with draws of its own, keyed by (seed, rank, epoch) and reproducible."""
+    import landcover.training.datamodule as datamodule
+
+    def augmented(rank: int, epoch: int = 0, seed: int = 3) -> torch.Tensor:
+        monkeypatch.setattr(datamodule, "distributed_rank", lambda: (rank, 2))
+        dm = module(dataset, seed=seed, augment={"resized_crop": True, "brightness": 0.2})
+        dm.trainer = SimpleNamespace(current_epoch=epoch, training=True)
+        torch.manual_seed(0)  # the same global RNG state on every rank
+        return dm.augment(aligned_batch())["image"]
+
+    first = augmented(rank=0)
+    assert torch.equal(first, augmented(rank=0))  # same seed, rank and epoch: the same draws
+    assert not torch.equal(first, augmented(rank=1))
+    assert not torch.equal(first, augmented(rank=0, epoch=1))
+    assert not torch.equal(first, augmented(rank=0, seed=4))

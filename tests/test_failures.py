@@ -132,6 +132,19 @@ def test_failed_resume_writes_nothing(dataset, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before  # the run is untouched
 
 
+@pytest.fixture(scope="module")
+def config_files(tmp_path_factory) -> Path:
+    import yaml
+
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "model_typo.yaml").write_text("model: {archh: unet}\n")
+    (folder / "file").write_text("a regular file where --out expects a folder\n")
+    sweep = {"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.01]}}
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    (folder / "sweep_typo.yaml").write_text(yaml.safe_dump({**sweep, "set": {"trainer.max_epoch": 3}}))
+    return folder
+
+
 FAIL_FAST = """
 import sys
 from landcover.cli import main
@@ -155,9 +168,22 @@ except SystemExit as exc:
     (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--resume", "missing.ckpt"], "missing.ckpt"),
     (["demo", "--task", "segmentatoin", "--out", "demo"], "segmentatoin"),
     (["sweep", "missing_sweep.yaml", "--out", "sweep"], "missing_sweep.yaml"),
+    # issue 13: typos inside a section, and the option faults that used to launch work first
+    (["train", "{files}/model_typo.yaml", "--dataset", "{ds}", "--out", "run"], "archh"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epoch=3"], "max_epoch"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "optim.lr=-1"], "optim.lr"),
+    (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--dataset", "no_dataset"], "no_dataset does not exist"),
+    (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--parallel", "abc"], "--parallel"),
+    (["sweep", "{files}/sweep_typo.yaml", "--out", "sweep", "--dataset", "{ds}"], "max_epoch"),
+    (["demo", "--out", "demo", "--max-epochs", "-1"], "--max-epochs"),
+    (["demo", "--out", "{files}/file/demo"], "is a file"),
+    (["predict", "{files}/file", "{files}/file", "--out", "map.tif"], "is not a checkpoint"),
+    (["predict", "{ckpt}", "{files}/file", "--out", "map.tif", "--device", "tpu"], "--device"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "{files}/file/run"], "is a file"),
+    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--accelerator", "gpuu"], "trainer.accelerator"),
 ])
-def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, tmp_path):
-    values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset}
+def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, config_files, tmp_path):
+    values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset, "files": config_files}
     args = [a.format(**values) for a in args]
     proc = subprocess.run([sys.executable, "-c", FAIL_FAST, *args], capture_output=True, text=True, cwd=tmp_path,
                           timeout=120)
@@ -168,7 +194,7 @@ def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoi
 
 
 def test_preflight_knows_every_section_of_the_training_config():
-    from landcover.preflight import TRAIN_SECTIONS
+    from landcover.training.config import TRAIN_SECTIONS
     from landcover.training.train import TrainConfig
 
     assert set(TRAIN_SECTIONS) == set(TrainConfig.model_fields)
@@ -239,6 +265,15 @@ def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, t
 
 def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tmp_path):
     """`kill PID` of a sweep reaches the variants it runs: the sweep does not wait for them to finish."""
+    interrupted_sweep(dataset, tmp_path, signal.SIGTERM, 143)
+
+
+def test_sigint_to_a_sweep_alone_stops_its_running_variants_and_exits_130(dataset, tmp_path):
+    """`kill -INT PID` (or Ctrl-C) of a sweep stops its variants too, each once (they run in their own session)."""
+    interrupted_sweep(dataset, tmp_path, signal.SIGINT, 130)
+
+
+def interrupted_sweep(dataset: Path, tmp_path: Path, signum: signal.Signals, code: int) -> None:
     import yaml
 
     sweep = tmp_path / "sweep.yaml"
@@ -254,14 +289,14 @@ def test_sigterm_to_a_sweep_stops_its_running_variants_and_exits_143(dataset, tm
     while not list(out.glob("variants/*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < end:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signum)
     try:
         _, stderr = proc.communicate(timeout=60)  # 200 epochs would take minutes
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError("the sweep waited for its variants after SIGTERM") from None
+        raise AssertionError(f"the sweep waited for its variants after {signum.name}") from None
     lines = stderr.strip().splitlines()
-    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), stderr
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith(f"interrupted ({signum.name})"), stderr
     log = next(out.glob("variants/*/train.log")).read_text()
     assert "interrupted (SIGTERM)" in log  # the variant was stopped too, and resumes on the next run
 
@@ -290,3 +325,67 @@ def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_
         result = CliRunner().invoke(app, ["predict", str(ckpt), *args, "--device", "cpu"])
         assert result.exit_code == 2 and "B11" in result.output, result.output
     assert not (tmp_path / "maps").exists() and not (tmp_path / "batch").exists()
+
+
+def test_labels_like_a_raster_without_crs_is_one_line(tmp_path):
+    """Issue 13: no CRSError traceback, and no NotGeoreferencedWarning printed above the message."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+    gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[box(0, 0, 8, 8)], crs="EPSG:32633").to_file(tmp_path / "clc.gpkg")
+    proc = subprocess.run([*CLI, "labels", str(tmp_path / "clc.gpkg"), "--like", str(tmp_path / "nocrs.tif"), "--out",
+                           str(tmp_path / "out" / "labels.tif")], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "has no CRS" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (its parent, init now, reaps it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_a_sweep_takes_its_variants_down(dataset, tmp_path):
+    """`kill -9` of a sweep cannot be caught: its variants must not go on training as orphans."""
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "tiny.yaml", "parallel": 2, "grid": {"optim.lr": [0.003, 0.001]},
+        "set": {"data.dataset": str(dataset), "trainer.max_epochs": 200, "trainer.patience": 200,
+                "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}}))
+    proc = subprocess.Popen([*CLI, "sweep", str(sweep), "--out", str(tmp_path / "sweep")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.time() < end:
+        time.sleep(0.2)
+    variants = _children(proc.pid)
+    assert len(variants) == 2, "the variants did not start"
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    end = time.time() + 30
+    while any(_alive(pid) for pid in variants) and time.time() < end:
+        time.sleep(0.2)
+    orphans = [pid for pid in variants if _alive(pid)]
+    for pid in orphans:  # leave nothing running whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "variants kept running after their sweep was killed"

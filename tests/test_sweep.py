@@ -96,12 +96,21 @@ def test_cli_sweep_reports_bad_files_and_unfinished_sweeps(tmp_path):
     assert result.exit_code == 2 and "2 variant(s) not finished" in result.output
 
 
+def fake_dataset(folder: Path) -> Path:
+    """A folder that looks like a dataset to the cheap checks (dataset.json, catalog.parquet) and is not one."""
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text("{}")
+    (folder / "catalog.parquet").write_bytes(b"")
+    return folder
+
+
 def test_a_failing_variant_is_reported_with_its_log(tmp_path):
     from landcover.errors import TrainingError
 
     path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "variants": [{"name": "only", "optim.lr": 0.01}]})
-    with pytest.raises(TrainingError, match=r"only: .*dataset") as info:
-        run_sweep(path, tmp_path / "out", dataset=tmp_path / "no-such-dataset", say=lambda line: None)
+    broken = fake_dataset(tmp_path / "broken-dataset")  # passes the sweep's checks, fails in the variant
+    with pytest.raises(TrainingError, match=r"only: .*catalog") as info:
+        run_sweep(path, tmp_path / "out", dataset=broken, say=lambda line: None)
     assert "train.log" in str(info.value)
     assert (tmp_path / "out" / "variants" / "only" / "train.log").exists()
     assert not (tmp_path / "out" / "variants" / "only" / "metrics.json").exists()  # retried by the next run
@@ -132,5 +141,5 @@ def test_variants_get_the_parents_gpus_not_the_first_n(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
     path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "set": {"trainer.accelerator": "gpu"},
                                        "grid": {"optim.lr": [0.1, 0.01, 0.001, 0.0001]}})
-    run_sweep(path, tmp_path / "out", dataset=tmp_path / "ds", parallel=2, say=lambda line: None)
+    run_sweep(path, tmp_path / "out", dataset=fake_dataset(tmp_path / "ds"), parallel=2, say=lambda line: None)
     assert len(given) == 4 and set(given) == {"3", "5"}, given

@@ -31,7 +31,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from landcover import __version__
-from landcover.errors import LabelSourceError, NoOverlapError, UnknownCodeError
+from landcover.errors import InputFormatError, LabelSourceError, NoOverlapError, UnknownCodeError
 from landcover.io.grid import (
     GDAL_ENV,
     Grid,
@@ -471,6 +471,9 @@ def labels_like(
 ) -> LabelSummary:
     """``landcover labels``: CORINE labels on exactly the grid of the raster ``like``."""
     grid = Grid.of(like)
+    if grid.crs is None:
+        raise InputFormatError(f"--like {like} has no CRS (it is not georeferenced); pass a raster with a CRS "
+                               "and a geotransform, e.g. a band of the scene")
     nomenclature(nomenclature_name)  # validate before any work
     source = open_label_source(
         source_path, grid, code_column=code_column, all_touched=all_touched, raster_values=raster_values

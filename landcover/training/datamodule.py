@@ -14,14 +14,14 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pydantic
 import rasterio
 import torch
 import torch.nn.functional as F
@@ -34,49 +34,12 @@ from landcover.dataset.splits import check_split_scheme
 from landcover.errors import ConfigError, DatasetError
 from landcover.models.input_transform import InputTransform, normalization_statistics
 from landcover.nomenclature import IGNORE
-from landcover.training.samplers import EpochSampler, ShardSampler, distributed_rank
+from landcover.training.config import DataConfig
+from landcover.training.samplers import EpochSampler, ShardSampler, distributed_rank, rank_generator
 
 Task = Literal["segmentation", "classification"]
 MULTIPLE = 32
 """Segmentation inputs must have sides divisible by this (encoder output stride)."""
-
-
-class AugmentConfig(pydantic.BaseModel, extra="forbid"):
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
-    brightness: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band brightness jitter
-    contrast: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.0  # max relative per-band contrast jitter
-    resized_crop: bool = False  # random crop of crop_scale x the area, resized back (mask: nearest)
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-
-    @pydantic.field_validator("crop_scale")
-    @classmethod
-    def _scale(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
-        return value
-
-
-class DataConfig(pydantic.BaseModel, extra="forbid"):
-    dataset: Path | None = None  # ingested dataset folder (set by the CLI --dataset)
-    batch_size: Annotated[int, pydantic.Field(ge=1)] = 16
-    num_workers: Annotated[int, pydantic.Field(ge=0)] | Literal["auto"] = "auto"  # see auto_num_workers()
-    crop_size: Annotated[int | None, pydantic.Field(ge=1)] = None  # training random crop (None = whole tile)
-    label_mode: Literal["multilabel", "single"] = "multilabel"
-    present_threshold: Annotated[float | None, pydantic.Field(gt=0, le=1)] = None  # None: ingest's present_classes
-    min_labelled_fraction: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.05
-    # which catalog column assigns tiles to splits: the spatial split, or BigEarthNet's official one
-    split_column: Literal["split", "official_split"] = "split"
-    # classification targets: 'auto' = the tile's patch labels (BigEarthNet) when it has them, else
-    # the classes of its pixel labels; 'pixels' always uses the pixel labels
-    targets: Literal["auto", "pixels"] = "auto"
-    sampling: Literal["uniform", "rare_classes"] = "uniform"
-    max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
-    augment: AugmentConfig = AugmentConfig()
-    # auto: the input transform model.encoder_weights declares (landcover.models.input_transform), else dataset;
-    # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
-    normalization: Literal["auto", "weights", "dataset", "none"] = "auto"
 
 
 def auto_num_workers(cuda: bool | None = None) -> int:
@@ -455,8 +418,18 @@ class LandcoverDataModule(LightningDataModule):
             batch = self.augment(batch)
         return batch
 
-    def augment(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Random training augmentation of a batch (on its device; global torch RNG).
+    def augment_generator(self) -> torch.Generator:
+        """The generator of this rank's augmentation draws in the current epoch: keyed by (seed, rank, epoch),
+        not the global RNG, which ``seed_everything`` sets alike on every DDP rank; it continues through the
+        epoch's batches."""
+        key = (self.seed, distributed_rank()[0], self.trainer.current_epoch if self.trainer is not None else 0)
+        if getattr(self, "_augment_key", None) != key:
+            self._augment_key, self._augment_rng = key, rank_generator(*key)
+        return self._augment_rng
+
+    def augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Random training augmentation of a batch (on its device; draws from ``generator``, by default
+        :meth:`augment_generator`).
 
         Geometry (flips, rot90, resized crop) moves image and mask together; flips and rot90 are
         exact, the resized crop samples the mask with nearest. Brightness/contrast change the
@@ -465,35 +438,40 @@ class LandcoverDataModule(LightningDataModule):
         a = self.cfg.augment
         image, mask = batch["image"], batch["mask"]
         b, device = image.shape[0], image.device
+        g = generator or self.augment_generator()
+
+        def rand(*shape: int) -> torch.Tensor:  # drawn on the CPU generator, then moved
+            return torch.rand(*shape, generator=g).to(device)
 
         def pick(x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             return torch.where(p.view(-1, *([1] * (x.dim() - 1))), y, x)
 
         if a.hflip:
-            p = torch.rand(b, device=device) < 0.5
+            p = rand(b) < 0.5
             image, mask = pick(image, image.flip(-1), p), pick(mask, mask.flip(-1), p)
         if a.vflip:
-            p = torch.rand(b, device=device) < 0.5
+            p = rand(b) < 0.5
             image, mask = pick(image, image.flip(-2), p), pick(mask, mask.flip(-2), p)
         if a.rot90 and image.shape[-1] == image.shape[-2]:
-            k = torch.randint(0, 4, (b,), device=device)
+            k = torch.randint(0, 4, (b,), generator=g).to(device)
             for turns in (1, 2, 3):
                 p = k == turns
                 image = pick(image, image.rot90(turns, (-2, -1)), p)
                 mask = pick(mask, mask.rot90(turns, (-2, -1)), p)
         if a.resized_crop:
-            image, mask = self._resized_crop(image, mask)
+            image, mask = self._resized_crop(image, mask, rand)
         if a.brightness > 0 or a.contrast > 0:
-            image = self._photometric(image)
+            image = self._photometric(image, rand)
         return {**batch, "image": image, "mask": mask}
 
-    def _resized_crop(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, device = image.shape[0], image.device
+    def _resized_crop(self, image: torch.Tensor, mask: torch.Tensor,
+                      rand: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        b = image.shape[0]
         lo, hi = self.cfg.augment.crop_scale
-        area = lo + (hi - lo) * torch.rand(b, device=device)
-        ratio = torch.exp((torch.rand(b, device=device) * 2 - 1) * math.log(4 / 3))
+        area = lo + (hi - lo) * rand(b)
+        ratio = torch.exp((rand(b) * 2 - 1) * math.log(4 / 3))
         w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
-        cx, cy = (1 - w) * (torch.rand(b, device=device) * 2 - 1), (1 - h) * (torch.rand(b, device=device) * 2 - 1)
+        cx, cy = (1 - w) * (rand(b) * 2 - 1), (1 - h) * (rand(b) * 2 - 1)
         zero = torch.zeros_like(w)
         theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
         grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
@@ -502,17 +480,17 @@ class LandcoverDataModule(LightningDataModule):
                                padding_mode="border", align_corners=False)
         return image, warped[:, 0].round().to(mask.dtype)
 
-    def _photometric(self, image: torch.Tensor) -> torch.Tensor:
+    def _photometric(self, image: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
         """Jitter in raw units: brightness x(1+u), contrast around the band mean, then renormalise."""
         a = self.cfg.augment
         b, c = image.shape[:2]
         mean, std = self.mean.to(image.device).view(1, -1, 1, 1), self.std.to(image.device).view(1, -1, 1, 1)
         nodata = (image == 0).all(dim=1, keepdim=True)
         raw = image * std + mean
-        u = (torch.rand(b, c, 1, 1, device=image.device) * 2 - 1) * a.brightness
+        u = (rand(b, c, 1, 1) * 2 - 1) * a.brightness
         raw = raw * (1 + u)
         valid = (~nodata).to(image.dtype)
         band_mean = (raw * valid).sum((-2, -1), keepdim=True) / valid.sum((-2, -1), keepdim=True).clamp(min=1)
-        v = (torch.rand(b, c, 1, 1, device=image.device) * 2 - 1) * a.contrast
+        v = (rand(b, c, 1, 1) * 2 - 1) * a.contrast
         raw = (raw - band_mean) * (1 + v) + band_mean
         return torch.where(nodata, torch.zeros_like(image), (raw - mean) / std)

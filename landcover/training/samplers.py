@@ -19,6 +19,13 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def rank_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
+    """A CPU generator for one rank's random draws of one epoch (training augmentation), seeded from
+    (seed, rank, epoch) alone: ranks draw differently although they share the global seed, and a resumed
+    run draws what the interrupted one would have from the same epoch on."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]))
+
+
 class EpochSampler(Sampler[int]):
     """This rank's share of ``num_samples`` tiles drawn per epoch (training).
 

@@ -37,14 +37,15 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from landcover.cluster import Shard, shard_items
 from landcover.config import apply_override, config_dir, load_config, read_yaml
-from landcover.errors import ConfigError, OutputExistsError, TrainingError
+from landcover.errors import ConfigError, LandcoverError, OutputExistsError, TrainingError
+from landcover.preflight import check_dataset_folder
 
 RESERVED = ("name",)
 
@@ -58,7 +59,7 @@ class SweepConfig(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default_factory=list)
-    parallel: int | str = "auto"
+    parallel: PositiveInt | Literal["auto"] = "auto"
     keep: int | None = Field(None, ge=1)
 
 
@@ -104,7 +105,7 @@ def variant_overrides(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def resolve_variants(cfg: SweepConfig, sweep_file: Path, dataset: str | Path | None = None) -> dict[str, dict]:
     """The full, validated training config of every variant (name -> config as a dict)."""
-    from landcover.training.train import TrainConfig
+    from landcover.training.config import TrainConfig
 
     base = Path(cfg.base)
     for candidate in (sweep_file.parent / base, config_dir() / base, base):
@@ -144,9 +145,45 @@ def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: str |
     resume = ["--resume", "auto"] if (folder / "checkpoints").exists() else []
     with open(folder / "train.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "landcover.cli", "train", str(folder / "variant.yaml"),
-                               "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env)
+                               "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              preexec_fn=_die_with_parent(), start_new_session=True)
     tail = (folder / "train.log").read_text().strip().splitlines()[-3:]
     return name, proc.returncode, "\n".join(tail)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the variant receive SIGTERM when the sweep dies, even of SIGKILL, which no
+    handler sees (Linux ``prctl(PR_SET_PDEATHSIG)``); the variant then stops like on ``kill`` and resumes on
+    the next run. None elsewhere. prctl is looked up here, so that the child, forked from a thread, only
+    calls it. (The signal follows the death of the forking thread: a pool thread, alive while its variant runs.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+    import signal
+
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the sweep died before prctl: nobody is left to send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def signal_variants(signum: int) -> None:
+    """Send ``signum`` to this process's children, the running variants: a SIGTERM or SIGINT sent to the sweep
+    (``kill PID``, Ctrl-C) stops them too, instead of the sweep waiting for them to finish (Linux /proc). The
+    variants run in sessions of their own, so a Ctrl-C reaches them once, through the sweep."""
+    import contextlib
+
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # "pid (name) state ppid ..."
+                os.kill(int(stat.parent.name), signum)
 
 
 def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | None = None,
@@ -156,6 +193,11 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
     cfg, sweep_file = load_sweep(sweep_file)
     out = Path(out)
     configs = resolve_variants(cfg, sweep_file, dataset)
+    for name, config in configs.items():  # before any variant starts
+        try:
+            check_dataset_folder(config["data"]["dataset"])
+        except LandcoverError as exc:
+            raise type(exc)(f"variant {name}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     plan = out / "sweep.json"
     record = {"sweep": yaml.safe_load(sweep_file.read_text()), "variants": configs}
@@ -224,6 +266,9 @@ def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path
     import pandas as pd
 
     out = Path(out)
+    if not (out / "sweep.json").is_file():
+        raise ConfigError(f"{out} holds no sweep (no sweep.json); run `landcover sweep SWEEP --out {out}` first, "
+                          "or pass the --out of that run")
     plan = json.loads((out / "sweep.json").read_text())
     rows, missing = [], []
     for name, config in plan["variants"].items():

@@ -16,7 +16,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torchmetrics
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from landcover.evaluation.confusion import scores_from_confusion
@@ -24,24 +23,9 @@ from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from landcover.models.encoders import encoder_of, parameter_groups, set_encoder_trainable
 from landcover.nomenclature import IGNORE
+from landcover.training.config import LossConfig, OptimConfig
 
 CHECKPOINT_FORMAT = "landcover-checkpoint/1"
-
-
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0, description="L2 regularisation (AdamW decoupled weight decay)")
-    encoder_lr_factor: float = Field(1.0, gt=0, description="Encoder learning rate = lr x this (e.g. 0.1 after unfreezing)")
-    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
-
-
-class LossConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Literal["ce", "ce+dice", "focal", "ce+focal"] = "ce"
-    class_weights: Literal["none", "inverse_frequency", "median_frequency"] = "none"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 class _Task(pl.LightningModule):

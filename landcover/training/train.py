@@ -19,52 +19,22 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.errors import ConfigError, ModelError, OutputExistsError
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.io.grid import atomic_output
-from landcover.models.config import ModelConfig
 from landcover.models.encoders import count_parameters
 from landcover.models.input_transform import declared_input_transform
 from landcover.models.safeload import load_torch_file
 from landcover.sources.s2meta import dataset_level
-from landcover.training.datamodule import DataConfig, LandcoverDataModule
-from landcover.training.task import LossConfig, OptimConfig, task_class
-
-
-class TrainerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1, description="Early stopping: epochs without improvement of the monitored metric")
-    min_delta: float = Field(0.0, ge=0)
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
-    gradient_clip_val: float | None = None
-    limit_train_batches: float | int = 1.0
-    limit_val_batches: float | int = 1.0
-    log_every_n_steps: int = 10
-    seed: int = 0
-    deterministic: bool = False
-
-
-class TrainConfig(BaseModel):
-    """One training run (YAML: configs/*.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    optim: OptimConfig = OptimConfig()
-    loss: LossConfig = LossConfig()
-    trainer: TrainerConfig = TrainerConfig()
+from landcover.training.config import TrainConfig
+from landcover.training.datamodule import LandcoverDataModule
+from landcover.training.task import task_class
 
 
 def _precision(requested: str) -> str:
