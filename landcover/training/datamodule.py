@@ -11,10 +11,8 @@ batches, in :meth:`LandcoverDataModule.on_after_batch_transfer`, during training
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import rasterio
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -34,6 +31,7 @@ from landcover.dataset.splits import check_split_scheme
 from landcover.errors import ConfigError, DatasetError
 from landcover.models.input_transform import InputTransform, normalization_statistics
 from landcover.nomenclature import IGNORE
+from landcover.training.augment import augment_batch
 from landcover.training.config import DataConfig
 from landcover.training.samplers import EpochSampler, ShardSampler, distributed_rank, rank_generator
 
@@ -428,69 +426,7 @@ class LandcoverDataModule(LightningDataModule):
         return self._augment_rng
 
     def augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Random training augmentation of a batch (on its device; draws from ``generator``, by default
-        :meth:`augment_generator`).
-
-        Geometry (flips, rot90, resized crop) moves image and mask together; flips and rot90 are
-        exact, the resized crop samples the mask with nearest. Brightness/contrast change the
-        image only, per sample and band, and leave no-data pixels (all bands 0) at 0.
-        """
-        a = self.cfg.augment
-        image, mask = batch["image"], batch["mask"]
-        b, device = image.shape[0], image.device
-        g = generator or self.augment_generator()
-
-        def rand(*shape: int) -> torch.Tensor:  # drawn on the CPU generator, then moved
-            return torch.rand(*shape, generator=g).to(device)
-
-        def pick(x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            return torch.where(p.view(-1, *([1] * (x.dim() - 1))), y, x)
-
-        if a.hflip:
-            p = rand(b) < 0.5
-            image, mask = pick(image, image.flip(-1), p), pick(mask, mask.flip(-1), p)
-        if a.vflip:
-            p = rand(b) < 0.5
-            image, mask = pick(image, image.flip(-2), p), pick(mask, mask.flip(-2), p)
-        if a.rot90 and image.shape[-1] == image.shape[-2]:
-            k = torch.randint(0, 4, (b,), generator=g).to(device)
-            for turns in (1, 2, 3):
-                p = k == turns
-                image = pick(image, image.rot90(turns, (-2, -1)), p)
-                mask = pick(mask, mask.rot90(turns, (-2, -1)), p)
-        if a.resized_crop:
-            image, mask = self._resized_crop(image, mask, rand)
-        if a.brightness > 0 or a.contrast > 0:
-            image = self._photometric(image, rand)
-        return {**batch, "image": image, "mask": mask}
-
-    def _resized_crop(self, image: torch.Tensor, mask: torch.Tensor,
-                      rand: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        b = image.shape[0]
-        lo, hi = self.cfg.augment.crop_scale
-        area = lo + (hi - lo) * rand(b)
-        ratio = torch.exp((rand(b) * 2 - 1) * math.log(4 / 3))
-        w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
-        cx, cy = (1 - w) * (rand(b) * 2 - 1), (1 - h) * (rand(b) * 2 - 1)
-        zero = torch.zeros_like(w)
-        theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
-        grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
-        image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        warped = F.grid_sample(mask[:, None].to(image.dtype), grid, mode="nearest",
-                               padding_mode="border", align_corners=False)
-        return image, warped[:, 0].round().to(mask.dtype)
-
-    def _photometric(self, image: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """Jitter in raw units: brightness x(1+u), contrast around the band mean, then renormalise."""
-        a = self.cfg.augment
-        b, c = image.shape[:2]
-        mean, std = self.mean.to(image.device).view(1, -1, 1, 1), self.std.to(image.device).view(1, -1, 1, 1)
-        nodata = (image == 0).all(dim=1, keepdim=True)
-        raw = image * std + mean
-        u = (rand(b, c, 1, 1) * 2 - 1) * a.brightness
-        raw = raw * (1 + u)
-        valid = (~nodata).to(image.dtype)
-        band_mean = (raw * valid).sum((-2, -1), keepdim=True) / valid.sum((-2, -1), keepdim=True).clamp(min=1)
-        v = (rand(b, c, 1, 1) * 2 - 1) * a.contrast
-        raw = (raw - band_mean) * (1 + v) + band_mean
-        return torch.where(nodata, torch.zeros_like(image), (raw - mean) / std)
+        """Random training augmentation of a batch on its device (:func:`landcover.training.augment.augment_batch`:
+        kornia geometry on image and mask, reflectance jitter), drawing from ``generator``, by default
+        :meth:`augment_generator`."""
+        return augment_batch(batch, self.cfg.augment, self.mean, self.std, generator or self.augment_generator())
