@@ -48,6 +48,7 @@ from landcover.io import (
     write_qgis_style,
 )
 from landcover.labels import RasterLabels, load_label_mapping, open_label_source
+from landcover.outputs import check_written, writing
 from landcover.sentinel2 import Product
 from landcover.splits import check_block_size, grid_area_warning, split_scheme
 from landcover.stack import NODATA, SceneReader, strips
@@ -184,15 +185,15 @@ def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     (out / "scenes").mkdir(parents=True, exist_ok=True)
     if not marker.exists():
         tmp = out / f".{marker.name}.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(text)
         try:
+            tmp.write_text(text)
             os.link(tmp, marker)  # atomic, and fails if another shard created it first
         except FileExistsError:
             if json.loads(marker.read_text()) != settings:
                 raise OutputExistsError(f"{out} was just created by another run with other settings; "
                                         "give every shard the same settings") from None
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
 
 
 def _clean_partials(out: Path, scene_id: str) -> None:
@@ -234,13 +235,14 @@ def ingest_scene(
     scene_id = scene_id_of(product)
     final = out / "scenes" / scene_id
     tmp = out / "scenes" / f".{scene_id}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     try:
-        with rasterio.Env(**GDAL_ENV), SceneReader(
+        with writing(final, temporaries=[tmp]) as guard, rasterio.Env(**GDAL_ENV), SceneReader(
             product, bands, resolution=cfg.resolution, resampling=cfg.resampling,
             harmonize=cfg.harmonize, scl_invalid=cfg.scl_invalid,
         ) as reader:
+            tmp.mkdir(parents=True)
             grid = reader.grid
+            guard.needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
             mapping = load_label_mapping(cfg.labels.mapping, cfg.nomenclature) if cfg.labels.mapping else None
             source = None
             if labels is not None:
@@ -313,7 +315,8 @@ def ingest_scene(
                 "tiles": len(records),
                 "provenance": reader.provenance(),
             }
-        (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+            (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+            check_written()
         os.replace(tmp, final)
     finally:
         if tmp.exists():
