@@ -134,6 +134,20 @@ def test_full_disk_is_one_line_exit_2_and_leaves_no_file(command, scene, checkpo
     assert again.returncode == 0, again.stderr[-3000:]
 
 
+def test_full_disk_while_training_leaves_no_truncated_checkpoint_and_the_rerun_completes(dataset, small_disk):
+    """Lightning stages a checkpoint in /tmp and copies it over: on a full disk that left a truncated best.ckpt."""
+    proc = subprocess.run([*CLI, *train_args(dataset, small_disk / "run")], capture_output=True, text=True,
+                          timeout=300)
+    line = one_error_line(proc)
+    assert "best.ckpt" in line and "no space left" in line and "MB needed" in line, line
+    assert not [f for f in files_in(small_disk) if f.endswith(".ckpt") or "partial" in f]  # config.yaml is whole
+    # space again (a bigger tmpfs, the failed run's files still there): the same command completes
+    subprocess.run(["mount", "-o", "remount,size=1g", str(small_disk)], check=True)
+    again = subprocess.run([*CLI, *train_args(dataset, small_disk / "run")], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
 def no_space(*names: str):
     """A write_text that fails like a full disk for files whose name contains one of ``names``."""
     real = Path.write_text
