@@ -142,8 +142,8 @@ class Guard:
             code = errno.EACCES
         elif GDAL_READ_ONLY.search(text):
             code = errno.EROFS
-        elif GDAL_NO_SPACE.search(text) or (GDAL_WRITE_FAILED.search(text) and self._nearly_full()):
-            code = errno.ENOSPC
+        elif GDAL_NO_SPACE.search(text) or ((exc is not None or GDAL_WRITE_FAILED.search(text)) and self._nearly_full()):
+            code = errno.ENOSPC  # GDAL's texts rarely say why ("Failed to commit transaction"): the free space does
         elif exc is None and GDAL_WRITE_FAILED.search(text):
             return OutputError(f"cannot write {shown(self.path or Path.cwd())}: GDAL reported "
                                f"{self.gdal_messages[0]}; check the disk and choose another --out")

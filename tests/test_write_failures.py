@@ -219,3 +219,20 @@ def test_non_utf8_paths_are_refused_in_one_line(scene, checkpoint, tmp_path):
         assert proc.returncode == 2, stderr[-3000:]
         assert len(lines) == 1 and "UTF-8" in lines[0] and "\\xff" in lines[0], stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([odd.name, listed.name])  # nothing written
+
+
+def test_a_gdal_error_that_gives_no_reason_on_a_full_disk_is_no_space(tmp_path, monkeypatch):
+    """pyogrio says only "Failed to commit transaction" when a GeoPackage (splits.gpkg) hits a full disk."""
+    import pyogrio.errors
+
+    from landcover import outputs
+    from landcover.errors import OutputError
+
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OutputError, match=r"cannot write .*splits.gpkg: no space left on .* \(0.0 MB free"), \
+            outputs.writing(tmp_path / "splits.gpkg"):
+        raise pyogrio.errors.DataSourceError("Failed to commit transaction")
+    with pytest.raises(pyogrio.errors.DataSourceError):  # with room left it is not a full disk: the error as it is
+        monkeypatch.undo()
+        with outputs.writing(tmp_path / "splits.gpkg"):
+            raise pyogrio.errors.DataSourceError("Failed to commit transaction")
