@@ -168,9 +168,20 @@ class Guard:
         return Path(filename) if name == folder or folder in name.parents or name in folder.parents else None
 
     def _nearly_full(self) -> bool:
-        self.remove_temporaries()
+        """Whether the disk would be (nearly) full even without the temporaries (measured, not removed: the
+        caller may still handle the error)."""
         free = shutil.disk_usage(_existing(self.path or Path.cwd())).free
-        return free < max(self.size() or 0, 1 << 20)
+        return free + sum(_size(t) for t in {*self.temporaries, *(t for g in ACTIVE for t in g.temporaries)}) \
+            < max(self.size() or 0, 1 << 20)
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of the files in a folder (0 when it is gone)."""
+    with contextlib.suppress(OSError):
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    return 0
 
 
 def _is_gdal_error(exc: BaseException) -> bool:
