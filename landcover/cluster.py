@@ -27,7 +27,7 @@ def read_list(path: str | Path) -> list[Path]:
     """The inputs of a list file: one path per line, ``#`` comments, paths relative to the file."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()  # paths as the OS gives them
     except OSError as exc:
         raise ConfigError(f"cannot read --from-list {path} ({exc}); check the path") from exc
     items = []

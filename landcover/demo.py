@@ -24,7 +24,13 @@ from landcover.dataset.catalog import read_catalog
 from landcover.dataset.ingest import IngestConfig, ingest
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.evaluation.evaluate import evaluate_maps
-from landcover.io.grid import Grid, class_map_profile, style_class_map
+from landcover.io.grid import (
+    Grid,
+    atomic_output,
+    class_map_profile,
+    style_class_map,
+    write_text_atomic,
+)
 from landcover.nomenclature import IGNORE, catalog_dir, nomenclature
 
 SAMPLES = Path(__file__).resolve().parent / "sample_data"
@@ -52,8 +58,8 @@ def _split_labels(dataset: Path, split: str, out: Path) -> Path:
         labels[~keep] = IGNORE
         grid = Grid(src.crs, src.transform, src.width, src.height)
     nom = nomenclature(info["nomenclature"]["name"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(out, "w", **class_map_profile(grid)) as dst:
+    with atomic_output(out, overwrite=True, needed=labels.size) as tmp, \
+            rasterio.open(tmp, "w", **class_map_profile(grid)) as dst:
         dst.write(labels, 1)
         style_class_map(dst, nom, SPLIT=split)
     return out
@@ -115,7 +121,7 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     test_labels = _split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
     report = evaluate_maps(map_path, test_labels, out / "evaluation" / "report", overwrite=True)
     baseline = nearest_centroid_baseline(dataset)
-    (out / "evaluation" / "baseline.json").write_text(json.dumps(baseline, indent=2) + "\n")
+    write_text_atomic(out / "evaluation" / "baseline.json", json.dumps(baseline, indent=2) + "\n")
     return {
         "dataset": str(dataset), "checkpoint": metrics["best_checkpoint"], "curves": str(out / "train" / "curves.png"),
         "map": str(map_path), "quicklook": summary["out"].get("quicklook"), "report": str(out / "evaluation" / "report"),
@@ -144,7 +150,7 @@ def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> d
     baseline = _prior_baseline(data)
     result = {"checkpoint": metrics["best_checkpoint"], "test": test, "baseline": baseline,
               "map_macro": test.get("test/map_macro"), "baseline_map_macro": baseline["map_macro"]}
-    (out / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "test_metrics.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -172,7 +178,7 @@ def run_demo(out: str | Path, task: str = "segmentation", say: Say = print,
         results["segmentation"] = segmentation_demo(out / "segmentation", say, max_epochs)
     if task in ("classification", "all"):
         results["classification"] = classification_demo(out / "classification", say, max_epochs)
-    (out / "demo.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_text_atomic(out / "demo.json", json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 

@@ -71,3 +71,7 @@ class OfflineError(LandcoverError, ConnectionRefusedError):
 
 class TrainingError(LandcoverError):
     """A training run (e.g. a sweep variant) failed; its log says why."""
+
+
+class OutputError(LandcoverError):
+    """An output cannot be written: permission denied, a read-only file system, no space left."""

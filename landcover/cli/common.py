@@ -138,20 +138,35 @@ def interrupted(name: str) -> typer.Exit:
     return typer.Exit(EXIT_CODES.get(name, 130))
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 path shown as ``\\xff`` (printing never fails on them)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def handles_errors(fn: F) -> F:
     """Turn a LandcoverError into one line on stderr and exit code 2 (traceback with --debug), and an
     interruption (SIGINT, SIGTERM) into one line and exit code 130 or 143 (Lightning's own exits included)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from landcover.io.outputs import gdal_stderr_filtered, stray_error, undecodable_path_error
+
         state["resume_hint"], state["forward_sigterm"] = None, False
+        out_arg = kwargs.get("out_dir") or kwargs.get("out_path")
         try:
-            with sigterm_as_interrupt():
-                return fn(*args, **kwargs)
+            with sigterm_as_interrupt(), gdal_stderr_filtered():
+                if (bad_path := undecodable_path_error(list(kwargs.values()))) is not None:
+                    raise bad_path
+                try:
+                    return fn(*args, **kwargs)
+                except (OSError, UnicodeEncodeError, RuntimeError) as exc:  # write failures no writer translated
+                    if isinstance(exc, LandcoverError) or (error := stray_error(exc, out_arg)) is None:
+                        raise
+                    raise error from exc
         except LandcoverError as exc:
             if state["debug"]:
                 traceback.print_exc()
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {printable(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             raise interrupted(state.get("signal") or "SIGINT") from None

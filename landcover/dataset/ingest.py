@@ -46,6 +46,7 @@ from landcover.io.grid import (
     style_class_map,
     write_qgis_style,
 )
+from landcover.io.outputs import check_written, writing
 from landcover.nomenclature import (
     IGNORE,
     default_bands,
@@ -185,15 +186,15 @@ def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     (out / "scenes").mkdir(parents=True, exist_ok=True)
     if not marker.exists():
         tmp = out / f".{marker.name}.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(text)
         try:
+            tmp.write_text(text)
             os.link(tmp, marker)  # atomic, and fails if another shard created it first
         except FileExistsError:
             if json.loads(marker.read_text()) != settings:
                 raise OutputExistsError(f"{out} was just created by another run with other settings; "
                                         "give every shard the same settings") from None
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
 
 
 def _clean_partials(out: Path, scene_id: str) -> None:
@@ -235,13 +236,14 @@ def ingest_scene(
     scene_id = scene_id_of(product)
     final = out / "scenes" / scene_id
     tmp = out / "scenes" / f".{scene_id}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     try:
-        with rasterio.Env(**GDAL_ENV), SceneReader(
+        with writing(final, temporaries=[tmp]) as guard, rasterio.Env(**GDAL_ENV), SceneReader(
             product, bands, resolution=cfg.resolution, resampling=cfg.resampling,
             harmonize=cfg.harmonize, scl_invalid=cfg.scl_invalid,
         ) as reader:
+            tmp.mkdir(parents=True)
             grid = reader.grid
+            guard.needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
             mapping = load_label_mapping(cfg.labels.mapping, cfg.nomenclature) if cfg.labels.mapping else None
             source = None
             if labels is not None:
@@ -319,7 +321,8 @@ def ingest_scene(
                 "valid_fraction": round(usable / max(1, grid.width * grid.height), 6),
                 "provenance": reader.provenance(),
             }
-        (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+            (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+            check_written()
         os.replace(tmp, final)
     finally:
         if tmp.exists():

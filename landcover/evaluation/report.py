@@ -18,6 +18,7 @@ import numpy as np
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.evaluation.confusion import Confusion
 from landcover.io.grid import Grid
+from landcover.io.outputs import writing
 from landcover.nomenclature import Nomenclature
 
 
@@ -28,17 +29,18 @@ def report_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     tmp = out_dir.with_name(f".{out_dir.name}.{tag}.partial")
-    tmp.mkdir()
     try:
-        yield tmp
-        check_report_dir(out_dir, overwrite)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{tag}.old")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        with writing(out_dir, temporaries=[tmp]):  # a write failure names the report folder
+            tmp.mkdir()
+            yield tmp
+            check_report_dir(out_dir, overwrite)
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.{tag}.old")
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

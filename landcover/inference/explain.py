@@ -186,7 +186,7 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, _out_of_memory(input, dev):
+    with rasterio.Env(**GDAL_ENV), temporaries(out_dir) as tmp:
         if lm.task == "segmentation":
             record = _segmentation(lm, input, out_dir, tile, dev, batch_size, tmp, progress)
         else:

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 
 from landcover.errors import ConfigError, InputFormatError, MissingBandError
 from landcover.io.grid import Grid, open_raster, temporary_sibling
+from landcover.io.outputs import check_written, writing
 from landcover.nomenclature import Nomenclature
 from landcover.sources.s2meta import parse_name
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
 TMP_BLOCK = 256  # block side of the temporary GeoTIFFs (written one whole block row at a time)
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": 512, "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
+EXPECTED: dict[Path, int] = {}  # uncompressed bytes of each temporary GeoTIFF a BlockWriter writes (full-disk messages)
 
 
 # --- window geometry ------------------------------------------------------------------------------
@@ -249,6 +251,7 @@ class BlockWriter:
     """Collects finished rows and writes whole block rows of a temporary GeoTIFF (each block once)."""
 
     def __init__(self, path: Path, grid: Grid, count: int, dtype: str, nodata: float | None, masked: bool):
+        EXPECTED[path] = grid.width * grid.height * (count * np.dtype(dtype).itemsize + masked)
         self.ds = rasterio.open(
             path, "w", driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
             crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=TMP_BLOCK,
@@ -292,7 +295,9 @@ def output_paths(out: Path, *, probabilities: bool = False, confidence: bool = F
 
 
 def to_cog(src: Path, dst: Path, resampling: str, nom: Nomenclature | None) -> None:
+    check_written()  # the GeoTIFF to copy was written whole
     rasterio.shutil.copy(src, dst, driver="COG", OVERVIEW_RESAMPLING=resampling, **COG_OPTIONS)
+    check_written()
     if nom is None:
         return
     with rasterio.open(dst) as ds:
@@ -331,18 +336,32 @@ def write_quicklook(cog: Path, png: Path, nom: Nomenclature, nodata: int, title:
 
 
 @contextlib.contextmanager
-def temporaries() -> Iterator[Callable[[Path], Path]]:
-    """``tmp(final)`` gives a temporary sibling; every one left over is removed at the end."""
+def temporaries(output: Path | None = None) -> Iterator[Callable[[Path], Path]]:
+    """``tmp(final)`` gives a temporary sibling; every one left over is removed at the end.
+
+    A write failure in the block (permission, full disk) is an :class:`~landcover.errors.OutputError` naming
+    ``output`` (default: the first final path); with a full disk it tells about what the GeoTIFFs of :class:`BlockWriter` and their COG
+    copies need (uncompressed, so at most).
+    """
     made: list[Path] = []
 
-    def tmp(final: Path) -> Path:
-        made.append(temporary_sibling(final))
-        return made[-1]
+    def needed() -> int | None:
+        return sum(2 * EXPECTED.get(path, 0) for path in made) or None
 
     try:
-        yield tmp
+        with writing(output, needed) as guard:
+
+            def tmp(final: Path) -> Path:
+                if guard.path is None:
+                    guard.path = final
+                made.append(temporary_sibling(final))
+                guard.temporaries.extend([made[-1], Path(f"{made[-1]}.aux.xml")])
+                return made[-1]
+
+            yield tmp
     finally:
         for path in made:
+            EXPECTED.pop(path, None)
             for stale in (path, Path(f"{path}.aux.xml")):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()

@@ -19,6 +19,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from landcover.errors import CorruptFileError, OutputExistsError
+from landcover.io.outputs import writing
 from landcover.nomenclature import IGNORE, Nomenclature
 
 GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 512, "CHECK_DISK_FREE_SPACE": "FALSE"}
@@ -101,23 +102,32 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(path: str | Path, overwrite: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path; rename it to ``path`` only when the block completes.
 
     An error or interruption (Ctrl-C) removes the temporary file: nothing half-written ever
-    carries the final name.
+    carries the final name. A write failure (permission, full disk, also one GDAL only logged) is an
+    :class:`~landcover.errors.OutputError` naming ``path``; ``needed`` (bytes, rough) is told with a full disk.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
-        yield tmp
+        with writing(path, needed, [tmp, Path(f"{tmp}.aux.xml")]):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`: whole or not at all."""
+    with atomic_output(path, overwrite=True, needed=len(text.encode("utf-8", "surrogateescape"))) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def class_map_profile(grid: Grid, *, blocksize: int = 512) -> dict[str, object]:
@@ -183,7 +193,7 @@ def qgis_style(nom: Nomenclature) -> str:
 def write_qgis_style(raster_path: Path, nom: Nomenclature) -> Path:
     """Write ``<raster>.qml`` next to a class map (atomically)."""
     qml = raster_path.with_suffix(".qml")
-    tmp = temporary_sibling(qml)
-    tmp.write_text(qgis_style(nom), encoding="utf-8")
-    os.replace(tmp, qml)
+    text = qgis_style(nom)
+    with atomic_output(qml, overwrite=True, needed=len(text)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return qml

@@ -432,20 +432,18 @@ def write_labels(
     nom = nomenclature(nomenclature_name)
     counts: Counter[int] = Counter()
     windows = list(grid.windows(window_size))
-    with (
-        atomic_output(out, overwrite) as tmp,
-        rasterio.Env(**GDAL_ENV),
-        rasterio.open(tmp, "w", **class_map_profile(grid)) as dst,
-    ):
-        for done, window in enumerate(windows, 1):
-            ids = nom.encode(source.codes(grid, window), where=source.description)
-            dst.write(ids, 1, window=window)
-            values, n = np.unique(ids, return_counts=True)
-            counts.update(dict(zip(values.tolist(), n.tolist(), strict=True)))
-            if progress:
-                progress(done, len(windows))
-        style_class_map(dst, nom, LABEL_SOURCE=source.description, SOFTWARE=f"landcover {__version__}")
-    write_qgis_style(out, nom)
+    # the style first, the GeoTIFF last: labels.tif under its final name means complete (uint8: w x h bytes at most)
+    with atomic_output(out, overwrite, needed=grid.width * grid.height) as tmp:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(tmp, "w", **class_map_profile(grid)) as dst:
+            for done, window in enumerate(windows, 1):
+                ids = nom.encode(source.codes(grid, window), where=source.description)
+                dst.write(ids, 1, window=window)
+                values, n = np.unique(ids, return_counts=True)
+                counts.update(dict(zip(values.tolist(), n.tolist(), strict=True)))
+                if progress:
+                    progress(done, len(windows))
+            style_class_map(dst, nom, LABEL_SOURCE=source.description, SOFTWARE=f"landcover {__version__}")
+        write_qgis_style(out, nom)
     labelled = sum(n for v, n in counts.items() if v != IGNORE)
     return LabelSummary(
         out=out,

@@ -68,8 +68,28 @@ def _plot_curves(logs: Path, out: Path, monitor: str) -> None:
         ax_metric.set(xlabel="epoch", ylabel=monitor, title=monitor, ylim=(0, 1))
         ax_metric.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with atomic_output(out, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def _atomic_checkpoints() -> Any:
+    """Lightning's checkpoint writer, writing each checkpoint under a hidden name next to it and renaming it when
+    whole (Lightning's own one stages it in /tmp and copies it over, which leaves a truncated file on a full disk);
+    a write failure is an OutputError naming the checkpoint."""
+    import io
+
+    import torch
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            with atomic_output(Path(path), overwrite=True, needed=buffer.getbuffer().nbytes) as tmp:
+                tmp.write_bytes(buffer.getbuffer())
+
+    return AtomicCheckpointIO()
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None,
@@ -92,7 +112,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     ckpt_path = _resume_path(out, resume)
     first = _launch_rank() == 0  # processes started by srun or Lightning's launcher all run this
     # (--resume auto without a checkpoint to continue from starts the run, e.g. one killed before its first)
-    if ckpt_path is None and resume != "auto" and (out / "checkpoints").exists() and not overwrite and first:
+    # (a run that failed before its first checkpoint, e.g. on a full disk, holds none: the rerun starts it)
+    if ckpt_path is None and resume != "auto" and any((out / "checkpoints").glob("*.ckpt")) and not overwrite and first:
         raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
                                 "--overwrite to replace it, or another --out")
     pl.seed_everything(cfg.trainer.seed, workers=True)
@@ -137,9 +158,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     # the resolved config and the dataset description travel with the run
     if first:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         used = {**info, "normalization": data.normalization}  # the statistics this run used
-        (out / "dataset.json").write_text(json.dumps(used, indent=2, sort_keys=True) + "\n")
+        for name, text in (("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)),
+                           ("dataset.json", json.dumps(used, indent=2, sort_keys=True) + "\n")):
+            with atomic_output(out / name, overwrite=True, needed=len(text)) as tmp:
+                tmp.write_text(text)
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=task.monitor,
                                  mode="max", save_last=True, auto_insert_metric_name=False)
@@ -159,7 +182,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
         # the datamodule shards tiles itself: each rank its share of the epoch's cap, and every
         # val/test tile exactly once (Lightning's DistributedSampler ignores the cap and pads)
-        use_distributed_sampler=False,
+        use_distributed_sampler=False, plugins=[_atomic_checkpoints()],
     )
     started = time.perf_counter()
     with warnings.catch_warnings():
