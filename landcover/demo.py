@@ -24,13 +24,9 @@ from landcover.dataset.catalog import read_catalog
 from landcover.dataset.ingest import IngestConfig, ingest
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.evaluation.evaluate import evaluate_maps
-from landcover.io.grid import (
-    Grid,
-    atomic_output,
-    class_map_profile,
-    style_class_map,
-    write_text_atomic,
-)
+from landcover.io.grid import Grid
+from landcover.io.outputs import atomic_output, write_text_atomic
+from landcover.io.style import class_map_profile, style_class_map
 from landcover.nomenclature import IGNORE, catalog_dir, nomenclature
 
 SAMPLES = Path(__file__).resolve().parent / "sample_data"

@@ -21,7 +21,8 @@ from landcover.cli import app
 from landcover.errors import DatasetError, NoOverlapError, OutputExistsError
 from landcover.evaluation.confusion import confusion_matrix_streaming
 from landcover.evaluation.evaluate import ClassMapReader, evaluate_maps
-from landcover.io.grid import Grid, class_map_profile, style_class_map
+from landcover.io.grid import Grid
+from landcover.io.style import class_map_profile, style_class_map
 from landcover.nomenclature import IGNORE, corine_classes, nomenclature
 from landcover.sources.labels import labels_like
 

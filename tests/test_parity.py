@@ -18,8 +18,8 @@ import landcover.inference.predict
 import landcover.training.train
 from landcover.config import config_dir, load_config
 from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.inference.feeder import Feeder
 from landcover.inference.predict import load_checkpoint, predict_scene
-from landcover.inference.sliding import Feeder
 from landcover.nomenclature import catalog_dir
 from landcover.training.datamodule import LandcoverDataModule
 from landcover.training.task import task_class

@@ -323,7 +323,8 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
     from rasterio.windows import Window
 
     from landcover.inference.checkpoint import load_checkpoint
-    from landcover.inference.sliding import Feeder, make_plan, open_source
+    from landcover.inference.feeder import Feeder, open_source
+    from landcover.inference.sliding import make_plan
 
     run, dataset = transform_run, learnable
     state, wbands, mean, std = run.state, run.wbands, run.mean, run.std

@@ -192,7 +192,7 @@ def test_full_disk_while_evaluate_writes_its_report_leaves_no_report(scene, chec
 
 def test_output_error_names_the_reason():
     from landcover.errors import OutputError
-    from landcover.io.outputs import output_error
+    from landcover.io.failures import output_error
 
     denied = output_error(PermissionError(errno.EACCES, "Permission denied", "/data/out/map.tif"))
     assert isinstance(denied, OutputError) and "cannot write /data/out/map.tif: permission denied" in str(denied)
@@ -228,7 +228,7 @@ def test_a_gdal_error_that_gives_no_reason_on_a_full_disk_is_no_space(tmp_path, 
     import pyogrio.errors
 
     from landcover.errors import OutputError
-    from landcover.io.grid import outputs
+    from landcover.io import failures as outputs
 
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(OutputError, match=r"cannot write .*splits.gpkg: no space left on .* \(0.0 MB free"), \

@@ -149,7 +149,7 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from landcover.io.outputs import gdal_stderr_filtered, stray_error, undecodable_path_error
+        from landcover.io.failures import gdal_stderr_filtered, stray_error, undecodable_path_error
 
         state["resume_hint"], state["forward_sigterm"] = None, False
         out_arg = kwargs.get("out_dir") or kwargs.get("out_path")

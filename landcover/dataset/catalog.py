@@ -46,7 +46,8 @@ from landcover.dataset.splits import (  # noqa: F401  (SplitConfig and the split
     tile_split,
 )
 from landcover.errors import ConfigError, DatasetError
-from landcover.io.grid import Grid, atomic_output
+from landcover.io.grid import Grid
+from landcover.io.outputs import atomic_output
 from landcover.nomenclature import IGNORE, Nomenclature
 
 CATALOG_NAME = "catalog.parquet"

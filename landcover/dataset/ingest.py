@@ -38,15 +38,10 @@ from landcover.dataset.catalog import SplitConfig, lonlat_bounds, tile_record, w
 from landcover.dataset.catalog import finalize as finalize_catalog
 from landcover.dataset.splits import check_block_size, grid_area_warning, split_scheme
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
-from landcover.io.grid import (
-    GDAL_ENV,
-    Grid,
-    atomic_output,
-    class_map_profile,
-    style_class_map,
-    write_qgis_style,
-)
-from landcover.io.outputs import check_written, writing
+from landcover.io.failures import check_written, writing
+from landcover.io.grid import GDAL_ENV, Grid
+from landcover.io.outputs import atomic_output
+from landcover.io.style import class_map_profile, style_class_map, write_qgis_style
 from landcover.nomenclature import (
     IGNORE,
     default_bands,

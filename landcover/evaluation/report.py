@@ -6,10 +6,7 @@ Scores come from :mod:`landcover.evaluation.evaluate`; this module only presents
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import numpy as np
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.evaluation.confusion import Confusion
 from landcover.io.grid import Grid
-from landcover.io.outputs import writing
+from landcover.io.outputs import atomic_folder
 from landcover.nomenclature import Nomenclature
 
 
@@ -26,23 +23,9 @@ from landcover.nomenclature import Nomenclature
 def report_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary folder renamed to ``out_dir`` when the block completes (nothing half-written)."""
     check_report_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = out_dir.with_name(f".{out_dir.name}.{tag}.partial")
-    try:
-        with writing(out_dir, temporaries=[tmp]):  # a write failure names the report folder
-            tmp.mkdir()
-            yield tmp
-            check_report_dir(out_dir, overwrite)
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.{tag}.old")
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(out_dir, replace=True) as tmp:
+        yield tmp
+        check_report_dir(out_dir, overwrite)  # still replaceable (nothing else wrote there meanwhile)
 
 
 def check_report_dir(out_dir: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:

@@ -48,16 +48,13 @@ from landcover.inference.checkpoint import (
     probabilities,
     resolve_device,
 )
+from landcover.inference.feeder import Feeder, open_source
 from landcover.inference.predict import Progress, check_level, predict_scene
-from landcover.inference.sliding import (
-    BlockWriter,
-    Feeder,
-    make_plan,
-    open_source,
-    temporaries,
-    to_cog,
-)
+from landcover.inference.sliding import make_plan
+from landcover.inference.writers import BlockWriter
 from landcover.io.grid import GDAL_ENV, Grid
+from landcover.io.outputs import temporaries
+from landcover.io.style import to_cog
 from landcover.models.encoders import encoder_of
 from landcover.nomenclature import Nomenclature
 
@@ -186,7 +183,7 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    with rasterio.Env(**GDAL_ENV), temporaries(out_dir) as tmp:
+    with rasterio.Env(**GDAL_ENV), temporaries(out_dir) as tmp, _out_of_memory(input, dev):
         if lm.task == "segmentation":
             record = _segmentation(lm, input, out_dir, tile, dev, batch_size, tmp, progress)
         else:

@@ -50,27 +50,18 @@ from landcover.inference.checkpoint import (
     probabilities,
     resolve_device,
 )
-from landcover.inference.sliding import (
-    BlockWriter,
+from landcover.inference.feeder import (
     Feeder,
-    Plan,
     ProductSource,
     StackSource,
-    blend_weights,
     is_ingested_stack,
-    make_plan,
     open_source,
-    output_paths,
-    temporaries,
-    to_cog,
-    write_quicklook,
 )
-from landcover.io.grid import (
-    GDAL_ENV,
-    remove_stale_temporaries,
-    style_class_map,
-    write_qgis_style,
-)
+from landcover.inference.sliding import Plan, blend_weights, make_plan
+from landcover.inference.writers import BlockWriter, output_paths
+from landcover.io.grid import GDAL_ENV
+from landcover.io.outputs import remove_stale_temporaries, temporaries
+from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_quicklook
 from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
 from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch

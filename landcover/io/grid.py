@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import json
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import rasterio
 from affine import Affine
@@ -18,9 +12,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from landcover.errors import CorruptFileError, OutputExistsError
-from landcover.io.outputs import writing
-from landcover.nomenclature import IGNORE, Nomenclature
+from landcover.errors import CorruptFileError
 
 GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 512, "CHECK_DISK_FREE_SPACE": "FALSE"}
 """GDAL options for landcover's own I/O, applied through ``rasterio.Env(**GDAL_ENV)``."""
@@ -86,114 +78,17 @@ def open_raster(path: str | Path, mode: str = "r") -> rasterio.DatasetReader:
         ) from exc
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A unique hidden name next to ``path`` (same folder, so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary siblings of ``path`` that a killed run (SIGKILL, node failure) left.
-
-    Call it only where this process is the one writer of ``path`` (one shard per scene).
-    """
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial{glob.escape(path.suffix)}*"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path, overwrite: bool = False, needed: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path; rename it to ``path`` only when the block completes.
-
-    An error or interruption (Ctrl-C) removes the temporary file: nothing half-written ever
-    carries the final name. A write failure (permission, full disk, also one GDAL only logged) is an
-    :class:`~landcover.errors.OutputError` naming ``path``; ``needed`` (bytes, rough) is told with a full disk.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another --out")
-    tmp = temporary_sibling(path)
-    try:
-        with writing(path, needed, [tmp, Path(f"{tmp}.aux.xml")]):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`: whole or not at all."""
-    with atomic_output(path, overwrite=True, needed=len(text.encode("utf-8", "surrogateescape"))) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
 
 
-def class_map_profile(grid: Grid, *, blocksize: int = 512) -> dict[str, object]:
-    """GeoTIFF creation options for a uint8 class map (tiled, DEFLATE, no-data 255)."""
-    profile: dict[str, object] = {
-        "driver": "GTiff",
-        "dtype": "uint8",
-        "count": 1,
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "width": grid.width,
-        "height": grid.height,
-        "nodata": IGNORE,
-        "compress": "deflate",
-        "predictor": 2,
-        "interleave": "band",
-    }
-    if grid.width >= 16 and grid.height >= 16:
-        bs = min(blocksize, 1 << max(4, (min(grid.width, grid.height)).bit_length() - 1))
-        profile.update(tiled=True, blockxsize=bs, blockysize=bs)
-    return profile
 
 
-def style_class_map(dst: rasterio.io.DatasetWriter, nom: Nomenclature, **tags: str) -> None:
-    """Embed the colour table, class names and nomenclature in an open class-map dataset."""
-    dst.write_colormap(1, nom.colormap())
-    dst.set_band_description(1, f"class id ({nom.name}; 255 = no data)")
-    dst.update_tags(
-        NOMENCLATURE=nom.name,
-        CLASS_NAMES=json.dumps(list(nom.class_names)),
-        CLASS_CODES=json.dumps(list(nom.codes)),
-        IGNORE_INDEX=str(IGNORE),
-        **tags,
-    )
-    dst.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(nom.class_names)})
 
 
-def qgis_style(nom: Nomenclature) -> str:
-    """A QGIS layer style (.qml): paletted renderer with the class colours and names.
-
-    QGIS loads ``<raster name>.qml`` automatically when the raster is opened.
-    """
-    entries = "\n".join(
-        f'        <paletteEntry value="{i}" color="#{r:02x}{g:02x}{b:02x}" alpha="255" '
-        f'label="{escape(code + " " + name, {chr(34): "&quot;"})}"/>'
-        for i, (code, name, (r, g, b)) in enumerate(
-            zip(nom.codes, nom.class_names, nom.colors, strict=True)
-        )
-    )
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.28" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" nodataColor="">
-      <colorPalette>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-"""
 
 
-def write_qgis_style(raster_path: Path, nom: Nomenclature) -> Path:
-    """Write ``<raster>.qml`` next to a class map (atomically)."""
-    qml = raster_path.with_suffix(".qml")
-    text = qgis_style(nom)
-    with atomic_output(qml, overwrite=True, needed=len(text)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return qml

@@ -95,9 +95,7 @@ def build_model(
     if cfg.encoder_weights == "none":
         provenance.update(source="none", loaded=False, tensors_loaded=0)
         return model, provenance
-    from landcover.models.pretrained import (
-        load_pretrained,  # lazy: torchgeo only when weights are named
-    )
+    from landcover.models.pretrained import load_pretrained
 
     provenance.update(load_pretrained(model, cfg, names))
     return model, provenance

@@ -149,10 +149,7 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     """The input transform ``cfg.encoder_weights`` declares (see the module doc), None if it declares none."""
     if cfg.encoder_weights == "none":
         return None
-    from landcover.models.pretrained import (  # torch hub, torchvision, smp
-        find_weight_file,
-        resolve_weights,
-    )
+    from landcover.models.pretrained import find_weight_file, resolve_weights
 
     source = resolve_weights(cfg.encoder_weights, cfg.encoder, cfg.weight_bands)
     if source.kind == "torchgeo":

@@ -32,15 +32,9 @@ from rasterio.windows import Window
 
 from landcover import __version__
 from landcover.errors import InputFormatError, LabelSourceError, NoOverlapError, UnknownCodeError
-from landcover.io.grid import (
-    GDAL_ENV,
-    Grid,
-    atomic_output,
-    class_map_profile,
-    open_raster,
-    style_class_map,
-    write_qgis_style,
-)
+from landcover.io.grid import GDAL_ENV, Grid, open_raster
+from landcover.io.outputs import atomic_output
+from landcover.io.style import class_map_profile, style_class_map, write_qgis_style
 from landcover.nomenclature import (
     IGNORE,
     corine_classes,

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from landcover.cluster import Shard, shard_items
 from landcover.config import apply_override, config_dir, load_config, read_yaml
 from landcover.errors import ConfigError, LandcoverError, OutputExistsError, TrainingError
+from landcover.io.outputs import atomic_folder, atomic_output, write_text_atomic
 from landcover.preflight import check_dataset_folder
 
 RESERVED = ("name",)
@@ -138,7 +139,7 @@ def _cpus() -> int:
 def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: str | None) -> tuple[str, int, str]:
     """``landcover train`` in a subprocess; (name, exit code, last lines of its output)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(folder / "variant.yaml", yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -204,9 +205,7 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
     if plan.exists() and json.loads(plan.read_text())["variants"] != configs:
         raise OutputExistsError(f"{out} holds a sweep with other variants; choose another --out")
     if not plan.exists():
-        tmp = out / f".sweep.json.{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, plan)
+        write_text_atomic(plan, json.dumps(record, indent=2) + "\n")
     names = shard_items(list(configs), shard)
     todo = [n for n in names if not (out / "variants" / n / "metrics.json").exists()]
     for n in sorted(set(names) - set(todo)):
@@ -292,13 +291,13 @@ def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path
     table["score"] = table["score"].astype(float).fillna(-math.inf)
     table = table.sort_values(["score", "variant"], ascending=[False, True]).reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
-    table.to_csv(out / "leaderboard.csv", index=False)
+    write_text_atomic(out / "leaderboard.csv", table.to_csv(index=False))
     cols = ["rank", "variant", "score", "lr", "encoder", "best_epoch", "parameters", "train_seconds",
             "samples_per_second"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in table.to_dict("records")]
-    (out / "leaderboard.md").write_text(f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n"
-                                        + "\n".join(lines) + "\n")
+    write_text_atomic(out / "leaderboard.md", f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n"
+                      + "\n".join(lines) + "\n")
     _plot(table, out / "leaderboard.png")
     best = table["variant"][0]
     _promote(out, best)
@@ -308,7 +307,7 @@ def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path
     result: dict[str, Any] = {"best": best, "leaderboard": table.to_dict("records")}
     if test:
         result["test"] = _test_once(out / "best", dataset)
-    (out / "leaderboard.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_text_atomic(out / "leaderboard.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
@@ -335,7 +334,8 @@ def _plot(table, path: Path) -> None:
     ax.set_ylabel(table["metric"][0]) if table["lr"].nunique() > 1 else ax.set_xlabel(table["metric"][0])
     ax.set_title("sweep: validation score per variant")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -345,16 +345,12 @@ def _promote(out: Path, best: str) -> None:
     target = out / "best"
     if target.exists() and json.loads((target / "variant.json").read_text())["variant"] == best:
         return
-    tmp = out / f".best.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    shutil.copy2(src / "checkpoints" / "best.ckpt", tmp / "best.ckpt")
-    for name in ("variant.yaml", "metrics.json", "dataset.json"):
-        if (src / name).exists():
-            shutil.copy2(src / name, tmp / name)
-    (tmp / "variant.json").write_text(json.dumps({"variant": best}) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with atomic_folder(target, replace=True) as tmp:  # the old pick or the new one, never a mix
+        shutil.copy2(src / "checkpoints" / "best.ckpt", tmp / "best.ckpt")
+        for name in ("variant.yaml", "metrics.json", "dataset.json"):
+            if (src / name).exists():
+                shutil.copy2(src / name, tmp / name)
+        (tmp / "variant.json").write_text(json.dumps({"variant": best}) + "\n")
 
 
 def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
@@ -371,7 +367,7 @@ def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
     cfg = TrainConfig.model_validate(config)
     data = LandcoverDataModule(cfg.data, task=cfg.model.task, seed=cfg.trainer.seed)
     scores = evaluate_checkpoint(best / "best.ckpt", data, split="test")
-    done.write_text(json.dumps(scores, indent=2, default=str) + "\n")
+    write_text_atomic(done, json.dumps(scores, indent=2, default=str) + "\n")
     return scores
 
 

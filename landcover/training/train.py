@@ -27,7 +27,7 @@ from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.errors import ConfigError, ModelError, OutputExistsError
 from landcover.evaluation.confusion import scores_from_confusion
-from landcover.io.grid import atomic_output
+from landcover.io.outputs import atomic_output
 from landcover.models.encoders import count_parameters
 from landcover.models.input_transform import declared_input_transform
 from landcover.models.safeload import load_torch_file

@@ -1,0 +1,186 @@
+"""Scenes fed to the model window row by window row: an ingested stack or any product ingest reads, padded by
+reflection, normalised with the checkpoint's statistics, read in a background thread while the model runs."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from rasterio.windows import Window
+
+from landcover.errors import InputFormatError, MissingBandError
+from landcover.inference.sliding import Plan, reflect_index
+from landcover.io.grid import Grid, open_raster
+from landcover.sources.s2meta import parse_name
+
+if TYPE_CHECKING:
+    from landcover.inference.checkpoint import LoadedModel
+
+
+STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
+
+
+class StackSource:
+    """An ingested stack: band descriptions name the bands, values are already harmonised."""
+
+    def __init__(self, path: Path, lm: LoadedModel):
+        self.ds = open_raster(path)
+        names, tags = [d or "" for d in self.ds.descriptions], self.ds.tags()
+        if missing := [b for b in lm.bands if b not in names]:
+            self.ds.close()
+            raise MissingBandError(
+                f"band(s) {', '.join(missing)} needed by the checkpoint are not in {path} (bands "
+                f"{','.join(names)}); ingest the scene with `landcover ingest --bands {','.join(lm.bands)}` or use "
+                "a checkpoint trained on these bands")
+        if abs(self.ds.res[0] - lm.resolution) > 1e-6:
+            self.ds.close()
+            raise InputFormatError(f"{path} is at {self.ds.res[0]:g} m, the checkpoint at {lm.resolution:g} m; "
+                                   "ingest the scene at the checkpoint's resolution")
+        self.indexes = [names.index(b) + 1 for b in lm.bands]
+        self.grid = Grid(self.ds.crs, self.ds.transform, self.ds.width, self.ds.height)
+        self.product_id = tags.get("PRODUCT_ID", path.parent.name)
+        self.baseline = tags.get("PROCESSING_BASELINE")
+        named = parse_name(self.product_id)  # stacks ingested before PROCESSING_LEVEL was tagged
+        self.level = tags.get("PROCESSING_LEVEL") or (named.level if named and named.level else "unknown")
+
+    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        image = self.ds.read(self.indexes, window=Window(0, r0, self.grid.width, r1 - r0))
+        return image, image.any(axis=0), None
+
+    def close(self) -> None:
+        self.ds.close()
+
+
+class ProductSource:
+    """Any input open_product accepts, read like ingest reads it (SceneReader)."""
+
+    def __init__(self, path: Path, lm: LoadedModel):
+        from landcover.sources.reader import SceneReader
+        from landcover.sources.sentinel2 import open_product
+
+        try:
+            product = open_product(path)
+            if missing := [b for b in lm.bands if b not in product.bands]:  # a message without ingest's --bands
+                raise MissingBandError(
+                    f"{path} lacks band(s) {','.join(missing)} that the checkpoint needs (it has "
+                    f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
+                    "with these bands or a checkpoint trained on its bands")
+            product = product.select(lm.bands)
+        except InputFormatError as exc:
+            if "without band names" not in str(exc):
+                raise
+            raise InputFormatError(f"{path} has bands without names; name them (band descriptions B02, ...) "
+                                   "or ingest it with `landcover ingest --bands ...` and predict the ingested "
+                                   "scenes/<id>/image.tif") from exc
+        self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, **lm.reader)
+        self.grid, self.product_id = self.reader.grid, product.product_id
+        self.baseline = product.processing_baseline
+        self.level = product.level
+
+    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        win = self.reader.read(Window(0, r0, self.grid.width, r1 - r0))
+        return win.image, win.valid, win.cloud
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def is_ingested_stack(path: Path) -> bool:
+    """Whether ``path`` is an image.tif written by ``landcover ingest`` (harmonised values)."""
+    if not path.is_file() or path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    with contextlib.suppress(Exception), rasterio.open(path) as ds:
+        return ds.tags().get("SCALE") == STACK_SCALE
+    return False
+
+
+def open_source(path: Path, lm: LoadedModel) -> StackSource | ProductSource:
+    if not path.exists():
+        raise InputFormatError(f"{path} does not exist; check the path")
+    return StackSource(path, lm) if is_ingested_stack(path) else ProductSource(path, lm)
+
+
+@dataclass
+class Row:
+    valid: np.ndarray  # (tile, padded width) bool: pixels that get a class
+    batches: list[tuple[list[int], torch.Tensor]]  # window columns, normalised (B, C, tile, tile)
+    skipped: int
+
+
+class Feeder:
+    """Prepares row ``k`` of windows: reflect-padded, normalised like training, batched.
+
+    With ``pin`` (CUDA) the windows travel raw (pinned) and :meth:`to_device` normalises them on
+    the GPU: the same float32 arithmetic, without the CPU passes that would make the reader thread,
+    not the model, set the pace.
+    """
+
+    def __init__(self, source: StackSource | ProductSource, plan: Plan, lm: LoadedModel, batch_size: int, pin: bool,
+                 mask_clouds: bool):
+        self.source, self.plan, self.batch_size, self.pin, self.mask_clouds = source, plan, batch_size, pin, mask_clouds
+        self.mean, self.std = lm.mean.reshape(1, -1, 1, 1), lm.std.reshape(1, -1, 1, 1)
+        self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
+        self.cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std on the device
+
+    def _rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Scene rows lo..hi, reusing the rows of the previous call (windows overlap)."""
+        if self.cache is not None and self.cache[0] <= lo < self.cache[0] + self.cache[1].shape[1] < hi:
+            c0, img, valid, cloud = self.cache
+            new = self.source.rows(c0 + img.shape[1], hi)
+            cut = lo - c0
+            parts = zip((img[:, cut:], valid[cut:], None if cloud is None else cloud[cut:]), new, strict=True)
+            got = tuple(None if a is None else np.concatenate([a, b], axis=0 if a.ndim == 2 else 1) for a, b in parts)
+        elif self.cache is not None and self.cache[0] <= lo and hi <= self.cache[0] + self.cache[1].shape[1]:
+            c0, img, valid, cloud = self.cache
+            got = (img[:, lo - c0:hi - c0], valid[lo - c0:hi - c0], None if cloud is None else cloud[lo - c0:hi - c0])
+        else:
+            got = self.source.rows(lo, hi)
+        self.cache = (lo, *got)  # type: ignore[assignment]
+        return got  # type: ignore[return-value]
+
+    def __call__(self, k: int) -> Row:
+        p, t = self.plan, self.plan.tile
+        rows = reflect_index(np.arange(t) + k * p.stride - p.margin, p.height)
+        lo = int(rows.min())
+        img, valid, cloud = self._rows(lo, int(rows.max()) + 1)
+        img = img.take(rows - lo, axis=1).take(self.cols, axis=2)
+        valid = valid.take(rows - lo, axis=0).take(self.cols, axis=1)
+        if self.mask_clouds and cloud is not None:
+            valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
+        todo = [j for j in range(p.cols) if valid[:, j * p.stride:j * p.stride + t].any()]
+        batches = []
+        data = None if self.pin else np.asarray(img.any(axis=0))  # training zeroes pixels that are 0 in every band
+        for i in range(0, len(todo), self.batch_size):
+            cols = todo[i:i + self.batch_size]
+            if data is None:  # raw values travel; to_device normalises them
+                raw = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols])
+                raw = raw.view(np.int16) if raw.dtype == np.uint16 else raw.astype(np.float32)
+                batches.append((cols, torch.from_numpy(raw).pin_memory()))
+                continue
+            x = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols]).astype(np.float32)
+            x -= self.mean
+            x /= self.std
+            x *= np.stack([data[:, j * p.stride:j * p.stride + t] for j in cols])[:, None]
+            tensor = torch.from_numpy(x)
+            batches.append((cols, tensor))
+        return Row(valid, batches, p.cols - len(todo))
+
+    def to_device(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """A batch of :meth:`__call__` on ``dev``, normalised (on the device when it travelled raw)."""
+        x = x.to(dev, non_blocking=True)
+        if not self.pin:
+            return x
+        if x.dtype == torch.int16:  # uint16 viewed as int16 to travel (torch's uint16 support is partial)
+            x = x.to(torch.int32).bitwise_and_(0xFFFF)
+        x = x.float()
+        if self._stats is None:
+            self._stats = (torch.from_numpy(self.mean).to(dev), torch.from_numpy(self.std).to(dev))
+        mean, std = self._stats
+        return (x - mean) / std * (x != 0).any(dim=1, keepdim=True)
