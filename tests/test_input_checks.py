@@ -155,6 +155,12 @@ def test_explain_refuses_a_scene_of_another_level(l2a_checkpoint, tmp_path):
     assert "L2A" in line and "L1C" in line
     assert_options_exist("explain", line)
     assert not (tmp_path / "x").exists()
+    result = runner.invoke(app, ["explain", str(l2a_checkpoint), str(l1c), "--out", str(tmp_path / "x"),
+                                 "--allow-level-mismatch"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning:") == 1 and "L1C" in result.output
+    record = json.loads((tmp_path / "x" / "explain.json").read_text())
+    assert len(record["warnings"]) == 1 and "--allow-level-mismatch" in record["warnings"][0]
 
 
 # --- no data -----------------------------------------------------------------------------------------

@@ -142,6 +142,9 @@ def explain(
         help="Classification: codes or names, comma-separated, or 'all' (default: the classes found).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    allow_level_mismatch: Annotated[bool, typer.Option(
+        "--allow-level-mismatch", help="Explain a scene of another processing level (L1C/L2A) than the checkpoint's "
+        "training data (refused otherwise; a warning is printed and recorded).")] = False,
 ) -> None:
     """Show what a model relies on: Grad-CAM heat maps (classification) or entropy/margin maps (segmentation)."""
     from landcover.preflight import (
@@ -161,5 +164,7 @@ def explain(
 
     with progress_bars() as update:
         result = run_explain(checkpoint, input_path, out_dir, classes=classes, device=device, overwrite=overwrite,
-                             progress=update)
+                             allow_level_mismatch=allow_level_mismatch, progress=update)
+    for warning in result.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(explain_command_summary(result), highlight=False)

@@ -155,8 +155,12 @@ def _default_classes(lm: LoadedModel, input: Path, t: int, dev: torch.device, ba
 
 def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: str | Path, *,
             classes: str | Sequence[str | int] | None = None, tile: int | None = None, device: str = "auto",
-            overwrite: bool = False, batch_size: int = 8, progress: Progress | None = None) -> dict[str, Any]:
+            overwrite: bool = False, batch_size: int = 8, allow_level_mismatch: bool = False,
+            progress: Progress | None = None) -> dict[str, Any]:
     """Explain a checkpoint on one scene into ``out_dir``; return what ``explain.json`` records.
+
+    A scene of another processing level than the checkpoint's training data is refused (ConfigError) unless
+    ``allow_level_mismatch``; ``warnings`` in the record then say so.
 
     ``classes``: codes or names (a list or a comma-separated string), ``'all'``, or None (the classes
     the model finds in the scene); classification only. Raises OutputExistsError for a non-empty
@@ -178,7 +182,7 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
         raise ConfigError(f"tile ({t}) and batch size ({batch_size}) must be positive")
     dev = resolve_device(device)
     with contextlib.closing(open_source(input, lm)) as source:  # a missing or unusable input: an error before any output
-        check_level(lm, source.level, input, None)  # explain has no --allow-level-mismatch
+        warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
     previous = _previous_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial*"):  # what a killed earlier run left (this folder is explain's own)
@@ -193,7 +197,7 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
             record = _classification(lm, input, out_dir, t, ids, stage, dev, batch_size, tmp, progress)
             record["layer"] = stage_name
         record.update(checkpoint=Path(lm.path).name if lm.path else "in-memory model", checkpoint_sha256=lm.sha256,
-                      input=input.name,
+                      input=input.name, warnings=warnings,
                       task=lm.task, device=str(dev), software=f"landcover {__version__}",
                       seconds=round(time.perf_counter() - started, 3))
         for name, path in record.pop("temporaries").items():
@@ -301,7 +305,8 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
     work = out_dir / f".explain-{uuid.uuid4().hex[:8]}.partial"
     try:
         summary = predict_scene(lm, input, work / "p.tif", tile=tile, device=str(dev), batch_size=batch_size,
-                                probabilities=True, quicklook=False, progress=progress)
+                                probabilities=True, quicklook=False, progress=progress,
+                                allow_level_mismatch=True)  # checked (and warned about) by explain itself
         k = lm.nomenclature.num_classes
         gtiffs = {name: tmp(out_dir / name) for name in ("entropy.tif", "margin.tif")}
         with rasterio.open(work / "p_probabilities.tif") as src:

@@ -196,7 +196,7 @@ def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) ->
     trained, scene = f"{lm.level} ({LEVEL_NAMES[lm.level]})", f"{level} ({LEVEL_NAMES[level]})"
     if allow:
         return f"checkpoint trained on {trained} applied to {scene} input with --allow-level-mismatch: results are degraded"
-    fix = ", or pass --allow-level-mismatch to predict anyway (results will be degraded)" if allow is not None \
+    fix = ", or pass --allow-level-mismatch to go ahead anyway (results will be degraded)" if allow is not None \
         else f" or a checkpoint trained on {level} data"
     raise ConfigError(f"checkpoint was trained on {trained} but {input.name} is {scene}: use an {lm.level} product{fix}")
 
