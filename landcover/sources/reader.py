@@ -35,7 +35,8 @@ from rasterio.windows import Window
 from landcover.errors import ProductMismatchError
 from landcover.io.grid import Grid, open_raster
 from landcover.nomenclature import default_scl_invalid
-from landcover.sources.sentinel2 import BandFile, Product
+from landcover.sources.band_files import BandFile
+from landcover.sources.sentinel2 import Product
 
 NODATA = 0
 RESAMPLING = {"bilinear": Resampling.bilinear, "cubic": Resampling.cubic, "nearest": Resampling.nearest}
