@@ -2,11 +2,12 @@
 
 :func:`open_product` accepts a SAFE product (folder or ``.zip``), a folder of per-band files
 (ESA names, Major-TOM ``B04.tif``, ``*.jp2.TIF`` exports), one multi-band GeoTIFF, or a
-BigEarthNet patch folder. It returns a :class:`Product`: one :class:`BandFile` per spectral band
-(a GDAL path, band index, native grid), the SCL or cloud mask, and the radiometric metadata
-(processing baseline, additive offset, quantification). Each raster is opened once, for its header
-and its last pixel (which catches truncated downloads); the pixels are read elsewhere.
-Telling which file is which band, by its name, is :mod:`landcover.sources.band_files`' part.
+BigEarthNet patch folder. It returns a :class:`Product`: one
+:class:`~landcover.sources.band_files.BandFile` per spectral band (a GDAL path, band index, native
+grid), the SCL or cloud mask, and the radiometric metadata (processing baseline, additive offset,
+quantification). Each raster is opened once, for its header and its last pixel (which catches
+truncated downloads); the pixels are read elsewhere. Telling which file is which band, by its
+name, is :mod:`landcover.sources.band_files`' part.
 """
 
 from __future__ import annotations
