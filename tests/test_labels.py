@@ -18,13 +18,8 @@ from shapely.geometry import box
 from landcover.errors import NoOverlapError, OutputExistsError, UnknownCodeError
 from landcover.io.grid import Grid
 from landcover.nomenclature import IGNORE, corine_classes, nomenclature
-from landcover.sources.labels import (
-    labels_like,
-    load_label_mapping,
-    map_values,
-    open_label_source,
-    write_labels,
-)
+from landcover.sources.label_files import load_label_mapping, map_values
+from landcover.sources.labels import labels_like, open_label_source, write_labels
 from tests.conftest import shared_data, write_raster
 
 CODES = [c.code for c in corine_classes()]

@@ -25,7 +25,7 @@ def test_a_subprocess_asked_to_download_weights_fails_at_once(tmp_path):
     proc = run_python("""
         import time
         from landcover.errors import LandcoverError
-        from landcover.models.pretrained import find_weight_file, resolve_weights
+        from landcover.models.weight_files import find_weight_file, resolve_weights
         source = resolve_weights("ResNet18_Weights.SENTINEL2_ALL_MOCO", "resnet18")
         start = time.perf_counter()
         try:

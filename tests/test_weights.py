@@ -20,7 +20,8 @@ from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from landcover.models.encoders import encoder_of, parameter_groups, set_encoder_trainable
 from landcover.models.input_transform import InputTransform, declared_input_transform
-from landcover.models.pretrained import adapt_first_conv, resolve_weights, strip_prefix
+from landcover.models.pretrained import adapt_first_conv, strip_prefix
+from landcover.models.weight_files import resolve_weights
 from landcover.nomenclature import default_bands
 
 MOCO = "ResNet18_Weights.SENTINEL2_ALL_MOCO"

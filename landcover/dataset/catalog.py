@@ -7,41 +7,36 @@ Splits are assigned by :func:`finalize`, from the tile coordinates alone (see
 :mod:`landcover.dataset.splits`: blocks of one grid shared by every CRS, a buffer between splits), so
 scenes and shards processed independently agree, and a dataset can be re-split without reading
 its imagery again. Buffer tiles stay in the catalog (``buffer=True``) but :func:`read_catalog`
-leaves them out unless asked.
+leaves them out unless asked. Tile footprints and the splits.gpkg map are
+:mod:`landcover.dataset.footprints`' part.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pyogrio
 import rasterio.windows
 import shapely
 from pyproj import CRS as ProjCRS
-from pyproj import Geod, Transformer
 from rasterio.windows import Window
 
+from landcover.dataset.footprints import tile_footprint, write_splits_gpkg
 from landcover.dataset.splits import (  # noqa: F401  (SplitConfig and the split functions are catalog's API too)
     SPLITS,
     SplitConfig,
     block_size,
     block_split,
-    box_outline,
     check_block_size,
-    crs_key,
     scene_split,
     tile_split,
 )
@@ -52,8 +47,6 @@ from landcover.nomenclature import IGNORE, Nomenclature
 
 CATALOG_NAME = "catalog.parquet"
 SPLITS_GPKG_NAME = "splits.gpkg"
-DENSIFY_SEGMENTS = 8
-"""Segments per tile edge of the EPSG:4326 footprints (straight UTM edges are curves in lon/lat)."""
 
 SCHEMA = pa.schema([
     ("tile_id", pa.string()), ("scene_id", pa.string()),
@@ -82,21 +75,6 @@ COLUMNS = tuple(SCHEMA.names)
 
 
 # --- records ----------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _to_wgs84(crs: str) -> Transformer:
-    return Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
-
-
-def tile_footprint(bounds: tuple[float, float, float, float], crs: str,
-                   segments: int = DENSIFY_SEGMENTS) -> shapely.Polygon:
-    """The footprint of native ``bounds`` in EPSG:4326 (lon, lat), each edge cut in ``segments``.
-
-    Edge points are computed from the bounds alone, so neighbouring tiles share their vertices.
-    """
-    lon, lat = _to_wgs84(crs_key(str(crs))).transform(*box_outline(bounds, segments))
-    return shapely.Polygon(np.column_stack([lon, lat]))
 
 
 def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray,
@@ -278,56 +256,6 @@ def band_statistics(table: pa.Table, bands: Sequence[str], split_column: str = "
     return {"bands": list(bands), "mean": mean, "std": std, "count": int(count), "from": source}
 
 
-@contextlib.contextmanager
-def _gdal_option(name: str, value: str) -> Iterator[None]:
-    old = pyogrio.get_gdal_config_option(name)
-    pyogrio.set_gdal_config_options({name: value})
-    try:
-        yield
-    finally:
-        pyogrio.set_gdal_config_options({name: old})
-
-
-def _dissolve(frame: pd.DataFrame) -> shapely.MultiPolygon | None:
-    """Union of tile boxes, done exactly in each native CRS, then densified into EPSG:4326."""
-    if frame.empty:
-        return None
-    parts = []
-    for crs, group in sorted(frame.groupby("crs"), key=lambda item: item[0]):
-        boxes = shapely.box(group["xmin"].to_numpy(), group["ymin"].to_numpy(),
-                            group["xmax"].to_numpy(), group["ymax"].to_numpy())
-        union = shapely.union_all(boxes)
-        step = float((group["xmax"] - group["xmin"]).min()) / DENSIFY_SEGMENTS
-        union = shapely.segmentize(union, step)
-        parts.append(shapely.transform(union, lambda xy, t=_to_wgs84(crs): np.column_stack(
-            t.transform(xy[:, 0], xy[:, 1]))))
-    union = shapely.union_all(parts) if len(parts) > 1 else parts[0]
-    polygons = [g for g in shapely.get_parts(union) if isinstance(g, shapely.Polygon)]
-    return shapely.MultiPolygon(polygons)
-
-
-def _write_splits_gpkg(table: pa.Table, path: Path) -> None:
-    frame = table.drop_columns(["geometry"]).to_pandas()
-    geometry = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-    geod = Geod(ellps="WGS84")
-    rows = []
-    for name in (*SPLITS, "buffer"):
-        mask = frame["buffer"] if name == "buffer" else (frame["split"] == name) & ~frame["buffer"]
-        shape = _dissolve(frame[mask])
-        area = abs(geod.geometry_area_perimeter(shape)[0]) / 1e6 if shape is not None else 0.0
-        rows.append({"split": name, "tiles": int(mask.sum()), "area_km2": area, "geometry": shape})
-    splits = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
-    keep = ["tile_id", "scene_id", "split", "buffer", "valid_fraction", "cloud_fraction",
-            "labelled_fraction", "dominant_class", "patch_id", "official_split"]
-    tiles = gpd.GeoDataFrame(frame[keep], geometry=geometry, crs="EPSG:4326")
-    with atomic_output(path, overwrite=True) as tmp, _gdal_option("OGR_CURRENT_DATE",
-                                                                  "2000-01-01T00:00:00Z"):
-        pyogrio.write_dataframe(splits, tmp, layer="splits", driver="GPKG",
-                                geometry_type="MultiPolygon")
-        pyogrio.write_dataframe(tiles, tmp, layer="tiles", driver="GPKG", append=True,
-                                geometry_type="Polygon")
-
-
 def assign_splits(table: pa.Table, cfg: SplitConfig, tile_size_m: float) -> pa.Table:
     """``table`` with ``split`` and ``buffer`` computed from each tile's bounds, CRS and scene
     (:func:`landcover.dataset.splits.tile_split`; ``tile_size_m`` is the nominal tile side)."""
@@ -352,7 +280,7 @@ def finalize(dataset_dir: Path, part_paths: list[Path], bands: list[str], split_
     dataset_dir = Path(dataset_dir)
     table = assign_splits(_read_parts(part_paths), split_cfg, tile_size_m)
     stats = band_statistics(table, bands)
-    _write_splits_gpkg(table, dataset_dir / SPLITS_GPKG_NAME)
+    write_splits_gpkg(table, dataset_dir / SPLITS_GPKG_NAME)
     _write_table(table, dataset_dir / CATALOG_NAME)
     return stats
 

@@ -51,7 +51,8 @@ from landcover.nomenclature import (
 )
 from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs, patch_fields
-from landcover.sources.labels import RasterLabels, load_label_mapping, open_label_source
+from landcover.sources.label_files import load_label_mapping
+from landcover.sources.labels import RasterLabels, open_label_source
 from landcover.sources.reader import NODATA, SceneReader, strips
 from landcover.sources.s2meta import dataset_level
 from landcover.sources.sentinel2 import Product

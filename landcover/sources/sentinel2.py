@@ -2,65 +2,52 @@
 
 :func:`open_product` accepts a SAFE product (folder or ``.zip``), a folder of per-band files
 (ESA names, Major-TOM ``B04.tif``, ``*.jp2.TIF`` exports), one multi-band GeoTIFF, or a
-BigEarthNet patch folder. It returns a :class:`Product`: one :class:`BandFile` per spectral band
-(a GDAL path, band index, native grid), the SCL or cloud mask, and the radiometric metadata
-(processing baseline, additive offset, quantification). Each raster is opened once, for its header
-and its last pixel (which catches truncated downloads); the pixels are read elsewhere.
+BigEarthNet patch folder. It returns a :class:`Product`: one
+:class:`~landcover.sources.band_files.BandFile` per spectral band (a GDAL path, band index, native
+grid), the SCL or cloud mask, and the radiometric metadata (processing baseline, additive offset,
+quantification). Each raster is opened once, for its header and its last pixel (which catches
+truncated downloads); the pixels are read elsewhere. Telling which file is which band, by its
+name, is :mod:`landcover.sources.band_files`' part.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import rasterio
 from rasterio.errors import RasterioError
-from rasterio.windows import Window
 
 from landcover import nomenclature as tables
 from landcover.errors import (
     CorruptFileError,
     InputFormatError,
-    LandcoverError,
     MissingBandError,
     ProductMismatchError,
+)
+from landcover.sources.band_files import (
+    DATE_RE,
+    MASKS,
+    TILE_RE,
+    BandFile,
+    assemble,
+    classify,
+    file_stem,
+    read_band,
+    token_band,
+    walk_files,
 )
 from landcover.sources.s2meta import Meta, iso_time, needs_offset, parse_mtd, parse_name
 
 BASELINE_OFFSET = -1000.0
 """DN offset of processing baseline >= 04.00 (from 25 January 2022): reflectance = (DN + offset) / 10000."""
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
-MASKS = ("SCL", "CLOUD")  # pseudo band names of the L2A scene classification / Major-TOM cloud mask
-_MAX_FILES = 5000  # more files than any one product has: the user pointed at an archive
-
-_TOKEN_RE = re.compile(r"(?:^|[_.\-\s(])(B(?:8A|\d{1,2})|SCL)(?:_(\d{2})m)?(?=$|[_.\-\s()])", re.I)
-_TILE_RE = re.compile(r"(?:^|_)T(\d{2}[A-Z]{3})(?=_|$)", re.I)
-_DATE_RE = re.compile(r"(?:^|_)(\d{8}T\d{6})(?=_|$)", re.I)
 BEN_PATCH_RE = re.compile(r"(S2[A-D]_MSIL2A_\d{8}T\d{5,6}(?:_N\d{4}_R\d{3}_T\d{2}[A-Z]{3})?)_(\d+)_(\d+)")
 """A BigEarthNet patch name: ``<product prefix>_<row>_<col>`` (v1 prefixes lack baseline and tile)."""
-
-
-@dataclass(frozen=True)
-class BandFile:
-    """One band of a product: a GDAL-openable path, the band index in it, and its grid."""
-
-    band: str
-    path: str
-    index: int = 1
-    resolution: float = 0.0  # pixel size in metres, read from the file
-    crs: str | None = None
-    width: int = 0
-    height: int = 0
-    bounds: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    dtype: str = ""
-    nodata: float | None = None
 
 
 @dataclass
@@ -116,121 +103,6 @@ def product_grid_band(product: Product) -> BandFile:
     return min(product.bands.values(), key=lambda b: b.resolution)
 
 
-# --- band files ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    band: str  # 'B02', ..., or one of MASKS
-    claimed: int | None  # resolution named in the file name ('_20m')
-    rel: str  # POSIX path relative to what was listed
-    gdal: str
-
-
-def _stem(name: str) -> str:
-    while Path(name).suffix.lower() in RASTER_SUFFIXES:
-        name = name[: -len(Path(name).suffix)]
-    return name
-
-
-def _classify(rel: str, gdal: str) -> _Candidate | None:
-    """What a file is, from its name: a band, the SCL, a Major-TOM cloud mask, or nothing."""
-    name = rel.rsplit("/", 1)[-1]
-    stem = _stem(name)
-    if name.startswith(".") or stem == name:
-        return None
-    if stem.lower() == "cloud_mask":
-        return _Candidate("CLOUD", None, rel, gdal)
-    if stem.upper().startswith("MSK_") or "_MSK_" in stem.upper():
-        return None  # detector / quality masks carry band ids but are not bands
-    band = _token_band(stem, last=True)
-    res = list(_TOKEN_RE.finditer(stem))[-1].group(2) if band else None
-    return _Candidate(band, int(res) if res else None, rel, gdal) if band else None
-
-
-def _token_band(text: str, last: bool = False) -> str | None:
-    """The band id in ``text`` ('B4', 'B04 (Red)', '..._B8A_20m', 'SCL'); the last one if ``last``."""
-    tokens = list(_TOKEN_RE.finditer(text.strip()))
-    if not tokens or (len(tokens) > 1 and not last):
-        return None
-    token = tokens[-1].group(1).upper()
-    try:
-        return token if token == "SCL" else tables.normalize_band_name(token)
-    except LandcoverError:
-        return None  # 'B00', 'B13'
-
-
-def _read_band(band: str, path: str, index: int = 1) -> BandFile:
-    """Open ``path`` once for its grid and its last pixel (where a truncated file fails)."""
-    try:
-        with rasterio.open(path) as ds:
-            ds.read(index, window=Window(ds.width - 1, ds.height - 1, 1, 1))
-            crs = ds.crs.to_string() if ds.crs else None
-            grid = (float(ds.res[0]), crs, ds.width, ds.height, tuple(ds.bounds))
-            return BandFile(band, path, index, *grid, ds.dtypes[index - 1], ds.nodata)
-    except RasterioError as exc:
-        raise CorruptFileError(
-            f"cannot read {path} ({exc}); the file is truncated or not a raster: re-download it"
-        ) from exc
-
-
-def _mismatch(where: str, what: str, files: Iterable[str]) -> ProductMismatchError:
-    return ProductMismatchError(
-        f"{where} mixes files of different products ({what}): {'; '.join(files)}; "
-        "put each product in its own folder and point at one of them"
-    )
-
-
-def _assemble(cands: list[_Candidate], where: str) -> dict[str, BandFile]:
-    """One opened file per band (ESA order) and per mask; raises on mixed products."""
-    for regex, what in ((_TILE_RE, "tile"), (_DATE_RE, "date")):
-        seen: dict[str, str] = {}
-        for c in cands:
-            if m := regex.search(_stem(c.rel.rsplit("/", 1)[-1])):
-                seen.setdefault(m.group(1).upper(), c.rel)
-        if len(seen) > 1:
-            raise _mismatch(where, f"{what}s {', '.join(sorted(seen))}", sorted(seen.values()))
-    native = {b.name: b.resolution for b in tables.sentinel2_bands().values()} | {"SCL": 20}
-    chosen: dict[str, str] = {}
-    for band in [*tables.sentinel2_bands(), *MASKS]:
-        group = [c for c in cands if c.band == band]
-        if not group:
-            continue
-        # the file at the band's native resolution if one is named so, else the finest named one
-        best = min(group, key=lambda c: (c.claimed != native.get(c.band), c.claimed or 0, c.rel))
-        if twins := [c.rel for c in group if c.claimed == best.claimed and c is not best]:
-            raise _mismatch(where, f"{band} twice", [best.rel, *twins])
-        chosen[band] = best.gdal
-    # each check decodes the last block of its file (a JP2 tile): on all cores
-    with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), os.cpu_count() or 1))) as pool:
-        opened = [pool.submit(_read_band, band, path) for band, path in chosen.items()]
-        files = {band: task.result() for band, task in zip(chosen, opened, strict=True)}
-    grids = list(files.values())
-    if len({f.crs for f in grids}) > 1:
-        examples = {f.crs: f"{f.path} ({f.crs})" for f in grids}
-        raise _mismatch(where, "CRSs", examples.values())
-    tolerance = max(f.resolution for f in grids)
-    for f in grids[1:]:
-        if max(abs(a - b) for a, b in zip(f.bounds, grids[0].bounds, strict=True)) > tolerance:
-            raise _mismatch(where, "areas", [grids[0].path, f.path])
-    return files
-
-
-def _walk(root: Path, max_depth: int) -> list[str]:
-    """Files under ``root`` (POSIX, relative), at most ``max_depth`` folders deep."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        keep = len(rel.parts) < max_depth
-        dirnames[:] = sorted(d for d in dirnames if keep and not d.startswith(".") and d != "QI_DATA")
-        found += [(rel / n).as_posix() for n in sorted(filenames)]
-        if len(found) > _MAX_FILES:
-            raise InputFormatError(
-                f"{root} holds more than {_MAX_FILES} files: point at one product, not an archive"
-            )
-    return found
-
-
 # --- kinds ---------------------------------------------------------------------------------------
 
 
@@ -247,8 +119,8 @@ def _finish(path: Path, kind: str, files: dict[str, BandFile], meta: Meta, named
     scl, cloud = files.pop("SCL", None), files.pop("CLOUD", None)
     if not files:
         raise _no_bands(path, [Path(f.path).name for f in (scl, cloud) if f])
-    first = _stem(Path(next(iter(files.values())).path).name)
-    tile, date = _TILE_RE.search(first), _DATE_RE.search(first)
+    first = file_stem(Path(next(iter(files.values())).path).name)
+    tile, date = TILE_RE.search(first), DATE_RE.search(first)
     names = Meta(source="file names", tile=tile.group(1).upper() if tile else None)
     meta.fill(replace(names, sensing_time=iso_time(date.group(1)) if date else None))
     level = meta.level or ("L2A" if scl or named_res else "L1C" if "B10" in files else "unknown")
@@ -268,7 +140,7 @@ def _finish(path: Path, kind: str, files: dict[str, BandFile], meta: Meta, named
         warnings.append("no metadata: no radiometric offset applied")
     derived = re.match(r"T\d{2}[A-Z]{3}_\d{8}T\d{6}", first.upper())
     return Product(
-        path=str(path), product_id=meta.product_id or (derived.group(0) if derived else _stem(path.name)),
+        path=str(path), product_id=meta.product_id or (derived.group(0) if derived else file_stem(path.name)),
         kind=kind, level=level, bands=files, scl=scl, cloud_mask=cloud, tile=meta.tile,
         sensing_time=meta.sensing_time, processing_baseline=meta.baseline, offsets=offsets,
         quantification=meta.quantification or 10000.0, metadata_source=meta.source, warnings=warnings,
@@ -287,7 +159,7 @@ def _open_listing(
             f"{path} holds {len(granules)} granules ({', '.join(granules)}); "
             "point at one of its GRANULE/<granule> folders"
         )
-    cands = [c for f in (img or files) if (c := _classify(f, to_gdal(f)))]
+    cands = [c for f in (img or files) if (c := classify(f, to_gdal(f)))]
     top = [c for c in cands if "/" not in c.rel]
     if any(c.band not in MASKS for c in top):
         cands = top  # band files right in the folder: ignore sub-folders
@@ -304,7 +176,7 @@ def _open_listing(
     for name in [*granules, *names]:  # 'L2A_T31TCJ_A038658_20221116T105603'
         if m := re.match(r"(L1C|L2A)_T\d{2}[A-Z]{3}_", name):
             meta.fill(Meta(level=m.group(1), source="granule name"))
-    return _finish(path, kind, _assemble(cands, str(path)), meta, any(c.claimed for c in cands))
+    return _finish(path, kind, assemble(cands, str(path)), meta, any(c.claimed for c in cands))
 
 
 def _open_zip(path: Path) -> Product:
@@ -324,9 +196,9 @@ def _open_dir(path: Path, user_path: Path) -> Product:
     safe = path.suffix.upper() == ".SAFE" or (path / "GRANULE").is_dir()
     granule = path.parent.name == "GRANULE" and (path / "IMG_DATA").is_dir()
     root = path.parent.parent if granule else path
-    files = [] if safe or granule else _walk(path, 0)  # band files right in the folder, else deeper
-    if not any((c := _classify(f, "")) and c.band not in MASKS for f in files):
-        files = _walk(path, 6 if safe or granule else 4)
+    files = [] if safe or granule else walk_files(path, 0)  # band files right in the folder, else deeper
+    if not any((c := classify(f, "")) and c.band not in MASKS for f in files):
+        files = walk_files(path, 6 if safe or granule else 4)
     if granule:  # read the product's metadata beside GRANULE/
         files += [f"../../{p.name}" for p in root.glob("*") if p.is_file()]
     names = [p.name for p in (root, *list(root.parents)[:3])] + ([path.name] if granule else [])
@@ -339,13 +211,13 @@ def _open_multiband(path: Path, bands: Sequence[str] | None) -> tuple[Product, b
     """One raster file. Returns the product and whether ``bands`` gave the band order."""
     try:
         with rasterio.open(path) as ds:
-            names, count = [_token_band(d or "") for d in ds.descriptions], ds.count
+            names, count = [token_band(d or "") for d in ds.descriptions], ds.count
     except RasterioError as exc:
         raise CorruptFileError(
             f"cannot read {path} ({exc}); the file is truncated or not a raster: re-download it"
         ) from exc
     by_order = None in names or len(set(names)) != count
-    if by_order and count == 1 and (single := _classify(path.name, str(path))):
+    if by_order and count == 1 and (single := classify(path.name, str(path))):
         names, by_order = [single.band], False
     elif by_order and bands is not None and len(bands) == count:
         names = [tables.normalize_band_name(b) for b in bands]
@@ -360,7 +232,7 @@ def _open_multiband(path: Path, bands: Sequence[str] | None) -> tuple[Product, b
             f"{path} has {count} bands without band names{given}; pass --bands with all {count} "
             "band names in file order, e.g. --bands B01,B02,B03,..."
         )
-    read = {n: _read_band(str(n), str(path), i) for i, n in enumerate(names, 1)}
+    read = {n: read_band(str(n), str(path), i) for i, n in enumerate(names, 1)}
     order = [*tables.sentinel2_bands(), *MASKS]
     files = {b: read[b] for b in order if b in read}
     meta = Meta().fill(parse_name(path.name))
@@ -384,12 +256,12 @@ def open_product(path: str | Path, bands: Sequence[str] | None = None) -> Produc
     while p.is_dir() and not (p.suffix.upper() == ".SAFE" or (p / "GRANULE").is_dir()):
         entries = [e for e in p.iterdir() if not e.name.startswith(".")]
         subdirs = [e for e in entries if e.is_dir()]
-        if len(subdirs) != 1 or any(e.is_file() and _classify(e.name, "") for e in entries):
+        if len(subdirs) != 1 or any(e.is_file() and classify(e.name, "") for e in entries):
             break
         p = subdirs[0]  # a folder holding just one product folder (Major-TOM cell, unzipped SAFE)
     if p.is_file() and p.suffix.lower() == ".zip":
         product = _open_zip(p)
-    elif p.is_file() and _stem(p.name) != p.name:
+    elif p.is_file() and file_stem(p.name) != p.name:
         product, by_order = _open_multiband(p, bands)
         if by_order:  # ``bands`` named the file's bands: all are kept, in ESA order
             return product
@@ -420,10 +292,10 @@ def is_bigearthnet_patch(path: str | Path) -> bool:
 
 
 def _open_bigearthnet(path: Path) -> Product:
-    cands = [c for f in _ben_files(path) if (c := _classify(f.name, str(f)))]
+    cands = [c for f in _ben_files(path) if (c := classify(f.name, str(f)))]
     meta = Meta(product_id=path.name, source="product name").fill(parse_name(path.name))
     labels_json = path / f"{path.name}_labels_metadata.json"
     if labels_json.is_file():  # v1: its L1C source product names the tile and the baseline
         source = str(json.loads(labels_json.read_text()).get("tile_source", ""))
         meta.fill(parse_name(source, labels_json.name))
-    return _finish(path, "bigearthnet", _assemble(cands, str(path)), meta, False)
+    return _finish(path, "bigearthnet", assemble(cands, str(path)), meta, False)
