@@ -58,7 +58,7 @@ class InputTransform:
 
     def for_bands(self, data_bands: Sequence[str]) -> dict[str, Any]:
         """``{'mean', 'std'}`` per data band (None where the weights have no value) and ``source``."""
-        from landcover.models.build.weight_files import band_key
+        from landcover.models.weight_files import band_key
 
         if len(self.mean) == 1:
             return {"mean": [self.mean[0]] * len(data_bands), "std": [self.std[0]] * len(data_bands),
@@ -149,7 +149,7 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     """The input transform ``cfg.encoder_weights`` declares (see the module doc), None if it declares none."""
     if cfg.encoder_weights == "none":
         return None
-    from landcover.models.build.weight_files import (  # torch hub, torchvision
+    from landcover.models.weight_files import (  # torch hub, torchvision
         find_weight_file,
         resolve_weights,
     )
