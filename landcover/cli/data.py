@@ -93,9 +93,9 @@ def ingest(
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
     from landcover.cluster import parse_shard, read_list
     from landcover.config import load_config
-    from landcover.dataset.ingest import IngestConfig, split_settings
     from landcover.dataset.ingest import finalize as finalize_dataset
     from landcover.dataset.ingest import ingest as run_ingest
+    from landcover.dataset.settings import IngestConfig, split_settings
     from landcover.errors import ConfigError
     from landcover.preflight import check_inputs_exist, check_output_path
 
