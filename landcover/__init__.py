@@ -24,7 +24,7 @@ guard_network()
 
 _PUBLIC = {  # name -> (module, attribute)
     "ingest": ("landcover.dataset.ingest", "ingest"),
-    "IngestConfig": ("landcover.dataset.ingest", "IngestConfig"),
+    "IngestConfig": ("landcover.dataset.settings", "IngestConfig"),
     "load_config": ("landcover.config", "load_config"),
     "TrainConfig": ("landcover.training.train", "TrainConfig"),
     "train": ("landcover.training.train", "train"),
@@ -41,7 +41,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from landcover.config import load_config
-    from landcover.dataset.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import ingest
+    from landcover.dataset.settings import IngestConfig
     from landcover.errors import LandcoverError
     from landcover.evaluation.evaluate import evaluate_maps
     from landcover.inference.predict import predict_scene

@@ -21,7 +21,8 @@ import rasterio
 
 from landcover.config import config_dir, load_config
 from landcover.dataset.catalog import read_catalog
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.evaluation.evaluate import evaluate_maps
 from landcover.io.grid import Grid

@@ -56,7 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import make_checkpoint, make_stack, peak_rss_mb
 
 from landcover.config import config_dir, load_config
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.nomenclature import default_bands
 from landcover.training.datamodule import LandcoverDataModule
 from landcover.training.train import TrainConfig, train

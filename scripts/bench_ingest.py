@@ -20,7 +20,7 @@ What it does, in one run:
    rusage of the child), and ratio = ingest time / decode floor. Target (issue): ratio <= 1.5,
    peak RSS < 3 GB. ``--variant`` repeats the ingest with other settings: IngestConfig fields
    (``overviews=false``) or image.tif creation options (``gtiff.interleave=band``, patched into
-   ``landcover.dataset.ingest._image_profile`` in the child) to measure a proposed change.
+   ``landcover.dataset.scene._image_profile`` in the child) to measure a proposed change.
 
 Usage::
 
@@ -285,13 +285,14 @@ def decode_floor(files: list[Path], threads: str, workers: int) -> dict[str, flo
 
 CHILD = """
 import cProfile, json, pstats, sys, time
-from landcover.dataset.ingest import IngestConfig, ingest
-import landcover.dataset.ingest as ingest_module
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
+import landcover.dataset.scene as scene_module
 product, labels, out, profile, config, image_profile = sys.argv[1:7]
 cfg = IngestConfig.model_validate(json.loads(config))
 if json.loads(image_profile):  # a proposed change of ingest's GeoTIFF options, measured here
-    make_profile = ingest_module._image_profile
-    ingest_module._image_profile = lambda *a: {**make_profile(*a), **json.loads(image_profile)}
+    make_profile = scene_module._image_profile
+    scene_module._image_profile = lambda *a: {**make_profile(*a), **json.loads(image_profile)}
 start = time.perf_counter()
 if profile != "-":
     prof = cProfile.Profile()
@@ -358,7 +359,7 @@ def _parse_variant(text: str) -> tuple[dict[str, object], dict[str, object]]:
     """'overviews=false,gtiff.zstd_level=1' -> (IngestConfig overrides, image.tif creation options).
 
     Values are parsed as JSON when they can be. ``gtiff.KEY`` patches ingest's image.tif profile
-    (landcover.dataset.ingest._image_profile) in the child process: a way to measure a proposed change.
+    (landcover.dataset.scene._image_profile) in the child process: a way to measure a proposed change.
     """
     config: dict[str, object] = {}
     gtiff: dict[str, object] = {}

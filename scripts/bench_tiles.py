@@ -51,7 +51,8 @@ TILE = 256
 
 def ingested(workdir: Path, size: int) -> Path:
     """The dataset of the synthetic product (made with the default IngestConfig once; reused)."""
-    from landcover.dataset.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import ingest
+    from landcover.dataset.settings import IngestConfig
 
     out = workdir / f"dataset-{size}"
     marker = workdir / f"dataset-{size}.defaults"  # written by bench_ingest.py after its default run

@@ -24,7 +24,8 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from landcover.training.datamodule import DataConfig, LandcoverDataModule

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from rasterio.transform import from_origin
 
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from tests.conftest import write_raster
 
 CODES = (111, 211, 311, 411, 512)

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.dataset.catalog import read_catalog
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.errors import ConfigError, MissingBandError
 from landcover.nomenclature import IGNORE, corine_classes, nomenclature
 from landcover.sources.bigearthnet import bigearthnet_reference_map

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from landcover.cli import app
 from landcover.cluster import check_slurm_training, parse_shard, read_list, shard_items
 from landcover.dataset.catalog import read_catalog
-from landcover.dataset.ingest import IngestConfig, finalize, ingest
+from landcover.dataset.ingest import finalize, ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.errors import ConfigError
 from tests.conftest import write_raster
 from tests.learnable import make_learnable_scene, write_unet_checkpoint

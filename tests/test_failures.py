@@ -17,7 +17,8 @@ import rasterio
 from typer.testing import CliRunner
 
 from landcover.cli import app
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.errors import ModelError, UnknownCodeError
 from tests.conftest import write_raster
 from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint

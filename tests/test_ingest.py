@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from landcover.cli import app
 from landcover.dataset import ingest as ingest_mod
 from landcover.dataset.catalog import read_catalog
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.errors import MissingBandError, NoOverlapError, OutputExistsError
 from landcover.nomenclature import IGNORE, catalog_dir, default_scl_invalid, nomenclature
 from landcover.sources.sentinel2 import open_product

@@ -113,7 +113,8 @@ def test_unknown_levels_are_not_refused_and_say_unknown(tmp_path):
 
 
 def test_an_ingested_stack_keeps_its_level_and_the_dataset_records_it(tmp_path):
-    from landcover.dataset.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import ingest
+    from landcover.dataset.settings import IngestConfig
     from landcover.sources.s2meta import dataset_level
 
     l1c = make_safe(tmp_path / "raw", level="L1C", size=64, bands=BANDS)

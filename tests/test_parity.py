@@ -17,7 +17,8 @@ from torch import nn
 import landcover.inference.predict
 import landcover.training.train
 from landcover.config import config_dir, load_config
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.inference.feeder import Feeder
 from landcover.inference.predict import load_checkpoint, predict_scene
 from landcover.nomenclature import catalog_dir

@@ -306,7 +306,8 @@ def test_interrupted_run_leaves_no_file(tmp_path):
 
 
 def test_safe_product_and_its_ingested_stack_give_the_same_map(tmp_path):
-    from landcover.dataset.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import ingest
+    from landcover.dataset.settings import IngestConfig
 
     bands = [*BANDS, "B11"]  # B11 is a 20 m band: resampled like ingest does
     safe = make_safe(tmp_path / "raw", size=64, with_scl=False)

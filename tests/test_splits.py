@@ -11,7 +11,8 @@ import shapely
 from pyproj import Transformer
 
 from landcover.dataset.catalog import read_catalog
-from landcover.dataset.ingest import IngestConfig, finalize, ingest
+from landcover.dataset.ingest import finalize, ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.dataset.splits import SCHEME_VERSION, SPLITS, SplitConfig, scene_split, tile_split
 from landcover.errors import DatasetError
 from tests.s2_fixtures import pixels, write_s2_raster

@@ -118,7 +118,8 @@ def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
 
 
 def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
-    from landcover.dataset.ingest import IngestConfig, ingest
+    from landcover.dataset.ingest import ingest
+    from landcover.dataset.settings import IngestConfig
     from tests.conftest import shared_data
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
@@ -168,7 +169,8 @@ def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops
 def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path):
     """2-process CPU DDP: each rank draws half of data.max_train_tiles_per_epoch, and the val mIoU logged
     under DDP equals a single-process evaluation of the same checkpoint (no tile repeated or left out)."""
-    from landcover.dataset.ingest import finalize, split_settings
+    from landcover.dataset.ingest import finalize
+    from landcover.dataset.settings import split_settings
 
     dataset = Path(shutil.copytree(dataset, tmp_path / "dataset"))
     finalize(dataset, split=split_settings(dataset, ["split.seed=2"]))  # re-split: 9 val tiles

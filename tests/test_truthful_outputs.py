@@ -8,7 +8,8 @@ import pytest
 import rasterio
 
 from landcover.config import load_config
-from landcover.dataset.ingest import IngestConfig, ingest
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
 from landcover.errors import ConfigError
 from landcover.training.train import TrainConfig
 from tests.s2_fixtures import pixels, write_s2_raster

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -93,9 +93,8 @@ def ingest(
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
     from landcover.cluster import parse_shard, read_list
     from landcover.config import load_config
-    from landcover.dataset.ingest import IngestConfig, split_settings
-    from landcover.dataset.ingest import finalize as finalize_dataset
     from landcover.dataset.ingest import ingest as run_ingest
+    from landcover.dataset.settings import IngestConfig
     from landcover.errors import ConfigError
     from landcover.preflight import check_inputs_exist, check_output_path
 
@@ -105,12 +104,7 @@ def ingest(
         if inputs or from_list:
             raise ConfigError("--finalize takes no inputs: it merges the scenes already in --out")
         options = {"seed": seed, "block_size_m": block_size, "by_scene": split_by_scene}
-        resplit = [f"split.{k}={v}" for k, v in options.items() if v is not None] + list(set_ or [])
-        with progress_bars() as update:
-            dataset = finalize_dataset(out_dir, update, split=split_settings(out_dir, resplit) if resplit else None)
-        for warning in dataset["split_scheme"].get("warnings", []):
-            err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        out.print(f"dataset {out_dir}: finalized {len(dataset['scenes'])} scene(s); catalog {out_dir / 'catalog.parquet'}")
+        _finalize(out_dir, [f"split.{k}={v}" for k, v in options.items() if v is not None] + list(set_ or []))
         return
     items = list(inputs or []) + (read_list(from_list) if from_list else [])
     if not items:
@@ -131,6 +125,23 @@ def ingest(
         out.print(f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
                   f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done")
         return
+    _report(out_dir, dataset)
+
+
+def _finalize(out_dir: Path, resplit: list[str]) -> None:
+    """``ingest --finalize``: merge the finished scenes (re-split with ``split.KEY=VALUE`` settings, if any)."""
+    from landcover.dataset.ingest import finalize as finalize_dataset
+    from landcover.dataset.settings import split_settings
+
+    with progress_bars() as update:
+        dataset = finalize_dataset(out_dir, update, split=split_settings(out_dir, resplit) if resplit else None)
+    for warning in dataset["split_scheme"].get("warnings", []):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    out.print(f"dataset {out_dir}: finalized {len(dataset['scenes'])} scene(s); catalog {out_dir / 'catalog.parquet'}")
+
+
+def _report(out_dir: Path, dataset: dict[str, Any]) -> None:
+    """The warnings of an ingest (scenes' and split's) and a one-line summary of the dataset."""
     norm = dataset["normalization"]
     warnings = {w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}
     for warning in sorted(warnings) + dataset["split_scheme"].get("warnings", []):

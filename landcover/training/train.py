@@ -19,7 +19,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,6 +35,11 @@ from landcover.sources.s2meta import dataset_level
 from landcover.training.config import TrainConfig
 from landcover.training.datamodule import LandcoverDataModule
 from landcover.training.task import task_class
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
 
 def _precision(requested: str) -> str:
@@ -102,8 +107,6 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     ``trainer.devices`` x ``trainer.num_nodes`` (checked first; Lightning would hang or fail).
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     out = Path(out)
     if cfg.data.dataset is None:
@@ -117,73 +120,16 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
                                 "--overwrite to replace it, or another --out")
     pl.seed_everything(cfg.trainer.seed, workers=True)
-
-    task_name = cfg.model.task
-    declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
-    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed, input_transform=declared)
-    for split in ("train", "val"):
-        data.split_tiles(split)  # an empty split is an error now, before the run folder exists
-    info = data.info
-    class_weights = None
-    if cfg.loss.class_weights != "none":
-        class_weights = data.class_weights(cfg.loss.class_weights).tolist()
-    meta = {
-        "nomenclature": info["nomenclature"],
-        "normalization": data.normalization,  # what the model was trained on (and from which split); predict applies it
-        "dataset_normalization": info["normalization"],
-        "tile_size": info["tile_size"],
-        "resolution": info["resolution"],
-        "scale": info.get("scale"),
-        "label_mode": cfg.data.label_mode,
-        "dataset": Path(cfg.data.dataset).resolve().name,  # the folder's name, not a path of the user's machine
-        "dataset_settings": info.get("config"),
-        "processing_level": info.get("processing_level") or dataset_level(info.get("scenes") or []),
-        "config": cfg.model_dump(mode="json"),
-        "software": f"landcover {__version__}",
-    }
-    kwargs: dict[str, Any] = {}
-    if task_name == "classification":
-        kwargs["label_mode"] = cfg.data.label_mode
-    task = task_class(task_name)(
-        model=cfg.model.model_dump(mode="json"), optim=cfg.optim.model_dump(mode="json"),
-        loss=cfg.loss.model_dump(mode="json"), bands=list(info["bands"]),
-        class_names=[c["name"] for c in info["nomenclature"]["classes"]], meta=meta,
-        class_weights=class_weights, **kwargs,
-    )
+    data, task = _data_and_task(cfg)
     if ckpt_path is not None:
         _check_resume_fits(task, out, ckpt_path)
     # inputs are valid (dataset, checkpoints): only now is the run folder replaced or created
     if ckpt_path is None and overwrite and out.exists() and first:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    # the resolved config and the dataset description travel with the run
-    if first:
-        used = {**info, "normalization": data.normalization}  # the statistics this run used
-        for name, text in (("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)),
-                           ("dataset.json", json.dumps(used, indent=2, sort_keys=True) + "\n")):
-            with atomic_output(out / name, overwrite=True, needed=len(text)) as tmp:
-                tmp.write_text(text)
-
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=task.monitor,
-                                 mode="max", save_last=True, auto_insert_metric_name=False)
-    early = EarlyStopping(monitor=task.monitor, mode="max", patience=cfg.trainer.patience,
-                          min_delta=cfg.trainer.min_delta)
-    # a resumed run logs into a part of its own: Lightning's CSV logger would rewrite the earlier file
-    part = "" if ckpt_path is None else f"resumed-{len(list((out / 'logs').glob('resumed-*'))) + 1}"
-    csv_logger = CSVLogger(out, name="logs", version=part)
-    loggers = [csv_logger, TensorBoardLogger(out, name="logs", version="tensorboard")]
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        default_root_dir=out, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, num_nodes=t.num_nodes, precision=_precision(t.precision),  # type: ignore[arg-type]
-        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
-        logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
-        # the datamodule shards tiles itself: each rank its share of the epoch's cap, and every
-        # val/test tile exactly once (Lightning's DistributedSampler ignores the cap and pads)
-        use_distributed_sampler=False, plugins=[_atomic_checkpoints()],
-    )
+    if first:  # the resolved config and the dataset description travel with the run
+        _write_run_inputs(out, cfg, data)
+    trainer, checkpoint, early, csv_logger = _trainer(cfg, out, task.monitor, resumed=ckpt_path is not None)
     started = time.perf_counter()
     with warnings.catch_warnings():
         if ckpt_path is not None:  # a resumed run writes into its own checkpoint folder: not a warning
@@ -199,7 +145,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     if trainer.global_rank != 0:
         return {}
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / "checkpoints" / "last.ckpt"
-    metrics = evaluate_checkpoint(best, data, trainer_kwargs={"accelerator": t.accelerator, "devices": 1})
+    metrics = evaluate_checkpoint(best, data, trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
     metrics.update({
         "best_checkpoint": str(best), "best_epoch": int(_epoch_of(best)),
         "stopped_epoch": int(trainer.current_epoch), "early_stopped": bool(early.stopped_epoch),
@@ -214,6 +160,87 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     if (Path(csv_logger.log_dir) / "metrics.csv").exists():
         _plot_curves(out / "logs", out / "curves.png", task.monitor)
     return metrics
+
+
+def _data_and_task(cfg: TrainConfig) -> tuple[LandcoverDataModule, Any]:
+    """The data module (its train and val splits checked non-empty) and the task with its checkpoint metadata."""
+    task_name = cfg.model.task
+    declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
+    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed, input_transform=declared)
+    for split in ("train", "val"):
+        data.split_tiles(split)  # an empty split is an error now, before the run folder exists
+    info = data.info
+    class_weights = None
+    if cfg.loss.class_weights != "none":
+        class_weights = data.class_weights(cfg.loss.class_weights).tolist()
+    kwargs: dict[str, Any] = {}
+    if task_name == "classification":
+        kwargs["label_mode"] = cfg.data.label_mode
+    task = task_class(task_name)(
+        model=cfg.model.model_dump(mode="json"), optim=cfg.optim.model_dump(mode="json"),
+        loss=cfg.loss.model_dump(mode="json"), bands=list(info["bands"]),
+        class_names=[c["name"] for c in info["nomenclature"]["classes"]], meta=_checkpoint_meta(cfg, data),
+        class_weights=class_weights, **kwargs,
+    )
+    return data, task
+
+
+def _checkpoint_meta(cfg: TrainConfig, data: LandcoverDataModule) -> dict[str, Any]:
+    """The ``landcover`` section of the checkpoints: what predict needs to use the model alone."""
+    info = data.info
+    return {
+        "nomenclature": info["nomenclature"],
+        "normalization": data.normalization,  # what the model was trained on (and from which split); predict applies it
+        "dataset_normalization": info["normalization"],
+        "tile_size": info["tile_size"],
+        "resolution": info["resolution"],
+        "scale": info.get("scale"),
+        "label_mode": cfg.data.label_mode,
+        "dataset": data.dataset_dir.resolve().name,  # the folder's name, not a path of the user's machine
+        "dataset_settings": info.get("config"),
+        "processing_level": info.get("processing_level") or dataset_level(info.get("scenes") or []),
+        "config": cfg.model_dump(mode="json"),
+        "software": f"landcover {__version__}",
+    }
+
+
+def _write_run_inputs(out: Path, cfg: TrainConfig, data: LandcoverDataModule) -> None:
+    """config.yaml (the resolved config) and dataset.json (with the statistics this run used) in the run folder."""
+    used = {**data.info, "normalization": data.normalization}
+    for name, text in (("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)),
+                       ("dataset.json", json.dumps(used, indent=2, sort_keys=True) + "\n")):
+        with atomic_output(out / name, overwrite=True, needed=len(text)) as tmp:
+            tmp.write_text(text)
+
+
+def _trainer(cfg: TrainConfig, out: Path, monitor: str, *,
+             resumed: bool) -> tuple[pl.Trainer, ModelCheckpoint, EarlyStopping, CSVLogger]:
+    """The Lightning Trainer of a run, with its best/last checkpoint, early stopping and CSV logger callbacks."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor,
+                                 mode="max", save_last=True, auto_insert_metric_name=False)
+    early = EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience,
+                          min_delta=cfg.trainer.min_delta)
+    # a resumed run logs into a part of its own: Lightning's CSV logger would rewrite the earlier file
+    part = f"resumed-{len(list((out / 'logs').glob('resumed-*'))) + 1}" if resumed else ""
+    csv_logger = CSVLogger(out, name="logs", version=part)
+    loggers = [csv_logger, TensorBoardLogger(out, name="logs", version="tensorboard")]
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        default_root_dir=out, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=_precision(t.precision),  # type: ignore[arg-type]
+        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
+        logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
+        # the datamodule shards tiles itself: each rank its share of the epoch's cap, and every
+        # val/test tile exactly once (Lightning's DistributedSampler ignores the cap and pads)
+        use_distributed_sampler=False, plugins=[_atomic_checkpoints()],
+    )
+    return trainer, checkpoint, early, csv_logger
 
 
 def _launch_rank() -> int:

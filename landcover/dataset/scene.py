@@ -1,0 +1,210 @@
+"""One scene of an ingest: a product (+ labels) -> ``scenes/<scene_id>/`` of a dataset folder.
+
+The folder holds image.tif (uint16 reflectance x 10000, tiled, pixel-interleaved), labels.tif (uint8
+class ids on the identical grid, 255 = ignore, + labels.qml), tiles.parquet (the scene's part of the
+catalog) and scene.json (provenance). It is built in a hidden temporary folder and renamed when
+complete, so an interrupted run leaves only finished scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from landcover import __version__
+from landcover.dataset.catalog import tile_record, write_scene_part
+from landcover.dataset.settings import IngestConfig
+from landcover.io.failures import check_written, writing
+from landcover.io.grid import GDAL_ENV, Grid
+from landcover.io.style import class_map_profile, style_class_map, write_qgis_style
+from landcover.nomenclature import IGNORE, nomenclature, sentinel2_bands
+from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, patch_fields
+from landcover.sources.label_files import load_label_mapping
+from landcover.sources.labels import LabelSource, RasterLabels, open_label_source
+from landcover.sources.reader import NODATA, SceneReader, SceneWindow, strips
+from landcover.sources.sentinel2 import Product
+
+Progress = Callable[[str, int, int], None]
+
+
+def _block(tile_size: int) -> int:
+    """GeoTIFF block side for a tile size: the tile size rounded up to a multiple of 16, at most 512."""
+    return min(512, -(-tile_size // 16) * 16)
+
+
+def scene_id_of(product: Product) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", product.product_id).strip("._") or "scene"
+
+
+def clean_partials(out: Path, scene_id: str) -> None:
+    """Remove what an interrupted run left of one scene (only its own shard ever writes it)."""
+    for stale in (out / "scenes").glob(f".{scene_id}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _image_profile(grid: Grid, count: int, cfg: IngestConfig) -> dict[str, object]:
+    block = _block(cfg.tile_size)
+    return {
+        "driver": "GTiff", "dtype": "uint16", "count": count, "nodata": NODATA,
+        "crs": grid.crs, "transform": grid.transform, "width": grid.width, "height": grid.height,
+        "tiled": True, "blockxsize": block, "blockysize": block, "interleave": "pixel",
+        "compress": cfg.compress, "predictor": 2, "bigtiff": "IF_SAFER", **_level_option(cfg),
+    }
+
+
+def _level_option(cfg: IngestConfig, suffix: str = "") -> dict[str, object]:
+    """Compression level as a creation option (or, with ``suffix="_OVERVIEW"``, a GDAL config option)."""
+    key = {"zstd": "ZSTD_LEVEL", "deflate": "ZLEVEL"}.get(cfg.compress)
+    if key is None:
+        return {}
+    if suffix:
+        return {key + suffix: str(min(cfg.compress_level, 9) if cfg.compress == "deflate" else cfg.compress_level)}
+    return {key.lower(): min(cfg.compress_level, 9) if cfg.compress == "deflate" else cfg.compress_level}
+
+
+def ingest_scene(
+    product: Product,
+    labels: Path | None,
+    out: Path,
+    cfg: IngestConfig,
+    bands: Sequence[str],
+    progress: Progress | None = None,
+) -> Path:
+    """Build one scene folder under ``out/scenes`` and return it."""
+    nom = nomenclature(cfg.nomenclature)
+    scene_id = scene_id_of(product)
+    final = out / "scenes" / scene_id
+    tmp = out / "scenes" / f".{scene_id}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        with writing(final, temporaries=[tmp]) as guard, rasterio.Env(**GDAL_ENV), SceneReader(
+            product, bands, resolution=cfg.resolution, resampling=cfg.resampling,
+            harmonize=cfg.harmonize, scl_invalid=cfg.scl_invalid,
+        ) as reader:
+            tmp.mkdir(parents=True)
+            grid = reader.grid
+            guard.needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
+            source = _label_source(product, labels, grid, cfg)
+            records, usable = _write_rasters(tmp, scene_id, product, reader, source, cfg, bands, progress)
+            write_qgis_style(tmp / "labels.tif", nom)
+            write_scene_part(records, tmp / "tiles.parquet")
+            scene = {
+                "scene_id": scene_id,
+                "input": Path(product.path).name,  # no path of the user's machine
+                "kind": product.kind,
+                "bands": list(bands),
+                "grid": grid.to_dict(),
+                "labels": None if source is None else source.description,
+                "tiles": len(records),
+                "valid_fraction": round(usable / max(1, grid.width * grid.height), 6),
+                "provenance": reader.provenance(),
+            }
+            (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+            check_written()
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _label_source(product: Product, labels: Path | None, grid: Grid, cfg: IngestConfig) -> LabelSource | None:
+    """The labels of a scene: ``labels`` (with the mapping of cfg), else a BigEarthNet reference map, else none."""
+    mapping = load_label_mapping(cfg.labels.mapping, cfg.nomenclature) if cfg.labels.mapping else None
+    if labels is not None:
+        return open_label_source(
+            labels, grid, code_column=cfg.labels.code_column, all_touched=cfg.labels.all_touched,
+            raster_values=cfg.labels.raster_values, mapping=mapping,
+            raster_values_option="--set labels.raster_values={}",  # ingest has no --raster-values
+        )
+    if isinstance(product, BigEarthNetProduct) and product.reference_map:
+        return RasterLabels(Path(product.reference_map), grid, "codes")
+    return None
+
+
+def _write_rasters(
+    tmp: Path, scene_id: str, product: Product, reader: SceneReader, source: LabelSource | None,
+    cfg: IngestConfig, bands: Sequence[str], progress: Progress | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Write image.tif and labels.tif strip by strip; return the tiles' catalog rows and the usable pixels
+    (valid and cloud-free)."""
+    nom = nomenclature(cfg.nomenclature)
+    grid = reader.grid
+    records: list[dict[str, Any]] = []
+    usable = 0
+    windows = strips(grid, cfg.tile_size)
+    with rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img, \
+            rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(cfg.tile_size))) as lab:
+        for done, strip in enumerate(windows, 1):
+            win = reader.read(strip)
+            if source is not None:
+                ids = nom.encode(source.codes(grid, strip), where=source.description)
+            else:
+                ids = np.full(win.valid.shape, IGNORE, np.uint8)
+            invalid = ~win.valid if win.cloud is None else ~win.valid | win.cloud
+            ids[invalid] = IGNORE
+            usable += int(invalid.size - np.count_nonzero(invalid))
+            img.write(win.image, window=strip)
+            lab.write(ids, 1, window=strip)
+            records += _strip_tiles(scene_id, product, grid, strip, win, ids, cfg)
+            if progress:
+                progress(f"{scene_id}: stack + labels", done, len(windows))
+        _describe_image(img, product, bands, reader)
+        style_class_map(lab, nom, PRODUCT_ID=product.product_id, LABEL_SOURCE=source.description if source else "none")
+        factors = [f for f in (2, 4, 8, 16, 32) if min(grid.width, grid.height) // f >= 256]
+        if factors:
+            lab.build_overviews(factors, Resampling.mode)
+        if cfg.overviews and factors:
+            if progress:
+                progress(f"{scene_id}: overviews", 0, 1)
+            with rasterio.Env(**_level_option(cfg, "_OVERVIEW")):
+                img.build_overviews(factors, Resampling.average)
+    return records, usable
+
+
+def _strip_tiles(scene_id: str, product: Product, grid: Grid, strip: Window, win: SceneWindow,
+                 ids: np.ndarray, cfg: IngestConfig) -> list[dict[str, Any]]:
+    """The catalog rows of the whole tiles in a strip (a tile with too few usable pixels has none)."""
+    t = cfg.tile_size
+    nom = nomenclature(cfg.nomenclature)
+    records = []
+    for r0 in range(0, int(strip.height) - t + 1, t):
+        for c0 in range(0, grid.width - t + 1, t):
+            sl = np.s_[r0:r0 + t, c0:c0 + t]
+            window = Window(c0, int(strip.row_off) + r0, t, t)
+            record = tile_record(
+                scene_id=scene_id, grid=grid, window=window,
+                labels=ids[sl], valid=win.valid[sl],
+                cloud=None if win.cloud is None else win.cloud[sl],
+                image=win.image[(slice(None), *sl)], nomenclature=nom,
+                split_cfg=cfg.split, present_threshold=cfg.present_threshold,
+                **patch_fields(product, grid, window),
+            )
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def _describe_image(img: Any, product: Product, bands: Sequence[str], reader: SceneReader) -> None:
+    """Band names, wavelengths and the product's provenance as tags of image.tif."""
+    for i, band in enumerate(bands, 1):
+        img.set_band_description(i, band)
+        info = sentinel2_bands()[band]
+        img.update_tags(i, WAVELENGTH_NM=str(info.wavelength_nm), RESOLUTION_M=str(info.resolution))
+    img.update_tags(
+        PRODUCT_ID=product.product_id, SCALE="reflectance x 10000",
+        PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
+        PROCESSING_LEVEL=str(product.level or "unknown"),
+        OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
+        SOFTWARE=f"landcover {__version__}",
+    )
