@@ -20,15 +20,10 @@ from torch.utils.data import DataLoader
 from landcover.dataset.catalog import read_catalog
 from landcover.errors import ConfigError, DatasetError
 from landcover.nomenclature import IGNORE
-from landcover.training.datamodule import (
-    DataConfig,
-    LandcoverDataModule,
-    TileDataset,
-    auto_num_workers,
-    class_weights_from_tiles,
-    rare_class_weights,
-)
+from landcover.training.config import DataConfig
+from landcover.training.datamodule import LandcoverDataModule, auto_num_workers
 from landcover.training.samplers import EpochSampler, ShardSampler
+from landcover.training.tiles import TileDataset, class_weights_from_tiles, rare_class_weights
 from tests.learnable import make_learnable_dataset
 
 
