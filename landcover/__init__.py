@@ -35,8 +35,17 @@ _PUBLIC = {  # name -> (module, attribute)
     "LandcoverError": ("landcover.errors", "LandcoverError"),
 }
 __all__ = [
-    "IngestConfig", "LandcoverError", "Nomenclature", "TrainConfig", "__version__", "evaluate_maps",
-    "get_nomenclature", "ingest", "load_config", "predict_scene", "train",
+    "IngestConfig",
+    "LandcoverError",
+    "Nomenclature",
+    "TrainConfig",
+    "__version__",
+    "evaluate_maps",
+    "get_nomenclature",
+    "ingest",
+    "load_config",
+    "predict_scene",
+    "train",
 ]
 
 if TYPE_CHECKING:

@@ -50,13 +50,16 @@ def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> Shard
             task, first = int(env["SLURM_ARRAY_TASK_ID"]), int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
             count = int(env["SLURM_ARRAY_TASK_COUNT"])
         except ValueError as exc:
-            raise ConfigError(f"cannot read the SLURM array task from the environment ({exc}); "
-                              "pass --shard I/N") from exc
+            raise ConfigError(
+                f"cannot read the SLURM array task from the environment ({exc}); pass --shard I/N"
+            ) from exc
         step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
         index = (task - first) // step
         if not 0 <= index < count:
-            raise ConfigError(f"SLURM array task {task} (min {first}, step {step}) is not one of {count} tasks; "
-                              "submit a contiguous --array=0-(N-1), or pass --shard I/N")
+            raise ConfigError(
+                f"SLURM array task {task} (min {first}, step {step}) is not one of {count} tasks; "
+                "submit a contiguous --array=0-(N-1), or pass --shard I/N"
+            )
         return index, count
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
@@ -98,18 +101,25 @@ def check_slurm_training(devices: int | str, num_nodes: int, env: Mapping[str, s
     ntasks = int(env.get("SLURM_NTASKS", "1"))
     per_node_text = env.get("SLURM_NTASKS_PER_NODE")
     if ntasks > 1 and per_node_text is None:
-        raise ConfigError(f"the job has --ntasks={ntasks} without --ntasks-per-node: set "
-                          "#SBATCH --ntasks-per-node=<GPUs per node> (and --nodes) instead of --ntasks")
+        raise ConfigError(
+            f"the job has --ntasks={ntasks} without --ntasks-per-node: set "
+            "#SBATCH --ntasks-per-node=<GPUs per node> (and --nodes) instead of --ntasks"
+        )
     if per_node_text is not None:
         per_node = int(re.match(r"\d+", per_node_text).group(0))  # type: ignore[union-attr]  # "2(x3)" forms
         if isinstance(devices, int) and devices != per_node:
-            raise ConfigError(f"trainer.devices={devices} but SLURM starts {per_node} tasks per node "
-                              f"(--ntasks-per-node): they must be equal; pass --devices {per_node} or change "
-                              "the job's --ntasks-per-node")
+            raise ConfigError(
+                f"trainer.devices={devices} but SLURM starts {per_node} tasks per node "
+                f"(--ntasks-per-node): they must be equal; pass --devices {per_node} or change "
+                "the job's --ntasks-per-node"
+            )
         if devices == "auto" and per_node > 1:
-            raise ConfigError(f"SLURM starts {per_node} tasks per node but trainer.devices is 'auto': pass "
-                              f"--devices {per_node} so that each task takes one device")
+            raise ConfigError(
+                f"SLURM starts {per_node} tasks per node but trainer.devices is 'auto': pass "
+                f"--devices {per_node} so that each task takes one device"
+            )
     nodes = int(env.get("SLURM_NNODES", "1"))
     if nodes != num_nodes:
-        raise ConfigError(f"the job runs on {nodes} node(s) but trainer.num_nodes={num_nodes}: "
-                          f"pass --set trainer.num_nodes={nodes}")
+        raise ConfigError(
+            f"the job runs on {nodes} node(s) but trainer.num_nodes={num_nodes}: pass --set trainer.num_nodes={nodes}"
+        )

@@ -38,7 +38,9 @@ def apply_override(data: dict, assignment: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({problem}); quote it or correct it") from exc
+        raise ConfigError(
+            f"--set {assignment}: the value is not valid YAML ({problem}); quote it or correct it"
+        ) from exc
 
 
 def read_yaml(path: str | Path, what: str = "config") -> Any:
@@ -75,8 +77,9 @@ def config_data(path: str | Path | None = None, overrides: list[str] | None = No
     return data
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
-                **values: object) -> M:
+def load_config(
+    model: type[M], path: str | Path | None = None, overrides: list[str] | None = None, **values: object
+) -> M:
     """Read ``path`` (YAML), apply ``values`` (non-None CLI options) and ``overrides``, validate."""
     data = config_data(path, overrides, **values)
     try:
@@ -95,7 +98,7 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
                 return "the command-line option"
             return f"in {path}" if path else "the defaults"
 
-        errors = [('.'.join(map(str, e["loc"])) or "config", e["msg"]) for e in exc.errors()]
+        errors = [(".".join(map(str, e["loc"])) or "config", e["msg"]) for e in exc.errors()]
         sources = [source(key) for key, _ in errors]
         if path and set(sources) == {f"in {path}"}:
             problems = "; ".join(f"{key}: {msg}" for key, msg in errors)

@@ -36,8 +36,11 @@ Say = Callable[[str], None]
 
 def _ingest_segmentation(out: Path) -> Path:
     clip = SAMPLES / "T33UUU"
-    cfg = load_config(IngestConfig, config_dir() / "sample_ingest.yaml",
-                      [f"labels.mapping={catalog_dir() / 'osm_fclass_to_clc_level1.csv'}"])
+    cfg = load_config(
+        IngestConfig,
+        config_dir() / "sample_ingest.yaml",
+        [f"labels.mapping={catalog_dir() / 'osm_fclass_to_clc_level1.csv'}"],
+    )
     ingest([clip / "IMG_DATA"], out, labels=clip / "osm_landuse_water.gpkg", config=cfg)
     return out
 
@@ -51,12 +54,14 @@ def _split_labels(dataset: Path, split: str, out: Path) -> Path:
         labels = src.read(1)
         keep = np.zeros(labels.shape, bool)
         for t in tiles.itertuples():
-            keep[t.row:t.row + t.height, t.col:t.col + t.width] = True
+            keep[t.row : t.row + t.height, t.col : t.col + t.width] = True
         labels[~keep] = IGNORE
         grid = Grid(src.crs, src.transform, src.width, src.height)
     nom = nomenclature(info["nomenclature"]["name"])
-    with atomic_output(out, overwrite=True, needed=labels.size) as tmp, \
-            rasterio.open(tmp, "w", **class_map_profile(grid)) as dst:
+    with (
+        atomic_output(out, overwrite=True, needed=labels.size) as tmp,
+        rasterio.open(tmp, "w", **class_map_profile(grid)) as dst,
+    ):
         dst.write(labels, 1)
         style_class_map(dst, nom, SPLIT=split)
     return out
@@ -120,10 +125,16 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     baseline = nearest_centroid_baseline(dataset)
     write_text_atomic(out / "evaluation" / "baseline.json", json.dumps(baseline, indent=2) + "\n")
     return {
-        "dataset": str(dataset), "checkpoint": metrics["best_checkpoint"], "curves": str(out / "train" / "curves.png"),
-        "map": str(map_path), "quicklook": summary["out"].get("quicklook"), "report": str(out / "evaluation" / "report"),
-        "miou": report["scores"]["miou"], "accuracy": report["scores"]["overall_accuracy"],
-        "baseline_miou": baseline["miou"], "baseline_accuracy": baseline["overall_accuracy"],
+        "dataset": str(dataset),
+        "checkpoint": metrics["best_checkpoint"],
+        "curves": str(out / "train" / "curves.png"),
+        "map": str(map_path),
+        "quicklook": summary["out"].get("quicklook"),
+        "report": str(out / "evaluation" / "report"),
+        "miou": report["scores"]["miou"],
+        "accuracy": report["scores"]["overall_accuracy"],
+        "baseline_miou": baseline["miou"],
+        "baseline_accuracy": baseline["overall_accuracy"],
     }
 
 
@@ -133,20 +144,29 @@ def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> d
 
     say("1/3 ingest: BigEarthNet v2 patches of T33UUP with their official 19-class labels")
     root = SAMPLES / "bigearthnet"
-    cfg = IngestConfig(nomenclature="ben19", bigearthnet_metadata=root / "metadata.parquet",
-                       split={"by_scene": True})
+    cfg = IngestConfig(nomenclature="ben19", bigearthnet_metadata=root / "metadata.parquet", split={"by_scene": True})
     ingest([root / "BigEarthNet-S2"], out / "dataset", config=cfg)
     say("2/3 train: ResNet-18 multi-label classifier on the official train patches")
-    overrides = [f"data.dataset={out / 'dataset'}", "model.task=classification", "data.split_column=official_split",
-                 "data.batch_size=4", "trainer.max_epochs=" + str(max_epochs or 10)]
+    overrides = [
+        f"data.dataset={out / 'dataset'}",
+        "model.task=classification",
+        "data.split_column=official_split",
+        "data.batch_size=4",
+        "trainer.max_epochs=" + str(max_epochs or 10),
+    ]
     tcfg = load_config(TrainConfig, config_dir() / "tiny.yaml", overrides)
     metrics = train(tcfg, out / "train", overwrite=True)
     say("3/3 evaluate: the best checkpoint on the official test patches")
     data = LandcoverDataModule(tcfg.data, task="classification")
     test = evaluate_checkpoint(metrics["best_checkpoint"], data, split="test")
     baseline = _prior_baseline(data)
-    result = {"checkpoint": metrics["best_checkpoint"], "test": test, "baseline": baseline,
-              "map_macro": test.get("test/map_macro"), "baseline_map_macro": baseline["map_macro"]}
+    result = {
+        "checkpoint": metrics["best_checkpoint"],
+        "test": test,
+        "baseline": baseline,
+        "map_macro": test.get("test/map_macro"),
+        "baseline_map_macro": baseline["map_macro"],
+    }
     write_text_atomic(out / "test_metrics.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -166,8 +186,9 @@ def _prior_baseline(data) -> dict[str, float]:
     return {"map_macro": float(ap(scores, test_y.long()))}
 
 
-def run_demo(out: str | Path, task: str = "segmentation", say: Say = print,
-             max_epochs: int | None = None) -> dict[str, Any]:
+def run_demo(
+    out: str | Path, task: str = "segmentation", say: Say = print, max_epochs: int | None = None
+) -> dict[str, Any]:
     """Run the demo(s) into ``out``; return where everything is and the headline scores."""
     out = Path(out)
     results: dict[str, Any] = {}
@@ -186,11 +207,15 @@ def demo_summary(results: dict[str, Any]) -> str:
         lines += [
             f"segmentation: test mIoU {seg['miou']:.3f} (nearest-centroid baseline {seg['baseline_miou']:.3f}), "
             f"overall accuracy {seg['accuracy']:.3f}",
-            f"  map (COG, open in QGIS): {seg['map']}", f"  quick-look: {seg['quicklook']}",
-            f"  report: {seg['report']}/report.md", f"  training curves: {seg['curves']}",
+            f"  map (COG, open in QGIS): {seg['map']}",
+            f"  quick-look: {seg['quicklook']}",
+            f"  report: {seg['report']}/report.md",
+            f"  training curves: {seg['curves']}",
             f"  checkpoint: {seg['checkpoint']}",
         ]
     if cls := results.get("classification"):
-        lines.append(f"classification: test macro mAP {cls['map_macro']:.3f} (label-frequency baseline "
-                     f"{cls['baseline_map_macro']:.3f}); checkpoint {cls['checkpoint']}")
+        lines.append(
+            f"classification: test macro mAP {cls['map_macro']:.3f} (label-frequency baseline "
+            f"{cls['baseline_map_macro']:.3f}); checkpoint {cls['checkpoint']}"
+        )
     return "\n".join(lines)

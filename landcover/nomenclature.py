@@ -34,9 +34,7 @@ def catalog_dir() -> Path:
     packaged = resources.files("landcover") / "data_catalog"
     if packaged.is_dir():
         return Path(str(packaged))
-    raise CatalogTableError(
-        "data_catalog/ was not found beside or inside the landcover package; reinstall landcover"
-    )
+    raise CatalogTableError("data_catalog/ was not found beside or inside the landcover package; reinstall landcover")
 
 
 def read_table(name: str) -> list[dict[str, str]]:
@@ -181,9 +179,7 @@ def nomenclature(name: str) -> Nomenclature:
         names = [r["name"] for r in rows]
         colors = [_rgb(r["rgb"]) for r in rows]
     else:
-        raise ConfigError(
-            f"unknown nomenclature {name!r}; choose one of {', '.join(NOMENCLATURES)}"
-        )
+        raise ConfigError(f"unknown nomenclature {name!r}; choose one of {', '.join(NOMENCLATURES)}")
     lut = np.full(1000, _UNKNOWN, dtype=np.uint16)
     for code, target in targets.items():
         lut[code] = target
@@ -250,9 +246,7 @@ def normalize_band_name(name: str) -> str:
     if text.startswith("B") and text[1:].isdigit():
         text = f"B{int(text[1:]):02d}"
     if text not in sentinel2_bands():
-        raise ConfigError(
-            f"unknown Sentinel-2 band {name!r}; bands are {', '.join(sentinel2_bands())}"
-        )
+        raise ConfigError(f"unknown Sentinel-2 band {name!r}; bands are {', '.join(sentinel2_bands())}")
     return text
 
 

@@ -56,8 +56,10 @@ def check_inputs_exist(inputs: Sequence[str | Path]) -> None:
     if len(inputs) == 1 and missing:
         raise InputFormatError(f"{missing[0]} does not exist; check the path")
     if missing:
-        raise InputFormatError(f"{len(missing)} of {len(inputs)} inputs do not exist ({', '.join(missing[:5])}"
-                               f"{', ...' if len(missing) > 5 else ''}); check the paths (or the --from-list file)")
+        raise InputFormatError(
+            f"{len(missing)} of {len(inputs)} inputs do not exist ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); check the paths (or the --from-list file)"
+        )
 
 
 def check_dataset_folder(dataset: str | Path | None) -> None:
@@ -67,5 +69,7 @@ def check_dataset_folder(dataset: str | Path | None) -> None:
     folder = Path(dataset)
     if not folder.is_dir() or not (folder / "dataset.json").is_file() or not (folder / "catalog.parquet").is_file():
         what = "does not exist" if not folder.is_dir() else "has no dataset.json or catalog.parquet"
-        raise DatasetError(f"dataset folder {folder} {what}: it is not a finished ingested dataset; run "
-                           "`landcover ingest ... --out DIR` first and pass that DIR")
+        raise DatasetError(
+            f"dataset folder {folder} {what}: it is not a finished ingested dataset; run "
+            "`landcover ingest ... --out DIR` first and pass that DIR"
+        )

@@ -84,8 +84,14 @@ def make_dataset(root: Path, size: int, tile: int) -> Path:
     rng = np.random.default_rng(0)
     classes = rng.integers(0, len(CODES), (size // 64 + 1,) * 2).repeat(64, 0).repeat(64, 1)[:size, :size]
     spectra = rng.integers(300, 4000, (len(BANDS), len(CODES))).astype(np.uint16)
-    profile = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32633", "tiled": True,
-               "transform": from_origin(500_000, 5_300_000, 10, 10)}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "crs": "EPSG:32633",
+        "tiled": True,
+        "transform": from_origin(500_000, 5_300_000, 10, 10),
+    }
     with rasterio.open(root / "scene.tif", "w", count=len(BANDS), dtype="uint16", **profile) as dst:
         for b, band in enumerate(BANDS, 1):
             dst.write(spectra[b - 1][classes] + rng.integers(0, 300, (size, size), dtype=np.uint16), b)
@@ -120,8 +126,10 @@ class StepTimer(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.cuda:
-            self.peak_mb = {"gpu_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
-                            "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20}
+            self.peak_mb = {
+                "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
+            }
 
     def summary(self, skip: int = 10) -> dict:
         images = total = model = wait = timed = 0
@@ -132,15 +140,32 @@ class StepTimer(Callback):
             images, timed = images + n, timed + 1
             total, model, wait = total + t1 - self.steps[i - 1][2], model + t1 - t0, wait + t0 - self.steps[i - 1][2]
         total, model = total or math.nan, model or math.nan  # no timed step: NaN rates
-        return {"steps": len(self.steps), "timed_steps": timed, "images_per_s": images / total,
-                "model_images_per_s": images / model, "data_wait_share": wait / total, **self.peak_mb}
+        return {
+            "steps": len(self.steps),
+            "timed_steps": timed,
+            "images_per_s": images / total,
+            "model_images_per_s": images / model,
+            "data_wait_share": wait / total,
+            **self.peak_mb,
+        }
 
 
 def train_config(name: str, dataset: Path, workers: str, cuda: bool, extra: list[str]) -> TrainConfig:
-    return load_config(TrainConfig, config_dir() / f"{name}.yaml", [
-        f"data.dataset={dataset}", f"data.num_workers={workers}", "model.encoder_weights=none",
-        "model.freeze_encoder_epochs=0", f"trainer.accelerator={'gpu' if cuda else 'cpu'}", "trainer.devices=1",
-        f"trainer.precision={'bf16-mixed' if cuda else '32-true'}", "trainer.patience=1000", *extra])
+    return load_config(
+        TrainConfig,
+        config_dir() / f"{name}.yaml",
+        [
+            f"data.dataset={dataset}",
+            f"data.num_workers={workers}",
+            "model.encoder_weights=none",
+            "model.freeze_encoder_epochs=0",
+            f"trainer.accelerator={'gpu' if cuda else 'cpu'}",
+            "trainer.devices=1",
+            f"trainer.precision={'bf16-mixed' if cuda else '32-true'}",
+            "trainer.patience=1000",
+            *extra,
+        ],
+    )
 
 
 def loader_rate(cfg: TrainConfig, workers: int, batches: int, dev: torch.device) -> float:
@@ -165,14 +190,30 @@ def bench_train(args: argparse.Namespace, dev: torch.device) -> None:
     started = time.perf_counter()
     dataset = make_dataset(args.workdir / "train", args.size, args.tile)
     n_train = len(LandcoverDataModule(train_config("tiny", dataset, "0", cuda, args.set).data).split_tiles("train"))
-    emit(args.workdir, {"part": "dataset", "size": args.size, "train_tiles": n_train,
-                        "seconds": round(time.perf_counter() - started, 1)})
+    emit(
+        args.workdir,
+        {
+            "part": "dataset",
+            "size": args.size,
+            "train_tiles": n_train,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
     for name in args.configs:
         cfg = train_config(name, dataset, "0", cuda, args.set)
         for w in args.loader_workers:
             rate = loader_rate(cfg, w, args.loader_batches, dev)
-            emit(args.workdir, {"part": "loader", "config": name, "workers": w, "batch": cfg.data.batch_size,
-                                "crop": cfg.data.crop_size, "tiles_per_s": round(rate, 1)})
+            emit(
+                args.workdir,
+                {
+                    "part": "loader",
+                    "config": name,
+                    "workers": w,
+                    "batch": cfg.data.batch_size,
+                    "crop": cfg.data.crop_size,
+                    "tiles_per_s": round(rate, 1),
+                },
+            )
         for workers in args.workers:
             batch = cfg.data.batch_size
             if cfg.data.sampling == "rare_classes":  # tiles drawn with replacement: any epoch length
@@ -180,8 +221,13 @@ def bench_train(args: argparse.Namespace, dev: torch.device) -> None:
             else:  # uniform: an epoch draws each train tile at most once
                 per_epoch = min(n_train, args.steps * batch)
                 epochs = math.ceil(args.steps / max(1, per_epoch // batch))
-            run_cfg = train_config(name, dataset, workers, cuda, [
-                *args.set, f"trainer.max_epochs={epochs}", f"data.max_train_tiles_per_epoch={per_epoch}"])
+            run_cfg = train_config(
+                name,
+                dataset,
+                workers,
+                cuda,
+                [*args.set, f"trainer.max_epochs={epochs}", f"data.max_train_tiles_per_epoch={per_epoch}"],
+            )
             timer, real_trainer = StepTimer(cuda), pl.Trainer
 
             def with_timer(*a, timer=timer, real_trainer=real_trainer, **kw):
@@ -192,11 +238,22 @@ def bench_train(args: argparse.Namespace, dev: torch.device) -> None:
             t0 = time.perf_counter()
             with mock.patch.object(pl, "Trainer", with_timer):
                 metrics = train(run_cfg, args.workdir / f"run_{name}_{workers}", overwrite=True)
-            emit(args.workdir, {"part": "train", "config": name, "workers": workers,
-                                "resolved_workers": LandcoverDataModule(run_cfg.data).num_workers, "batch": batch,
-                                "crop": run_cfg.data.crop_size, "epochs": epochs, "precision": run_cfg.trainer.precision,
-                                "wall_s": round(time.perf_counter() - t0, 1), "val_miou": metrics.get("val/miou"),
-                                **{k: round(v, 3) for k, v in timer.summary().items()}})
+            emit(
+                args.workdir,
+                {
+                    "part": "train",
+                    "config": name,
+                    "workers": workers,
+                    "resolved_workers": LandcoverDataModule(run_cfg.data).num_workers,
+                    "batch": batch,
+                    "crop": run_cfg.data.crop_size,
+                    "epochs": epochs,
+                    "precision": run_cfg.trainer.precision,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "val_miou": metrics.get("val/miou"),
+                    **{k: round(v, 3) for k, v in timer.summary().items()},
+                },
+            )
 
 
 # --- predict --------------------------------------------------------------------------------------
@@ -216,6 +273,7 @@ def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -
                 return fn(*a, **kw)
             finally:
                 times[name] += time.perf_counter() - t0
+
         return wrapper
 
     lp._StackSource.rows = timed("read_s", lp._StackSource.rows)  # GDAL reads + decoding (reader thread)
@@ -243,8 +301,14 @@ def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     summary = lp.predict_scene(lm, stack, out, overlap=OVERLAP, batch_size=batch, device=device, overwrite=True)
-    result = {"forward_s": forward_s, "forward_windows": n, "predict_s": summary["seconds"],
-              "windows_run": summary["windows_run"], "peak_rss_mb": peak_rss_mb(), **times}
+    result = {
+        "forward_s": forward_s,
+        "forward_windows": n,
+        "predict_s": summary["seconds"],
+        "windows_run": summary["windows_run"],
+        "peak_rss_mb": peak_rss_mb(),
+        **times,
+    }
     if dev.type == "cuda":
         result["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
@@ -252,8 +316,21 @@ def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -
 
 def cli_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -> dict:
     """``landcover predict`` in a fresh process: wall time (imports, model load and CUDA start included)."""
-    cmd = [sys.executable, "-m", "landcover.cli", "predict", str(ckpt), str(stack), "--out", str(out),
-           "--batch-size", str(batch), "--device", device, "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "landcover.cli",
+        "predict",
+        str(ckpt),
+        str(stack),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(batch),
+        "--device",
+        device,
+        "--overwrite",
+    ]
     t0 = time.perf_counter()
     with (out.parent / "cli.log").open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -276,14 +353,24 @@ def bench_predict(args: argparse.Namespace, dev: torch.device) -> None:
         t0 = time.perf_counter()
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
             make_stack(stack, args.predict_size, args.predict_size)
-        emit(args.workdir, {"part": "stack", "size": args.predict_size, "seconds": round(time.perf_counter() - t0, 1),
-                            "mb": round(stack.stat().st_size / 2**20)})
+        emit(
+            args.workdir,
+            {
+                "part": "stack",
+                "size": args.predict_size,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "mb": round(stack.stat().st_size / 2**20),
+            },
+        )
     if not ckpt.exists():
         make_checkpoint(ckpt)
     for batch in args.batch_sizes:
         out = root / f"map_{args.tag}_b{batch}.tif"
-        proc = subprocess.run([sys.executable, __file__, "--child", str(ckpt), str(stack), str(out), str(batch),
-                               dev.type], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(ckpt), str(stack), str(out), str(batch), dev.type],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             raise SystemExit(proc.stderr[-4000:])
         res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -322,9 +409,15 @@ def main() -> None:
         return
     dev = torch.device(args.device)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name()
-           if dev.type == "cuda" else "cpu", "cpus": len(os.sched_getaffinity(0)), "rasterio": rasterio.__version__,
-           "gdal": rasterio.__gdal_version__, "lightning": pl.__version__}
+    env = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "cpus": len(os.sched_getaffinity(0)),
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "lightning": pl.__version__,
+    }
     emit(args.workdir, {"part": "environment", **env})
     if "train" in args.parts:
         bench_train(args, dev)

@@ -128,8 +128,7 @@ class Landscape:
         np.clip(py, 0, self.land.shape[0] - 1, out=py)
         np.clip(px, 0, self.land.shape[1] - 1, out=px)
         land = self.land[py, px]
-        shade = self.brightness[py, px] + 0.08 * self._field("gradient", ys, xs) \
-            + 0.04 * self._field("texture", ys, xs)
+        shade = self.brightness[py, px] + 0.08 * self._field("gradient", ys, xs) + 0.04 * self._field("texture", ys, xs)
         return land, shade, self._field("cloud", ys, xs)
 
 
@@ -308,7 +307,11 @@ print(json.dumps({"seconds": seconds, "tiles": ds["scenes"][0]["tiles"]}))
 
 
 def run_ingest(
-    safe: Path, labels: Path, out: Path, profile: Path | None = None, config: dict[str, object] | None = None,
+    safe: Path,
+    labels: Path,
+    out: Path,
+    profile: Path | None = None,
+    config: dict[str, object] | None = None,
     image_profile: dict[str, object] | None = None,
 ) -> dict[str, float]:
     """Ingest in a child process; its wall time, ingest() time, CPU time and peak RSS (wait4 rusage)."""

@@ -42,8 +42,18 @@ def main() -> None:
         x0, y0, n = 300_000.0, 5_400_000.0, args.size
         ref = tmp / "ref.tif"
         with rasterio.open(
-            ref, "w", driver="GTiff", width=n, height=n, count=1, dtype="uint8", crs="EPSG:32633",
-            transform=from_origin(x0, y0, 10, 10), tiled=True, compress="deflate", sparse_ok=True,
+            ref,
+            "w",
+            driver="GTiff",
+            width=n,
+            height=n,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:32633",
+            transform=from_origin(x0, y0, 10, 10),
+            tiled=True,
+            compress="deflate",
+            sparse_ok=True,
         ):
             pass
         to_laea = Transformer.from_crs("EPSG:32633", "EPSG:3035", always_xy=True)
@@ -61,8 +71,17 @@ def main() -> None:
         raster = tmp / "clc.tif"
         size = int(n * 10 / 100) + 200
         with rasterio.open(
-            raster, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:3035",
-            transform=from_origin(left - 10_000, bottom + size * 100 - 10_000, 100, 100), tiled=True, compress="deflate",
+            raster,
+            "w",
+            driver="GTiff",
+            width=size,
+            height=size,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:3035",
+            transform=from_origin(left - 10_000, bottom + size * 100 - 10_000, 100, 100),
+            tiled=True,
+            compress="deflate",
         ) as dst:
             dst.write(rng.integers(1, 45, (1, size, size), dtype=np.uint8))
         print(f"grid {n} x {n} at 10 m; {len(polys)} polygons; raster {size} x {size} at 100 m")

@@ -56,10 +56,23 @@ def peak_rss_mb() -> float:
 def make_stack(path: Path, width: int, height: int) -> Path:
     """A stack like `landcover ingest` writes: uint16, 256 px ZSTD tiles, band names, SCALE tag."""
     rng = np.random.default_rng(0)
-    profile = {"driver": "GTiff", "dtype": "uint16", "count": len(BANDS), "width": width, "height": height,
-               "crs": "EPSG:32633", "transform": from_origin(300_000, 5_400_000, 10, 10), "nodata": 0,
-               "tiled": True, "blockxsize": 256, "blockysize": 256, "interleave": "pixel",
-               "compress": "zstd", "predictor": 2, "bigtiff": "IF_SAFER"}
+    profile = {
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "count": len(BANDS),
+        "width": width,
+        "height": height,
+        "crs": "EPSG:32633",
+        "transform": from_origin(300_000, 5_400_000, 10, 10),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "interleave": "pixel",
+        "compress": "zstd",
+        "predictor": 2,
+        "bigtiff": "IF_SAFER",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         for r in range(0, height, 256):
             h = min(256, height - r)
@@ -75,10 +88,17 @@ def make_stack(path: Path, width: int, height: int) -> Path:
 def make_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     model, _ = build_model(ModelConfig(), BANDS, 44, load_weights=False)
-    meta = {"format": "landcover-checkpoint/1", "task": "segmentation", "bands": BANDS, "tile_size": TILE,
-            "nomenclature": nomenclature("level3").to_dict(), "resolution": 10.0, "label_mode": "single",
-            "normalization": {"mean": [1500.0] * len(BANDS), "std": [1000.0] * len(BANDS)},
-            "model": ModelConfig().model_dump(mode="json")}
+    meta = {
+        "format": "landcover-checkpoint/1",
+        "task": "segmentation",
+        "bands": BANDS,
+        "tile_size": TILE,
+        "nomenclature": nomenclature("level3").to_dict(),
+        "resolution": 10.0,
+        "label_mode": "single",
+        "normalization": {"mean": [1500.0] * len(BANDS), "std": [1000.0] * len(BANDS)},
+        "model": ModelConfig().model_dump(mode="json"),
+    }
     torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
 
@@ -101,8 +121,13 @@ def child_predict(ckpt: Path, stack: Path, out: Path, forward_too: bool) -> dict
                 lm.model(x[: min(BATCH, n - i)])
         result.update(forward_s=time.perf_counter() - started, forward_windows=n)
     summary = predict_scene(lm, stack, out, overlap=OVERLAP, batch_size=BATCH, overwrite=True)
-    result.update(predict_s=summary["seconds"], windows_run=summary["windows_run"],
-                  width=summary["grid"]["width"], height=summary["grid"]["height"], peak_rss_mb=peak_rss_mb())
+    result.update(
+        predict_s=summary["seconds"],
+        windows_run=summary["windows_run"],
+        width=summary["grid"]["width"],
+        height=summary["grid"]["height"],
+        peak_rss_mb=peak_rss_mb(),
+    )
     return result
 
 
@@ -127,19 +152,25 @@ def child_peer(ckpt: Path, stack: Path, out: Path) -> dict:
     windows = [(r, q) for r in starts(h) for q in starts(w)]  # GridGeoSampler: last window flush with the edge
     with torch.inference_mode():
         for i in range(0, len(windows), BATCH):
-            chunk = windows[i:i + BATCH]
-            batch = torch.from_numpy(np.stack([x[:, r:r + TILE, q:q + TILE] for r, q in chunk]))
+            chunk = windows[i : i + BATCH]
+            batch = torch.from_numpy(np.stack([x[:, r : r + TILE, q : q + TILE] for r, q in chunk]))
             p = torch.softmax(lm.model(batch), 1).numpy()
             for (r, q), pi in zip(chunk, p, strict=True):
-                probs[:, r:r + TILE, q:q + TILE] += pi
-                counts[r:r + TILE, q:q + TILE] += 1
+                probs[:, r : r + TILE, q : q + TILE] += pi
+                counts[r : r + TILE, q : q + TILE] += 1
     probs /= counts  # in place; argmax along the class axis still makes a K x H x W copy
     ids = probs.argmax(axis=0).astype(np.uint8)
     profile.update(count=1, dtype="uint8", nodata=255, compress="deflate", predictor=1, interleave="band")
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(ids, 1)
-    return {"peer_s": time.perf_counter() - started, "windows_run": len(windows), "width": w, "height": h,
-            "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "peer_s": time.perf_counter() - started,
+        "windows_run": len(windows),
+        "width": w,
+        "height": h,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def run_child(*args: str) -> dict:
@@ -160,23 +191,32 @@ def size_or_none(text: str) -> tuple[int, int] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--forward", type=size_or_none, default=(2048, 2048),
-                        help="(a) WxH: predict vs pure forward ('none': skip)")
-    parser.add_argument("--memory", type=size, nargs="*", default=[(2048, 8192)],
-                        help="(b) more WxH scenes for predict's peak RSS")
-    parser.add_argument("--peer", type=size, nargs="*", default=[(2048, 2048)],
-                        help="(c) WxH scenes for the whole-scene peer")
+    parser.add_argument(
+        "--forward", type=size_or_none, default=(2048, 2048), help="(a) WxH: predict vs pure forward ('none': skip)"
+    )
+    parser.add_argument(
+        "--memory", type=size, nargs="*", default=[(2048, 8192)], help="(b) more WxH scenes for predict's peak RSS"
+    )
+    parser.add_argument(
+        "--peer", type=size, nargs="*", default=[(2048, 2048)], help="(c) WxH scenes for the whole-scene peer"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         mode, ckpt, stack, out = args.child
-        result = child_peer(Path(ckpt), Path(stack), Path(out)) if mode == "peer" else \
-            child_predict(Path(ckpt), Path(stack), Path(out), forward_too=mode == "both")
+        result = (
+            child_peer(Path(ckpt), Path(stack), Path(out))
+            if mode == "peer"
+            else child_predict(Path(ckpt), Path(stack), Path(out), forward_too=mode == "both")
+        )
         print(json.dumps(result))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA {torch.cuda.is_available()}", flush=True)
-    jobs = [*([("both", args.forward)] if args.forward else []), *[("predict", s) for s in args.memory],
-            *[("peer", s) for s in args.peer]]
+    jobs = [
+        *([("both", args.forward)] if args.forward else []),
+        *[("predict", s) for s in args.memory],
+        *[("peer", s) for s in args.peer],
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
@@ -188,12 +228,16 @@ def main() -> None:
             res = run_child(mode, str(ckpt), str(stack), str(tmp / f"{mode}_{w}x{h}.tif"))
             mpx, secs = w * h / 1e6, res.get("predict_s") or res["peer_s"]
             name = "peer (whole scene)" if mode == "peer" else "predict"
-            line = (f"{name} {w}x{h}: {secs:.1f} s ({mpx / secs:.3f} Mpx/s), {res['windows_run']} windows, peak RSS "
-                    f"{res['peak_rss_mb']:.0f} MB (after loading the model {res['rss_before_mb']:.0f} MB)")
+            line = (
+                f"{name} {w}x{h}: {secs:.1f} s ({mpx / secs:.3f} Mpx/s), {res['windows_run']} windows, peak RSS "
+                f"{res['peak_rss_mb']:.0f} MB (after loading the model {res['rss_before_mb']:.0f} MB)"
+            )
             if mode == "both":
-                line += (f"; pure forward over {res['forward_windows']} windows {res['forward_s']:.1f} s "
-                         f"({mpx / res['forward_s']:.3f} Mpx/s) -> predict / forward = "
-                         f"{res['predict_s'] / res['forward_s']:.2f}")
+                line += (
+                    f"; pure forward over {res['forward_windows']} windows {res['forward_s']:.1f} s "
+                    f"({mpx / res['forward_s']:.3f} Mpx/s) -> predict / forward = "
+                    f"{res['predict_s'] / res['forward_s']:.2f}"
+                )
             print(line, flush=True)
             rows.append({"mode": mode, **res})
     print(json.dumps(rows))

@@ -78,7 +78,11 @@ def run_for(sample, seconds: float, limit: int) -> dict[str, float]:
         times.append(time.perf_counter())
     total = times[-1] - start
     half = len(times) // 2
-    warm = (len(times) - half) / (times[-1] - times[half - 1]) if half >= 1 and times[-1] > times[half - 1] else float("nan")
+    warm = (
+        (len(times) - half) / (times[-1] - times[half - 1])
+        if half >= 1 and times[-1] > times[half - 1]
+        else float("nan")
+    )
     return {"samples": len(times), "seconds": total, "per_s": len(times) / total,
             "first_s": times[0] - start, "warm_per_s": warm}  # fmt: skip
 

@@ -46,15 +46,17 @@ def make_dataset(root: Path, size: int) -> Path:
     codes = np.array([111, 211, 311, 411, 512], np.uint16)[classes]
     with rasterio.open(root / "clc.tif", "w", count=1, dtype="uint16", **profile) as dst:
         dst.write(codes, 1)
-    cfg = IngestConfig(nomenclature="level1", tile_size=256, overviews=False,
-                       split={"by_scene": True, "fractions": (1.0, 0.0, 0.0)})
+    cfg = IngestConfig(
+        nomenclature="level1", tile_size=256, overviews=False, split={"by_scene": True, "fractions": (1.0, 0.0, 0.0)}
+    )
     ingest([root / "scene.tif"], root / "ds", labels=root / "clc.tif", config=cfg)
     return root / "ds"
 
 
 def loader_rate(dataset: Path, batch_size: int, batches: int, workers: int) -> float:
-    dm = LandcoverDataModule(DataConfig(dataset=dataset, batch_size=batch_size, num_workers=workers,
-                                        crop_size=224), task="segmentation")
+    dm = LandcoverDataModule(
+        DataConfig(dataset=dataset, batch_size=batch_size, num_workers=workers, crop_size=224), task="segmentation"
+    )
     dm.datasets["train"] = dm._dataset("train")  # a train split only: no validation needed here
     loader = dm.train_dataloader()
     n, start = 0, None
@@ -94,20 +96,36 @@ def trainer_rate(dataset: Path, batch_size: int, steps: int) -> dict[str, float]
 
     rates = {}
     for name in ("landcover", "torchgeo"):
-        dm = LandcoverDataModule(DataConfig(dataset=dataset, batch_size=batch_size, num_workers=1,
-                                            crop_size=224), task="segmentation")
+        dm = LandcoverDataModule(
+            DataConfig(dataset=dataset, batch_size=batch_size, num_workers=1, crop_size=224), task="segmentation"
+        )
         dm.setup = lambda stage=None, dm=dm: dm.datasets.setdefault("train", dm._dataset("train"))
         if name == "landcover":
-            task = SegmentationTask(model={"encoder": "resnet18"}, optim={}, loss={}, bands=BANDS,
-                                    class_names=[str(i) for i in range(5)], meta={})
+            task = SegmentationTask(
+                model={"encoder": "resnet18"},
+                optim={},
+                loss={},
+                bands=BANDS,
+                class_names=[str(i) for i in range(5)],
+                meta={},
+            )
         else:
-            task = SemanticSegmentationTask(model="unet", backbone="resnet18", weights=None,
-                                            in_channels=len(BANDS), num_classes=5, ignore_index=255)
+            task = SemanticSegmentationTask(
+                model="unet", backbone="resnet18", weights=None, in_channels=len(BANDS), num_classes=5, ignore_index=255
+            )
         # one validation batch (drawn from the train tiles) so torchgeo's plateau scheduler has val_loss
-        trainer = pl.Trainer(max_epochs=1, limit_train_batches=steps + 1, limit_val_batches=1,
-                             num_sanity_val_steps=0,
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, accelerator="cpu", devices=1)
+        trainer = pl.Trainer(
+            max_epochs=1,
+            limit_train_batches=steps + 1,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+        )
         start = time.perf_counter()
         trainer.fit(task, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.train_dataloader())
         rates[name] = (steps + 1) * batch_size / (time.perf_counter() - start)

@@ -30,8 +30,15 @@ def write_raster(path: Path, data: np.ndarray, crs: str, transform, nodata=None,
     if data.ndim == 2:
         data = data[None]
     profile = dict(
-        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, **extra,
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        **extra,
     )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
@@ -42,7 +49,9 @@ def write_raster(path: Path, data: np.ndarray, crs: str, transform, nodata=None,
 def utm_grid(tmp_path: Path) -> Path:
     """An empty 10 m reference raster in EPSG:32633 (300 x 200 px near Vienna)."""
     return write_raster(
-        tmp_path / "reference.tif", np.zeros((200, 300), np.uint16), "EPSG:32633",
+        tmp_path / "reference.tif",
+        np.zeros((200, 300), np.uint16),
+        "EPSG:32633",
         from_origin(600_000, 5_340_000, 10, 10),
     )
 

@@ -32,21 +32,7 @@ CRS = "EPSG:32633"
 ORIGIN = (300000.0, 5400000.0)  # upper-left corner (x, y), the corner of MGRS tile 33UUP
 BASELINE_OFFSET = -1000.0  # DN offset of processing baseline >= 04.00
 
-ESA_BANDS = (
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-)
+ESA_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 NATIVE = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
           "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20, "SCL": 20}  # fmt: skip
 L2A_BANDS = tuple(b for b in ESA_BANDS if b != "B10")
@@ -137,16 +123,11 @@ def mtd_xml(
             "      </QUANTIFICATION_VALUES_LIST>"
         )
         offsets = _offsets_xml("BOA_ADD_OFFSET", offset)
-        offsets = (
-            offsets
-            and f"<BOA_ADD_OFFSET_VALUES_LIST>\n{offsets}\n      </BOA_ADD_OFFSET_VALUES_LIST>"
-        )
+        offsets = offsets and f"<BOA_ADD_OFFSET_VALUES_LIST>\n{offsets}\n      </BOA_ADD_OFFSET_VALUES_LIST>"
     else:
         quant = f'<QUANTIFICATION_VALUE unit="none">{quantification:g}</QUANTIFICATION_VALUE>'
         offsets = _offsets_xml("RADIO_ADD_OFFSET", offset)
-        offsets = (
-            offsets and f"<Radiometric_Offset_List>\n{offsets}\n      </Radiometric_Offset_List>"
-        )
+        offsets = offsets and f"<Radiometric_Offset_List>\n{offsets}\n      </Radiometric_Offset_List>"
     return f"""<?xml version="1.0" encoding="UTF-8" standalone="no"?>
 <n1:Level-{level[1:]}_User_Product xmlns:n1="{xsd}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="{xsd}">
   <n1:General_Info>
@@ -181,9 +162,7 @@ def mtd_xml(
 def product_name(level: str = "L2A", sensing: str = "20230115T101021", baseline: str = "04.00",
                  tile: str = "T33UUP", sat: str = "S2B") -> str:  # fmt: skip
     """An ESA product name (no ``.SAFE``), e.g. S2B_MSIL2A_20230115T101021_N0400_R022_T33UUP_20230115T120000."""
-    return (
-        f"{sat}_MSI{level}_{sensing}_N{baseline.replace('.', '')}_R022_{tile}_{sensing[:8]}T120000"
-    )
+    return f"{sat}_MSI{level}_{sensing}_N{baseline.replace('.', '')}_R022_{tile}_{sensing[:8]}T120000"
 
 
 def make_safe(
@@ -226,9 +205,7 @@ def make_safe(
     if level == "L1C":
         for i, band in enumerate(b for b in ESA_BANDS if b in wanted):
             shape = band_shape(NATIVE[band], size)
-            write_s2_raster(
-                img / f"{stamp}_{band}{ext}", pixels(shape, seed + i, band, dn_offset), NATIVE[band]
-            )
+            write_s2_raster(img / f"{stamp}_{band}{ext}", pixels(shape, seed + i, band, dn_offset), NATIVE[band])
             written.append(f"GRANULE/{granule}/IMG_DATA/{stamp}_{band}")
         rgb = np.zeros((3, *band_shape(10, size)), dtype=np.uint8)
         write_s2_raster(img / f"{stamp}_TCI{ext}", rgb, 10)
@@ -237,23 +214,15 @@ def make_safe(
             for i, band in enumerate(folder_bands):
                 if band == "SCL" and not with_scl:
                     continue
-                if band != "SCL" and (
-                    band not in wanted or (not all_resolutions and NATIVE[band] != res)
-                ):
+                if band != "SCL" and (band not in wanted or (not all_resolutions and NATIVE[band] != res)):
                     continue
                 if band == "SCL" and not all_resolutions and res != 20:
                     continue
                 data = pixels(band_shape(res, size), seed + 100 * res + i, band, dn_offset)
                 write_s2_raster(img / f"R{res}m" / f"{stamp}_{band}_{res}m{ext}", data, res)
                 written.append(f"GRANULE/{granule}/IMG_DATA/R{res}m/{stamp}_{band}_{res}m")
-        write_s2_raster(
-            img / "R10m" / f"{stamp}_TCI_10m{ext}",
-            np.zeros((3, *band_shape(10, size)), np.uint8),
-            10,
-        )
-        write_s2_raster(
-            img / "R20m" / f"{stamp}_AOT_20m{ext}", pixels(band_shape(20, size), seed), 20
-        )
+        write_s2_raster(img / "R10m" / f"{stamp}_TCI_10m{ext}", np.zeros((3, *band_shape(10, size)), np.uint8), 10)
+        write_s2_raster(img / "R20m" / f"{stamp}_AOT_20m{ext}", pixels(band_shape(20, size), seed), 20)
     qi = safe / "GRANULE" / granule / "QI_DATA"
     write_s2_raster(qi / f"MSK_CLDPRB_20m{ext}", np.zeros(band_shape(20, size), np.uint8), 20)
     for sub in ("DATASTRIP", "AUX_DATA", "HTML", "rep_info"):
@@ -303,25 +272,15 @@ def make_band_folder(
     ``cloud_mask.tif`` (10 m, uint8).
     """
     pattern = NAMINGS.get(naming, naming)
-    todo = [(b, NATIVE[b]) for b in bands] + [
-        (b, r) for r in extra_resolutions for b in bands if r > NATIVE[b]
-    ]
+    todo = [(b, NATIVE[b]) for b in bands] + [(b, r) for r in extra_resolutions for b in bands if r > NATIVE[b]]
     if with_scl:
         todo.append(("SCL", 20))
     for i, (band, res) in enumerate(todo):
-        name = pattern.format(
-            tile=tile, tile_l=tile.lower(), sensing=sensing, band=band, band_l=band.lower(), res=res
-        )
+        name = pattern.format(tile=tile, tile_l=tile.lower(), sensing=sensing, band=band, band_l=band.lower(), res=res)
         data = pixels(band_shape(res, size), seed + i, band)
         write_s2_raster(folder / name, data, res, crs=crs, origin=origin)
     if with_cloud_mask:
-        write_s2_raster(
-            folder / "cloud_mask.tif",
-            np.zeros(band_shape(10, size), np.uint8),
-            10,
-            crs=crs,
-            origin=origin,
-        )
+        write_s2_raster(folder / "cloud_mask.tif", np.zeros(band_shape(10, size), np.uint8), 10, crs=crs, origin=origin)
     return folder
 
 
@@ -376,14 +335,8 @@ def make_bigearthnet_patch(
     if version == 1:
         meta = {
             "labels": list(labels),
-            "coordinates": {
-                "ulx": origin[0],
-                "uly": origin[1],
-                "lrx": origin[0] + 1200,
-                "lry": origin[1] - 1200,
-            },
-            "tile_source": scene.replace("MSIL2A", "MSIL1C").replace("N9999", "N0205")
-            + "_20170613T101608.SAFE",
+            "coordinates": {"ulx": origin[0], "uly": origin[1], "lrx": origin[0] + 1200, "lry": origin[1] - 1200},
+            "tile_source": scene.replace("MSIL2A", "MSIL1C").replace("N9999", "N0205") + "_20170613T101608.SAFE",
             "acquisition_date": "2017-06-13 10:10:31",
         }
         (patch / f"{patch.name}_labels_metadata.json").write_text(json.dumps(meta))

@@ -44,8 +44,10 @@ def test_draws_are_reproducible_per_generator_and_leave_the_global_rng_alone():
     cfg = AugmentConfig(resized_crop=True, brightness=0.2, contrast=0.2)
     image, mask = coordinates()
     state = torch.random.get_rng_state()
-    a, b, c = (augment_batch({"image": image, "mask": mask}, cfg, ZERO, ONE, torch.Generator().manual_seed(s))
-               for s in (7, 7, 8))
+    a, b, c = (
+        augment_batch({"image": image, "mask": mask}, cfg, ZERO, ONE, torch.Generator().manual_seed(s))
+        for s in (7, 7, 8)
+    )
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
     assert not torch.equal(a["image"], c["image"])  # another rank or epoch: other draws
     assert torch.equal(state, torch.random.get_rng_state())
@@ -56,8 +58,13 @@ def test_jitter_changes_the_image_only_and_keeps_no_data_at_zero():
     image = torch.randn(4, 3, 16, 16)
     image[:, :, :4] = 0  # no data: every band 0
     mask = torch.randint(0, 5, (4, 16, 16))
-    out = augment_batch({"image": image, "mask": mask}, cfg, torch.full((3,), 1000.0), torch.full((3,), 500.0),
-                        torch.Generator().manual_seed(3))
+    out = augment_batch(
+        {"image": image, "mask": mask},
+        cfg,
+        torch.full((3,), 1000.0),
+        torch.full((3,), 500.0),
+        torch.Generator().manual_seed(3),
+    )
     assert torch.equal(out["mask"], mask)
     assert torch.all(out["image"][:, :, :4] == 0)
     assert not torch.allclose(out["image"][:, :, 4:], image[:, :, 4:])

@@ -29,11 +29,14 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     from rasterio.transform import from_origin
 
     d = tmp_path_factory.mktemp("inputs")
-    ref = write_raster(d / "ref.tif", np.zeros((64, 64), np.uint16), "EPSG:32633", from_origin(600_000, 5_340_000, 10, 10))
+    ref = write_raster(
+        d / "ref.tif", np.zeros((64, 64), np.uint16), "EPSG:32633", from_origin(600_000, 5_340_000, 10, 10)
+    )
     with rasterio.open(d / "nocrs.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
         dst.write(np.zeros((1, 8, 8), np.uint8))
-    gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[box(600_000, 5_339_500, 600_300, 5_340_000)],
-                     crs="EPSG:32633").to_file(d / "clc.gpkg")
+    gpd.GeoDataFrame(
+        {"CODE_18": ["311"]}, geometry=[box(600_000, 5_339_500, 600_300, 5_340_000)], crs="EPSG:32633"
+    ).to_file(d / "clc.gpkg")
     ds = d / "dataset"  # passes the cheap checks (a dataset.json and a catalog.parquet)
     ds.mkdir()
     (ds / "dataset.json").write_text("{}")
@@ -52,9 +55,17 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     (d / "sweep_parallel.yaml").write_text(yaml.safe_dump({**sweep, "parallel": "abc"}))
     (d / "sweep_typo.yaml").write_text(yaml.safe_dump({**sweep, "set": {"trainer.max_epoch": 3}}))
     (d / "sweep_dataset.yaml").write_text(yaml.safe_dump({**sweep, "dataset": "no_such_dataset"}))
-    return {"ref": ref, "nocrs": d / "nocrs.tif", "clc": d / "clc.gpkg", "ds": ds, "file": d / "file",
-            **{p.stem: p for p in d.glob("*.yaml")}, "text_ckpt": d / "text.ckpt", "empty_ckpt": d / "empty.ckpt",
-            "tiny": TINY}
+    return {
+        "ref": ref,
+        "nocrs": d / "nocrs.tif",
+        "clc": d / "clc.gpkg",
+        "ds": ds,
+        "file": d / "file",
+        **{p.stem: p for p in d.glob("*.yaml")},
+        "text_ckpt": d / "text.ckpt",
+        "empty_ckpt": d / "empty.ckpt",
+        "tiny": TINY,
+    }
 
 
 TRAIN = ["train", "{tiny}", "--dataset", "{ds}", "--out", "out"]
@@ -112,8 +123,18 @@ CASES = {
     "ingest: --out is a file": ["ingest", "{ref}", "--out", "{file}"],
     "ingest: --config is binary": ["ingest", "{ref}", "--out", "out", "--config", "{binary}"],
     "ingest: --labels missing": ["ingest", "{ref}", "--bands", "B04", "--out", "out", "--labels", "no_labels.gpkg"],
-    "ingest: --mapping missing": ["ingest", "{ref}", "--bands", "B04", "--out", "out", "--labels", "{clc}",
-                                  "--mapping", "no_mapping.csv"],
+    "ingest: --mapping missing": [
+        "ingest",
+        "{ref}",
+        "--bands",
+        "B04",
+        "--out",
+        "out",
+        "--labels",
+        "{clc}",
+        "--mapping",
+        "no_mapping.csv",
+    ],
     # evaluate
     "evaluate: missing prediction": ["evaluate", "no_such_map.tif", "{ref}", "--out", "out"],
     "evaluate: --tile-size 0": ["evaluate", "{ref}", "{ref}", "--out", "out", "--tile-size", "0"],

@@ -52,7 +52,7 @@ def assert_patch_copied(ds_dir: Path, ds: dict, scene: dict, patch: Path) -> Non
     image = read(ds_dir / scene["image"])
     r, c = offset_in(scene, patch)
     for band in TEN_M:
-        got = image[ds["bands"].index(band), r:r + 120, c:c + 120]
+        got = image[ds["bands"].index(band), r : r + 120, c : c + 120]
         assert np.array_equal(got, read(band_of(patch, band), 1)), (patch.name, band)
 
 
@@ -68,7 +68,12 @@ def test_single_v2_patch_with_reference_map_is_copied_exactly(tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     ds = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     (scene,) = ds["scenes"]
-    assert (scene["scene_id"], scene["grid"]["width"], scene["grid"]["height"], ds["tile_size"]) == (patch.name, 120, 120, 120)
+    assert (scene["scene_id"], scene["grid"]["width"], scene["grid"]["height"], ds["tile_size"]) == (
+        patch.name,
+        120,
+        120,
+        120,
+    )
     assert len(ds["bands"]) == 12
     assert_patch_copied(tmp_path / "ds", ds, scene, patch)
     reference = read(bigearthnet_reference_map(patch), 1)
@@ -93,7 +98,10 @@ def test_touching_patches_of_one_product_become_one_mosaic(tmp_path):
     e = make_bigearthnet_patch(root, row=30, col=60)
     lone = make_bigearthnet_patch(root, row=33, col=55)
     other = make_bigearthnet_patch(root, scene="S2B_MSIL2A_20180525T100029_N9999_R122_T33UUP", row=27, col=55)
-    labels = {p.name: ["Arable land"] for p in (a, d, e, lone)} | {b.name: ["Pastures", "Mixed forest"], other.name: ["Urban fabric"]}
+    labels = {p.name: ["Arable land"] for p in (a, d, e, lone)} | {
+        b.name: ["Pastures", "Mixed forest"],
+        other.name: ["Urban fabric"],
+    }
     make_bigearthnet_metadata(root / "metadata.parquet", labels, {b.name: "test"})
     with open_inputs([root], nomenclature="ben19") as products:
         by_id = {p.product_id: p for p in products}
@@ -104,9 +112,9 @@ def test_touching_patches_of_one_product_become_one_mosaic(tmp_path):
             vrt = read(mosaic.bands[band].path, 1)
             assert vrt.shape == (2 * n, 3 * n) and mosaic.bands[band].resolution == res
             for patch, (r, col) in ((a, (0, 0)), (b, (0, 1)), (c, (1, 2))):
-                block = vrt[r * n:(r + 1) * n, col * n:(col + 1) * n]
+                block = vrt[r * n : (r + 1) * n, col * n : (col + 1) * n]
                 assert np.array_equal(block, read(band_of(patch, band), 1)), (patch.name, band)
-            assert not vrt[n:, :2 * n].any() and not vrt[:n, 2 * n:].any()  # holes read as no data
+            assert not vrt[n:, : 2 * n].any() and not vrt[:n, 2 * n :].any()  # holes read as no data
     assert not Path(mosaic.bands["B02"].path).exists()  # VRTs gone once the block ends
 
     ds = ingest([root], tmp_path / "ds", config=IngestConfig(nomenclature="ben19"))
@@ -120,7 +128,9 @@ def test_touching_patches_of_one_product_become_one_mosaic(tmp_path):
     ben19 = nomenclature("ben19")
     for patch in (a, b):
         r, col = offset_in(scene, patch)
-        assert np.array_equal(lab[r:r + 120, col:col + 120], ben19.encode(read(bigearthnet_reference_map(patch), 1)))
+        assert np.array_equal(
+            lab[r : r + 120, col : col + 120], ben19.encode(read(bigearthnet_reference_map(patch), 1))
+        )
     assert (lab[120:, 240:] == IGNORE).all()  # c has no reference map: no pixel labels
     assert not image[:, 120:, :240].any() and (lab[120:, :240] == IGNORE).all()  # a hole: no data, ignored
     assert "1 patch(es) are not in" in " ".join(scene["provenance"]["warnings"])  # c lacks labels
@@ -135,8 +145,12 @@ def test_touching_patches_of_one_product_become_one_mosaic(tmp_path):
 
     before = (tmp_path / "ds" / "catalog.parquet").read_bytes()
     stages: list[str] = []
-    ingest([root], tmp_path / "ds", config=IngestConfig(nomenclature="ben19"),
-           progress=lambda stage, done, total: stages.append(stage))
+    ingest(
+        [root],
+        tmp_path / "ds",
+        config=IngestConfig(nomenclature="ben19"),
+        progress=lambda stage, done, total: stages.append(stage),
+    )
     assert sum("done before" in s for s in stages) == 4  # resumed: nothing rebuilt
     assert (tmp_path / "ds" / "catalog.parquet").read_bytes() == before
 
@@ -178,11 +192,15 @@ def test_real_t33uup_block_mosaics_into_one_scene(tmp_path):
     root = shared_data("bigearthnet-v2")
     names = [f"{SCENE}_{n}" for n in ("37_88", "37_89", "37_90", "38_87", "38_88", "38_89", "38_90")]
     patches = [root / "BigEarthNet-S2" / SCENE / n for n in names]
-    table = pq.read_table(root / "metadata.parquet", columns=["patch_id", "labels", "split"],
-                          filters=[("patch_id", "in", names)])
+    table = pq.read_table(
+        root / "metadata.parquet", columns=["patch_id", "labels", "split"], filters=[("patch_id", "in", names)]
+    )
     official = {r["patch_id"]: (r["labels"], r["split"]) for r in table.to_pylist()}
-    extra = {p["patch_id"]: (p["labels_19class"], p["split"])
-             for p in json.loads((root / "patches.json").read_text()) if p["patch_id"] in set(names) - set(official)}
+    extra = {
+        p["patch_id"]: (p["labels_19class"], p["split"])
+        for p in json.loads((root / "patches.json").read_text())
+        if p["patch_id"] in set(names) - set(official)
+    }
     assert list(extra) == [f"{SCENE}_38_87"]
     expected = official | extra
 
@@ -190,8 +208,9 @@ def test_real_t33uup_block_mosaics_into_one_scene(tmp_path):
         assert "1 patch(es) are not in" in product.warnings[-1]
         assert {p.patch_id for p in product.patches.values() if p.label_names} == set(official)
 
-    metadata = make_bigearthnet_metadata(tmp_path / "metadata.parquet", {k: v[0] for k, v in expected.items()},
-                                         {k: v[1] for k, v in expected.items()})
+    metadata = make_bigearthnet_metadata(
+        tmp_path / "metadata.parquet", {k: v[0] for k, v in expected.items()}, {k: v[1] for k, v in expected.items()}
+    )
     cfg = IngestConfig(nomenclature="ben19", bigearthnet_metadata=metadata)
     ds = ingest(patches, tmp_path / "ds", config=cfg)
     (scene,) = ds["scenes"]
@@ -232,7 +251,7 @@ def test_real_v1_patches_ingest_one_scene_each(tmp_path):
 def test_real_v2_root_splits_into_products_and_touching_groups():
     root = shared_data("bigearthnet-v2")
     with open_inputs([root], ["B02"], nomenclature="ben19") as products:
-        ids = {p.product_id: sorted(x.patch_id[len(SCENE) + 1:] for x in p.patches.values()) for p in products}
+        ids = {p.product_id: sorted(x.patch_id[len(SCENE) + 1 :] for x in p.patches.values()) for p in products}
     assert ids == {
         f"{SCENE}_27_55_mosaic": ["27_55", "27_56", "27_57", "27_58", "27_59"],  # a column of 5
         f"{SCENE}_33_69_mosaic": ["33_69", "33_70", "34_69", "34_70", "34_71", "35_69"],
@@ -253,13 +272,18 @@ def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tm
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
     # small spatial blocks (4 patches wide), so that the spatial buffer cuts official patches
-    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False,
-                                                        split={"block_size_m": 4800}))
+    ingest(
+        [root],
+        tmp_path / "ben",
+        config=IngestConfig(nomenclature="ben19", overviews=False, split={"block_size_m": 4800}),
+    )
     full = read_catalog(tmp_path / "ben", include_buffer=True)
     official = {s: full[(full["official_split"] == s) & (full["band_count"] > 0)] for s in ("train", "val", "test")}
     assert official["test"]["buffer"].any() and official["train"]["buffer"].any()  # the spatial buffer cuts them
-    data = LandcoverDataModule(DataConfig(dataset=tmp_path / "ben", split_column="official_split", num_workers=0,
-                                          batch_size=2), task="classification")
+    data = LandcoverDataModule(
+        DataConfig(dataset=tmp_path / "ben", split_column="official_split", num_workers=0, batch_size=2),
+        task="classification",
+    )
     data.setup(None)
     assert sorted(t[0] for t in data.datasets["train"].tiles) == sorted(official["train"]["tile_id"])
     for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
@@ -269,16 +293,24 @@ def test_real_official_split_is_whole_and_normalised_from_its_own_train_tiles(tm
     count = train_tiles["band_count"].sum()
     sums, sumsqs = np.stack(train_tiles["band_sum"]).sum(0), np.stack(train_tiles["band_sumsq"]).sum(0)
     mean = sums / count
-    std = np.sqrt(sumsqs / count - mean ** 2)
+    std = np.sqrt(sumsqs / count - mean**2)
     norm = data.normalization
     assert norm["split_column"] == "official_split" and "official_split" in norm["from"]
     np.testing.assert_allclose(norm["mean"], mean, rtol=1e-9)
     np.testing.assert_allclose(norm["std"], std, rtol=1e-6)
     np.testing.assert_allclose(data.mean.numpy(), mean, rtol=1e-6)  # what the tiles are normalised with
     # the run records where its statistics came from: checkpoint and the run's dataset.json
-    cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
-                      [f"data.dataset={tmp_path / 'ben'}", "model.task=classification", "trainer.max_epochs=1",
-                       "data.batch_size=4", "data.split_column=official_split"])
+    cfg = load_config(
+        TrainConfig,
+        Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={tmp_path / 'ben'}",
+            "model.task=classification",
+            "trainer.max_epochs=1",
+            "data.batch_size=4",
+            "data.split_column=official_split",
+        ],
+    )
     train(cfg, tmp_path / "run")
     meta = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)["landcover"]
     run_info = json.loads((tmp_path / "run" / "dataset.json").read_text())
@@ -294,7 +326,9 @@ def test_real_patch_level_labels_refuse_single_label_classification(tmp_path):
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
     ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False))
     assert (read_catalog(tmp_path / "ben", include_buffer=True)["labelled_fraction"] == 0).all()
-    data = LandcoverDataModule(DataConfig(dataset=tmp_path / "ben", split_column="official_split",
-                                          label_mode="single", num_workers=0), task="classification")
+    data = LandcoverDataModule(
+        DataConfig(dataset=tmp_path / "ben", split_column="official_split", label_mode="single", num_workers=0),
+        task="classification",
+    )
     with pytest.raises(ConfigError, match="label_mode=multilabel"):
         data.setup("fit")

@@ -47,8 +47,7 @@ def make_grid(width: int, height: int, x0: float = 600_013.0, y0: float = 5_340_
     return Grid(CRS.from_string(CRS_TEXT), from_origin(x0, y0, 10, 10), width, height)
 
 
-def scene_records(scene_id: str, grid: Grid, cfg: SplitConfig, tile: int = 4, value=None,
-                  seed: int = 0) -> list[dict]:
+def scene_records(scene_id: str, grid: Grid, cfg: SplitConfig, tile: int = 4, value=None, seed: int = 0) -> list[dict]:
     """Records of every tile of a fully valid scene, with the split finalize() will assign;
     ``value(split, buffer)`` fills the image."""
     rng = np.random.default_rng(seed)
@@ -62,8 +61,15 @@ def scene_records(scene_id: str, grid: Grid, cfg: SplitConfig, tile: int = 4, va
         if value is not None:
             image[:] = value(split, buffer)
         record = tile_record(
-            scene_id=scene_id, grid=grid, window=window, labels=labels,
-            valid=np.ones(shape, bool), cloud=None, image=image, nomenclature=NOM, split_cfg=cfg,
+            scene_id=scene_id,
+            grid=grid,
+            window=window,
+            labels=labels,
+            valid=np.ones(shape, bool),
+            cloud=None,
+            image=image,
+            nomenclature=NOM,
+            split_cfg=cfg,
         )
         assert record["split"] == "" and record["buffer"] is False  # assigned by finalize
         records.append({**record, "split": split, "buffer": buffer})
@@ -74,21 +80,32 @@ def one_tile(labels, valid=None, cloud=None, image=None, cfg=None, **kw):
     shape = labels.shape
     grid = make_grid(shape[1], shape[0])
     return tile_record(
-        scene_id="S", grid=grid, window=Window(0, 0, shape[1], shape[0]),
+        scene_id="S",
+        grid=grid,
+        window=Window(0, 0, shape[1], shape[0]),
         labels=np.asarray(labels, np.uint8),
-        valid=np.ones(shape, bool) if valid is None else valid, cloud=cloud,
-        image=np.ones((2, *shape), np.uint16) if image is None else image, nomenclature=NOM,
-        split_cfg=cfg or SplitConfig(block_size_m=1e6), **kw,
+        valid=np.ones(shape, bool) if valid is None else valid,
+        cloud=cloud,
+        image=np.ones((2, *shape), np.uint16) if image is None else image,
+        nomenclature=NOM,
+        split_cfg=cfg or SplitConfig(block_size_m=1e6),
+        **kw,
     )
 
 
 # --- configuration and block splits -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings", [
-    {"fractions": (0.5, 0.3, 0.3)}, {"fractions": (1.2, -0.1, -0.1)}, {"buffer_tiles": 0},
-    {"block_size_m": 0}, {"min_valid_fraction": 1.5},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"fractions": (0.5, 0.3, 0.3)},
+        {"fractions": (1.2, -0.1, -0.1)},
+        {"buffer_tiles": 0},
+        {"block_size_m": 0},
+        {"min_valid_fraction": 1.5},
+    ],
+)
 def test_invalid_split_settings_raise_config_error(settings):
     with pytest.raises(ConfigError, match="invalid split settings"):
         SplitConfig(**settings)
@@ -140,8 +157,7 @@ def reference_is_buffer(bounds, tile_m, cfg, split):
     d, size = cfg.buffer_tiles * tile_m, cfg.block_size_m
     xs, ys = np.meshgrid(np.arange(xmin - d, xmax + d + 1e-6, 5.0), np.arange(ymin - d, ymax + d + 1e-6, 5.0))
     gx, gy = TO_GRID.transform(xs.ravel(), ys.ravel())
-    blocks = set(zip(np.floor(gx / size).astype(int).tolist(), np.floor(gy / size).astype(int).tolist(),
-                     strict=True))
+    blocks = set(zip(np.floor(gx / size).astype(int).tolist(), np.floor(gy / size).astype(int).tolist(), strict=True))
     return any(block_split(ix, iy, cfg) != split for ix, iy in blocks)
 
 
@@ -151,14 +167,19 @@ def test_no_non_buffer_tiles_of_different_splits_within_buffer_distance(buffer_t
     tile_m = 40.0
     # two overlapping scenes on grids offset from each other: they must agree on their own
     records = scene_records("A", make_grid(160, 160), cfg) + scene_records(
-        "B", make_grid(160, 160, 600_013.0 + 570, 5_340_007.0 - 330), cfg, seed=1)
+        "B", make_grid(160, 160, 600_013.0 + 570, 5_340_007.0 - 330), cfg, seed=1
+    )
     assert len(records) == 3200
     for r in records:
         bounds = (r["xmin"], r["ymin"], r["xmax"], r["ymax"])
         if reference_is_buffer(bounds, tile_m, cfg, r["split"]):
             assert r["buffer"], bounds
-    kept = {s: np.array([[r["xmin"], r["ymin"], r["xmax"], r["ymax"]] for r in records
-                         if r["split"] == s and not r["buffer"]]) for s in SPLITS}
+    kept = {
+        s: np.array(
+            [[r["xmin"], r["ymin"], r["xmax"], r["ymax"]] for r in records if r["split"] == s and not r["buffer"]]
+        )
+        for s in SPLITS
+    }
     assert all(len(boxes) > 0 for boxes in kept.values()), "every split keeps some tiles"
     assert sum(r["buffer"] for r in records) < len(records)
     for a, b in itertools.combinations(SPLITS, 2):
@@ -190,17 +211,14 @@ def test_records_match_the_grid_windows_and_footprints():
     assert len(records) == len(windows) == 6
     to_lonlat = Transformer.from_crs(CRS_TEXT, "EPSG:4326", always_xy=True)
     for r, w in zip(records, windows, strict=True):
-        assert (r["row"], r["col"], r["height"], r["width"]) == (
-            w.row_off, w.col_off, w.height, w.width)
+        assert (r["row"], r["col"], r["height"], r["width"]) == (w.row_off, w.col_off, w.height, w.width)
         assert r["tile_id"] == f"S_r{w.row_off:05d}_c{w.col_off:05d}"
-        assert (r["xmin"], r["ymin"], r["xmax"], r["ymax"]) == rasterio.windows.bounds(
-            w, grid.transform)
+        assert (r["xmin"], r["ymin"], r["xmax"], r["ymax"]) == rasterio.windows.bounds(w, grid.transform)
         assert r["crs"] == CRS_TEXT
         geom = r["geometry"]
         assert geom.is_valid and len(geom.exterior.coords) > 5  # densified edges
         corners = to_lonlat.transform([r["xmin"], r["xmax"]], [r["ymin"], r["ymax"]])
-        assert np.allclose(geom.bounds, [corners[0][0], corners[1][0], corners[0][1],
-                                         corners[1][1]], atol=1e-6)
+        assert np.allclose(geom.bounds, [corners[0][0], corners[1][0], corners[0][1], corners[1][1]], atol=1e-6)
     assert records[-1]["width"] == 2 and records[-1]["height"] == 3  # the edge tile
 
 
@@ -258,7 +276,8 @@ def dataset(tmp_path: Path):
         return 40_000 if buffer else wild.get(split, 1000)
 
     records = scene_records("A", make_grid(80, 80), cfg, value=value) + scene_records(
-        "B", make_grid(80, 80, 600_893.0), cfg, value=value)
+        "B", make_grid(80, 80, 600_893.0), cfg, value=value
+    )
     parts = []
     for name, part in (("B", records[400:]), ("A", records[:400]), ("C", [])):
         parts.append(tmp_path / "parts" / f"{name}.parquet")
@@ -289,10 +308,20 @@ def test_band_statistics_pool_pixels():
     cfg = SplitConfig(block_size_m=1e6, fractions=(1, 0, 0))
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 5000, (3, 4, 8)).astype(np.uint16)
-    records = [tile_record(scene_id="S", grid=grid, window=w, labels=np.zeros((4, 4), np.uint8),
-                           valid=np.ones((4, 4), bool), cloud=None,
-                           image=pixels[:, :, w.col_off:w.col_off + 4], nomenclature=NOM,
-                           split_cfg=cfg) for w in grid.windows(4)]
+    records = [
+        tile_record(
+            scene_id="S",
+            grid=grid,
+            window=w,
+            labels=np.zeros((4, 4), np.uint8),
+            valid=np.ones((4, 4), bool),
+            cloud=None,
+            image=pixels[:, :, w.col_off : w.col_off + 4],
+            nomenclature=NOM,
+            split_cfg=cfg,
+        )
+        for w in grid.windows(4)
+    ]
     assert len(records) == 2
     flat = pixels.reshape(3, -1).astype(float)
     stats = band_statistics(assign_splits(records_table(records), cfg, 40.0), BANDS)
@@ -303,8 +332,7 @@ def test_band_statistics_pool_pixels():
 def test_finalize_is_byte_identical_and_sorted(dataset):
     out, parts, _ = dataset
     stats = finalize(out, parts, BANDS)
-    digests = {f: hashlib.sha256((out / f).read_bytes()).hexdigest()
-               for f in ("catalog.parquet", "splits.gpkg")}
+    digests = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in ("catalog.parquet", "splits.gpkg")}
     assert finalize(out, list(reversed(parts)), BANDS) == stats
     assert digests == {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in digests}
     assert sorted(p.name for p in out.iterdir()) == ["catalog.parquet", "splits.gpkg"]
@@ -353,8 +381,7 @@ def test_class_pixel_totals(dataset):
     out, parts, records = dataset
     finalize(out, parts, BANDS)
     totals = class_pixel_totals(read_catalog(out, include_buffer=True), "val")
-    expected = np.sum([r["class_counts"] for r in records
-                       if r["split"] == "val" and not r["buffer"]], axis=0)
+    expected = np.sum([r["class_counts"] for r in records if r["split"] == "val" and not r["buffer"]], axis=0)
     assert totals.dtype == np.int64 and totals.tolist() == expected.tolist()
     empty = read_catalog(out).iloc[:0]
     assert class_pixel_totals(empty, num_classes=5).tolist() == [0] * 5

@@ -32,14 +32,21 @@ def test_help_lists_the_commands():
 
 def tiny_clc_raster(tmp_path, value=23):
     return write_raster(
-        tmp_path / "clc.tif", np.full((30, 30), value, np.uint8), "EPSG:3035", from_origin(4_790_000, 2_810_000, 100, 100)
+        tmp_path / "clc.tif",
+        np.full((30, 30), value, np.uint8),
+        "EPSG:3035",
+        from_origin(4_790_000, 2_810_000, 100, 100),
     )
 
 
 def test_labels_command_writes_the_map(tmp_path):
     src = tiny_clc_raster(tmp_path)
-    ref = write_raster(tmp_path / "ref.tif", np.zeros((50, 50), np.uint8), "EPSG:3035", from_origin(4_791_000, 2_809_000, 20, 20))
-    result = runner.invoke(app, ["labels", str(src), "--like", str(ref), "--out", str(tmp_path / "l.tif"), "--nomenclature", "level1"])
+    ref = write_raster(
+        tmp_path / "ref.tif", np.zeros((50, 50), np.uint8), "EPSG:3035", from_origin(4_791_000, 2_809_000, 20, 20)
+    )
+    result = runner.invoke(
+        app, ["labels", str(src), "--like", str(ref), "--out", str(tmp_path / "l.tif"), "--nomenclature", "level1"]
+    )
     assert result.exit_code == 0, result.output
     assert "level1" in result.output
     with rasterio.open(tmp_path / "l.tif") as ds:
@@ -48,7 +55,9 @@ def test_labels_command_writes_the_map(tmp_path):
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path):
     src = tiny_clc_raster(tmp_path, value=77)
-    ref = write_raster(tmp_path / "ref.tif", np.zeros((50, 50), np.uint8), "EPSG:3035", from_origin(4_791_000, 2_809_000, 20, 20))
+    ref = write_raster(
+        tmp_path / "ref.tif", np.zeros((50, 50), np.uint8), "EPSG:3035", from_origin(4_791_000, 2_809_000, 20, 20)
+    )
     result = runner.invoke(app, ["labels", str(src), "--like", str(ref), "--out", str(tmp_path / "l.tif")])
     assert result.exit_code == 2
     assert "error:" in result.output and "77" in result.output and "Traceback" not in result.output
@@ -58,13 +67,36 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_subprocess_missing_reference_is_a_clear_error(tmp_path):
     src = tiny_clc_raster(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "landcover.cli", "labels", str(src), "--like", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "o.tif")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "labels",
+            str(src),
+            "--like",
+            str(tmp_path / "nope.tif"),
+            "--out",
+            str(tmp_path / "o.tif"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "landcover.cli", "--debug", "labels", str(src), "--like", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "o.tif")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "--debug",
+            "labels",
+            str(src),
+            "--like",
+            str(tmp_path / "nope.tif"),
+            "--out",
+            str(tmp_path / "o.tif"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "Traceback" in proc.stderr

@@ -81,8 +81,9 @@ def make_scenes(root: Path, n: int = 3, size: int = 96) -> tuple[list[Path], Pat
             codes.append(src.read(1))
     from rasterio.transform import from_origin
 
-    clc = write_raster(root / "clc_all.tif", np.concatenate(codes, axis=1), "EPSG:32633",
-                       from_origin(500_000.0, 5_300_000, 10, 10))
+    clc = write_raster(
+        root / "clc_all.tif", np.concatenate(codes, axis=1), "EPSG:32633", from_origin(500_000.0, 5_300_000, 10, 10)
+    )
     return images, clc
 
 
@@ -100,8 +101,9 @@ def test_sharded_ingest_then_finalize_equals_one_run(tmp_path):
     assert finalize(tmp_path / "sharded") == merged  # safe to run twice
     assert merged["normalization"] == whole["normalization"]
     a, b = read_catalog(tmp_path / "one"), read_catalog(tmp_path / "sharded")
-    pd.testing.assert_frame_equal(a.drop(columns="geometry").reset_index(drop=True),
-                                  b.drop(columns="geometry").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.drop(columns="geometry").reset_index(drop=True), b.drop(columns="geometry").reset_index(drop=True)
+    )
     for scene in whole["scenes"]:
         for name in ("image", "labels"):
             assert (tmp_path / "one" / scene[name]).read_bytes() == (tmp_path / "sharded" / scene[name]).read_bytes()
@@ -112,8 +114,21 @@ def test_sharded_ingest_then_finalize_equals_one_run(tmp_path):
 def test_cli_ingest_from_list_with_shards_and_finalize(tmp_path):
     images, clc = make_scenes(tmp_path, n=2, size=64)
     (tmp_path / "scenes.txt").write_text("\n".join(str(p.relative_to(tmp_path)) for p in images) + "\n")
-    args = ["ingest", "--from-list", str(tmp_path / "scenes.txt"), "--labels", str(clc), "--out", str(tmp_path / "ds"),
-            "--nomenclature", "level1", "--tile-size", "16", "--set", "split.min_valid_fraction=0"]
+    args = [
+        "ingest",
+        "--from-list",
+        str(tmp_path / "scenes.txt"),
+        "--labels",
+        str(clc),
+        "--out",
+        str(tmp_path / "ds"),
+        "--nomenclature",
+        "level1",
+        "--tile-size",
+        "16",
+        "--set",
+        "split.min_valid_fraction=0",
+    ]
     runner = CliRunner()
     for i in range(2):
         result = runner.invoke(app, [*args, "--shard", f"{i}/2"])
@@ -137,8 +152,20 @@ def test_cli_predict_shards_split_a_list_between_tasks(unet_checkpoint, tmp_path
     runner = CliRunner()
     done = []
     for i in range(2):
-        result = runner.invoke(app, ["predict", str(unet_checkpoint), "--from-list", str(tmp_path / "scenes.txt"),
-                                     "--out", str(tmp_path / "maps"), "--shard", f"{i}/2", "--no-quicklook"])
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                str(unet_checkpoint),
+                "--from-list",
+                str(tmp_path / "scenes.txt"),
+                "--out",
+                str(tmp_path / "maps"),
+                "--shard",
+                f"{i}/2",
+                "--no-quicklook",
+            ],
+        )
         assert result.exit_code == 0, result.output
         done.append(sorted(p.name for p in (tmp_path / "maps").glob("*.tif")))
     assert len(done[0]) == 2 and done[1] == ["scene_0.tif", "scene_1.tif", "scene_2.tif"]  # 2 + 1, none twice
@@ -153,9 +180,23 @@ def test_sigterm_removes_partial_outputs(unet_checkpoint, tmp_path):
     import time
 
     image, _ = make_learnable_scene(tmp_path, size=1536, seed=3)
-    proc = subprocess.Popen([sys.executable, "-m", "landcover.cli", "predict", str(unet_checkpoint), str(image),
-                             "--out", str(tmp_path / "map.tif"), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "predict",
+            str(unet_checkpoint),
+            str(image),
+            "--out",
+            str(tmp_path / "map.tif"),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     end = time.time() + 120
     while not list(tmp_path.glob(".map.tif.*partial*")) and time.time() < end and proc.poll() is None:
         time.sleep(0.05)

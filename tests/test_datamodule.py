@@ -83,8 +83,7 @@ def test_nodata_pixels_are_zero_and_ignored(dataset: Path, tmp_path: Path) -> No
     shutil.copytree(dataset, copy)
     with rasterio.open(copy / "scenes" / tile.scene_id / "image.tif", "r+") as dst:
         dst.write(np.zeros((4, 4, 4), np.uint16), window=Window(tile.col + 3, tile.row + 5, 4, 4))
-    ds = TileDataset(copy, read_catalog(copy, "train").iloc[:1], mean=[1, 2, 3, 4], std=[1, 1, 1, 1],
-                     num_classes=5)
+    ds = TileDataset(copy, read_catalog(copy, "train").iloc[:1], mean=[1, 2, 3, 4], std=[1, 1, 1, 1], num_classes=5)
     sample = ds[0]
     assert (sample["image"][:, 5:9, 3:7] == 0).all() and (sample["mask"][5:9, 3:7] == IGNORE).all()
     assert (sample["mask"] != IGNORE).sum() == 32 * 32 - 16
@@ -120,8 +119,9 @@ def test_random_crops_inside_tile_and_reproducible(dataset: Path) -> None:
     tiles = read_catalog(dataset, "train").iloc[:6]
 
     def crops(seed: int) -> list[torch.Tensor]:
-        ds = TileDataset(dataset, tiles, mean=[0] * 4, std=[1] * 4, crop_size=16, random_crop=True,
-                         num_classes=5, seed=seed)
+        ds = TileDataset(
+            dataset, tiles, mean=[0] * 4, std=[1] * 4, crop_size=16, random_crop=True, num_classes=5, seed=seed
+        )
         return [ds[i % 6]["image"] for i in range(24)]
 
     first, again, other = crops(0), crops(0), crops(1)
@@ -131,13 +131,14 @@ def test_random_crops_inside_tile_and_reproducible(dataset: Path) -> None:
     for i, crop in enumerate(first):
         assert crop.shape == (4, 16, 16)
         full = torch.from_numpy(read_window(dataset, tiles.iloc[i % 6])[0].astype(np.float32))
-        found = [(r, c) for r in range(17) for c in range(17) if torch.equal(full[:, r:r + 16, c:c + 16], crop)]
+        found = [(r, c) for r in range(17) for c in range(17) if torch.equal(full[:, r : r + 16, c : c + 16], crop)]
         assert found, "a crop is not a window of its tile"
         offsets.add(found[0])
     assert len(offsets) > 5  # crops move around
     # through the DataModule: the same seed gives the same batches
-    batches = [next(iter(module(dataset, "classification", seed=s, crop_size=16).train_dataloader()))
-               for s in (3, 3, 4)]
+    batches = [
+        next(iter(module(dataset, "classification", seed=s, crop_size=16).train_dataloader())) for s in (3, 3, 4)
+    ]
     assert batches[0]["tile_id"] == batches[1]["tile_id"] != batches[2]["tile_id"]
     assert torch.equal(batches[0]["image"], batches[1]["image"])
     assert batches[0]["image"].shape[-2:] == (16, 16)
@@ -207,8 +208,7 @@ def test_resized_crop_keeps_alignment_and_integer_mask(dataset: Path) -> None:
 
 
 def test_photometric_jitter_changes_image_only(dataset: Path) -> None:
-    dm = module(dataset, augment={"hflip": False, "vflip": False, "rot90": False,
-                                  "brightness": 0.2, "contrast": 0.2})
+    dm = module(dataset, augment={"hflip": False, "vflip": False, "rot90": False, "brightness": 0.2, "contrast": 0.2})
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
     batch["image"][:, :, :2, :] = 0  # no-data rows
@@ -235,17 +235,20 @@ def test_augmentation_only_while_training(dataset: Path) -> None:
 
 
 def crafted_tiles(counts: list[list[int]], labelled: list[float] | None = None) -> gpd.GeoDataFrame:
-    return gpd.GeoDataFrame({
-        "class_counts": counts, "split": "train", "buffer": False,
-        "present_classes": [[i for i, c in enumerate(row) if c] for row in counts],
-        "labelled_fraction": labelled or [1.0] * len(counts),
-    })
+    return gpd.GeoDataFrame(
+        {
+            "class_counts": counts,
+            "split": "train",
+            "buffer": False,
+            "present_classes": [[i for i, c in enumerate(row) if c] for row in counts],
+            "labelled_fraction": labelled or [1.0] * len(counts),
+        }
+    )
 
 
 def test_rare_class_sampling_weights() -> None:
     common = [[500, 500, 0]] * 18
-    tiles = crafted_tiles([*common, [400, 500, 100], [500, 400, 100], [500, 500, 0]],
-                          [1.0] * 20 + [0.2])
+    tiles = crafted_tiles([*common, [400, 500, 100], [500, 400, 100], [500, 500, 0]], [1.0] * 20 + [0.2])
     w = rare_class_weights(tiles, 3)
     assert w[18] == w[19] == pytest.approx(np.sqrt(21 / 2))  # class 2 in 2 of 21 tiles
     assert w[0] == pytest.approx(1.0) and w[20] == pytest.approx(0.2)  # mostly ignored: less
@@ -306,8 +309,9 @@ def test_rasters_opened_once_per_process(dataset: Path, monkeypatch: pytest.Monk
     assert torch.equal(clone[3]["image"], ds[3]["image"])
 
 
-def test_worker_processes_open_their_own_handles(dataset: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_processes_open_their_own_handles(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "opens.txt"
     real_open = rasterio.open
 
@@ -414,8 +418,7 @@ def test_trainer_augments_training_batches_only(dataset: Path) -> None:
             for tid, image in zip(batch["tile_id"], batch["image"], strict=True):
                 original = dm.datasets[split][index[split][tid]]["image"]
                 changed[split].append(not torch.equal(image, original))
-            return torch.nn.functional.cross_entropy(self.layer(batch["image"]), batch["mask"],
-                                                     ignore_index=IGNORE)
+            return torch.nn.functional.cross_entropy(self.layer(batch["image"]), batch["mask"], ignore_index=IGNORE)
 
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
             return self._record(batch, "train")
@@ -426,9 +429,17 @@ def test_trainer_augments_training_batches_only(dataset: Path) -> None:
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
-                         accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Probe(), datamodule=dm)
     assert len(changed["train"]) == 32 and all(changed["train"])  # brightness jitter on every sample
     assert changed["val"] and not any(changed["val"])

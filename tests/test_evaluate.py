@@ -46,8 +46,7 @@ def maps(tmp_path, rng):
     ref[rng.random(ref.shape) < 0.1] = IGNORE
     pred[rng.random(ref.shape) < 0.1] = IGNORE
     ref[:50, :50] = IGNORE  # a block without labels
-    return (write_class_map(tmp_path / "pred.tif", pred), write_class_map(tmp_path / "ref.tif", ref),
-            pred, ref)
+    return (write_class_map(tmp_path / "pred.tif", pred), write_class_map(tmp_path / "ref.tif", ref), pred, ref)
 
 
 def numpy_scores(pred, ref, k):
@@ -105,8 +104,9 @@ def test_each_pixel_counted_once_whatever_the_window_size(maps):
     results = []
     for window in (7, 64, 1024):
         p, r = ClassMapReader(pred_path, nom, "prediction"), ClassMapReader(ref_path, nom, "labels")
-        results.append(confusion_matrix_streaming(p.read, r.read, p.grid, nom.num_classes,
-                                                  window_size=window, tile_size=50))
+        results.append(
+            confusion_matrix_streaming(p.read, r.read, p.grid, nom.num_classes, window_size=window, tile_size=50)
+        )
         p.close(), r.close()
     for other in results[1:]:
         assert np.array_equal(results[0].matrix, other.matrix)
@@ -116,7 +116,9 @@ def test_each_pixel_counted_once_whatever_the_window_size(maps):
     assert results[0].matrix.sum() == np.sum((pred != IGNORE) & (ref != IGNORE))
     assert len(results[0].tiles["miou"]) == 6 * 4  # 300 x 200 px in tiles of 50
     tile = (slice(50, 100), slice(100, 150))  # tile row 1, column 2
-    assert results[0].tiles["miou"][1 * 6 + 2] == pytest.approx(numpy_scores(pred[tile], ref[tile], nom.num_classes)["miou"])
+    assert results[0].tiles["miou"][1 * 6 + 2] == pytest.approx(
+        numpy_scores(pred[tile], ref[tile], nom.num_classes)["miou"]
+    )
 
 
 def test_255_in_either_map_is_ignored(tmp_path, maps):
@@ -164,7 +166,10 @@ def test_corine_vector_labels_equal_labels_burnt_first(tmp_path, rng, laea_vecto
     labels_like(laea_vector, pred_path, tmp_path / "l1.tif", nomenclature_name="level1")
     codes = np.array([c.code for c in corine_classes()], np.uint16)[pred]
     pred_l1 = write_class_map(tmp_path / "pred_l1.tif", nomenclature("level1").encode(codes), "level1")
-    p, r = ClassMapReader(pred_l1, nomenclature("level1"), "p"), ClassMapReader(tmp_path / "l1.tif", nomenclature("level1"), "r")
+    p, r = (
+        ClassMapReader(pred_l1, nomenclature("level1"), "p"),
+        ClassMapReader(tmp_path / "l1.tif", nomenclature("level1"), "r"),
+    )
     d = confusion_matrix_streaming(p.read, r.read, p.grid, 5).matrix
     p.close(), r.close()
     assert c["scores"]["confusion_matrix"] == d.tolist() and d.shape == (5, 5)
@@ -175,7 +180,9 @@ def test_prediction_with_classes_the_nomenclature_lacks_is_an_error(tmp_path, ma
     bad = pred.copy()
     bad[5, 5], bad[9, 9] = 15, 200
     bad_path = write_class_map(tmp_path / "bad.tif", bad)
-    with pytest.raises(DatasetError, match=r"class id\(s\) 15, 200 .* level2 nomenclature has 15 classes.*--nomenclature"):
+    with pytest.raises(
+        DatasetError, match=r"class id\(s\) 15, 200 .* level2 nomenclature has 15 classes.*--nomenclature"
+    ):
         evaluate_maps(bad_path, ref_path, tmp_path / "report")
     assert not (tmp_path / "report").exists() and not list(tmp_path.glob(".report*"))
 
@@ -183,7 +190,9 @@ def test_prediction_with_classes_the_nomenclature_lacks_is_an_error(tmp_path, ma
 def test_labels_elsewhere_and_class_maps_on_other_grids_are_errors(tmp_path, maps):
     pred_path, _, _, ref = maps
     far = tmp_path / "far.gpkg"
-    gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[shapely.box(2e6, 1e6, 2.01e6, 1.01e6)], crs="EPSG:3035").to_file(far)
+    gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[shapely.box(2e6, 1e6, 2.01e6, 1.01e6)], crs="EPSG:3035").to_file(
+        far
+    )
     with pytest.raises(NoOverlapError, match="grid covers"):
         evaluate_maps(pred_path, far, tmp_path / "r1")
     empty = write_class_map(tmp_path / "empty.tif", np.full_like(ref, IGNORE))
@@ -242,8 +251,9 @@ def test_overwrite(tmp_path, maps):
 
 def test_cli_in_process_and_subprocess(tmp_path, maps):
     pred_path, ref_path, pred, _ = maps
-    result = CliRunner().invoke(app, ["evaluate", str(pred_path), str(ref_path), "--out", str(tmp_path / "r"),
-                                      "--tile-size", "128"])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(pred_path), str(ref_path), "--out", str(tmp_path / "r"), "--tile-size", "128"]
+    )
     assert result.exit_code == 0, result.output
     assert "mIoU" in result.output and "report.md" in result.output
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["tiles"]["count"] == 6
@@ -253,8 +263,18 @@ def test_cli_in_process_and_subprocess(tmp_path, maps):
     bad[0, 0] = 99
     write_class_map(tmp_path / "bad.tif", bad)
     proc = subprocess.run(
-        [sys.executable, "-m", "landcover.cli", "evaluate", str(tmp_path / "bad.tif"), str(ref_path), "--out", str(tmp_path / "s")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "evaluate",
+            str(tmp_path / "bad.tif"),
+            str(ref_path),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2, proc.stderr
     assert "99" in proc.stderr and "Traceback" not in proc.stderr and not (tmp_path / "s").exists()

@@ -67,8 +67,13 @@ def cam_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cam")
     model = square_detector()
     ckpt = root / "best.ckpt"
-    torch.save({"landcover": meta(task="classification", tile=TILE),
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    torch.save(
+        {
+            "landcover": meta(task="classification", tile=TILE),
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        ckpt,
+    )
     image = square_scene()
     stack = write_stack(root / "scenes" / "S2B_SQUARE" / "image.tif", image, product_id="S2B_SQUARE")
     result = explain(ckpt, stack, root / "out", device="cpu")
@@ -78,8 +83,11 @@ def cam_run(tmp_path_factory):
 def test_default_classes_and_files(cam_run):
     ckpt, stack, _, result, out = cam_run
     assert [c["code"] for c in result["classes"]] == ["3"] and result["top_class"] == "3"
-    assert sorted(p.name for p in out.iterdir()) == ["cam_3_forest-and-semi-natural-areas.tif", "explain.json",
-                                                      "overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cam_3_forest-and-semi-natural-areas.tif",
+        "explain.json",
+        "overlay.png",
+    ]
     record = json.loads((out / "explain.json").read_text())
     assert record["checkpoint"] == ckpt.name and len(record["checkpoint_sha256"]) == 64
     assert record["input"] == stack.name and record["layer"] == "layer4" and record["method"] == "grad-cam"
@@ -142,8 +150,9 @@ def test_errors_say_how_to_fix_them(cam_run, tmp_path):
     five = write_stack(tmp_path / "five.tif", scene(40, 40, c=5), bands=[*BANDS[:3], "B05", "B11"])
     with pytest.raises(MissingBandError, match="B08"):
         explain(ckpt, five, tmp_path / "c", device="cpu")
-    tile_mean = LoadedModel.from_meta(nn.Sequential(nn.Conv2d(4, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                                      meta(task="classification", tile=32))
+    tile_mean = LoadedModel.from_meta(
+        nn.Sequential(nn.Conv2d(4, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()), meta(task="classification", tile=32)
+    )
     with pytest.raises(ModelError, match="Grad-CAM needs a ResNet"):
         last_stage(tile_mean.model)
     assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in "abc")

@@ -33,8 +33,20 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def train_args(dataset: Path, out: Path, *extra: str) -> list[str]:
-    return [*CLI, "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset), "--out", str(out),
-            "--set", "trainer.limit_train_batches=2", "--set", "trainer.limit_val_batches=1", *extra]
+    return [
+        *CLI,
+        "train",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--set",
+        "trainer.limit_train_batches=2",
+        "--set",
+        "trainer.limit_val_batches=1",
+        *extra,
+    ]
 
 
 def interrupt_when(args: list[str], ready: Path, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -63,8 +75,9 @@ def test_sigterm_stops_training_with_143_and_resume_completes(dataset, tmp_path)
     line = interrupted_training(dataset, run, signal.SIGTERM, 143)
     assert "--resume auto" in line
     assert not (run / "metrics.json").exists()
-    again = subprocess.run(train_args(dataset, run, "--max-epochs", "2", "--resume", "auto"),
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        train_args(dataset, run, "--max-epochs", "2", "--resume", "auto"), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert (run / "metrics.json").exists()
     assert "Checkpoint directory" not in again.stderr  # resuming into its own folder is not worth a warning
@@ -77,10 +90,12 @@ def test_sigint_stops_training_with_130(dataset, tmp_path):
 def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_path):
     image, labels = make_learnable_scene(tmp_path / "raw", size=256)
     with rasterio.open(labels) as src:
-        bad = write_raster(tmp_path / "bad_labels.tif", np.full((src.height, src.width), 999, np.uint16),
-                           "EPSG:32633", src.transform)
-    config = IngestConfig(nomenclature="level1", tile_size=32, overviews=False,
-                          split={"block_size_m": 3200, "min_valid_fraction": 0.0})
+        bad = write_raster(
+            tmp_path / "bad_labels.tif", np.full((src.height, src.width), 999, np.uint16), "EPSG:32633", src.transform
+        )
+    config = IngestConfig(
+        nomenclature="level1", tile_size=32, overviews=False, split={"block_size_m": 3200, "min_valid_fraction": 0.0}
+    )
     with pytest.raises(UnknownCodeError):
         ingest([image], tmp_path / "ds", labels=bad, config=config)
     assert not list((tmp_path / "ds" / "scenes").glob("*/scene.json"))  # nothing was ingested
@@ -98,16 +113,28 @@ def test_predict_list_with_a_missing_entry_creates_no_output_folder(checkpoint, 
     image, _ = make_learnable_scene(tmp_path / "raw", size=64)
     scenes = tmp_path / "scenes.txt"
     scenes.write_text(f"{image}\nmissing/scene.tif\n")
-    result = CliRunner().invoke(app, ["predict", str(checkpoint), "--from-list", str(scenes), "--out",
-                                      str(tmp_path / "maps"), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(checkpoint), "--from-list", str(scenes), "--out", str(tmp_path / "maps"), "--device", "cpu"],
+    )
     assert result.exit_code == 2, result.output
     assert "missing/scene.tif" in result.output and "do not exist" in result.output
     assert not (tmp_path / "maps").exists()
 
 
 def test_explain_with_a_missing_input_creates_no_output_folder(checkpoint, tmp_path):
-    result = CliRunner().invoke(app, ["explain", str(checkpoint), str(tmp_path / "nope.tif"), "--out",
-                                      str(tmp_path / "explained"), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(checkpoint),
+            str(tmp_path / "nope.tif"),
+            "--out",
+            str(tmp_path / "explained"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "does not exist" in result.output
     assert not (tmp_path / "explained").exists()
@@ -118,9 +145,17 @@ def test_failed_resume_writes_nothing(dataset, tmp_path):
     from landcover.training.train import TrainConfig, train
 
     def cfg(*overrides: str) -> TrainConfig:
-        return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
-                           [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                            "trainer.limit_val_batches=1", *overrides])
+        return load_config(
+            TrainConfig,
+            ROOT / "configs" / "tiny.yaml",
+            [
+                f"data.dataset={dataset}",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+                *overrides,
+            ],
+        )
 
     train(cfg(), tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -158,36 +193,40 @@ except SystemExit as exc:
 """
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "missing.ckpt", "scene.tif", "--out", "map.tif"], "missing.ckpt does not exist"),
-    (["predict", "{ckpt}", "missing_scene.tif", "--out", "map.tif"], "missing_scene.tif does not exist"),
-    (["explain", "missing.ckpt", "scene.tif", "--out", "explained"], "missing.ckpt does not exist"),
-    (["train", "missing.yaml", "--dataset", "ds", "--out", "run"], "missing.yaml"),
-    (["train", "{tiny}", "--dataset", "no_dataset", "--out", "run"], "no_dataset does not exist"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epochs"], "KEY=VALUE"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainr.max_epochs=2"], "trainr"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--resume", "missing.ckpt"], "missing.ckpt"),
-    (["demo", "--task", "segmentatoin", "--out", "demo"], "segmentatoin"),
-    (["sweep", "missing_sweep.yaml", "--out", "sweep"], "missing_sweep.yaml"),
-    # issue 13: typos inside a section, and the option faults that used to launch work first
-    (["train", "{files}/model_typo.yaml", "--dataset", "{ds}", "--out", "run"], "archh"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epoch=3"], "max_epoch"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "optim.lr=-1"], "optim.lr"),
-    (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--dataset", "no_dataset"], "no_dataset does not exist"),
-    (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--parallel", "abc"], "--parallel"),
-    (["sweep", "{files}/sweep_typo.yaml", "--out", "sweep", "--dataset", "{ds}"], "max_epoch"),
-    (["demo", "--out", "demo", "--max-epochs", "-1"], "--max-epochs"),
-    (["demo", "--out", "{files}/file/demo"], "is a file"),
-    (["predict", "{files}/file", "{files}/file", "--out", "map.tif"], "is not a checkpoint"),
-    (["predict", "{ckpt}", "{files}/file", "--out", "map.tif", "--device", "tpu"], "--device"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "{files}/file/run"], "is a file"),
-    (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--accelerator", "gpuu"], "trainer.accelerator"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "missing.ckpt", "scene.tif", "--out", "map.tif"], "missing.ckpt does not exist"),
+        (["predict", "{ckpt}", "missing_scene.tif", "--out", "map.tif"], "missing_scene.tif does not exist"),
+        (["explain", "missing.ckpt", "scene.tif", "--out", "explained"], "missing.ckpt does not exist"),
+        (["train", "missing.yaml", "--dataset", "ds", "--out", "run"], "missing.yaml"),
+        (["train", "{tiny}", "--dataset", "no_dataset", "--out", "run"], "no_dataset does not exist"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epochs"], "KEY=VALUE"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainr.max_epochs=2"], "trainr"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--resume", "missing.ckpt"], "missing.ckpt"),
+        (["demo", "--task", "segmentatoin", "--out", "demo"], "segmentatoin"),
+        (["sweep", "missing_sweep.yaml", "--out", "sweep"], "missing_sweep.yaml"),
+        # issue 13: typos inside a section, and the option faults that used to launch work first
+        (["train", "{files}/model_typo.yaml", "--dataset", "{ds}", "--out", "run"], "archh"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "trainer.max_epoch=3"], "max_epoch"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--set", "optim.lr=-1"], "optim.lr"),
+        (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--dataset", "no_dataset"], "no_dataset does not exist"),
+        (["sweep", "{files}/sweep.yaml", "--out", "sweep", "--parallel", "abc"], "--parallel"),
+        (["sweep", "{files}/sweep_typo.yaml", "--out", "sweep", "--dataset", "{ds}"], "max_epoch"),
+        (["demo", "--out", "demo", "--max-epochs", "-1"], "--max-epochs"),
+        (["demo", "--out", "{files}/file/demo"], "is a file"),
+        (["predict", "{files}/file", "{files}/file", "--out", "map.tif"], "is not a checkpoint"),
+        (["predict", "{ckpt}", "{files}/file", "--out", "map.tif", "--device", "tpu"], "--device"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "{files}/file/run"], "is a file"),
+        (["train", "{tiny}", "--dataset", "{ds}", "--out", "run", "--accelerator", "gpuu"], "trainer.accelerator"),
+    ],
+)
 def test_argument_errors_appear_before_torch_is_imported(args, message, checkpoint, dataset, config_files, tmp_path):
     values = {"ckpt": checkpoint, "tiny": ROOT / "configs" / "tiny.yaml", "ds": dataset, "files": config_files}
     args = [a.format(**values) for a in args]
-    proc = subprocess.run([sys.executable, "-c", FAIL_FAST, *args], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", FAIL_FAST, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert proc.stdout.strip().splitlines()[-1] == "heavy: [] exit: 2", (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
@@ -203,8 +242,11 @@ def test_preflight_knows_every_section_of_the_training_config():
 
 def test_sigterm_stops_the_demo_with_143(tmp_path):
     out = tmp_path / "demo"
-    proc = interrupt_when([*CLI, "demo", "--out", str(out), "--max-epochs", "1"],
-                          out / "segmentation" / "dataset" / "ingest_settings.json", signal.SIGTERM)
+    proc = interrupt_when(
+        [*CLI, "demo", "--out", str(out), "--max-epochs", "1"],
+        out / "segmentation" / "dataset" / "ingest_settings.json",
+        signal.SIGTERM,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)"), proc.stderr[-2000:]
@@ -225,8 +267,21 @@ def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
 def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
     image, labels = make_learnable_scene(tmp_path / "raw", size=2048)
     out = tmp_path / "ds"
-    args = [*CLI, "ingest", str(image), "--labels", str(labels), "--out", str(out), "--nomenclature", "level1",
-            "--tile-size", "32", "--set", "split.min_valid_fraction=0"]
+    args = [
+        *CLI,
+        "ingest",
+        str(image),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--nomenclature",
+        "level1",
+        "--tile-size",
+        "32",
+        "--set",
+        "split.min_valid_fraction=0",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.time() + 120
     while not list((out / "scenes").glob(".*partial*")) and proc.poll() is None and time.time() < end:
@@ -256,9 +311,16 @@ def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, t
         return real(self, text, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", killed_midway)
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
-                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                       "trainer.limit_val_batches=1"])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={dataset}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
     assert not [p.name for p in (tmp_path / "run").iterdir() if "metrics.json" in p.name]
@@ -278,14 +340,27 @@ def interrupted_sweep(dataset: Path, tmp_path: Path, signum: signal.Signals, cod
     import yaml
 
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": "tiny.yaml", "parallel": 1, "grid": {"optim.lr": [0.003]},
-        "set": {"data.dataset": str(dataset), "trainer.max_epochs": 200, "trainer.patience": 200,
-                "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "base": "tiny.yaml",
+                "parallel": 1,
+                "grid": {"optim.lr": [0.003]},
+                "set": {
+                    "data.dataset": str(dataset),
+                    "trainer.max_epochs": 200,
+                    "trainer.patience": 200,
+                    "trainer.limit_train_batches": 2,
+                    "trainer.limit_val_batches": 1,
+                },
+            }
+        )
+    )
     out = tmp_path / "sweep"
     started = time.time()
-    proc = subprocess.Popen([*CLI, "sweep", str(sweep), "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "sweep", str(sweep), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     end = started + 120
     while not list(out.glob("variants/*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < end:
         time.sleep(0.1)
@@ -310,9 +385,16 @@ def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(da
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
-                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                       "trainer.limit_val_batches=1"])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={dataset}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     metrics = train(cfg, run, resume="auto")
     assert metrics["stopped_epoch"] >= 0 and (run / "checkpoints" / "last.ckpt").exists()
 
@@ -321,8 +403,10 @@ def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_
     ckpt = write_unet_checkpoint(tmp_path / "b11.ckpt", bands=["B02", "B03", "B04", "B08", "B11"])
     image, _ = make_learnable_scene(tmp_path / "raw", size=64)  # B02 B03 B04 B08: no B11
     (tmp_path / "list.txt").write_text(f"{image}\n")
-    for args in (["--out", str(tmp_path / "maps" / "scene.tif"), str(image)],
-                 ["--out", str(tmp_path / "batch"), "--from-list", str(tmp_path / "list.txt")]):
+    for args in (
+        ["--out", str(tmp_path / "maps" / "scene.tif"), str(image)],
+        ["--out", str(tmp_path / "batch"), "--from-list", str(tmp_path / "list.txt")],
+    ):
         result = CliRunner().invoke(app, ["predict", str(ckpt), *args, "--device", "cpu"])
         assert result.exit_code == 2 and "B11" in result.output, result.output
     assert not (tmp_path / "maps").exists() and not (tmp_path / "batch").exists()
@@ -336,8 +420,20 @@ def test_labels_like_a_raster_without_crs_is_one_line(tmp_path):
     with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
         dst.write(np.zeros((1, 8, 8), np.uint8))
     gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[box(0, 0, 8, 8)], crs="EPSG:32633").to_file(tmp_path / "clc.gpkg")
-    proc = subprocess.run([*CLI, "labels", str(tmp_path / "clc.gpkg"), "--like", str(tmp_path / "nocrs.tif"), "--out",
-                           str(tmp_path / "out" / "labels.tif")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "labels",
+            str(tmp_path / "clc.gpkg"),
+            "--like",
+            str(tmp_path / "nocrs.tif"),
+            "--out",
+            str(tmp_path / "out" / "labels.tif"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "has no CRS" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
@@ -369,12 +465,27 @@ def test_sigkill_of_a_sweep_takes_its_variants_down(dataset, tmp_path):
     import yaml
 
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": "tiny.yaml", "parallel": 2, "grid": {"optim.lr": [0.003, 0.001]},
-        "set": {"data.dataset": str(dataset), "trainer.max_epochs": 200, "trainer.patience": 200,
-                "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}}))
-    proc = subprocess.Popen([*CLI, "sweep", str(sweep), "--out", str(tmp_path / "sweep")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "base": "tiny.yaml",
+                "parallel": 2,
+                "grid": {"optim.lr": [0.003, 0.001]},
+                "set": {
+                    "data.dataset": str(dataset),
+                    "trainer.max_epochs": 200,
+                    "trainer.patience": 200,
+                    "trainer.limit_train_batches": 2,
+                    "trainer.limit_val_batches": 1,
+                },
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [*CLI, "sweep", str(sweep), "--out", str(tmp_path / "sweep")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     end = time.time() + 120
     while len(_children(proc.pid)) < 2 and proc.poll() is None and time.time() < end:
         time.sleep(0.2)

@@ -40,17 +40,35 @@ def test_predict_on_cuda_gives_the_cpu_map(tmp_path):
     bands = list(default_bands("L2A"))
     torch.manual_seed(0)
     model, _ = build_model(ModelConfig(), bands, 5, load_weights=False)
-    meta = {"format": "landcover-checkpoint/1", "task": "segmentation", "bands": bands, "tile_size": 128,
-            "nomenclature": nomenclature("level1").to_dict(), "resolution": 10.0, "label_mode": "single",
-            "normalization": {"mean": [1500.0] * 12, "std": [900.0] * 12}, "model": ModelConfig().model_dump(mode="json")}
+    meta = {
+        "format": "landcover-checkpoint/1",
+        "task": "segmentation",
+        "bands": bands,
+        "tile_size": 128,
+        "nomenclature": nomenclature("level1").to_dict(),
+        "resolution": 10.0,
+        "label_mode": "single",
+        "normalization": {"mean": [1500.0] * 12, "std": [900.0] * 12},
+        "model": ModelConfig().model_dump(mode="json"),
+    }
     ckpt = tmp_path / "best.ckpt"
     torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     rng = np.random.default_rng(0)
     image = (rng.random((12, 700, 900)) * 4000 + 1).astype(np.uint16)
     image[:, :40, :60] = 0  # no data
     stack = tmp_path / "stack.tif"
-    with rasterio.open(stack, "w", driver="GTiff", width=900, height=700, count=12, dtype="uint16", nodata=0,
-                       crs="EPSG:32633", transform=from_origin(300_000, 5_400_000, 10, 10)) as dst:
+    with rasterio.open(
+        stack,
+        "w",
+        driver="GTiff",
+        width=900,
+        height=700,
+        count=12,
+        dtype="uint16",
+        nodata=0,
+        crs="EPSG:32633",
+        transform=from_origin(300_000, 5_400_000, 10, 10),
+    ) as dst:
         dst.write(image)
         dst.descriptions = tuple(bands)
     cpu = predict_scene(ckpt, stack, tmp_path / "cpu.tif", device="cpu", quicklook=False)
@@ -69,9 +87,17 @@ def test_training_on_the_gpu_in_mixed_precision(tmp_path):
     from tests.learnable import make_learnable_dataset
 
     dataset = make_learnable_dataset(tmp_path)
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [
-        f"data.dataset={dataset}", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-        "trainer.max_epochs=6", "data.num_workers=2"])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={dataset}",
+            "trainer.accelerator=gpu",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_epochs=6",
+            "data.num_workers=2",
+        ],
+    )
     torch.cuda.reset_peak_memory_stats()
     metrics = train(cfg, tmp_path / "run")
     assert torch.cuda.max_memory_allocated() > 0

@@ -72,8 +72,15 @@ def test_resampled_bands_equal_an_independent_rasterio_resampling(tmp_path, clc)
         for band in ("B05", "B11", "B01", "B09"):
             expected = np.zeros((stack.height, stack.width), np.uint16)
             with rasterio.open(band_path(safe, band)) as src:
-                reproject(rasterio.band(src, 1), expected, dst_transform=stack.transform, dst_crs=stack.crs,
-                          resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
+                reproject(
+                    rasterio.band(src, 1),
+                    expected,
+                    dst_transform=stack.transform,
+                    dst_crs=stack.crs,
+                    resampling=Resampling.bilinear,
+                    src_nodata=0,
+                    dst_nodata=0,
+                )
             got = image[bands.index(band)]
             assert np.array_equal(got, expected), band
 
@@ -85,7 +92,9 @@ def test_scl_invalid_pixels_are_ignored(tmp_path, clc):
     scl_path = open_product(safe).scl.path
     with rasterio.open(tmp_path / "ds" / ds["scenes"][0]["labels"]) as lab, rasterio.open(scl_path) as scl:
         scl10 = np.zeros(labels.shape, np.uint8)
-        reproject(rasterio.band(scl, 1), scl10, dst_transform=lab.transform, dst_crs=lab.crs, resampling=Resampling.nearest)
+        reproject(
+            rasterio.band(scl, 1), scl10, dst_transform=lab.transform, dst_crs=lab.crs, resampling=Resampling.nearest
+        )
     invalid = np.isin(scl10, default_scl_invalid())
     assert invalid.any() and (~invalid).any()
     assert (labels[invalid] == IGNORE).all()
@@ -100,7 +109,7 @@ def test_catalog_matches_rasters_and_splits_do_not_touch(tmp_path, clc):
     cat = read_catalog(tmp_path / "ds", include_buffer=True)
     assert len(cat) == (128 // 16) ** 2
     for row in cat.itertuples():
-        window = labels[row.row:row.row + row.height, row.col:row.col + row.width]
+        window = labels[row.row : row.row + row.height, row.col : row.col + row.width]
         counts = np.bincount(window[window != IGNORE], minlength=44)
         assert list(counts) == list(row.class_counts)
     kept = cat[~cat["buffer"]]
@@ -108,7 +117,10 @@ def test_catalog_matches_rasters_and_splits_do_not_touch(tmp_path, clc):
         mine = kept[kept.split == split]
         others = kept[kept.split != split]
         if len(mine) and len(others):
-            d = np.hypot(mine.xmin.to_numpy()[:, None] - others.xmin.to_numpy()[None], mine.ymin.to_numpy()[:, None] - others.ymin.to_numpy()[None])
+            d = np.hypot(
+                mine.xmin.to_numpy()[:, None] - others.xmin.to_numpy()[None],
+                mine.ymin.to_numpy()[:, None] - others.ymin.to_numpy()[None],
+            )
             assert d.min() > 160, split  # at least one whole tile (16 px x 10 m) apart
 
 
@@ -118,7 +130,10 @@ def test_band_statistics_come_from_train_tiles_only(tmp_path, clc):
     image = read(tmp_path / "ds" / ds["scenes"][0]["image"]).astype(np.float64)
     train = read_catalog(tmp_path / "ds", split="train")
     assert 0 < len(train) < len(read_catalog(tmp_path / "ds", include_buffer=True))
-    pixels = np.concatenate([image[:, r.row:r.row + 16, r.col:r.col + 16].reshape(len(ds["bands"]), -1) for r in train.itertuples()], axis=1)
+    pixels = np.concatenate(
+        [image[:, r.row : r.row + 16, r.col : r.col + 16].reshape(len(ds["bands"]), -1) for r in train.itertuples()],
+        axis=1,
+    )
     assert np.allclose(ds["normalization"]["mean"], pixels.mean(axis=1))
     assert np.allclose(ds["normalization"]["std"], pixels.std(axis=1))
 
@@ -174,10 +189,27 @@ def test_safe_without_metadata_is_ingested_with_a_warning(tmp_path, clc):
 
 def test_cli_ingest(tmp_path, clc):
     safe = make_safe(tmp_path, baseline="04.00", zipped=True)
-    result = CliRunner().invoke(app, [
-        "ingest", str(safe), "--labels", str(clc), "--out", str(tmp_path / "ds"), "--bands", "B02,B03,B04,B08",
-        "--tile-size", "16", "--nomenclature", "level1", "--set", "overviews=false", "--set", "split.min_valid_fraction=0",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(safe),
+            "--labels",
+            str(clc),
+            "--out",
+            str(tmp_path / "ds"),
+            "--bands",
+            "B02,B03,B04,B08",
+            "--tile-size",
+            "16",
+            "--nomenclature",
+            "level1",
+            "--set",
+            "overviews=false",
+            "--set",
+            "split.min_valid_fraction=0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ds = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert ds["bands"] == ["B02", "B03", "B04", "B08"] and ds["nomenclature"]["name"] == "level1"
@@ -187,9 +219,12 @@ def test_cli_ingest(tmp_path, clc):
 
 def test_real_jp2_clip_with_osm_labels(tmp_path):
     folder = shared_data("s2-l1c-T33UUU-jp2")
-    cfg = IngestConfig(nomenclature="level1", tile_size=64,
-                       labels={"code_column": "fclass", "mapping": str(catalog_dir() / "osm_fclass_to_clc_level1.csv")},
-                       split={"block_size_m": 2560, "min_valid_fraction": 0.0})
+    cfg = IngestConfig(
+        nomenclature="level1",
+        tile_size=64,
+        labels={"code_column": "fclass", "mapping": str(catalog_dir() / "osm_fclass_to_clc_level1.csv")},
+        split={"block_size_m": 2560, "min_valid_fraction": 0.0},
+    )
     ds = ingest([folder / "IMG_DATA"], tmp_path / "ds", labels=next(folder.glob("gis_osm*.gpkg")), config=cfg)
     scene = ds["scenes"][0]
     assert len(ds["bands"]) == 13 and scene["grid"]["width"] == 1536 and scene["grid"]["height"] == 768
@@ -201,7 +236,10 @@ def test_real_jp2_clip_with_osm_labels(tmp_path):
     labelled = (labels != IGNORE).mean()
     assert 0.2 < labelled < 0.45  # OSM covers about 31 % of the clip
     assert set(np.unique(labels)) - {IGNORE} <= set(range(5))
-    with rasterio.open(tmp_path / "ds" / scene["labels"]) as lab, rasterio.open(tmp_path / "ds" / scene["image"]) as img:
+    with (
+        rasterio.open(tmp_path / "ds" / scene["labels"]) as lab,
+        rasterio.open(tmp_path / "ds" / scene["image"]) as img,
+    ):
         assert lab.overviews(1) == [2]  # labels always (cheap); image.tif only with overviews=true
         assert img.overviews(1) == []
         assert img.profile["compress"] == "zstd" and img.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"

@@ -156,8 +156,9 @@ def test_explain_refuses_a_scene_of_another_level(l2a_checkpoint, tmp_path):
     assert "L2A" in line and "L1C" in line
     assert_options_exist("explain", line)
     assert not (tmp_path / "x").exists()
-    result = runner.invoke(app, ["explain", str(l2a_checkpoint), str(l1c), "--out", str(tmp_path / "x"),
-                                 "--allow-level-mismatch"])
+    result = runner.invoke(
+        app, ["explain", str(l2a_checkpoint), str(l1c), "--out", str(tmp_path / "x"), "--allow-level-mismatch"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("warning:") == 1 and "L1C" in result.output
     record = json.loads((tmp_path / "x" / "explain.json").read_text())
@@ -219,21 +220,33 @@ def test_ingest_where_no_tile_has_enough_valid_pixels_names_the_threshold(tmp_pa
     assert "split.min_valid_fraction" in line and "0.5" in line
     assert_options_exist("ingest", line)
     assert list((tmp_path / "ds").iterdir()) == []
-    result = runner.invoke(app, ["ingest", str(stack), "--out", str(tmp_path / "ds"), "--tile-size", "32",
-                                 "--set", "split.min_valid_fraction=0.2"])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(stack),
+            "--out",
+            str(tmp_path / "ds"),
+            "--tile-size",
+            "32",
+            "--set",
+            "split.min_valid_fraction=0.2",
+        ],
+    )
     assert result.exit_code == 0, result.output
-
 
 
 def test_finalize_of_shards_without_a_tile_is_an_error(tmp_path):
     inputs = [str(nodata_geotiff(tmp_path / f"{n}.tif")) for n in ("a", "b")]
     for i in range(2):
-        result = runner.invoke(app, ["ingest", *inputs, "--out", str(tmp_path / "ds"), "--tile-size", "32",
-                                     "--shard", f"{i}/2"])
+        result = runner.invoke(
+            app, ["ingest", *inputs, "--out", str(tmp_path / "ds"), "--tile-size", "32", "--shard", f"{i}/2"]
+        )
         assert result.exit_code == 0, result.output  # a shard does not know about the others
     line = error_line(runner.invoke(app, ["ingest", "--finalize", "--out", str(tmp_path / "ds")]))
     assert "no data" in line and "a, b" in line
     assert not (tmp_path / "ds" / "dataset.json").exists()
+
 
 # --- messages name options of the command that prints them -------------------------------------------
 
@@ -278,7 +291,9 @@ def _evaluate_untagged_map(tmp_path, ckpt):
 
     from tests.conftest import write_raster
 
-    tif = write_raster(tmp_path / "c.tif", np.zeros((32, 32), np.uint8), "EPSG:32633", from_origin(500_000, 5_300_000, 10, 10))
+    tif = write_raster(
+        tmp_path / "c.tif", np.zeros((32, 32), np.uint8), "EPSG:32633", from_origin(500_000, 5_300_000, 10, 10)
+    )
     return ["evaluate", str(tif), str(tif), "--out", str(tmp_path / "r")], "NOMENCLATURE"
 
 
@@ -290,14 +305,32 @@ def _ingest_ambiguous_clc_raster(tmp_path, ckpt):
         codes = ds.read(1)
         codes[:8] = 5  # 5 is a raster index, 111.. codes: the values cannot be told apart
         ds.write(codes, 1)
-    return ["ingest", str(image), "--labels", str(labels), "--out", str(tmp_path / "ds"), "--tile-size", "32"], "indices"
+    return [
+        "ingest",
+        str(image),
+        "--labels",
+        str(labels),
+        "--out",
+        str(tmp_path / "ds"),
+        "--tile-size",
+        "32",
+    ], "indices"
 
 
-@pytest.mark.parametrize("case", [
-    _predict_missing_band_product, _predict_missing_band_stack, _predict_unnamed_bands,
-    _explain_missing_band_product, _ingest_missing_band, _evaluate_class_map_on_another_grid, _evaluate_untagged_map,
-    _ingest_ambiguous_clc_raster,
-], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "case",
+    [
+        _predict_missing_band_product,
+        _predict_missing_band_stack,
+        _predict_unnamed_bands,
+        _explain_missing_band_product,
+        _ingest_missing_band,
+        _evaluate_class_map_on_another_grid,
+        _evaluate_untagged_map,
+        _ingest_ambiguous_clc_raster,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_error_messages_name_only_options_of_their_command(case, l2a_checkpoint, tmp_path):
     args, expected = case(tmp_path, l2a_checkpoint)
     line = error_line(runner.invoke(app, args))
@@ -315,19 +348,44 @@ def test_outputs_hold_no_absolute_path_of_the_users_machine(l2a_checkpoint, tmp_
     safe = make_safe(tmp_path / "raw", size=64, bands=BANDS, with_scl=False)
     ds, maps = tmp_path / "ds", tmp_path / "maps"
     runs = [
-        ["ingest", str(image), "--labels", str(labels), "--out", str(ds), "--tile-size", "32", "--nomenclature", "level1"],
-        ["predict", str(l2a_checkpoint), str(safe), str(ds / "scenes" / "scene_0" / "image.tif"), "--out", str(maps),
-         "--probabilities", "--confidence"],
+        [
+            "ingest",
+            str(image),
+            "--labels",
+            str(labels),
+            "--out",
+            str(ds),
+            "--tile-size",
+            "32",
+            "--nomenclature",
+            "level1",
+        ],
+        [
+            "predict",
+            str(l2a_checkpoint),
+            str(safe),
+            str(ds / "scenes" / "scene_0" / "image.tif"),
+            "--out",
+            str(maps),
+            "--probabilities",
+            "--confidence",
+        ],
         ["explain", str(l2a_checkpoint), str(ds / "scenes" / "scene_0" / "image.tif"), "--out", str(tmp_path / "why")],
-        ["evaluate", str(maps / "scene_0.tif"), str(ds / "scenes" / "scene_0" / "labels.tif"), "--out",
-         str(tmp_path / "report")],
+        [
+            "evaluate",
+            str(maps / "scene_0.tif"),
+            str(ds / "scenes" / "scene_0" / "labels.tif"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
     ]
     for args in runs:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args[0], result.output)
     forbidden = [str(tmp_path), str(l2a_checkpoint.parent)] + [str(Path.home())] * (len(Path.home().parts) > 1)
-    written = [p for folder in (ds, maps, tmp_path / "why", tmp_path / "report") for p in folder.rglob("*")
-               if p.is_file()]
+    written = [
+        p for folder in (ds, maps, tmp_path / "why", tmp_path / "report") for p in folder.rglob("*") if p.is_file()
+    ]
     assert len(written) > 20
     for path in written:  # tags live as text in the TIFF; JSON, YAML, Markdown, GPKG and Parquet as bytes
         data = path.read_bytes()

@@ -78,7 +78,10 @@ def test_vector_labels_align_to_the_pixel(tmp_path, utm_grid, laea_polygons):
     labels_like(path, utm_grid, out)
     ids, src = read(out)
     assert (src.crs, src.transform, src.width, src.height) == (
-        Grid.of(utm_grid).crs, Grid.of(utm_grid).transform, 300, 200,
+        Grid.of(utm_grid).crs,
+        Grid.of(utm_grid).transform,
+        300,
+        200,
     )
     expected_codes = independent_codes(frame, "Code_18", Grid.of(utm_grid))
     expected = nomenclature("level3").encode(expected_codes.astype(np.uint16))
@@ -141,11 +144,17 @@ def test_code_column_is_found_case_insensitively_or_named(tmp_path, utm_grid, la
 
 
 def test_non_overlapping_source_prints_both_extents(tmp_path, utm_grid):
-    far = gpd.GeoDataFrame({"CODE_18": ["311"]}, geometry=[box(2_000_000, 1_000_000, 2_010_000, 1_010_000)], crs="EPSG:3035")
+    far = gpd.GeoDataFrame(
+        {"CODE_18": ["311"]}, geometry=[box(2_000_000, 1_000_000, 2_010_000, 1_010_000)], crs="EPSG:3035"
+    )
     far.to_file(tmp_path / "far.gpkg")
-    with pytest.raises(NoOverlapError, match=r"labels cover \(.*\) but the grid covers \(600000, 5338000, 603000, 5340000\)"):
+    with pytest.raises(
+        NoOverlapError, match=r"labels cover \(.*\) but the grid covers \(600000, 5338000, 603000, 5340000\)"
+    ):
         labels_like(tmp_path / "far.gpkg", utm_grid, tmp_path / "out.tif")
-    raster = write_raster(tmp_path / "far.tif", np.full((10, 10), 23, np.uint8), "EPSG:3035", from_origin(2_000_000, 1_000_000, 100, 100))
+    raster = write_raster(
+        tmp_path / "far.tif", np.full((10, 10), 23, np.uint8), "EPSG:3035", from_origin(2_000_000, 1_000_000, 100, 100)
+    )
     with pytest.raises(NoOverlapError):
         labels_like(raster, utm_grid, tmp_path / "out.tif")
     assert not (tmp_path / "out.tif").exists()
@@ -189,7 +198,9 @@ def test_raster_downsampling_uses_the_majority(tmp_path, rng):
     fine = np.repeat(np.repeat(rng.integers(1, 45, (20, 20)), 3, 0), 3, 1).astype(np.uint8)
     fine[::3, ::3] = 1  # one minority pixel per 3x3 block must not win
     path = write_raster(tmp_path / "fine.tif", fine, "EPSG:32633", from_origin(500_000, 5_000_000, 10, 10))
-    ref = write_raster(tmp_path / "ref.tif", np.zeros((20, 20), np.uint8), "EPSG:32633", from_origin(500_000, 5_000_000, 30, 30))
+    ref = write_raster(
+        tmp_path / "ref.tif", np.zeros((20, 20), np.uint8), "EPSG:32633", from_origin(500_000, 5_000_000, 30, 30)
+    )
     labels_like(path, ref, tmp_path / "out.tif")
     ids, _ = read(tmp_path / "out.tif")
     assert np.array_equal(ids, fine[1::3, 1::3] - 1)
@@ -296,13 +307,18 @@ def overlapping_polygons(tmp_path, grid: Grid, n: int = 400, seed: int = 7):
 @pytest.mark.parametrize("window_size", [64, 100, 256, 1024])
 def test_overlapping_polygons_later_feature_wins_at_any_window_size(tmp_path, window_size):
     """Equal, pixel for pixel, to rasterio.features.rasterize of the whole layer in file order."""
-    ref = write_raster(tmp_path / "ref.tif", np.zeros((500, 500), np.uint8), "EPSG:32633", from_origin(600_000, 5_340_000, 10, 10))
+    ref = write_raster(
+        tmp_path / "ref.tif", np.zeros((500, 500), np.uint8), "EPSG:32633", from_origin(600_000, 5_340_000, 10, 10)
+    )
     grid = Grid.of(ref)
     path = overlapping_polygons(tmp_path, grid)
     whole = gpd.read_file(path, layer="clc").to_crs(grid.crs)  # file order
     expected_codes = rasterio.features.rasterize(
         zip(whole.geometry, whole["CODE_18"].astype(int), strict=True),
-        out_shape=(grid.height, grid.width), transform=grid.transform, fill=0, dtype="uint16",
+        out_shape=(grid.height, grid.width),
+        transform=grid.transform,
+        fill=0,
+        dtype="uint16",
     )
     expected = nomenclature("level3").encode(expected_codes)
     write_labels(open_label_source(path, grid), grid, tmp_path / "labels.tif", window_size=window_size)
@@ -320,8 +336,11 @@ def test_real_osm_overlaps_burn_in_file_order():
     whole = gpd.read_file(gpkg).to_crs(grid.crs)
     codes = map_values(whole["fclass"], mapping, gpkg, "fclass")
     expected = rasterio.features.rasterize(
-        zip(whole.geometry, codes, strict=True), out_shape=(grid.height, grid.width),
-        transform=grid.transform, fill=0, dtype="uint16",
+        zip(whole.geometry, codes, strict=True),
+        out_shape=(grid.height, grid.width),
+        transform=grid.transform,
+        fill=0,
+        dtype="uint16",
     )
     source = open_label_source(gpkg, grid, code_column="fclass", mapping=mapping)
     for size in (128, 1024):

@@ -38,8 +38,7 @@ def imports_of(path: Path) -> list[tuple[str, str | None]]:
 
 
 def graph() -> dict[str, set[str]]:
-    return {name: {m for m, _ in imports_of(path) if m != name and m != "landcover"}
-            for name, path in MODULES.items()}
+    return {name: {m for m, _ in imports_of(path) if m != name and m != "landcover"} for name, path in MODULES.items()}
 
 
 def stage_of(module: str) -> str:
@@ -68,10 +67,18 @@ def test_stage_import_graph_has_no_cycle():
 
 
 def test_no_private_name_crosses_a_module_boundary():
-    crossing = [f"{name} imports {mod}.{obj}" for name, path in MODULES.items()
-                for mod, obj in imports_of(path) if obj and obj.startswith("_") and obj != "__version__"]
-    crossing += [f"{name} imports {mod}" for name, path in MODULES.items()
-                 for mod, _ in imports_of(path) if any(p.startswith("_") for p in mod.split(".")[1:])]
+    crossing = [
+        f"{name} imports {mod}.{obj}"
+        for name, path in MODULES.items()
+        for mod, obj in imports_of(path)
+        if obj and obj.startswith("_") and obj != "__version__"
+    ]
+    crossing += [
+        f"{name} imports {mod}"
+        for name, path in MODULES.items()
+        for mod, _ in imports_of(path)
+        if any(p.startswith("_") for p in mod.split(".")[1:])
+    ]
     assert not crossing
 
 
@@ -84,8 +91,10 @@ def test_nothing_imports_the_cli():
 
 
 def loaded_after_importing(modules: list[str]) -> list[str]:
-    code = (f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted(k for k in ('lightning', 'pytorch_lightning', 'typer', 'torch') if k in sys.modules)))")
+    code = (
+        f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(k for k in ('lightning', 'pytorch_lightning', 'typer', 'torch') if k in sys.modules)))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -106,9 +115,11 @@ def test_top_level_modules_other_than_the_cli_need_neither_typer_nor_lightning()
 
 
 def test_public_api_resolves_lazily():
-    code = ("import sys, json, inspect, landcover\nheavy = [m for m in ('torch', 'lightning') if m in sys.modules]\n"
-            "def kind(x): return 'class' if inspect.isclass(x) else 'function' if callable(x) else type(x).__name__\n"
-            "print(json.dumps([heavy, {n: kind(getattr(landcover, n)) for n in landcover.__all__}]))")
+    code = (
+        "import sys, json, inspect, landcover\nheavy = [m for m in ('torch', 'lightning') if m in sys.modules]\n"
+        "def kind(x): return 'class' if inspect.isclass(x) else 'function' if callable(x) else type(x).__name__\n"
+        "print(json.dumps([heavy, {n: kind(getattr(landcover, n)) for n in landcover.__all__}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     heavy, kinds = json.loads(proc.stdout.strip().splitlines()[-1])
     assert heavy == []  # `import landcover` stays light: the stages load on first use

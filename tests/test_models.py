@@ -11,19 +11,10 @@ import torch
 from landcover.errors import ConfigError
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
-from landcover.models.encoders import (
-    count_parameters,
-    encoder_of,
-    encoder_parameter_names,
-    parameter_groups,
-)
+from landcover.models.encoders import count_parameters, encoder_of, encoder_parameter_names, parameter_groups
 from landcover.nomenclature import default_bands
 
-BAND_SETS = {
-    4: ["B04", "B03", "B02", "B08"],
-    12: list(default_bands("L2A")),
-    13: list(default_bands("L1C")),
-}
+BAND_SETS = {4: ["B04", "B03", "B02", "B08"], 12: list(default_bands("L2A")), 13: list(default_bands("L1C"))}
 
 
 @pytest.mark.parametrize("n_bands", [4, 12, 13])

@@ -13,8 +13,9 @@ OFFLINE = "LANDCOVER_OFFLINE"
 def run_python(code: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
     """A fresh interpreter (not covered by pytest-socket) with the test session's environment."""
     full_env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), **env}  # an empty hub cache
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=full_env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=300
+    )
 
 
 def test_the_test_session_is_offline_for_subprocesses_too():
@@ -22,7 +23,8 @@ def test_the_test_session_is_offline_for_subprocesses_too():
 
 
 def test_a_subprocess_asked_to_download_weights_fails_at_once(tmp_path):
-    proc = run_python("""
+    proc = run_python(
+        """
         import time
         from landcover.errors import LandcoverError
         from landcover.models.weight_files import find_weight_file, resolve_weights
@@ -34,7 +36,9 @@ def test_a_subprocess_asked_to_download_weights_fails_at_once(tmp_path):
             print(f"{time.perf_counter() - start:.3f}")
             print(exc)
             raise SystemExit(exc.exit_code)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     seconds, message = proc.stdout.splitlines()
     assert float(seconds) < 1.0
@@ -43,7 +47,8 @@ def test_a_subprocess_asked_to_download_weights_fails_at_once(tmp_path):
 
 
 def test_a_subprocess_cannot_connect_beyond_loopback(tmp_path):
-    proc = run_python("""
+    proc = run_python(
+        """
         import socket, threading, time
         import landcover
         from landcover.errors import LandcoverError
@@ -59,7 +64,9 @@ def test_a_subprocess_cannot_connect_beyond_loopback(tmp_path):
         except OSError as exc:
             print(f"{time.perf_counter() - start:.3f}")
             print(isinstance(exc, LandcoverError), exc)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     seconds, message = proc.stdout.splitlines()
     assert float(seconds) < 1.0

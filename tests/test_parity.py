@@ -68,13 +68,24 @@ class RecordingFeeder(Feeder):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, LandcoverDataModule]:
     root = tmp_path_factory.mktemp("parity")
-    ingest_cfg = load_config(IngestConfig, config_dir() / "sample_ingest.yaml",
-                             [f"labels.mapping={catalog_dir() / 'osm_fclass_to_clc_level1.csv'}"],
-                             bands=[BANDS[i] for i in (4, 0, 2, 1, 5, 3)])
+    ingest_cfg = load_config(
+        IngestConfig,
+        config_dir() / "sample_ingest.yaml",
+        [f"labels.mapping={catalog_dir() / 'osm_fclass_to_clc_level1.csv'}"],
+        bands=[BANDS[i] for i in (4, 0, 2, 1, 5, 3)],
+    )
     ingest([CLIP / "IMG_DATA"], root / "dataset", labels=CLIP / "osm_landuse_water.gpkg", config=ingest_cfg)
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [
-        f"data.dataset={root / 'dataset'}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "data.batch_size=4"])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={root / 'dataset'}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "data.batch_size=4",
+        ],
+    )
     SpyDataModule.made.clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(landcover.training.train, "LandcoverDataModule", SpyDataModule)
@@ -103,8 +114,15 @@ def test_predict_logits_equal_the_training_task_logits(run, source: str, tmp_pat
     t = lm.tile_size
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(landcover.inference.predict, "Feeder", RecordingFeeder)
-        predict_scene(lm, CLIP / "IMG_DATA" if source == "product" else scene / "image.tif", tmp_path / "map.tif",
-                      overlap=0, batch_size=16, device="cpu", quicklook=False)
+        predict_scene(
+            lm,
+            CLIP / "IMG_DATA" if source == "product" else scene / "image.tif",
+            tmp_path / "map.tif",
+            overlap=0,
+            batch_size=16,
+            device="cpu",
+            quicklook=False,
+        )
     assert len(recorder.logits) == len(RecordingFeeder.order)
     window = dict(zip(RecordingFeeder.order, recorder.logits, strict=True))
     for i, got in zip(picks, expected, strict=True):

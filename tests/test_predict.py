@@ -36,8 +36,13 @@ K = 5  # level1
 
 def meta(task="segmentation", tile=32, bands=BANDS, label_mode="single") -> dict:
     return {
-        "format": "landcover-checkpoint/1", "task": task, "bands": list(bands), "tile_size": tile,
-        "nomenclature": nomenclature("level1").to_dict(), "resolution": 10.0, "label_mode": label_mode,
+        "format": "landcover-checkpoint/1",
+        "task": task,
+        "bands": list(bands),
+        "tile_size": tile,
+        "nomenclature": nomenclature("level1").to_dict(),
+        "resolution": 10.0,
+        "label_mode": label_mode,
         "normalization": {"mean": [MEAN] * len(bands), "std": [STD] * len(bands)},
         "model": ModelConfig(task=task).model_dump(mode="json"),
     }
@@ -91,9 +96,18 @@ def loaded(model, **kwargs) -> LoadedModel:
 def write_stack(path, image, bands=BANDS, product_id="S2B_TEST_SCENE"):
     """An ingested-style stack (what `landcover ingest` writes as scenes/<id>/image.tif)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=image.shape[2], height=image.shape[1],
-                       count=image.shape[0], dtype="uint16", crs="EPSG:32633", nodata=0,
-                       transform=from_origin(500_000, 5_300_000, 10, 10)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=image.shape[2],
+        height=image.shape[1],
+        count=image.shape[0],
+        dtype="uint16",
+        crs="EPSG:32633",
+        nodata=0,
+        transform=from_origin(500_000, 5_300_000, 10, 10),
+    ) as dst:
         dst.write(image)
         for i, band in enumerate(bands, 1):
             dst.set_band_description(i, band)
@@ -193,13 +207,17 @@ def test_outputs_are_styled_cogs_with_provenance(big):
     assert (out / "map.qml").read_text().count("paletteEntry") == K
     assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == [
-        "map.png", "map.qml", "map.tif", "map_confidence.tif", "map_probabilities.tif"]
+        "map.png",
+        "map.qml",
+        "map.tif",
+        "map_confidence.tif",
+        "map_probabilities.tif",
+    ]
     assert summary["out"]["map"] == str(out / "map.tif")
 
 
 @settings(max_examples=60, deadline=None)
-@given(h=st.integers(1, 150), w=st.integers(1, 150), tile=st.sampled_from([32, 64, 96]),
-       frac=st.floats(0, 0.5))
+@given(h=st.integers(1, 150), w=st.integers(1, 150), tile=st.sampled_from([32, 64, 96]), frac=st.floats(0, 0.5))
 def test_blend_weights_sum_to_one_over_every_pixel(h, w, tile, frac):
     """No pixel is predicted twice or missed: the window weights sum to 1 on the whole scene."""
     plan = make_plan(h, w, tile, int(tile * frac))
@@ -207,9 +225,9 @@ def test_blend_weights_sum_to_one_over_every_pixel(h, w, tile, frac):
     acc = np.zeros(((plan.rows - 1) * s + tile, plan.padded_width))
     for i in range(plan.rows):
         for j in range(plan.cols):
-            acc[i * s:i * s + tile, j * s:j * s + tile] += weights
+            acc[i * s : i * s + tile, j * s : j * s + tile] += weights
     m = plan.margin
-    assert np.allclose(acc[m:m + h, m:m + w], 1.0, atol=1e-5)
+    assert np.allclose(acc[m : m + h, m : m + w], 1.0, atol=1e-5)
 
 
 def test_constant_model_gives_constant_map_and_probability_one(tmp_path):
@@ -272,17 +290,18 @@ def test_classification_checkpoint_predicts_one_class_per_tile(tmp_path):
     valid = image.any(axis=0)
     for r in range(0, 70, 32):
         for c in range(0, 90, 32):
-            tile_ids = ids[r:r + 32, c:c + 32][valid[r:r + 32, c:c + 32]]
+            tile_ids = ids[r : r + 32, c : c + 32][valid[r : r + 32, c : c + 32]]
             if tile_ids.size:
                 with torch.no_grad():
-                    want = int(model(torch.from_numpy(x[None, :, r:r + 32, c:c + 32])).argmax())
+                    want = int(model(torch.from_numpy(x[None, :, r : r + 32, c : c + 32])).argmax())
                 assert (tile_ids == want).all()
     assert (ids[~valid] == 255).all()
 
 
 def test_resume_skips_finished_scenes(tmp_path):
-    stacks = [write_stack(tmp_path / "in" / f"{n}.tif", scene(50, 60, seed=i), product_id=n)
-              for i, n in enumerate(["A", "B"])]
+    stacks = [
+        write_stack(tmp_path / "in" / f"{n}.tif", scene(50, 60, seed=i), product_id=n) for i, n in enumerate(["A", "B"])
+    ]
     model = Conv1x1()
     first = predict_many(loaded(model), stacks, tmp_path / "out", quicklook=False)
     assert model.calls > 0 and [s["skipped"] for s in first] == [False, False]
@@ -300,8 +319,14 @@ def test_resume_skips_finished_scenes(tmp_path):
 def test_interrupted_run_leaves_no_file(tmp_path):
     stack = write_stack(tmp_path / "in" / "s.tif", scene(120, 150))
     with pytest.raises(RuntimeError, match="midway"):
-        predict_scene(loaded(Conv1x1(raise_after=3)), stack, tmp_path / "out" / "map.tif",
-                      probabilities=True, confidence=True, batch_size=2)
+        predict_scene(
+            loaded(Conv1x1(raise_after=3)),
+            stack,
+            tmp_path / "out" / "map.tif",
+            probabilities=True,
+            confidence=True,
+            batch_size=2,
+        )
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -356,8 +381,9 @@ def checkpoint(tmp_path_factory):
     """A U-Net with random weights saved as `landcover train` saves checkpoints."""
     model, _ = build_model(ModelConfig(), BANDS, K, load_weights=False)
     path = tmp_path_factory.mktemp("ckpt") / "best.ckpt"
-    torch.save({"landcover": meta(), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "epoch": 3}, path)
+    torch.save(
+        {"landcover": meta(), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path
+    )
     return path
 
 
@@ -379,8 +405,9 @@ def test_checkpoint_loads_without_lightning_and_bad_ones_fail_clearly(checkpoint
 
 def test_cli_single_file_folder_from_list_and_errors(checkpoint, tmp_path):
     runner = CliRunner()
-    stacks = [write_stack(tmp_path / "in" / f"{n}.tif", scene(32, 40, seed=i), product_id=n)
-              for i, n in enumerate(["A", "B"])]
+    stacks = [
+        write_stack(tmp_path / "in" / f"{n}.tif", scene(32, 40, seed=i), product_id=n) for i, n in enumerate(["A", "B"])
+    ]
     args = ["predict", str(checkpoint), str(stacks[0]), "--out", str(tmp_path / "one" / "map.tif")]
     result = runner.invoke(app, [*args, "--probabilities", "--no-quicklook", "--batch-size", "4"])
     assert result.exit_code == 0, result.output

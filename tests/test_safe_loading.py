@@ -36,8 +36,12 @@ class Payload:
 def poison(path: Path, marker: Path, *, legacy: bool = False) -> Path:
     """A file that looks like a landcover checkpoint, with the payload among its hyper-parameters."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = {"epoch": 0, "state_dict": {"model.w": torch.zeros(2)}, "landcover": {"task": "segmentation"},
-            "hyper_parameters": {"meta": Payload(marker)}}
+    ckpt = {
+        "epoch": 0,
+        "state_dict": {"model.w": torch.zeros(2)},
+        "landcover": {"task": "segmentation"},
+        "hyper_parameters": {"meta": Payload(marker)},
+    }
     torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)  # legacy: the pre-1.6 pickle format
     return path
 
@@ -64,8 +68,19 @@ def test_train_resume_from_a_poisoned_checkpoint_is_refused_before_any_run_folde
     evil = poison(tmp_path / "evil.ckpt", marker)
     out = tmp_path / "run"
     dataset = make_learnable_dataset(tmp_path / "ds")  # a real one: a missing dataset is reported first
-    result = runner.invoke(app, ["train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
-                                 "--out", str(out), "--resume", str(evil)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out),
+            "--resume",
+            str(evil),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert_refused(result.output, marker)
     assert not out.exists()
@@ -85,9 +100,16 @@ def test_train_resume_auto_with_a_poisoned_last_checkpoint_is_refused(tmp_path):
 def test_train_resume_auto_never_runs_a_poisoned_best_checkpoint(tmp_path):
     """A finished run whose best.ckpt was swapped for a pickle: resuming must not evaluate it unsafely."""
     dataset = make_learnable_dataset(tmp_path / "ds")
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml",
-                      [f"data.dataset={dataset}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                       "trainer.limit_val_batches=1"])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={dataset}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     out = tmp_path / "run"
     train(cfg, out)
     marker = tmp_path / "pwned"
@@ -102,8 +124,10 @@ def test_predict_and_explain_refuse_a_poisoned_checkpoint(tmp_path):
     evil = poison(tmp_path / "evil.ckpt", marker)
     image = tmp_path / "image.tif"
     image.write_bytes(b"")  # never read: the checkpoint is checked first
-    for args in (["predict", str(evil), str(image), "--out", str(tmp_path / "map.tif")],
-                 ["explain", str(evil), str(image), "--out", str(tmp_path / "explain")]):
+    for args in (
+        ["predict", str(evil), str(image), "--out", str(tmp_path / "map.tif")],
+        ["explain", str(evil), str(image), "--out", str(tmp_path / "explain")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert_refused(result.output, marker)
@@ -127,9 +151,23 @@ def test_torch_override_variable_does_not_unlock_unsafe_loading(tmp_path):
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     dataset = make_learnable_dataset(tmp_path / "ds")  # a real one: a missing dataset is reported first
     proc = subprocess.run(
-        [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset",
-         str(dataset), "--out", str(out), "--resume", "auto"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "train",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out),
+            "--resume",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert_refused(proc.stderr, marker)

@@ -194,10 +194,7 @@ def test_other_files_in_a_band_folder_are_ignored(tmp_path):
     assert list(open_product(folder).bands) == ["B02", "B03", "B04"]
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "what"),
-    [({"tile": "T33UUQ"}, "tiles"), ({"sensing": "20230120T101021"}, "dates")],
-)
+@pytest.mark.parametrize(("kwargs", "what"), [({"tile": "T33UUQ"}, "tiles"), ({"sensing": "20230120T101021"}, "dates")])
 def test_files_of_different_products_are_rejected(tmp_path, kwargs, what):
     folder = make_band_folder(tmp_path / "mix", bands=("B02", "B03", "B04"))
     make_band_folder(folder, bands=("B08",), **kwargs)
@@ -298,7 +295,9 @@ def test_zip_of_band_files_without_safe_tree(tmp_path):
 
 
 def test_multiband_names_come_from_band_descriptions(tmp_path):
-    path = make_multiband(tmp_path / "m.tif", ("B08", "B04", "B8A", "B02"), ["NIR (B8)", "B4", "b8a - narrow NIR", "B02 (Blue)"])
+    path = make_multiband(
+        tmp_path / "m.tif", ("B08", "B04", "B8A", "B02"), ["NIR (B8)", "B4", "b8a - narrow NIR", "B02 (Blue)"]
+    )
     p = open_product(path)
     assert p.kind == "multiband" and list(p.bands) == ["B02", "B04", "B08", "B8A"]
     assert {b: bf.index for b, bf in p.bands.items()} == {"B08": 1, "B04": 2, "B8A": 3, "B02": 4}
@@ -326,16 +325,28 @@ def test_bigearthnet_patches_labels_and_reference_maps(tmp_path):
     assert is_bigearthnet_patch(v2) and not is_bigearthnet_patch(v2.parent)
     assert find_bigearthnet_patches(tmp_path) == sorted([v2, other, v1])
     p = open_product(v2)
-    assert (p.kind, p.level, p.product_id, p.tile, p.offsets, p.warnings) == ("bigearthnet", "L2A", v2.name, "33UUP", {}, [])
+    assert (p.kind, p.level, p.product_id, p.tile, p.offsets, p.warnings) == (
+        "bigearthnet",
+        "L2A",
+        v2.name,
+        "33UUP",
+        {},
+        [],
+    )
     assert p.bands["B02"].resolution == 10 and p.bands["B09"].width == 20 and len(p.bands) == 12
     q = open_product(v1)
     assert (q.tile, q.processing_baseline, q.metadata_source) == ("33UUP", "02.05", "product name")
     assert bigearthnet_patch_labels(v1) == ["Pastures", "Coniferous forest"]
-    assert bigearthnet_reference_map(v2) == tmp_path / "v2" / "Reference_Maps" / v2.parent.name / v2.name / f"{v2.name}_reference_map.tif"
+    assert (
+        bigearthnet_reference_map(v2)
+        == tmp_path / "v2" / "Reference_Maps" / v2.parent.name / v2.name / f"{v2.name}_reference_map.tif"
+    )
     assert bigearthnet_reference_map(other) is None and bigearthnet_reference_map(v1) is None
     with pytest.raises(DatasetError, match=r"metadata\.parquet"):
         bigearthnet_patch_labels(v2)
-    parquet = make_bigearthnet_metadata(tmp_path / "v2" / "metadata.parquet", {v2.name: ["Pastures"], "x": ["Arable land"]})
+    parquet = make_bigearthnet_metadata(
+        tmp_path / "v2" / "metadata.parquet", {v2.name: ["Pastures"], "x": ["Arable land"]}
+    )
     assert bigearthnet_patch_labels(v2) == ["Pastures"]  # found above the patch
     assert bigearthnet_labels(parquet, [v2.name, "x", "y"]) == {v2.name: ["Pastures"], "x": ["Arable land"]}
     with pytest.raises(DatasetError, match="not in"):
@@ -388,7 +399,9 @@ def test_real_aggregated_jp2_tif_folders():
         p = open_product(root / sub)
         assert (p.level, p.tile, p.sensing_time) == ("L2A", tile, "2023-09-05T10:56:21")
         assert list(p.bands) == list(L2A_BANDS)  # MSK_*_B??, TCI, AOT, WVP, PVI are not bands
-        assert name_of(p.bands["B02"]).endswith("_B02_10m.jp2.TIF") and name_of(p.bands["B01"]).endswith("_B01_60m.jp2.TIF")
+        assert name_of(p.bands["B02"]).endswith("_B02_10m.jp2.TIF") and name_of(p.bands["B01"]).endswith(
+            "_B01_60m.jp2.TIF"
+        )
         assert name_of(p.scl).endswith("_SCL_20m.jp2.TIF")
         assert p.bands["B02"].resolution == 1000  # aggregated: the name says 10m, the grid is 1 km
     with pytest.raises(ProductMismatchError, match="30SVF, 30SVG"):

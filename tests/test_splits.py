@@ -28,8 +28,11 @@ def origin_in(crs: str, offset: tuple[float, float] = (0.0, 0.0)) -> tuple[float
 
 def grid_tiles(crs: str, origin: tuple[float, float], n: int, tile_m: float) -> list[tuple]:
     x0, y0 = origin
-    return [(x0 + c * tile_m, y0 - (r + 1) * tile_m, x0 + (c + 1) * tile_m, y0 - r * tile_m)
-            for r in range(n) for c in range(n)]
+    return [
+        (x0 + c * tile_m, y0 - (r + 1) * tile_m, x0 + (c + 1) * tile_m, y0 - r * tile_m)
+        for r in range(n)
+        for c in range(n)
+    ]
 
 
 def footprints(bounds: list[tuple], crs: str, target: str = "EPSG:32632") -> np.ndarray:
@@ -66,8 +69,9 @@ def test_neighbouring_utm_zones_and_overlapping_products_share_one_split_grid():
         "EPSG:32633": grid_tiles("EPSG:32633", origin_in("EPSG:32633", (-n * 640, n * 640)), n, tile_m),
     }
     shifted = grid_tiles("EPSG:32633", origin_in("EPSG:32633", (-n * 640 + 570, n * 640 - 330)), n, tile_m)
-    rows = {crs: [(b, *tile_split(b, crs, tile_m, cfg, f"scene_{crs}")) for b in bounds]
-            for crs, bounds in scenes.items()}
+    rows = {
+        crs: [(b, *tile_split(b, crs, tile_m, cfg, f"scene_{crs}")) for b in bounds] for crs, bounds in scenes.items()
+    }
     rows["EPSG:32633"] += [(b, *tile_split(b, "EPSG:32633", tile_m, cfg, "shifted")) for b in shifted]
     close, kept = leaks(rows, 0.99 * cfg.buffer_tiles * tile_m)
     assert close == 0
@@ -86,11 +90,15 @@ def test_different_dates_of_a_tile_get_identical_splits():
 
 def test_by_scene_keeps_every_date_of_an_mgrs_tile_in_one_split():
     cfg = SplitConfig(by_scene=True)
-    dates = [f"S2{s}_MSIL2A_2023{m:02d}15T101021_N0509_R022_T33UUP_2023{m:02d}15T120000"
-             for s in "AB" for m in range(1, 13)]
+    dates = [
+        f"S2{s}_MSIL2A_2023{m:02d}15T101021_N0509_R022_T33UUP_2023{m:02d}15T120000" for s in "AB" for m in range(1, 13)
+    ]
     assert len({scene_split(d, cfg) for d in dates}) == 1
-    tiles = [f"S2A_MSIL2A_20230115T101021_N0509_R022_T{z}{b}_20230115T120000"
-             for z in (32, 33) for b in ("UNU", "UPU", "UQU", "UUP", "UVP", "UWP", "TPT", "TQT")]
+    tiles = [
+        f"S2A_MSIL2A_20230115T101021_N0509_R022_T{z}{b}_20230115T120000"
+        for z in (32, 33)
+        for b in ("UNU", "UPU", "UQU", "UUP", "UVP", "UWP", "TPT", "TQT")
+    ]
     assert len({scene_split(t, cfg) for t in tiles}) > 1  # other tiles are drawn independently
 
 
@@ -108,12 +116,16 @@ def test_grid_crs_must_be_a_projected_crs_in_metres():
 
 def write_scene(folder, crs: str, origin: tuple[float, float], size: int, seed: int):
     data = np.stack([pixels((size, size), seed + i) for i in range(4)])
-    return write_s2_raster(folder / f"T{crs[-2:]}XXX_20230115T101021_stack.tif", data, crs=crs,
-                           origin=origin, descriptions=["B02", "B03", "B04", "B08"])
+    return write_s2_raster(
+        folder / f"T{crs[-2:]}XXX_20230115T101021_stack.tif",
+        data,
+        crs=crs,
+        origin=origin,
+        descriptions=["B02", "B03", "B04", "B08"],
+    )
 
 
-CFG = IngestConfig(tile_size=32, overviews=False,
-                   split={"block_size_m": 1280, "seed": 2, "fractions": (0.4, 0.3, 0.3)})
+CFG = IngestConfig(tile_size=32, overviews=False, split={"block_size_m": 1280, "seed": 2, "fractions": (0.4, 0.3, 0.3)})
 
 
 @pytest.fixture

@@ -20,29 +20,47 @@ def write(path, data):
 
 
 def test_grid_and_named_variants_resolve_to_full_configs(tmp_path):
-    path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "set": {"trainer.max_epochs": 2},
-                                       "grid": {"optim.lr": [0.1, 0.001], "model.encoder": ["resnet18", "resnet34"]},
-                                       "variants": [{"name": "reg", "model.dropout": 0.2, "loss.label_smoothing": 0.1}]})
+    path = write(
+        tmp_path / "s.yaml",
+        {
+            "base": "tiny.yaml",
+            "set": {"trainer.max_epochs": 2},
+            "grid": {"optim.lr": [0.1, 0.001], "model.encoder": ["resnet18", "resnet34"]},
+            "variants": [{"name": "reg", "model.dropout": 0.2, "loss.label_smoothing": 0.1}],
+        },
+    )
     cfg, _ = load_sweep(path)
     names = [n for n, _ in variant_overrides(cfg)]
-    assert names == ["lr-0.1_encoder-resnet18", "lr-0.1_encoder-resnet34", "lr-0.001_encoder-resnet18",
-                     "lr-0.001_encoder-resnet34", "reg"]
+    assert names == [
+        "lr-0.1_encoder-resnet18",
+        "lr-0.1_encoder-resnet34",
+        "lr-0.001_encoder-resnet18",
+        "lr-0.001_encoder-resnet34",
+        "reg",
+    ]
     configs = resolve_variants(cfg, path, dataset=tmp_path / "ds")
     assert configs["lr-0.001_encoder-resnet34"]["optim"]["lr"] == 0.001
     assert configs["lr-0.001_encoder-resnet34"]["model"]["encoder"] == "resnet34"
     assert configs["reg"]["model"]["dropout"] == 0.2 and configs["reg"]["optim"]["lr"] == 0.003  # tiny.yaml's
-    assert all(c["trainer"]["max_epochs"] == 2 and c["data"]["dataset"] == str(tmp_path / "ds") for c in configs.values())
+    assert all(
+        c["trainer"]["max_epochs"] == 2 and c["data"]["dataset"] == str(tmp_path / "ds") for c in configs.values()
+    )
 
 
-@pytest.mark.parametrize("sweep,message", [
-    ({"base": "tiny.yaml", "grid": {"optim.lr": [0.1]}, "colour": 1}, "colour"),
-    ({"base": "tiny.yaml", "grid": {"optim.lr": []}}, "has no value"),
-    ({"base": "tiny.yaml"}, "neither a grid nor variants"),
-    ({"base": "tiny.yaml", "variants": [{"name": "a", "optim.lr": 0.1}, {"name": "a", "optim.lr": 0.2}]},
-     "same folder"),
-    ({"base": "tiny.yaml", "grid": {"optim.lrr": [0.1]}}, "variant lrr-0.1"),
-    ({"base": "missing.yaml", "grid": {"optim.lr": [0.1]}}, "not found"),
-])
+@pytest.mark.parametrize(
+    "sweep,message",
+    [
+        ({"base": "tiny.yaml", "grid": {"optim.lr": [0.1]}, "colour": 1}, "colour"),
+        ({"base": "tiny.yaml", "grid": {"optim.lr": []}}, "has no value"),
+        ({"base": "tiny.yaml"}, "neither a grid nor variants"),
+        (
+            {"base": "tiny.yaml", "variants": [{"name": "a", "optim.lr": 0.1}, {"name": "a", "optim.lr": 0.2}]},
+            "same folder",
+        ),
+        ({"base": "tiny.yaml", "grid": {"optim.lrr": [0.1]}}, "variant lrr-0.1"),
+        ({"base": "missing.yaml", "grid": {"optim.lr": [0.1]}}, "not found"),
+    ],
+)
 def test_bad_sweep_files_fail_clearly(tmp_path, sweep, message):
     path = write(tmp_path / "s.yaml", sweep)
     with pytest.raises(ConfigError, match=message):
@@ -50,10 +68,18 @@ def test_bad_sweep_files_fail_clearly(tmp_path, sweep, message):
         resolve_variants(cfg, path)
 
 
-SWEEP = {"base": "tiny.yaml", "grid": {"optim.lr": [0.1, 0.001, 0.00001], "model.encoder": ["resnet18", "resnet34"]},
-         "set": {"trainer.max_epochs": 4, "trainer.patience": 4, "optim.scheduler": "none",
-                 "data.augment": {"hflip": False, "vflip": False, "rot90": False}},
-         "parallel": 2, "keep": 2}
+SWEEP = {
+    "base": "tiny.yaml",
+    "grid": {"optim.lr": [0.1, 0.001, 0.00001], "model.encoder": ["resnet18", "resnet34"]},
+    "set": {
+        "trainer.max_epochs": 4,
+        "trainer.patience": 4,
+        "optim.scheduler": "none",
+        "data.augment": {"hflip": False, "vflip": False, "rot90": False},
+    },
+    "parallel": 2,
+    "keep": 2,
+}
 
 
 @pytest.mark.slow
@@ -139,7 +165,9 @@ def test_variants_get_the_parents_gpus_not_the_first_n(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
-    path = write(tmp_path / "s.yaml", {"base": "tiny.yaml", "set": {"trainer.accelerator": "gpu"},
-                                       "grid": {"optim.lr": [0.1, 0.01, 0.001, 0.0001]}})
+    path = write(
+        tmp_path / "s.yaml",
+        {"base": "tiny.yaml", "set": {"trainer.accelerator": "gpu"}, "grid": {"optim.lr": [0.1, 0.01, 0.001, 0.0001]}},
+    )
     run_sweep(path, tmp_path / "out", dataset=fake_dataset(tmp_path / "ds"), parallel=2, say=lambda line: None)
     assert len(given) == 4 and set(given) == {"3", "5"}, given

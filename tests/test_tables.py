@@ -57,10 +57,15 @@ def test_every_code_is_mapped_in_every_nomenclature(name):
 def test_ben19_mapping_matches_the_published_groups():
     nom = nomenclature("ben19")
     groups = {
-        "Urban fabric": [111, 112], "Arable land": [211, 212, 213],
-        "Permanent crops": [221, 222, 223, 241], "Natural grassland and sparsely vegetated areas": [321, 333],
-        "Moors, heathland and sclerophyllous vegetation": [322, 323], "Inland wetlands": [411, 412],
-        "Coastal wetlands": [421, 422], "Inland waters": [511, 512], "Marine waters": [521, 522, 523],
+        "Urban fabric": [111, 112],
+        "Arable land": [211, 212, 213],
+        "Permanent crops": [221, 222, 223, 241],
+        "Natural grassland and sparsely vegetated areas": [321, 333],
+        "Moors, heathland and sclerophyllous vegetation": [322, 323],
+        "Inland wetlands": [411, 412],
+        "Coastal wetlands": [421, 422],
+        "Inland waters": [511, 512],
+        "Marine waters": [521, 522, 523],
     }
     for name, codes in groups.items():
         assert {nom.class_names[i] for i in nom.encode(np.array(codes)).tolist()} == {name}

@@ -43,8 +43,15 @@ def test_segmentation_learns_a_learnable_dataset(segmentation_run):
     out, metrics = segmentation_run
     assert metrics["val/miou"] >= 0.9, metrics
     assert len(metrics["per_class_iou"]) == 5 and len(metrics["confusion_matrix"]) == 5
-    for name in ("config.yaml", "dataset.json", "metrics.json", "curves.png", "checkpoints/best.ckpt",
-                 "checkpoints/last.ckpt", "logs/metrics.csv"):
+    for name in (
+        "config.yaml",
+        "dataset.json",
+        "metrics.json",
+        "curves.png",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "logs/metrics.csv",
+    ):
         assert (out / name).exists(), name
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents*"))
 
@@ -80,9 +87,15 @@ def test_classification_multilabel_learns(dataset, tmp_path):
 
 
 def test_early_stopping_stops_a_stalled_run(dataset, tmp_path):
-    cfg = tiny(dataset, "optim.lr=1e-12", "optim.scheduler=none", "trainer.max_epochs=20", "trainer.patience=2",
-               "trainer.min_delta=0.05",
-               "trainer.limit_train_batches=2")
+    cfg = tiny(
+        dataset,
+        "optim.lr=1e-12",
+        "optim.scheduler=none",
+        "trainer.max_epochs=20",
+        "trainer.patience=2",
+        "trainer.min_delta=0.05",
+        "trainer.limit_train_batches=2",
+    )
     metrics = train(cfg, tmp_path / "stalled")
     assert metrics["early_stopped"] and metrics["stopped_epoch"] <= 5, metrics["stopped_epoch"]
 
@@ -105,10 +118,30 @@ def test_resume_continues_from_last_checkpoint(dataset, tmp_path):
 def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
-         "--out", str(out), "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2",
-         "--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=3", "--set", "trainer.limit_val_batches=2"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "train",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out),
+            "--set",
+            "trainer.strategy=ddp",
+            "--set",
+            "trainer.devices=2",
+            "--set",
+            "trainer.max_epochs=1",
+            "--set",
+            "trainer.limit_train_batches=3",
+            "--set",
+            "trainer.limit_val_batches=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads(p.read_text()) for p in sorted((out / "ranks").glob("rank*.json"))]
@@ -123,11 +156,17 @@ def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
     from tests.conftest import shared_data
 
     root = shared_data("bigearthnet-v2", "BigEarthNet-S2")
-    ingest([root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False,
-                                                        split={"by_scene": True}))
+    ingest(
+        [root], tmp_path / "ben", config=IngestConfig(nomenclature="ben19", overviews=False, split={"by_scene": True})
+    )
     # by_scene keeps every patch of T33UUP in one split: train on the official split
-    cfg = tiny(tmp_path / "ben", "model.task=classification", "trainer.max_epochs=2", "data.batch_size=4",
-               "data.split_column=official_split")
+    cfg = tiny(
+        tmp_path / "ben",
+        "model.task=classification",
+        "trainer.max_epochs=2",
+        "data.batch_size=4",
+        "data.split_column=official_split",
+    )
     metrics = train(cfg, tmp_path / "run")
     assert 0.0 <= metrics["val/map_macro"] <= 1.0 and 0.0 <= metrics["val/f1_micro"] <= 1.0
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
@@ -140,9 +179,16 @@ def test_single_label_scores_ignore_targets_without_label():
     """Target 255 (a crop without a labelled pixel): no loss, no metric update, no crash."""
     from landcover.training.task import ClassificationTask
 
-    task = ClassificationTask(label_mode="single", model={"task": "classification", "encoder_weights": "none"},
-                              optim={}, loss={}, bands=["B02", "B03", "B04", "B08"], class_names=list("abc"),
-                              meta={}, pretrained=False)
+    task = ClassificationTask(
+        label_mode="single",
+        model={"task": "classification", "encoder_weights": "none"},
+        optim={},
+        loss={},
+        bands=["B02", "B03", "B04", "B08"],
+        class_names=list("abc"),
+        meta={},
+        pretrained=False,
+    )
     logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
     target = torch.tensor([0, 1, 255, 255])
     assert task.criterion(logits, target) == pytest.approx(float(task.criterion(logits[:2], target[:2])))
@@ -157,8 +203,15 @@ def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops
     from landcover.demo import _ingest_segmentation
 
     dataset = _ingest_segmentation(tmp_path / "clip")
-    cfg = tiny(dataset, "model.task=classification", "data.label_mode=single", "data.crop_size=16",
-               "data.max_train_tiles_per_epoch=64", "trainer.max_epochs=1", "data.batch_size=16")
+    cfg = tiny(
+        dataset,
+        "model.task=classification",
+        "data.label_mode=single",
+        "data.crop_size=16",
+        "data.max_train_tiles_per_epoch=64",
+        "trainer.max_epochs=1",
+        "data.batch_size=16",
+    )
     data = LandcoverDataModule(cfg.data, task="classification")
     labels = torch.cat([batch["label"] for batch in data.train_dataloader()])
     assert (labels == 255).any() and (labels != 255).any()  # the case this test is about
@@ -178,10 +231,28 @@ def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path
     assert val_tiles % 2  # an odd count: a DistributedSampler would pad it with a repeated tile
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "landcover.cli", "train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset),
-         "--out", str(out), "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2",
-         "--set", "trainer.max_epochs=1", "--set", "data.max_train_tiles_per_epoch=48"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "landcover.cli",
+            "train",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out),
+            "--set",
+            "trainer.strategy=ddp",
+            "--set",
+            "trainer.devices=2",
+            "--set",
+            "trainer.max_epochs=1",
+            "--set",
+            "data.max_train_tiles_per_epoch=48",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logged = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/miou"])["val/miou"].iloc[-1]

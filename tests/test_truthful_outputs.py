@@ -38,8 +38,9 @@ def test_sweep_yaml_syntax_error_is_one_line(tmp_path):
 def test_stack_tags_hold_no_literal_none(tmp_path):
     data = np.stack([pixels((64, 64), i) for i in range(4)])
     image = write_s2_raster(tmp_path / "in" / "stack.tif", data, descriptions=["B02", "B03", "B04", "B08"])
-    dataset = ingest([image], tmp_path / "ds", config=IngestConfig(tile_size=32, overviews=False,
-                                                                   split={"by_scene": True}))
+    dataset = ingest(
+        [image], tmp_path / "ds", config=IngestConfig(tile_size=32, overviews=False, split={"by_scene": True})
+    )
     with rasterio.open(tmp_path / "ds" / dataset["scenes"][0]["image"]) as src:
         tags = src.tags()
     assert tags["PROCESSING_BASELINE"] == "unknown"

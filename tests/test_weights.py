@@ -75,8 +75,7 @@ def assert_encoder_equals(model: torch.nn.Module, state: dict[str, torch.Tensor]
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
 def test_named_weights_from_weights_dir(tmp_path: Path, l1c_state, task: str) -> None:
     path = save(l1c_state, tmp_path / "weights", MOCO_FILE)
-    cfg = ModelConfig(task=task, encoder_weights=MOCO, weights_dir=tmp_path / "weights",
-                      allow_download=False)
+    cfg = ModelConfig(task=task, encoder_weights=MOCO, weights_dir=tmp_path / "weights", allow_download=False)
     model, prov = build_model(cfg, L1C, num_classes=10)
     assert_encoder_equals(model, l1c_state, skip=())  # 13 bands in ESA order: conv1 unchanged
     assert prov["file"] == path.name
@@ -112,8 +111,7 @@ def test_band_the_weights_lack_needs_adapt_channels(tmp_path: Path, l1c_state) -
     rgb = with_conv1(l1c_state, [3, 2, 1])
     save(rgb, tmp_path, RGB_FILE)
     bands = ["B04", "B03", "B02", "B08"]
-    cfg = ModelConfig(task="classification", encoder_weights=RGB_MOCO, weights_dir=tmp_path,
-                      allow_download=False)
+    cfg = ModelConfig(task="classification", encoder_weights=RGB_MOCO, weights_dir=tmp_path, allow_download=False)
     with pytest.raises(ModelError, match="B08") as err:
         build_model(cfg, bands, 3)
     assert "adapt_channels" in str(err.value)
@@ -129,8 +127,7 @@ def test_band_the_weights_lack_needs_adapt_channels(tmp_path: Path, l1c_state) -
 
 def test_adapt_rule_keeps_kernels_when_data_has_fewer_channels() -> None:
     weight = torch.randn(8, 3, 7, 7)
-    kernel, cmap, scale = adapt_first_conv(weight, ["B04", "B03", "B02"], ["B02", "NDVI"],
-                                           adapt_channels=True)
+    kernel, cmap, scale = adapt_first_conv(weight, ["B04", "B03", "B02"], ["B02", "NDVI"], adapt_channels=True)
     assert scale == 1.0 and cmap == {"B02": 2, "NDVI": None}
     assert torch.equal(kernel[:, 0], weight[:, 2])
     assert torch.allclose(kernel[:, 1], weight.mean(dim=1))
@@ -160,8 +157,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path, l1c_state) 
 
 
 def test_missing_file_without_download(tmp_path: Path, hub_dir: Path) -> None:
-    cfg = ModelConfig(task="classification", encoder_weights=MOCO, weights_dir=tmp_path / "mine",
-                      allow_download=False)
+    cfg = ModelConfig(task="classification", encoder_weights=MOCO, weights_dir=tmp_path / "mine", allow_download=False)
     with pytest.raises(ModelError) as err:
         build_model(cfg, L2A, 3)
     message = str(err.value)
@@ -181,8 +177,9 @@ def test_missing_file_download_fails_offline_with_model_error(hub_dir: Path, mon
 
 def test_safetensors_with_band_metadata(tmp_path: Path, l1c_state) -> None:
     path = tmp_path / "enc.safetensors"
-    safetensors.torch.save_file({f"backbone.{k}": v for k, v in l1c_state.items()}, str(path),
-                                metadata={"bands": ",".join(L1C)})
+    safetensors.torch.save_file(
+        {f"backbone.{k}": v for k, v in l1c_state.items()}, str(path), metadata={"bands": ",".join(L1C)}
+    )
     cfg = ModelConfig(task="classification", encoder_weights=str(path))
     model, prov = build_model(cfg, ["B08", "B04"], 3)
     assert prov["key_prefix"] == "backbone." and prov["weight_bands_from"] == "stored in the file"
@@ -194,8 +191,12 @@ def test_lightning_checkpoint_of_a_unet(tmp_path: Path) -> None:
     torch.manual_seed(3)
     unet = smp.Unet("resnet18", encoder_weights=None, in_channels=13, classes=6)
     state = {f"model.{k}": v for k, v in unet.state_dict().items()}
-    ckpt = {"epoch": 3, "global_step": 10, "state_dict": state,
-            "hyper_parameters": {"data": {"bands": L1C}, "lr": 1e-3}}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 10,
+        "state_dict": state,
+        "hyper_parameters": {"data": {"bands": L1C}, "lr": 1e-3},
+    }
     path = save(ckpt, tmp_path, "last.ckpt")
     model, prov = build_model(ModelConfig(task="classification", encoder_weights=str(path)), L2A, 4)
     assert prov["key_prefix"] == "model.encoder." and prov["weight_bands"] == L1C
@@ -223,8 +224,7 @@ def test_imagenet_file_name_and_rgb_order(tmp_path: Path, l1c_state) -> None:
     source = resolve_weights("imagenet", "resnet18")
     assert source.file_name == "resnet18-f37072fd.pth" and source.bands == ("B04", "B03", "B02")
     save(rgb, tmp_path, source.file_name)
-    cfg = ModelConfig(task="classification", encoder_weights="imagenet", weights_dir=tmp_path,
-                      allow_download=False)
+    cfg = ModelConfig(task="classification", encoder_weights="imagenet", weights_dir=tmp_path, allow_download=False)
     model, _ = build_model(cfg, ["B02", "B03", "B04"], 2)
     assert torch.equal(encoder_of(model).conv1.weight, rgb["conv1.weight"][:, [2, 1, 0]])
 
@@ -276,8 +276,11 @@ def learnable(tmp_path_factory) -> Path:
     from tests.learnable import make_learnable_dataset
 
     # bands B02 B03 B04 B08; small blocks, so that this small scene has train, val and test tiles
-    return make_learnable_dataset(tmp_path_factory.mktemp("learnable"), size=256,
-                                  split={"block_size_m": 1280, "seed": 4, "fractions": (0.6, 0.2, 0.2)})
+    return make_learnable_dataset(
+        tmp_path_factory.mktemp("learnable"),
+        size=256,
+        split={"block_size_m": 1280, "seed": 4, "fractions": (0.6, 0.2, 0.2)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -298,11 +301,21 @@ def transform_run(learnable: Path, tmp_path_factory) -> SimpleNamespace:
             state[key] = torch.randn_like(value) * 0.1
         elif key.endswith("running_var"):
             state[key] = torch.rand_like(value) + 0.5
-    weights = save({"state_dict": state, "bands": wbands, "input_transform": {"mean": mean, "std": std}},
-                   tmp, "enc.pth")
-    cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs" / "tiny.yaml", [
-        f"data.dataset={learnable}", f"model.encoder_weights={weights}", "model.freeze_encoder_epochs=1",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    weights = save(
+        {"state_dict": state, "bands": wbands, "input_transform": {"mean": mean, "std": std}}, tmp, "enc.pth"
+    )
+    cfg = load_config(
+        TrainConfig,
+        Path(__file__).parents[1] / "configs" / "tiny.yaml",
+        [
+            f"data.dataset={learnable}",
+            f"model.encoder_weights={weights}",
+            "model.freeze_encoder_epochs=1",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     made: list[LandcoverDataModule] = []
 
     class Spy(LandcoverDataModule):
@@ -313,8 +326,15 @@ def transform_run(learnable: Path, tmp_path_factory) -> SimpleNamespace:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(landcover.training.train, "LandcoverDataModule", Spy)
         train(cfg, tmp / "run")
-    return SimpleNamespace(best=tmp / "run" / "checkpoints" / "best.ckpt", cfg=cfg, data=made[0], state=state,
-                           wbands=wbands, mean=mean, std=std)
+    return SimpleNamespace(
+        best=tmp / "run" / "checkpoints" / "best.ckpt",
+        cfg=cfg,
+        data=made[0],
+        state=state,
+        wbands=wbands,
+        mean=mean,
+        std=std,
+    )
 
 
 def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(transform_run, learnable: Path) -> None:
@@ -397,14 +417,19 @@ def test_torchgeo_transforms_become_mean_and_std_in_stored_units() -> None:
 
 def test_input_transform_of_local_files(tmp_path: Path, l1c_state) -> None:
     path = tmp_path / "enc.safetensors"
-    safetensors.torch.save_file(l1c_state, str(path), metadata={
-        "bands": ",".join(L1C), "input_transform": '{"mean": 1000, "std": 2000}'})
+    safetensors.torch.save_file(
+        l1c_state, str(path), metadata={"bands": ",".join(L1C), "input_transform": '{"mean": 1000, "std": 2000}'}
+    )
     declared = declared_input_transform(ModelConfig(encoder_weights=str(path)))
     assert declared is not None and declared.for_bands(["B02"])["mean"] == [1000.0]
     plain = save(l1c_state, tmp_path, "plain.pth")  # declares nothing
     assert declared_input_transform(ModelConfig(encoder_weights=str(plain))) is None
-    for bad, match in (({"mean": [1, 2], "std": [1, 2, 3]}, "2 means, 3 stds"), ({"std": 5}, "lacks mean"),
-                       ({"mean": 0, "std": 0}, "positive stds"), ("{oops", "not JSON")):
+    for bad, match in (
+        ({"mean": [1, 2], "std": [1, 2, 3]}, "2 means, 3 stds"),
+        ({"std": 5}, "lacks mean"),
+        ({"mean": 0, "std": 0}, "positive stds"),
+        ("{oops", "not JSON"),
+    ):
         bad_file = save({"state_dict": l1c_state, "input_transform": bad}, tmp_path, "bad.pth")
         with pytest.raises(ModelError, match=match):
             declared_input_transform(ModelConfig(encoder_weights=str(bad_file)))

@@ -56,8 +56,12 @@ def small_disk(tmp_path: Path):
     """A 128 KiB tmpfs (root only; skipped where mounting is not permitted)."""
     folder = tmp_path / "small_disk"
     folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (not root?)")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], check=False)
@@ -74,14 +78,42 @@ def commands(scene: tuple[Path, Path], checkpoint: Path, out: Path) -> dict[str,
     image, labels = scene
     return {
         "labels": ["labels", str(labels), "--like", str(image), "--out", str(out / "labels.tif")],
-        "ingest": ["ingest", str(image), "--labels", str(labels), "--out", str(out / "ds"), "--nomenclature",
-                   "level1", "--tile-size", "32", "--set", "split.min_valid_fraction=0"],
+        "ingest": [
+            "ingest",
+            str(image),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out / "ds"),
+            "--nomenclature",
+            "level1",
+            "--tile-size",
+            "32",
+            "--set",
+            "split.min_valid_fraction=0",
+        ],
         "predict": ["predict", str(checkpoint), str(image), "--out", str(out / "map.tif"), "--device", "cpu"],
-        "predict-probabilities": ["predict", str(checkpoint), str(image), "--out", str(out / "map.tif"), "--device",
-                                  "cpu", "--probabilities", "--no-quicklook"],
+        "predict-probabilities": [
+            "predict",
+            str(checkpoint),
+            str(image),
+            "--out",
+            str(out / "map.tif"),
+            "--device",
+            "cpu",
+            "--probabilities",
+            "--no-quicklook",
+        ],
         "explain": ["explain", str(checkpoint), str(image), "--out", str(out / "explained"), "--device", "cpu"],
-        "evaluate": ["evaluate", str(image.parent / "map.tif"), str(labels), "--out", str(out / "report"),
-                     "--nomenclature", "level1"],
+        "evaluate": [
+            "evaluate",
+            str(image.parent / "map.tif"),
+            str(labels),
+            "--out",
+            str(out / "report"),
+            "--nomenclature",
+            "level1",
+        ],
     }
 
 
@@ -89,28 +121,56 @@ def commands(scene: tuple[Path, Path], checkpoint: Path, out: Path) -> dict[str,
 def test_read_only_output_folder_is_one_line_and_exit_2(command, scene, checkpoint, tmp_path):
     folder, prefix = read_only_folder(tmp_path)
     if command == "evaluate":  # a map to score
-        subprocess.run([*CLI, *commands(scene, checkpoint, tmp_path)["predict"][:-4], "--out",
-                        str(scene[0].parent / "map.tif"), "--device", "cpu", "--overwrite"], check=True,
-                       capture_output=True)
-    proc = subprocess.run([*prefix, *CLI, *commands(scene, checkpoint, folder)[command]], capture_output=True,
-                          text=True, timeout=300)
+        subprocess.run(
+            [
+                *CLI,
+                *commands(scene, checkpoint, tmp_path)["predict"][:-4],
+                "--out",
+                str(scene[0].parent / "map.tif"),
+                "--device",
+                "cpu",
+                "--overwrite",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    proc = subprocess.run(
+        [*prefix, *CLI, *commands(scene, checkpoint, folder)[command]], capture_output=True, text=True, timeout=300
+    )
     line = one_error_line(proc)
     assert str(folder) in line and "permission denied" in line, line
     assert not list(folder.iterdir())  # nothing, not even a hidden temporary
-    again = subprocess.run([*CLI, *commands(scene, checkpoint, tmp_path / "writable")[command]], capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*CLI, *commands(scene, checkpoint, tmp_path / "writable")[command]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
 
 
 def train_args(dataset: Path, out: Path) -> list[str]:
-    return ["train", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(dataset), "--out", str(out),
-            "--max-epochs", "1", "--set", "trainer.limit_train_batches=1", "--set", "trainer.limit_val_batches=1"]
+    return [
+        "train",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--max-epochs",
+        "1",
+        "--set",
+        "trainer.limit_train_batches=1",
+        "--set",
+        "trainer.limit_val_batches=1",
+    ]
 
 
 def test_read_only_run_folder_of_train_is_one_line_and_exit_2(dataset, tmp_path):
     folder, prefix = read_only_folder(tmp_path)
-    proc = subprocess.run([*prefix, *CLI, *train_args(dataset, folder / "run")], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [*prefix, *CLI, *train_args(dataset, folder / "run")], capture_output=True, text=True, timeout=300
+    )
     line = one_error_line(proc)
     assert str(folder / "run") in line and "permission denied" in line, line
     assert not list(folder.iterdir())
@@ -126,27 +186,29 @@ def test_full_disk_is_one_line_exit_2_and_leaves_no_file(command, scene, checkpo
     and the labels GeoTIFF, whose write fails only when GDAL closes it, never takes its final name."""
     if command == "labels":  # 1024 x 1024 labels do not fit in 128 KiB; 256 x 256 do
         scene = make_learnable_scene(tmp_path / "raw", size=1024)
-    proc = subprocess.run([*CLI, *commands(scene, checkpoint, small_disk)[command]], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [*CLI, *commands(scene, checkpoint, small_disk)[command]], capture_output=True, text=True, timeout=300
+    )
     line = one_error_line(proc)
     assert str(small_disk) in line and "no space left" in line and "MB free" in line and "needed" in line, line
     assert not files_in(small_disk)
-    again = subprocess.run([*CLI, *commands(scene, checkpoint, tmp_path / "roomy")[command]], capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*CLI, *commands(scene, checkpoint, tmp_path / "roomy")[command]], capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
 
 
 def test_full_disk_while_training_leaves_no_truncated_checkpoint_and_the_rerun_completes(dataset, small_disk):
     """Lightning stages a checkpoint in /tmp and copies it over: on a full disk that left a truncated best.ckpt."""
-    proc = subprocess.run([*CLI, *train_args(dataset, small_disk / "run")], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([*CLI, *train_args(dataset, small_disk / "run")], capture_output=True, text=True, timeout=300)
     line = one_error_line(proc)
     assert "best.ckpt" in line and "no space left" in line and "MB needed" in line, line
     assert not [f for f in files_in(small_disk) if f.endswith(".ckpt") or "partial" in f]  # config.yaml is whole
     # space again (a bigger tmpfs, the failed run's files still there): the same command completes
     subprocess.run(["mount", "-o", "remount,size=1g", str(small_disk)], check=True)
-    again = subprocess.run([*CLI, *train_args(dataset, small_disk / "run")], capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        [*CLI, *train_args(dataset, small_disk / "run")], capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
 
 
@@ -164,8 +226,20 @@ def no_space(*names: str):
 
 def test_full_disk_while_ingest_writes_a_scene_is_one_line_and_the_rerun_completes(scene, tmp_path, monkeypatch):
     image, labels = scene
-    args = ["ingest", str(image), "--labels", str(labels), "--out", str(tmp_path / "ds"), "--nomenclature", "level1",
-            "--tile-size", "32", "--set", "split.min_valid_fraction=0"]
+    args = [
+        "ingest",
+        str(image),
+        "--labels",
+        str(labels),
+        "--out",
+        str(tmp_path / "ds"),
+        "--nomenclature",
+        "level1",
+        "--tile-size",
+        "32",
+        "--set",
+        "split.min_valid_fraction=0",
+    ]
     with monkeypatch.context() as m:
         m.setattr(Path, "write_text", no_space("scene.json"))
         result = CliRunner().invoke(app, args)
@@ -179,8 +253,15 @@ def test_full_disk_while_ingest_writes_a_scene_is_one_line_and_the_rerun_complet
 def test_full_disk_while_evaluate_writes_its_report_leaves_no_report(scene, checkpoint, tmp_path, monkeypatch):
     labels = scene[1]
     assert CliRunner().invoke(app, commands(scene, checkpoint, tmp_path)["predict"]).exit_code == 0
-    args = ["evaluate", str(tmp_path / "map.tif"), str(labels), "--out", str(tmp_path / "report"),
-            "--nomenclature", "level1"]
+    args = [
+        "evaluate",
+        str(tmp_path / "map.tif"),
+        str(labels),
+        "--out",
+        str(tmp_path / "report"),
+        "--nomenclature",
+        "level1",
+    ]
     with monkeypatch.context() as m:
         m.setattr(Path, "write_text", no_space("metrics.json"))
         result = CliRunner().invoke(app, args)
@@ -211,10 +292,11 @@ def test_non_utf8_paths_are_refused_in_one_line(scene, checkpoint, tmp_path):
     listed = tmp_path / "scenes.txt"
     listed.write_bytes(os.fsencode(str(odd)) + b"\n")
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
-    for args in (["labels", str(labels), "--like", str(odd), "--out", str(tmp_path / "labels.tif")],
-                 ["labels", str(labels), "--like", str(image), "--out", str(odd.with_name("labels_\udcff.tif"))],
-                 ["predict", str(checkpoint), "--from-list", str(listed), "--out", str(tmp_path / "maps"), "--device",
-                  "cpu"]):
+    for args in (
+        ["labels", str(labels), "--like", str(odd), "--out", str(tmp_path / "labels.tif")],
+        ["labels", str(labels), "--like", str(image), "--out", str(odd.with_name("labels_\udcff.tif"))],
+        ["predict", str(checkpoint), "--from-list", str(listed), "--out", str(tmp_path / "maps"), "--device", "cpu"],
+    ):
         proc = subprocess.run([*CLI, *args], capture_output=True, env=env, timeout=120)
         stderr = proc.stderr.decode("utf-8", "replace")
         lines = stderr.strip().splitlines()
@@ -231,8 +313,10 @@ def test_a_gdal_error_that_gives_no_reason_on_a_full_disk_is_no_space(tmp_path, 
     from landcover.io import failures as outputs
 
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(OutputError, match=r"cannot write .*splits.gpkg: no space left on .* \(0.0 MB free"), \
-            outputs.writing(tmp_path / "splits.gpkg"):
+    with (
+        pytest.raises(OutputError, match=r"cannot write .*splits.gpkg: no space left on .* \(0.0 MB free"),
+        outputs.writing(tmp_path / "splits.gpkg"),
+    ):
         raise pyogrio.errors.DataSourceError("Failed to commit transaction")
     with pytest.raises(pyogrio.errors.DataSourceError):  # with room left it is not a full disk: the error as it is
         monkeypatch.undo()

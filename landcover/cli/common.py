@@ -21,8 +21,14 @@ class OneLineErrors(TyperGroup):
     """Click's usage errors (unknown option, a value that is not a number...) as one line, exit code 2,
     like every other error, instead of a usage text and a framed panel."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,  # type: ignore[override]
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -31,8 +37,12 @@ class OneLineErrors(TyperGroup):
             if type(exc).__name__ != "NoArgsIsHelpError":  # the help is shown already
                 ctx = getattr(exc, "ctx", None)
                 command = ctx.command_path if ctx is not None else "landcover"
-                err.print(f"error: {exc.format_message().rstrip('.')}; see `{command} --help`", highlight=False,
-                          soft_wrap=True, markup=False)
+                err.print(
+                    f"error: {exc.format_message().rstrip('.')}; see `{command} --help`",
+                    highlight=False,
+                    soft_wrap=True,
+                    markup=False,
+                )
             raise SystemExit(exc.exit_code) from None
         except typer.Abort:
             err.print("aborted", highlight=False)
@@ -132,8 +142,10 @@ def resume_command() -> str:
 
 
 def interrupted(name: str) -> typer.Exit:
-    hint = state.get("resume_hint") or "finished outputs are kept, partial ones were removed; run the same " \
-        "command again to resume"
+    hint = (
+        state.get("resume_hint")
+        or "finished outputs are kept, partial ones were removed; run the same command again to resume"
+    )
     err.print(f"interrupted ({name}): {hint}", highlight=False, soft_wrap=True, markup=False)
     return typer.Exit(EXIT_CODES.get(name, 130))
 
@@ -185,8 +197,13 @@ def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
     ) as progress:
         tasks: dict[str, Any] = {}
 
@@ -200,8 +217,10 @@ def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
 
 
 FROM_LIST_HELP = "Text file with one input per line (# comments; relative paths are relative to the file)."
-SHARD_HELP = ("Process only shard I/N (0 <= I < N) of the inputs (by sorted scene name); default inside a SLURM "
-              "job array: the array task.")
+SHARD_HELP = (
+    "Process only shard I/N (0 <= I < N) of the inputs (by sorted scene name); default inside a SLURM "
+    "job array: the array task."
+)
 
 
 def print_version(value: bool) -> None:

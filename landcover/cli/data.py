@@ -45,8 +45,14 @@ def labels(
 
     with progress_bars() as update:
         summary = labels_like(
-            source, like, out_path, nomenclature_name=nomenclature, code_column=code_column,
-            all_touched=all_touched, raster_values=raster_values, overwrite=overwrite,
+            source,
+            like,
+            out_path,
+            nomenclature_name=nomenclature,
+            code_column=code_column,
+            all_touched=all_touched,
+            raster_values=raster_values,
+            overwrite=overwrite,
             progress=lambda done, total: update("labels", done, total),
         )
     out.print(
@@ -59,14 +65,19 @@ def labels(
 @handles_errors
 def ingest(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder (created, or resumed).")],
-    inputs: Annotated[list[Path] | None, typer.Argument(
-        help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; BigEarthNet patch folders or a folder of them."
-    )] = None,
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; BigEarthNet patch folders or a folder of them."
+        ),
+    ] = None,
     labels_path: Annotated[
         Path | None, typer.Option("--labels", "-l", help="CORINE raster/vector, or another vector with --mapping.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings (see configs/ingest.yaml).")] = None,
-    bands: Annotated[str | None, typer.Option(help="Comma-separated bands in stack order, e.g. B02,B03,B04,B08.")] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="Comma-separated bands in stack order, e.g. B02,B03,B04,B08.")
+    ] = None,
     nomenclature: Annotated[str | None, typer.Option(help=NOMENCLATURE_HELP)] = None,
     tile_size: Annotated[
         int | None, typer.Option(min=1, help="Training tile side in pixels (default 256; 120 = one BigEarthNet patch).")
@@ -84,11 +95,18 @@ def ingest(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset made with other settings.")] = False,
     from_list: Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)] = None,
-    shard: Annotated[str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")] = None,
-    finalize: Annotated[bool, typer.Option(
-        "--finalize", help="Only merge the finished scenes' catalogs into catalog.parquet, splits.gpkg and "
-        "dataset.json (after all shards; safe to run twice). With --seed, --block-size, --split-by-scene or "
-        "--set split.KEY=VALUE it re-splits the dataset without reading its imagery.")] = False,
+    shard: Annotated[
+        str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")
+    ] = None,
+    finalize: Annotated[
+        bool,
+        typer.Option(
+            "--finalize",
+            help="Only merge the finished scenes' catalogs into catalog.parquet, splits.gpkg and "
+            "dataset.json (after all shards; safe to run twice). With --seed, --block-size, --split-by-scene or "
+            "--set split.KEY=VALUE it re-splits the dataset without reading its imagery.",
+        ),
+    ] = False,
 ) -> None:
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
     from landcover.cluster import parse_shard, read_list
@@ -112,18 +130,30 @@ def ingest(
     part = parse_shard(shard)
 
     cfg = load_config(
-        IngestConfig, config, set_,
-        bands=bands.split(",") if bands else None, nomenclature=nomenclature, tile_size=tile_size,
+        IngestConfig,
+        config,
+        set_,
+        bands=bands.split(",") if bands else None,
+        nomenclature=nomenclature,
+        tile_size=tile_size,
         bigearthnet_metadata=str(bigearthnet_metadata) if bigearthnet_metadata else None,
-        **{"labels.code_column": code_column, "labels.mapping": str(mapping) if mapping else None,
-           "split.block_size_m": block_size, "split.by_scene": split_by_scene, "split.seed": seed},
+        **{
+            "labels.code_column": code_column,
+            "labels.mapping": str(mapping) if mapping else None,
+            "split.block_size_m": block_size,
+            "split.by_scene": split_by_scene,
+            "split.seed": seed,
+        },
     )
     with progress_bars() as update:
-        dataset = run_ingest(items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update,
-                             shard=part)
+        dataset = run_ingest(
+            items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update, shard=part
+        )
     if part is not None and not dataset.get("finalized", True):
-        out.print(f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
-                  f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done")
+        out.print(
+            f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
+            f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done"
+        )
         return
     _report(out_dir, dataset)
 

@@ -13,7 +13,9 @@ from landcover.cli.common import app, handles_errors, out, quiet_lightning, stat
 @app.command()
 @handles_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output of the demo.")] = Path("runs/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output of the demo.")] = Path(
+        "runs/demo"
+    ),
     task: Annotated[str, typer.Option(help="segmentation, classification or all.")] = "segmentation",
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Fewer epochs for a quicker look.")] = None,
 ) -> None:

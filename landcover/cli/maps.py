@@ -7,24 +7,22 @@ from typing import Annotated, Any
 
 import typer
 
-from landcover.cli.common import (
-    FROM_LIST_HELP,
-    SHARD_HELP,
-    app,
-    err,
-    handles_errors,
-    out,
-    progress_bars,
-)
+from landcover.cli.common import FROM_LIST_HELP, SHARD_HELP, app, err, handles_errors, out, progress_bars
 
 
 @app.command()
 @handles_errors
 def evaluate(
-    prediction: Annotated[Path, typer.Argument(
-        metavar="PREDICTION", help="Class-map GeoTIFF to score (255 = no data), e.g. from predict.")],
-    labels_path: Annotated[Path, typer.Argument(
-        metavar="LABELS", help="CORINE raster/vector (any CRS), or a class map on the same grid (labels.tif).")],
+    prediction: Annotated[
+        Path,
+        typer.Argument(metavar="PREDICTION", help="Class-map GeoTIFF to score (255 = no data), e.g. from predict."),
+    ],
+    labels_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="LABELS", help="CORINE raster/vector (any CRS), or a class map on the same grid (labels.tif)."
+        ),
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, report.md, PNGs, GPKG).")],
     nomenclature: Annotated[
         str | None, typer.Option(help="Classes to score in (default: the prediction's NOMENCLATURE tag).")
@@ -46,8 +44,15 @@ def evaluate(
 
     with progress_bars() as update:
         metrics = evaluate_maps(
-            prediction, labels_path, out_dir, nomenclature_name=nomenclature, code_column=code_column,
-            tile_size=tile_size, raster_values=raster_values, all_touched=all_touched, overwrite=overwrite,
+            prediction,
+            labels_path,
+            out_dir,
+            nomenclature_name=nomenclature,
+            code_column=code_column,
+            tile_size=tile_size,
+            raster_values=raster_values,
+            all_touched=all_touched,
+            overwrite=overwrite,
             progress=lambda done, total: update("evaluate", done, total),
         )
     s, px = metrics["scores"], metrics["pixels"]
@@ -62,34 +67,46 @@ def evaluate(
 @handles_errors
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")],
-    out_path: Annotated[Path, typer.Option(
-        "--out", "-o", help="Output .tif for one input; a folder (one <scene>.tif each) for several or --from-list.")],
-    inputs: Annotated[list[Path] | None, typer.Argument(
-        help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif.")] = None,
+    out_path: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output .tif for one input; a folder (one <scene>.tif each) for several or --from-list."
+        ),
+    ],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif."
+        ),
+    ] = None,
     from_list: Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)] = None,
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
-    probabilities: Annotated[bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")] = False,
+    probabilities: Annotated[
+        bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")
+    ] = False,
     confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
     overlap: Annotated[int | None, typer.Option(min=0, help="Window overlap in pixels (default: tile / 4).")] = None,
-    tile: Annotated[int | None, typer.Option(min=1, help="Window side in pixels (default: the checkpoint's tile size).")] = None,
+    tile: Annotated[
+        int | None, typer.Option(min=1, help="Window side in pixels (default: the checkpoint's tile size).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
     quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,
-    allow_level_mismatch: Annotated[bool, typer.Option(
-        "--allow-level-mismatch", help="Predict scenes of another processing level (L1C/L2A) than the checkpoint's "
-        "training data (refused by default: results are degraded); warned and recorded in the map's tags.")] = False,
+    allow_level_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-level-mismatch",
+            help="Predict scenes of another processing level (L1C/L2A) than the checkpoint's "
+            "training data (refused by default: results are degraded); warned and recorded in the map's tags.",
+        ),
+    ] = False,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.cluster import parse_shard, read_list, shard_items
     from landcover.errors import ConfigError
-    from landcover.preflight import (
-        check_checkpoint_exists,
-        check_device,
-        check_inputs_exist,
-        check_output_path,
-    )
+    from landcover.preflight import check_checkpoint_exists, check_device, check_inputs_exist, check_output_path
 
     check_device(device)
     check_output_path(out_path, folder=out_path.suffix.lower() not in (".tif", ".tiff"))
@@ -110,9 +127,17 @@ def predict(
             out.print(f"shard {part[0]}/{part[1]}: no scene (there are fewer scenes than shards)")
             return
     batch = from_list is not None or (part is not None and part[1] > 1)  # --out is then a folder
-    options: dict[str, Any] = dict(overlap=overlap, tile=tile, batch_size=batch_size, device=device, probabilities=probabilities,
-                   confidence=confidence, quicklook=quicklook, mask_clouds=mask_clouds,
-                   allow_level_mismatch=allow_level_mismatch)
+    options: dict[str, Any] = dict(
+        overlap=overlap,
+        tile=tile,
+        batch_size=batch_size,
+        device=device,
+        probabilities=probabilities,
+        confidence=confidence,
+        quicklook=quicklook,
+        mask_clouds=mask_clouds,
+        allow_level_mismatch=allow_level_mismatch,
+    )
     single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"--out {out_path} is a file name but there are {len(items)} inputs; pass a folder")
@@ -128,8 +153,10 @@ def predict(
             out.print(f"skipped {s['input']}: {s['out']['map']} is complete (pass --overwrite to redo it)")
             continue
         extra = ", ".join(Path(p).name for name, p in s["out"].items() if name != "map")
-        out.print(f"wrote {s['out']['map']} ({s['grid']['width']} x {s['grid']['height']} px, {s['windows_run']} windows, "
-                  f"{s['windows_skipped']} empty skipped, {s['seconds']:.1f} s on {s['device']}; {extra})")
+        out.print(
+            f"wrote {s['out']['map']} ({s['grid']['width']} x {s['grid']['height']} px, {s['windows_run']} windows, "
+            f"{s['windows_skipped']} empty skipped, {s['seconds']:.1f} s on {s['device']}; {extra})"
+        )
 
 
 @app.command()
@@ -138,21 +165,23 @@ def explain(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")],
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A Sentinel-2 product or an ingested image.tif.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps, overlay.png and explain.json.")],
-    classes: Annotated[str | None, typer.Option(
-        help="Classification: codes or names, comma-separated, or 'all' (default: the classes found).")] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Classification: codes or names, comma-separated, or 'all' (default: the classes found)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    allow_level_mismatch: Annotated[bool, typer.Option(
-        "--allow-level-mismatch", help="Explain a scene of another processing level (L1C/L2A) than the checkpoint's "
-        "training data (refused otherwise; a warning is printed and recorded).")] = False,
+    allow_level_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-level-mismatch",
+            help="Explain a scene of another processing level (L1C/L2A) than the checkpoint's "
+            "training data (refused otherwise; a warning is printed and recorded).",
+        ),
+    ] = False,
 ) -> None:
     """Show what a model relies on: Grad-CAM heat maps (classification) or entropy/margin maps (segmentation)."""
-    from landcover.preflight import (
-        check_checkpoint_exists,
-        check_device,
-        check_inputs_exist,
-        check_output_path,
-    )
+    from landcover.preflight import check_checkpoint_exists, check_device, check_inputs_exist, check_output_path
 
     check_device(device)
     check_checkpoint_exists(checkpoint)  # before torch is imported
@@ -163,8 +192,16 @@ def explain(
     from landcover.inference.explain import explain_command_summary
 
     with progress_bars() as update:
-        result = run_explain(checkpoint, input_path, out_dir, classes=classes, device=device, overwrite=overwrite,
-                             allow_level_mismatch=allow_level_mismatch, progress=update)
+        result = run_explain(
+            checkpoint,
+            input_path,
+            out_dir,
+            classes=classes,
+            device=device,
+            overwrite=overwrite,
+            allow_level_mismatch=allow_level_mismatch,
+            progress=update,
+        )
     for warning in result.get("warnings", []):
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(explain_command_summary(result), highlight=False)

@@ -7,15 +7,7 @@ from typing import Annotated
 
 import typer
 
-from landcover.cli.common import (
-    SHARD_HELP,
-    app,
-    handles_errors,
-    out,
-    quiet_lightning,
-    resume_command,
-    state,
-)
+from landcover.cli.common import SHARD_HELP, app, handles_errors, out, quiet_lightning, resume_command, state
 
 
 @app.command()
@@ -28,25 +20,34 @@ def train(
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set trainer.max_epochs=N.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu (--set trainer.accelerator).")] = None,
     devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
-    resume: Annotated[str | None, typer.Option(
-        help="Continue from a checkpoint (RUN/checkpoints/last.ckpt), or 'auto': continue the run in --out if it has "
-        "one, else start it (for requeued SLURM jobs).")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue from a checkpoint (RUN/checkpoints/last.ckpt), or 'auto': continue the run in --out if it has "
+            "one, else start it (for requeued SLURM jobs)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
     from landcover.preflight import check_output_path
     from landcover.training.config import check_train_arguments
 
-    values = {"data.dataset": str(dataset) if dataset else None, "trainer.max_epochs": max_epochs,
-              "trainer.accelerator": accelerator,
-              "trainer.devices": (int(devices) if devices and devices.isdigit() else devices)}
+    values = {
+        "data.dataset": str(dataset) if dataset else None,
+        "trainer.max_epochs": max_epochs,
+        "trainer.accelerator": accelerator,
+        "trainer.devices": (int(devices) if devices and devices.isdigit() else devices),
+    }
     check_output_path(out_dir)
     cfg = check_train_arguments(config, set_, resume, **values)  # before torch and Lightning are imported
 
     from landcover.training.train import train as run_train
 
-    state["resume_hint"] = f"resume with `{resume_command()}` (it continues from the last finished epoch, " \
+    state["resume_hint"] = (
+        f"resume with `{resume_command()}` (it continues from the last finished epoch, "
         f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
+    )
     quiet_lightning()
     metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
     if not metrics:  # a non-zero DDP rank
@@ -67,14 +68,19 @@ def parse_parallel(value: str | None) -> str | None:
 @app.command()
 @handles_errors
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP", help="Sweep YAML (see configs/sweep_lr_encoder.yaml).")],
+    sweep_file: Annotated[
+        Path, typer.Argument(metavar="SWEEP", help="Sweep YAML (see configs/sweep_lr_encoder.yaml).")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: variants/, leaderboard, best/.")],
     dataset: Annotated[Path | None, typer.Option(help="Dataset folder for every variant (else the sweep's).")] = None,
-    parallel: Annotated[str | None, typer.Option(
-        callback=parse_parallel, help="Variants at once: N or auto (one per core or GPU).")] = None,
+    parallel: Annotated[
+        str | None, typer.Option(callback=parse_parallel, help="Variants at once: N or auto (one per core or GPU).")
+    ] = None,
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP + " Then run --leaderboard once all are done.")] = None,
-    leaderboard_only: Annotated[bool, typer.Option(
-        "--leaderboard", help="Only rank the finished variants, promote the best and score it on test.")] = False,
+    leaderboard_only: Annotated[
+        bool,
+        typer.Option("--leaderboard", help="Only rank the finished variants, promote the best and score it on test."),
+    ] = False,
 ) -> None:
     """Train many variants of a config (grid/list), rank them on validation, keep the best."""
     from landcover.cluster import parse_shard
@@ -85,13 +91,7 @@ def sweep(
         what = "is a folder" if sweep_file.is_dir() else "does not exist"
         raise ConfigError(f"sweep file {sweep_file} {what}; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
     check_output_path(out_dir)
-    from landcover.training.sweep import (
-        leaderboard,
-        load_sweep,
-        run_sweep,
-        signal_variants,
-        sweep_summary,
-    )
+    from landcover.training.sweep import leaderboard, load_sweep, run_sweep, signal_variants, sweep_summary
 
     state["forward_sigterm"] = signal_variants  # the variants stop with the sweep; a rerun continues them
 
@@ -99,10 +99,18 @@ def sweep(
         result = leaderboard(out_dir, keep=load_sweep(sweep_file)[0].keep, dataset=dataset)
     else:
         part = parse_shard(shard)
-        result = run_sweep(sweep_file, out_dir, dataset=dataset, parallel=parallel, shard=part,
-                           say=lambda line: out.print(line, highlight=False))
+        result = run_sweep(
+            sweep_file,
+            out_dir,
+            dataset=dataset,
+            parallel=parallel,
+            shard=part,
+            say=lambda line: out.print(line, highlight=False),
+        )
         if part is not None and "shard" in result:
-            out.print(f"shard {part[0]}/{part[1]}: {len(result['variants'])} variant(s) finished; run `landcover sweep "
-                      f"{sweep_file} --out {out_dir} --leaderboard` when every shard is done")
+            out.print(
+                f"shard {part[0]}/{part[1]}: {len(result['variants'])} variant(s) finished; run `landcover sweep "
+                f"{sweep_file} --out {out_dir} --leaderboard` when every shard is done"
+            )
             return
     out.print(sweep_summary(result, out_dir), highlight=False)

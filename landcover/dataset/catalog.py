@@ -48,22 +48,37 @@ from landcover.nomenclature import IGNORE, Nomenclature
 CATALOG_NAME = "catalog.parquet"
 SPLITS_GPKG_NAME = "splits.gpkg"
 
-SCHEMA = pa.schema([
-    ("tile_id", pa.string()), ("scene_id", pa.string()),
-    ("row", pa.int32()), ("col", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
-    ("crs", pa.string()),
-    ("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64()),
-    ("split", pa.string()), ("buffer", pa.bool_()),
-    ("valid_fraction", pa.float64()), ("cloud_fraction", pa.float64()),
-    ("labelled_fraction", pa.float64()),
-    ("class_counts", pa.list_(pa.int64())), ("dominant_class", pa.int32()),
-    ("present_classes", pa.list_(pa.int32())),
-    ("band_sum", pa.list_(pa.float64())), ("band_sumsq", pa.list_(pa.float64())),
-    ("band_count", pa.int64()),
-    ("patch_id", pa.string()), ("patch_labels", pa.list_(pa.int32())),
-    ("patch_label_names", pa.list_(pa.string())), ("official_split", pa.string()),
-    ("geometry", pa.binary()),
-])
+SCHEMA = pa.schema(
+    [
+        ("tile_id", pa.string()),
+        ("scene_id", pa.string()),
+        ("row", pa.int32()),
+        ("col", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("crs", pa.string()),
+        ("xmin", pa.float64()),
+        ("ymin", pa.float64()),
+        ("xmax", pa.float64()),
+        ("ymax", pa.float64()),
+        ("split", pa.string()),
+        ("buffer", pa.bool_()),
+        ("valid_fraction", pa.float64()),
+        ("cloud_fraction", pa.float64()),
+        ("labelled_fraction", pa.float64()),
+        ("class_counts", pa.list_(pa.int64())),
+        ("dominant_class", pa.int32()),
+        ("present_classes", pa.list_(pa.int32())),
+        ("band_sum", pa.list_(pa.float64())),
+        ("band_sumsq", pa.list_(pa.float64())),
+        ("band_count", pa.int64()),
+        ("patch_id", pa.string()),
+        ("patch_labels", pa.list_(pa.int32())),
+        ("patch_label_names", pa.list_(pa.string())),
+        ("official_split", pa.string()),
+        ("geometry", pa.binary()),
+    ]
+)
 """Arrow schema of scene parts and of catalog.parquet (geometry: WKB polygons in EPSG:4326).
 
 ``patch_*`` and ``official_split`` describe the BigEarthNet patch a tile coincides with (empty
@@ -77,12 +92,23 @@ COLUMNS = tuple(SCHEMA.names)
 # --- records ----------------------------------------------------------------------------------
 
 
-def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray,
-                valid: np.ndarray, cloud: np.ndarray | None, image: np.ndarray,
-                nomenclature: Nomenclature, split_cfg: SplitConfig,
-                present_threshold: float = 0.01, patch_id: str = "",
-                patch_labels: Sequence[int] = (), patch_label_names: Sequence[str] = (),
-                official_split: str = "") -> dict[str, Any] | None:
+def tile_record(
+    *,
+    scene_id: str,
+    grid: Grid,
+    window: Window,
+    labels: np.ndarray,
+    valid: np.ndarray,
+    cloud: np.ndarray | None,
+    image: np.ndarray,
+    nomenclature: Nomenclature,
+    split_cfg: SplitConfig,
+    present_threshold: float = 0.01,
+    patch_id: str = "",
+    patch_labels: Sequence[int] = (),
+    patch_label_names: Sequence[str] = (),
+    official_split: str = "",
+) -> dict[str, Any] | None:
     """The catalog row of one tile, or None when its cloud-free image share is below the minimum.
 
     ``labels`` (H, W) uint8 class ids with 255 = ignore; ``valid`` (H, W) image has data;
@@ -119,9 +145,11 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
     k = nomenclature.num_classes
     if counts[k:IGNORE].any():
         bad = [int(v) for v in np.flatnonzero(counts[k:IGNORE]) + k]
-        raise DatasetError(f"label values {bad} in tile r{row} c{col} of {scene_id} are not class ids "
-                           f"of the {nomenclature.name} nomenclature (0..{k - 1}, 255 = ignore); "
-                           "this is a bug in label encoding: report it")
+        raise DatasetError(
+            f"label values {bad} in tile r{row} c{col} of {scene_id} are not class ids "
+            f"of the {nomenclature.name} nomenclature (0..{k - 1}, 255 = ignore); "
+            "this is a bug in label encoding: report it"
+        )
     class_counts = counts[:k]
     labelled = int(class_counts.sum())
     if labelled:
@@ -139,18 +167,32 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
     left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
     bounds = (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
     return {
-        "tile_id": f"{scene_id}_r{row:05d}_c{col:05d}", "scene_id": scene_id,
-        "row": row, "col": col, "height": height, "width": width, "crs": crs,
-        "xmin": bounds[0], "ymin": bounds[1], "xmax": bounds[2], "ymax": bounds[3],
-        "split": "", "buffer": False,  # assigned by finalize()
+        "tile_id": f"{scene_id}_r{row:05d}_c{col:05d}",
+        "scene_id": scene_id,
+        "row": row,
+        "col": col,
+        "height": height,
+        "width": width,
+        "crs": crs,
+        "xmin": bounds[0],
+        "ymin": bounds[1],
+        "xmax": bounds[2],
+        "ymax": bounds[3],
+        "split": "",
+        "buffer": False,  # assigned by finalize()
         "valid_fraction": valid_fraction,
         "cloud_fraction": int(cloudy.sum()) / n_pixels,
         "labelled_fraction": labelled / n_pixels,
         "class_counts": [int(c) for c in class_counts],
-        "dominant_class": dominant, "present_classes": present,
-        "band_sum": band_sum, "band_sumsq": band_sumsq, "band_count": n_usable,
-        "patch_id": patch_id, "patch_labels": [int(c) for c in patch_labels],
-        "patch_label_names": [str(n) for n in patch_label_names], "official_split": official_split,
+        "dominant_class": dominant,
+        "present_classes": present,
+        "band_sum": band_sum,
+        "band_sumsq": band_sumsq,
+        "band_count": n_usable,
+        "patch_id": patch_id,
+        "patch_labels": [int(c) for c in patch_labels],
+        "patch_label_names": [str(n) for n in patch_label_names],
+        "official_split": official_split,
         "geometry": tile_footprint(bounds, crs),
     }
 
@@ -161,7 +203,8 @@ def tile_record(*, scene_id: str, grid: Grid, window: Window, labels: np.ndarray
 def _geo_metadata(geometry: pa.Array) -> bytes:
     geoms = shapely.from_wkb(geometry.to_numpy(zero_copy_only=False))
     column: dict[str, Any] = {
-        "encoding": "WKB", "geometry_types": ["Polygon"],
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
         "crs": ProjCRS.from_epsg(4326).to_json_dict(),
     }
     if len(geoms):
@@ -183,11 +226,18 @@ def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
     for record in records:
         missing = set(COLUMNS) - set(record)
         if missing:
-            raise ValueError(f"record {record.get('tile_id')} lacks {sorted(missing)}; "
-                             "build records with tile_record()")
+            raise ValueError(
+                f"record {record.get('tile_id')} lacks {sorted(missing)}; build records with tile_record()"
+            )
         geometry = record["geometry"]
-        rows.append({**record, "geometry": shapely.to_wkb(geometry, byte_order=1)
-                     if isinstance(geometry, shapely.Geometry) else geometry})
+        rows.append(
+            {
+                **record,
+                "geometry": shapely.to_wkb(geometry, byte_order=1)
+                if isinstance(geometry, shapely.Geometry)
+                else geometry,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
@@ -206,22 +256,29 @@ def _read_parts(part_paths: Sequence[Path]) -> pa.Table:
         try:
             table = pq.read_table(path)
         except FileNotFoundError as exc:
-            raise DatasetError(f"catalog part {path} is missing; re-run `landcover ingest` to "
-                               "process its scene again") from exc
+            raise DatasetError(
+                f"catalog part {path} is missing; re-run `landcover ingest` to process its scene again"
+            ) from exc
         except (OSError, pa.ArrowException) as exc:
-            raise DatasetError(f"catalog part {path} cannot be read ({exc}); delete it and re-run "
-                               "`landcover ingest` to process its scene again") from exc
+            raise DatasetError(
+                f"catalog part {path} cannot be read ({exc}); delete it and re-run "
+                "`landcover ingest` to process its scene again"
+            ) from exc
         if not table.schema.remove_metadata().equals(SCHEMA):
-            raise DatasetError(f"catalog part {path} has columns {table.schema.names}, expected "
-                               f"{list(COLUMNS)} (written by another landcover version?); "
-                               "re-run `landcover ingest --overwrite`")
+            raise DatasetError(
+                f"catalog part {path} has columns {table.schema.names}, expected "
+                f"{list(COLUMNS)} (written by another landcover version?); "
+                "re-run `landcover ingest --overwrite`"
+            )
         tables.append(table.replace_schema_metadata(None))
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     table = table.sort_by([("scene_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
     dupes = sorted(i for i, n in Counter(table.column("tile_id").to_pylist()).items() if n > 1)
     if dupes:
-        raise DatasetError(f"tiles {dupes[:5]} appear in more than one catalog part (the same scene "
-                           "ingested twice?); pass each scene once and re-run `landcover ingest`")
+        raise DatasetError(
+            f"tiles {dupes[:5]} appear in more than one catalog part (the same scene "
+            "ingested twice?); pass each scene once and re-run `landcover ingest`"
+        )
     return table
 
 
@@ -241,12 +298,19 @@ def band_statistics(table: pa.Table, bands: Sequence[str], split_column: str = "
     count = sum(train["band_count"].to_pylist())
     for row in sums:
         if len(row) != len(bands):
-            raise DatasetError(f"catalog tiles hold {len(row)} band sums but {len(bands)} bands "
-                               f"({', '.join(bands)}) were named; re-run `landcover ingest --overwrite`")
+            raise DatasetError(
+                f"catalog tiles hold {len(row)} band sums but {len(bands)} bands "
+                f"({', '.join(bands)}) were named; re-run `landcover ingest --overwrite`"
+            )
     if count == 0:  # e.g. a prediction-only scene; training on this dataset will refuse
-        return {"bands": list(bands), "mean": None, "std": None, "count": 0,
-                "from": f"none of the {table.num_rows} tiles is a {what} with cloud-free pixels; "
-                        "ingest more scenes, or change the split seed, block_size_m or fractions"}
+        return {
+            "bands": list(bands),
+            "mean": None,
+            "std": None,
+            "count": 0,
+            "from": f"none of the {table.num_rows} tiles is a {what} with cloud-free pixels; "
+            "ingest more scenes, or change the split seed, block_size_m or fractions",
+        }
     mean, std = [], []
     for b in range(len(bands)):
         m = math.fsum(row[b] for row in sums) / count
@@ -260,16 +324,19 @@ def assign_splits(table: pa.Table, cfg: SplitConfig, tile_size_m: float) -> pa.T
     """``table`` with ``split`` and ``buffer`` computed from each tile's bounds, CRS and scene
     (:func:`landcover.dataset.splits.tile_split`; ``tile_size_m`` is the nominal tile side)."""
     columns = [table.column(c).to_pylist() for c in ("xmin", "ymin", "xmax", "ymax", "crs", "scene_id")]
-    pairs = [tile_split((x0, y0, x1, y1), crs, tile_size_m, cfg, scene)
-             for x0, y0, x1, y1, crs, scene in zip(*columns, strict=True)]
+    pairs = [
+        tile_split((x0, y0, x1, y1), crs, tile_size_m, cfg, scene)
+        for x0, y0, x1, y1, crs, scene in zip(*columns, strict=True)
+    ]
     splits = pa.array([p[0] for p in pairs], pa.string())
     buffers = pa.array([p[1] for p in pairs], pa.bool_())
     table = table.set_column(table.schema.get_field_index("split"), "split", splits)
     return table.set_column(table.schema.get_field_index("buffer"), "buffer", buffers)
 
 
-def finalize(dataset_dir: Path, part_paths: list[Path], bands: list[str], split_cfg: SplitConfig,
-             tile_size_m: float) -> dict[str, Any]:
+def finalize(
+    dataset_dir: Path, part_paths: list[Path], bands: list[str], split_cfg: SplitConfig, tile_size_m: float
+) -> dict[str, Any]:
     """Merge scene parts into catalog.parquet and splits.gpkg, assigning every tile its split;
     return the train band statistics.
 
@@ -295,23 +362,26 @@ def lonlat_bounds(dataset_dir: Path) -> tuple[float, float, float, float] | None
 # --- reading ----------------------------------------------------------------------------------
 
 
-def read_catalog(dataset_dir: Path, split: str | None = None,
-                 include_buffer: bool = False) -> gpd.GeoDataFrame:
+def read_catalog(dataset_dir: Path, split: str | None = None, include_buffer: bool = False) -> gpd.GeoDataFrame:
     """The catalog of an ingested dataset, optionally one split; buffer tiles only if asked."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     path = Path(dataset_dir) / CATALOG_NAME
     if not path.is_file():
-        raise DatasetError(f"{path} does not exist: {dataset_dir} is not an ingested dataset (or "
-                           "its ingest did not finish); run `landcover ingest` first")
+        raise DatasetError(
+            f"{path} does not exist: {dataset_dir} is not an ingested dataset (or "
+            "its ingest did not finish); run `landcover ingest` first"
+        )
     try:
         catalog = gpd.read_parquet(path)
     except Exception as exc:
         raise DatasetError(f"cannot read {path} ({exc}); re-run `landcover ingest --overwrite`") from exc
     missing = set(COLUMNS) - set(catalog.columns)
     if missing:
-        raise DatasetError(f"{path} lacks columns {sorted(missing)} (made by another landcover "
-                           "version?); re-run `landcover ingest --overwrite`")
+        raise DatasetError(
+            f"{path} lacks columns {sorted(missing)} (made by another landcover "
+            "version?); re-run `landcover ingest --overwrite`"
+        )
     keep = np.ones(len(catalog), bool)
     if split is not None:
         keep &= (catalog["split"] == split).to_numpy()
@@ -320,8 +390,9 @@ def read_catalog(dataset_dir: Path, split: str | None = None,
     return catalog[keep].reset_index(drop=True)
 
 
-def class_pixel_totals(catalog: gpd.GeoDataFrame, split: str | None = "train",
-                       num_classes: int | None = None) -> np.ndarray:
+def class_pixel_totals(
+    catalog: gpd.GeoDataFrame, split: str | None = "train", num_classes: int | None = None
+) -> np.ndarray:
     """Summed ``class_counts`` (int64) of the non-buffer tiles of ``split`` (None: all splits)."""
     rows = catalog[~catalog["buffer"].to_numpy(dtype=bool)]
     if split is not None:

@@ -36,8 +36,9 @@ def to_wgs84(crs: str) -> Transformer:
     return Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
 
 
-def tile_footprint(bounds: tuple[float, float, float, float], crs: str,
-                   segments: int = DENSIFY_SEGMENTS) -> shapely.Polygon:
+def tile_footprint(
+    bounds: tuple[float, float, float, float], crs: str, segments: int = DENSIFY_SEGMENTS
+) -> shapely.Polygon:
     """The footprint of native ``bounds`` in EPSG:4326 (lon, lat), each edge cut in ``segments``.
 
     Edge points are computed from the bounds alone, so neighbouring tiles share their vertices.
@@ -62,13 +63,15 @@ def dissolve(frame: pd.DataFrame) -> shapely.MultiPolygon | None:
         return None
     parts = []
     for crs, group in sorted(frame.groupby("crs"), key=lambda item: item[0]):
-        boxes = shapely.box(group["xmin"].to_numpy(), group["ymin"].to_numpy(),
-                            group["xmax"].to_numpy(), group["ymax"].to_numpy())
+        boxes = shapely.box(
+            group["xmin"].to_numpy(), group["ymin"].to_numpy(), group["xmax"].to_numpy(), group["ymax"].to_numpy()
+        )
         union = shapely.union_all(boxes)
         step = float((group["xmax"] - group["xmin"]).min()) / DENSIFY_SEGMENTS
         union = shapely.segmentize(union, step)
-        parts.append(shapely.transform(union, lambda xy, t=to_wgs84(crs): np.column_stack(
-            t.transform(xy[:, 0], xy[:, 1]))))
+        parts.append(
+            shapely.transform(union, lambda xy, t=to_wgs84(crs): np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+        )
     union = shapely.union_all(parts) if len(parts) > 1 else parts[0]
     polygons = [g for g in shapely.get_parts(union) if isinstance(g, shapely.Polygon)]
     return shapely.MultiPolygon(polygons)
@@ -86,12 +89,19 @@ def write_splits_gpkg(table: pa.Table, path: Path) -> None:
         area = abs(geod.geometry_area_perimeter(shape)[0]) / 1e6 if shape is not None else 0.0
         rows.append({"split": name, "tiles": int(mask.sum()), "area_km2": area, "geometry": shape})
     splits = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
-    keep = ["tile_id", "scene_id", "split", "buffer", "valid_fraction", "cloud_fraction",
-            "labelled_fraction", "dominant_class", "patch_id", "official_split"]
+    keep = [
+        "tile_id",
+        "scene_id",
+        "split",
+        "buffer",
+        "valid_fraction",
+        "cloud_fraction",
+        "labelled_fraction",
+        "dominant_class",
+        "patch_id",
+        "official_split",
+    ]
     tiles = gpd.GeoDataFrame(frame[keep], geometry=geometry, crs="EPSG:4326")
-    with atomic_output(path, overwrite=True) as tmp, _gdal_option("OGR_CURRENT_DATE",
-                                                                  "2000-01-01T00:00:00Z"):
-        pyogrio.write_dataframe(splits, tmp, layer="splits", driver="GPKG",
-                                geometry_type="MultiPolygon")
-        pyogrio.write_dataframe(tiles, tmp, layer="tiles", driver="GPKG", append=True,
-                                geometry_type="Polygon")
+    with atomic_output(path, overwrite=True) as tmp, _gdal_option("OGR_CURRENT_DATE", "2000-01-01T00:00:00Z"):
+        pyogrio.write_dataframe(splits, tmp, layer="splits", driver="GPKG", geometry_type="MultiPolygon")
+        pyogrio.write_dataframe(tiles, tmp, layer="tiles", driver="GPKG", append=True, geometry_type="Polygon")

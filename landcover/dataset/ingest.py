@@ -93,8 +93,12 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
         "format": "landcover-dataset/1",
         "bands": bands,
         "band_info": [
-            {"band": b, "wavelength_nm": sentinel2_bands()[b].wavelength_nm,
-             "native_resolution_m": sentinel2_bands()[b].resolution} for b in bands
+            {
+                "band": b,
+                "wavelength_nm": sentinel2_bands()[b].wavelength_nm,
+                "native_resolution_m": sentinel2_bands()[b].resolution,
+            }
+            for b in bands
         ],
         "scale": "reflectance x 10000 (uint16), 0 = no data",
         "resolution": cfg.resolution,
@@ -104,9 +108,16 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
         "split_scheme": scheme,
         "processing_level": dataset_level(meta),
         "scenes": [
-            {"scene_id": m["scene_id"], "image": f"scenes/{m['scene_id']}/image.tif",
-             "labels": f"scenes/{m['scene_id']}/labels.tif", "grid": m["grid"], "tiles": m["tiles"],
-             "input": m["input"], "label_source": m["labels"], "provenance": m["provenance"]}
+            {
+                "scene_id": m["scene_id"],
+                "image": f"scenes/{m['scene_id']}/image.tif",
+                "labels": f"scenes/{m['scene_id']}/labels.tif",
+                "grid": m["grid"],
+                "tiles": m["tiles"],
+                "input": m["input"],
+                "label_source": m["labels"],
+                "provenance": m["provenance"],
+            }
             for m in meta
         ],
         "config": settings["config"],
@@ -119,15 +130,20 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
 
 def no_tiles_error(scenes: list[dict[str, Any]], cfg: IngestConfig) -> DatasetError:
     """The error for scenes (``scene.json`` contents) none of which has a usable tile."""
-    names = ", ".join(str(m["scene_id"]) for m in scenes[:3]) + (f" and {len(scenes) - 3} more" if len(scenes) > 3 else "")
+    names = ", ".join(str(m["scene_id"]) for m in scenes[:3]) + (
+        f" and {len(scenes) - 3} more" if len(scenes) > 3 else ""
+    )
     if all(m.get("valid_fraction") == 0 for m in scenes):
-        return DatasetError(f"every pixel of {names} is no data (0 in a band, or masked by the SCL / cloud mask): "
-                            "there is nothing to ingest; check that the inputs hold imagery")
+        return DatasetError(
+            f"every pixel of {names} is no data (0 in a band, or masked by the SCL / cloud mask): "
+            "there is nothing to ingest; check that the inputs hold imagery"
+        )
     threshold = cfg.split.min_valid_fraction
     return DatasetError(
         f"no {cfg.tile_size} x {cfg.tile_size} px tile of {names} has at least split.min_valid_fraction={threshold:g} "
         "of valid, cloud-free pixels, so there is nothing to ingest; use other inputs, or lower the threshold "
-        "(--set split.min_valid_fraction=0.2) or the tile size (--tile-size)")
+        "(--set split.min_valid_fraction=0.2) or the tile size (--tile-size)"
+    )
 
 
 def _check_some_tile(out: Path, cfg: IngestConfig, existed: bool) -> None:
@@ -163,8 +179,10 @@ def ingest(
     """
     sharded = shard is not None and shard[1] > 1
     if sharded and overwrite:
-        raise ConfigError("--overwrite cannot be combined with --shard (shards would delete each other's "
-                          "scenes): remove the dataset folder once before submitting the shards")
+        raise ConfigError(
+            "--overwrite cannot be combined with --shard (shards would delete each other's "
+            "scenes): remove the dataset folder once before submitting the shards"
+        )
     cfg = config or IngestConfig()
     out = Path(out)
     label_path = Path(labels) if labels is not None else None
@@ -198,6 +216,10 @@ def ingest(
         if not sharded:
             _check_some_tile(out, cfg, existed)
     if shard is not None and sharded:
-        return {"shard": list(shard), "scenes": [scene_id for _, scene_id in todo], "total_scenes": len(ids),
-                "finalized": False}
+        return {
+            "shard": list(shard),
+            "scenes": [scene_id for _, scene_id in todo],
+            "total_scenes": len(ids),
+            "finalized": False,
+        }
     return finalize(out, progress)

@@ -56,10 +56,22 @@ def clean_partials(out: Path, scene_id: str) -> None:
 def _image_profile(grid: Grid, count: int, cfg: IngestConfig) -> dict[str, object]:
     block = _block(cfg.tile_size)
     return {
-        "driver": "GTiff", "dtype": "uint16", "count": count, "nodata": NODATA,
-        "crs": grid.crs, "transform": grid.transform, "width": grid.width, "height": grid.height,
-        "tiled": True, "blockxsize": block, "blockysize": block, "interleave": "pixel",
-        "compress": cfg.compress, "predictor": 2, "bigtiff": "IF_SAFER", **_level_option(cfg),
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "count": count,
+        "nodata": NODATA,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "interleave": "pixel",
+        "compress": cfg.compress,
+        "predictor": 2,
+        "bigtiff": "IF_SAFER",
+        **_level_option(cfg),
     }
 
 
@@ -87,10 +99,18 @@ def ingest_scene(
     final = out / "scenes" / scene_id
     tmp = out / "scenes" / f".{scene_id}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        with writing(final, temporaries=[tmp]) as guard, rasterio.Env(**GDAL_ENV), SceneReader(
-            product, bands, resolution=cfg.resolution, resampling=cfg.resampling,
-            harmonize=cfg.harmonize, scl_invalid=cfg.scl_invalid,
-        ) as reader:
+        with (
+            writing(final, temporaries=[tmp]) as guard,
+            rasterio.Env(**GDAL_ENV),
+            SceneReader(
+                product,
+                bands,
+                resolution=cfg.resolution,
+                resampling=cfg.resampling,
+                harmonize=cfg.harmonize,
+                scl_invalid=cfg.scl_invalid,
+            ) as reader,
+        ):
             tmp.mkdir(parents=True)
             grid = reader.grid
             guard.needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
@@ -123,8 +143,12 @@ def _label_source(product: Product, labels: Path | None, grid: Grid, cfg: Ingest
     mapping = load_label_mapping(cfg.labels.mapping, cfg.nomenclature) if cfg.labels.mapping else None
     if labels is not None:
         return open_label_source(
-            labels, grid, code_column=cfg.labels.code_column, all_touched=cfg.labels.all_touched,
-            raster_values=cfg.labels.raster_values, mapping=mapping,
+            labels,
+            grid,
+            code_column=cfg.labels.code_column,
+            all_touched=cfg.labels.all_touched,
+            raster_values=cfg.labels.raster_values,
+            mapping=mapping,
             raster_values_option="--set labels.raster_values={}",  # ingest has no --raster-values
         )
     if isinstance(product, BigEarthNetProduct) and product.reference_map:
@@ -133,8 +157,14 @@ def _label_source(product: Product, labels: Path | None, grid: Grid, cfg: Ingest
 
 
 def _write_rasters(
-    tmp: Path, scene_id: str, product: Product, reader: SceneReader, source: LabelSource | None,
-    cfg: IngestConfig, bands: Sequence[str], progress: Progress | None,
+    tmp: Path,
+    scene_id: str,
+    product: Product,
+    reader: SceneReader,
+    source: LabelSource | None,
+    cfg: IngestConfig,
+    bands: Sequence[str],
+    progress: Progress | None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Write image.tif and labels.tif strip by strip; return the tiles' catalog rows and the usable pixels
     (valid and cloud-free)."""
@@ -143,8 +173,10 @@ def _write_rasters(
     records: list[dict[str, Any]] = []
     usable = 0
     windows = strips(grid, cfg.tile_size)
-    with rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img, \
-            rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(cfg.tile_size))) as lab:
+    with (
+        rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img,
+        rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(cfg.tile_size))) as lab,
+    ):
         for done, strip in enumerate(windows, 1):
             win = reader.read(strip)
             if source is not None:
@@ -172,22 +204,28 @@ def _write_rasters(
     return records, usable
 
 
-def _strip_tiles(scene_id: str, product: Product, grid: Grid, strip: Window, win: SceneWindow,
-                 ids: np.ndarray, cfg: IngestConfig) -> list[dict[str, Any]]:
+def _strip_tiles(
+    scene_id: str, product: Product, grid: Grid, strip: Window, win: SceneWindow, ids: np.ndarray, cfg: IngestConfig
+) -> list[dict[str, Any]]:
     """The catalog rows of the whole tiles in a strip (a tile with too few usable pixels has none)."""
     t = cfg.tile_size
     nom = nomenclature(cfg.nomenclature)
     records = []
     for r0 in range(0, int(strip.height) - t + 1, t):
         for c0 in range(0, grid.width - t + 1, t):
-            sl = np.s_[r0:r0 + t, c0:c0 + t]
+            sl = np.s_[r0 : r0 + t, c0 : c0 + t]
             window = Window(c0, int(strip.row_off) + r0, t, t)
             record = tile_record(
-                scene_id=scene_id, grid=grid, window=window,
-                labels=ids[sl], valid=win.valid[sl],
+                scene_id=scene_id,
+                grid=grid,
+                window=window,
+                labels=ids[sl],
+                valid=win.valid[sl],
                 cloud=None if win.cloud is None else win.cloud[sl],
-                image=win.image[(slice(None), *sl)], nomenclature=nom,
-                split_cfg=cfg.split, present_threshold=cfg.present_threshold,
+                image=win.image[(slice(None), *sl)],
+                nomenclature=nom,
+                split_cfg=cfg.split,
+                present_threshold=cfg.present_threshold,
                 **patch_fields(product, grid, window),
             )
             if record is not None:
@@ -202,7 +240,8 @@ def _describe_image(img: Any, product: Product, bands: Sequence[str], reader: Sc
         info = sentinel2_bands()[band]
         img.update_tags(i, WAVELENGTH_NM=str(info.wavelength_nm), RESOLUTION_M=str(info.resolution))
     img.update_tags(
-        PRODUCT_ID=product.product_id, SCALE="reflectance x 10000",
+        PRODUCT_ID=product.product_id,
+        SCALE="reflectance x 10000",
         PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
         PROCESSING_LEVEL=str(product.level or "unknown"),
         OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),

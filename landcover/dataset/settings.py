@@ -52,17 +52,22 @@ class IngestConfig(BaseModel):
     present_threshold: float = Field(0.01, ge=0, le=1)
     compress: Literal["zstd", "deflate", "lzw"] = "zstd"
     compress_level: int = Field(
-        1, ge=1, le=22, description="ZSTD/DEFLATE level of image.tif and its overviews: 1 is several times faster "
+        1,
+        ge=1,
+        le=22,
+        description="ZSTD/DEFLATE level of image.tif and its overviews: 1 is several times faster "
         "to write than GDAL's default (9) for files about 10 % larger",
     )
     overviews: bool = Field(
-        False, description="Also build overviews of image.tif (average): QGIS then draws whole scenes quickly, but "
+        False,
+        description="Also build overviews of image.tif (average): QGIS then draws whole scenes quickly, but "
         "on a full tile it costs about as much CPU as decoding the product. labels.tif always gets (cheap) overviews",
     )
     labels: LabelOptions = LabelOptions()
     split: SplitConfig = SplitConfig()
     bigearthnet_metadata: Path | None = Field(
-        None, description="BigEarthNet v2 metadata.parquet (patch labels, official split); default: one above the patches"
+        None,
+        description="BigEarthNet v2 metadata.parquet (patch labels, official split); default: one above the patches",
     )
 
     @field_validator("bands")
@@ -159,8 +164,9 @@ def _create_settings_file(out: Path, settings: dict[str, Any]) -> None:
         os.link(tmp, marker)  # atomic, and fails if another shard created it first
     except FileExistsError:
         if json.loads(marker.read_text()) != settings:
-            raise OutputExistsError(f"{out} was just created by another run with other settings; "
-                                    "give every shard the same settings") from None
+            raise OutputExistsError(
+                f"{out} was just created by another run with other settings; give every shard the same settings"
+            ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -178,9 +184,11 @@ def resplit_settings(out: Path, settings: dict[str, Any], split: SplitConfig) ->
     """Record new split settings in ingest_settings.json (later ingests into ``out`` use them)."""
     old = SplitConfig.model_validate(settings["config"].get("split", {}))
     if split.min_valid_fraction != old.min_valid_fraction:
-        raise ConfigError(f"split.min_valid_fraction decides which tiles exist, so it cannot change when "
-                          f"re-splitting ({old.min_valid_fraction} -> {split.min_valid_fraction}); re-run "
-                          f"`landcover ingest --overwrite --out {out}` with the new value")
+        raise ConfigError(
+            f"split.min_valid_fraction decides which tiles exist, so it cannot change when "
+            f"re-splitting ({old.min_valid_fraction} -> {split.min_valid_fraction}); re-run "
+            f"`landcover ingest --overwrite --out {out}` with the new value"
+        )
     settings = {**settings, "config": {**settings["config"], "split": split.model_dump(mode="json")}}
     with atomic_output(out / SETTINGS_FILE, overwrite=True) as tmp:
         tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -192,8 +200,10 @@ def split_settings(out: Path, overrides: Sequence[str]) -> SplitConfig:
     data = {"split": dict(read_settings(out)["config"].get("split", {}))}
     for assignment in overrides:
         if not assignment.strip().startswith("split."):
-            raise ConfigError(f"--finalize re-splits only: {assignment!r} is not a split.* setting; other "
-                              "settings need a new ingest (`landcover ingest ... --overwrite`)")
+            raise ConfigError(
+                f"--finalize re-splits only: {assignment!r} is not a split.* setting; other "
+                "settings need a new ingest (`landcover ingest ... --overwrite`)"
+            )
         apply_override(data, assignment)
     return SplitConfig.from_mapping(data["split"])
 

@@ -63,8 +63,9 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
                 "(for example 0.7, 0.15, 0.15)"
             )
         if self.buffer_tiles < 1:
-            problems.append(f"buffer_tiles must be >= 1, got {self.buffer_tiles} (use by_scene "
-                            "for splits without a buffer)")
+            problems.append(
+                f"buffer_tiles must be >= 1, got {self.buffer_tiles} (use by_scene for splits without a buffer)"
+            )
         if not 0.0 <= self.min_valid_fraction <= 1.0:
             problems.append(f"min_valid_fraction must lie in [0, 1], got {self.min_valid_fraction}")
         grid_problem = _grid_crs_problem(self.grid_crs)
@@ -80,10 +81,10 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
         try:
             return cls.model_validate(dict(data))
         except pydantic.ValidationError as exc:
-            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'split'}: {e['msg']}"
-                                for e in exc.errors())
-            raise ConfigError(f"invalid split settings: {details}; known settings are "
-                              f"{', '.join(cls.model_fields)}") from exc
+            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'split'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(
+                f"invalid split settings: {details}; known settings are {', '.join(cls.model_fields)}"
+            ) from exc
 
 
 def _grid_crs_problem(text: str) -> str | None:
@@ -94,8 +95,10 @@ def _grid_crs_problem(text: str) -> str | None:
         return f"grid_crs {text!r} is not a CRS; use e.g. 'EPSG:3035' (Europe) or 'EPSG:6933' (global)"
     units = {axis.unit_name for axis in crs.axis_info}
     if not crs.is_projected or units != {"metre"}:
-        return (f"grid_crs {text!r} is not a projected CRS in metres; use an equal-area grid such as "
-                "'EPSG:3035' (Europe) or 'EPSG:6933' (global)")
+        return (
+            f"grid_crs {text!r} is not a projected CRS in metres; use an equal-area grid such as "
+            "'EPSG:3035' (Europe) or 'EPSG:6933' (global)"
+        )
     return None
 
 
@@ -125,14 +128,12 @@ def crs_key(crs: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _to_grid(crs: str, grid_crs: str) -> Transformer:
-    return Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_user_input(grid_crs),
-                                always_xy=True)
+    return Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_user_input(grid_crs), always_xy=True)
 
 
 def block_split(block_ix: int, block_iy: int, cfg: SplitConfig) -> str:
     """Split of block (ix, iy) of the shared grid: stable hash of (seed, grid CRS, ix, iy)."""
-    return _pick(_unit("block", cfg.seed, crs_key(cfg.grid_crs), int(block_ix), int(block_iy)),
-                 cfg.fractions)
+    return _pick(_unit("block", cfg.seed, crs_key(cfg.grid_crs), int(block_ix), int(block_iy)), cfg.fractions)
 
 
 _MGRS_TILE = re.compile(r"(?:^|_)T(\d{2}[A-Z]{3})(?=_|$)")
@@ -174,22 +175,24 @@ def check_block_size(cfg: SplitConfig, tile_size_m: float) -> None:
         )
 
 
-def box_outline(bounds: tuple[float, float, float, float], segments: int = DENSIFY
-                ) -> tuple[np.ndarray, np.ndarray]:
+def box_outline(bounds: tuple[float, float, float, float], segments: int = DENSIFY) -> tuple[np.ndarray, np.ndarray]:
     """(xs, ys) of the outline of a box, ``segments`` points per edge, counter-clockwise from
     (xmin, ymin): straight edges are curves in another CRS. Computed from the bounds alone, so
     neighbouring boxes share their vertices."""
     xmin, ymin, xmax, ymax = bounds
     t = np.arange(segments) / segments
-    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full(segments, xmax),
-                         xmax - (xmax - xmin) * t, np.full(segments, xmin)])
-    ys = np.concatenate([np.full(segments, ymin), ymin + (ymax - ymin) * t,
-                         np.full(segments, ymax), ymax - (ymax - ymin) * t])
+    xs = np.concatenate(
+        [xmin + (xmax - xmin) * t, np.full(segments, xmax), xmax - (xmax - xmin) * t, np.full(segments, xmin)]
+    )
+    ys = np.concatenate(
+        [np.full(segments, ymin), ymin + (ymax - ymin) * t, np.full(segments, ymax), ymax - (ymax - ymin) * t]
+    )
     return xs, ys
 
 
-def tile_split(bounds: tuple[float, float, float, float], crs: str, tile_size_m: float,
-               cfg: SplitConfig, scene_id: str) -> tuple[str, bool]:
+def tile_split(
+    bounds: tuple[float, float, float, float], crs: str, tile_size_m: float, cfg: SplitConfig, scene_id: str
+) -> tuple[str, bool]:
     """(split, is_buffer) of the tile with ``bounds`` (xmin, ymin, xmax, ymax) in ``crs``.
 
     The split is that of the grid block holding the footprint centre. The tile is a buffer tile
@@ -208,10 +211,12 @@ def tile_split(bounds: tuple[float, float, float, float], crs: str, tile_size_m:
     split = block_split(math.floor(cx / size), math.floor(cy / size), cfg)
     d = cfg.buffer_tiles * tile_size_m
     gx, gy = to_grid.transform(*box_outline((xmin - d, ymin - d, xmax + d, ymax + d)))
-    others = [(ix, iy)
-              for ix in range(math.floor(gx.min() / size), math.floor(gx.max() / size) + 1)
-              for iy in range(math.floor(gy.min() / size), math.floor(gy.max() / size) + 1)
-              if block_split(ix, iy, cfg) != split]
+    others = [
+        (ix, iy)
+        for ix in range(math.floor(gx.min() / size), math.floor(gx.max() / size) + 1)
+        for iy in range(math.floor(gy.min() / size), math.floor(gy.max() / size) + 1)
+        if block_split(ix, iy, cfg) != split
+    ]
     if not others:
         return split, False
     grown = shapely.Polygon(np.column_stack([gx, gy]))
@@ -222,13 +227,23 @@ def tile_split(bounds: tuple[float, float, float, float], crs: str, tile_size_m:
 
 def split_scheme(cfg: SplitConfig, tile_size_m: float) -> dict[str, Any]:
     """What dataset.json records of how its splits were made (checked by :func:`check_split_scheme`)."""
-    common = {"version": SCHEME_VERSION, "seed": cfg.seed, "fractions": list(cfg.fractions),
-              "min_valid_fraction": cfg.min_valid_fraction}
+    common = {
+        "version": SCHEME_VERSION,
+        "seed": cfg.seed,
+        "fractions": list(cfg.fractions),
+        "min_valid_fraction": cfg.min_valid_fraction,
+    }
     if cfg.by_scene:
         return {**common, "method": "scene", "key": "MGRS tile of the scene id, else the scene id"}
-    return {**common, "method": "blocks", "grid_crs": crs_key(cfg.grid_crs),
-            "block_size_m": block_size(cfg, tile_size_m), "buffer_tiles": cfg.buffer_tiles,
-            "buffer_m": cfg.buffer_tiles * tile_size_m, "assigned_by": "block of the tile's footprint centre"}
+    return {
+        **common,
+        "method": "blocks",
+        "grid_crs": crs_key(cfg.grid_crs),
+        "block_size_m": block_size(cfg, tile_size_m),
+        "buffer_tiles": cfg.buffer_tiles,
+        "buffer_m": cfg.buffer_tiles * tile_size_m,
+        "assigned_by": "block of the tile's footprint centre",
+    }
 
 
 def grid_area_warning(lonlat_bounds: tuple[float, float, float, float], cfg: SplitConfig) -> str | None:
@@ -241,10 +256,12 @@ def grid_area_warning(lonlat_bounds: tuple[float, float, float, float], cfg: Spl
     west, south, east, north = lonlat_bounds
     if west >= area.west and east <= area.east and south >= area.south and north <= area.north:
         return None
-    return (f"tiles ({west:.2f}, {south:.2f}, {east:.2f}, {north:.2f} lon/lat) reach outside the area of use of "
-            f"the split grid {cfg.grid_crs} ({area.name}); splits stay leak-free but blocks are distorted there: "
-            "set split.grid_crs to a grid for the region (e.g. EPSG:6933, global equal-area) and re-split with "
-            "`landcover ingest --finalize --out DIR --set split.grid_crs=...`")
+    return (
+        f"tiles ({west:.2f}, {south:.2f}, {east:.2f}, {north:.2f} lon/lat) reach outside the area of use of "
+        f"the split grid {cfg.grid_crs} ({area.name}); splits stay leak-free but blocks are distorted there: "
+        "set split.grid_crs to a grid for the region (e.g. EPSG:6933, global equal-area) and re-split with "
+        "`landcover ingest --finalize --out DIR --set split.grid_crs=...`"
+    )
 
 
 def check_split_scheme(info: dict[str, Any], dataset_dir: object) -> None:
@@ -254,4 +271,5 @@ def check_split_scheme(info: dict[str, Any], dataset_dir: object) -> None:
         raise DatasetError(
             f"{dataset_dir} was split with {found}, which can put the same ground in train and test across "
             f"UTM zones; re-split it with `landcover ingest --finalize --out {dataset_dir}` (recomputes "
-            "splits and statistics from the catalog, without re-reading imagery)")
+            "splits and statistics from the catalog, without re-reading imagery)"
+        )

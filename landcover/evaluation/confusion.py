@@ -46,17 +46,27 @@ def tile_scores(tp: np.ndarray, ref: np.ndarray, pred: np.ndarray, labelled: np.
         dom = ref.argmax(1)
         rows = np.arange(len(ref))
         return {
-            "evaluated_pixels": n, "labelled_pixels": labelled,
-            "accuracy": np.where(n > 0, tp.sum(1) / np.maximum(n, 1), np.nan), "miou": miou,
-            "dominant_id": np.where(n > 0, dom, -1), "dominant_share": np.where(n > 0, ref[rows, dom] / np.maximum(n, 1), np.nan),
+            "evaluated_pixels": n,
+            "labelled_pixels": labelled,
+            "accuracy": np.where(n > 0, tp.sum(1) / np.maximum(n, 1), np.nan),
+            "miou": miou,
+            "dominant_id": np.where(n > 0, dom, -1),
+            "dominant_share": np.where(n > 0, ref[rows, dom] / np.maximum(n, 1), np.nan),
             "dominant_iou": np.where(n > 0, iou[rows, dom], np.nan),
-            "predicted_id": np.where(n > 0, pred.argmax(1), -1), "iou": iou.astype(np.float32),
+            "predicted_id": np.where(n > 0, pred.argmax(1), -1),
+            "iou": iou.astype(np.float32),
         }
 
 
 def confusion_matrix_streaming(
-    read_prediction: Reader, read_labels: Reader, grid: Grid, num_classes: int, *,
-    window_size: int = WINDOW_SIZE, tile_size: int | None = None, progress=None,
+    read_prediction: Reader,
+    read_labels: Reader,
+    grid: Grid,
+    num_classes: int,
+    *,
+    window_size: int = WINDOW_SIZE,
+    tile_size: int | None = None,
+    progress=None,
 ) -> Confusion:
     """Confusion matrix of two class maps on ``grid``, window by window, each pixel once.
 
@@ -84,15 +94,20 @@ def confusion_matrix_streaming(
         if tile_size:
             t_lo, t_hi = r0 // tile_size, (r0 + h - 1) // tile_size
             n_local = (t_hi - t_lo + 1) * ntc
-            tid = ((np.arange(r0, r0 + h) // tile_size - t_lo)[:, None] * ntc
-                   + (np.arange(c0, c0 + w) // tile_size)[None, :])
+            tid = (np.arange(r0, r0 + h) // tile_size - t_lo)[:, None] * ntc + (np.arange(c0, c0 + w) // tile_size)[
+                None, :
+            ]
             v_tid, v_ref, v_pred = tid[valid] * k, ref[valid], pred[valid]
             hit = v_ref == v_pred
-            counts = [np.bincount(ids, minlength=n_local * k).reshape(-1, ntc, k)
-                      for ids in (v_tid[hit] + v_ref[hit], v_tid + v_ref, v_tid + v_pred)]
+            counts = [
+                np.bincount(ids, minlength=n_local * k).reshape(-1, ntc, k)
+                for ids in (v_tid[hit] + v_ref[hit], v_tid + v_ref, v_tid + v_pred)
+            ]
             labelled = np.bincount(tid[~miss_r], minlength=n_local).reshape(-1, ntc)
             for i, tr in enumerate(range(t_lo, t_hi + 1)):
-                acc = pending.setdefault(tr, [np.zeros((ntc, k), np.int64) for _ in range(3)] + [np.zeros(ntc, np.int64)])
+                acc = pending.setdefault(
+                    tr, [np.zeros((ntc, k), np.int64) for _ in range(3)] + [np.zeros(ntc, np.int64)]
+                )
                 for a, c in zip(acc, [*(c[i] for c in counts), labelled[i]], strict=True):
                     a += c
             if c0 + w == grid.width:  # end of a band of windows: finish the tile rows it completes
@@ -101,8 +116,13 @@ def confusion_matrix_streaming(
         if progress:
             progress(done, len(windows))
     total = grid.width * grid.height
-    pixels = {"total": total, "evaluated": int(cm.sum()), "no_prediction": no_pred, "no_label": no_label,
-              "neither": neither}
+    pixels = {
+        "total": total,
+        "evaluated": int(cm.sum()),
+        "no_prediction": no_pred,
+        "no_label": no_label,
+        "neither": neither,
+    }
     tiles = None
     if tile_size:
         rows = [done_rows[tr] for tr in sorted(done_rows)]
@@ -117,8 +137,9 @@ def ratio_or_none(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 else None
 
 
-def scores_from_confusion(cm: np.ndarray, pixel_area_m2: float | None = None, class_names=None, *,
-                          class_codes=None) -> dict:
+def scores_from_confusion(
+    cm: np.ndarray, pixel_area_m2: float | None = None, class_names=None, *, class_codes=None
+) -> dict:
     """IoU, mIoU, micro IoU, frequency-weighted IoU, overall accuracy, Cohen's kappa,
     precision/recall/F1, areas (ha) from a (reference x prediction) confusion matrix.
 
@@ -143,13 +164,22 @@ def scores_from_confusion(cm: np.ndarray, pixel_area_m2: float | None = None, cl
     codes = list(class_codes) if class_codes is not None else [None] * len(tp)
     class_names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
     per_class = [
-        {"id": i, "code": codes[i], "name": class_names[i],
-         "iou": float(iou[i]) if present[i] else None, "precision": ratio_or_none(tp[i], pred[i]),
-         "recall": ratio_or_none(tp[i], ref[i]), "f1": float(f1[i]) if present[i] else None,
-         "tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
-         "reference_pixels": int(ref[i]), "predicted_pixels": int(pred[i]),
-         "reference_area_ha": float(ref[i] * ha) if ha else None,
-         "predicted_area_ha": float(pred[i] * ha) if ha else None}
+        {
+            "id": i,
+            "code": codes[i],
+            "name": class_names[i],
+            "iou": float(iou[i]) if present[i] else None,
+            "precision": ratio_or_none(tp[i], pred[i]),
+            "recall": ratio_or_none(tp[i], ref[i]),
+            "f1": float(f1[i]) if present[i] else None,
+            "tp": int(tp[i]),
+            "fp": int(fp[i]),
+            "fn": int(fn[i]),
+            "reference_pixels": int(ref[i]),
+            "predicted_pixels": int(pred[i]),
+            "reference_area_ha": float(ref[i] * ha) if ha else None,
+            "predicted_area_ha": float(pred[i] * ha) if ha else None,
+        }
         for i in range(len(tp))
     ]
 
@@ -157,11 +187,19 @@ def scores_from_confusion(cm: np.ndarray, pixel_area_m2: float | None = None, cl
         return float(values[present].mean()) if present.any() else None
 
     return {
-        "pixels_evaluated": n, "area_evaluated_ha": n * ha if ha else None,
-        "overall_accuracy": float(po) if po is not None else None, "kappa": kappa,
-        "miou": macro(iou), "iou_micro": ratio_or_none(tp.sum(), union.sum()), "fwiou": float((ref / n * iou).sum()) if n else None,
-        "macro_precision": macro(prec), "macro_recall": macro(rec), "macro_f1": macro(f1),
-        "classes_present": int(present.sum()), "per_class": per_class, "confusion_matrix": cm.tolist(),
+        "pixels_evaluated": n,
+        "area_evaluated_ha": n * ha if ha else None,
+        "overall_accuracy": float(po) if po is not None else None,
+        "kappa": kappa,
+        "miou": macro(iou),
+        "iou_micro": ratio_or_none(tp.sum(), union.sum()),
+        "fwiou": float((ref / n * iou).sum()) if n else None,
+        "macro_precision": macro(prec),
+        "macro_recall": macro(rec),
+        "macro_f1": macro(f1),
+        "classes_present": int(present.sum()),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
     }
 
 

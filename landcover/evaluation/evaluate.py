@@ -139,17 +139,24 @@ def open_reference(labels: Path, grid: Grid, nom: Nomenclature, **source_options
 
 
 def same_grid(a: Grid, b: Grid) -> bool:
-    return (a.crs == b.crs and (a.width, a.height) == (b.width, b.height)
-            and a.transform.almost_equals(b.transform))
+    return a.crs == b.crs and (a.width, a.height) == (b.width, b.height) and a.transform.almost_equals(b.transform)
 
 
 # --- the evaluate command --------------------------------------------------------------------
 
 
 def evaluate_maps(
-    prediction: str | Path, labels: str | Path, out_dir: str | Path, *,
-    nomenclature_name: str | None = None, code_column: str | None = None, tile_size: int = 256,
-    overwrite: bool = False, progress=None, raster_values: str = "auto", all_touched: bool = False,
+    prediction: str | Path,
+    labels: str | Path,
+    out_dir: str | Path,
+    *,
+    nomenclature_name: str | None = None,
+    code_column: str | None = None,
+    tile_size: int = 256,
+    overwrite: bool = False,
+    progress=None,
+    raster_values: str = "auto",
+    all_touched: bool = False,
     window_size: int = WINDOW_SIZE,
 ) -> dict:
     """Score a class map against CORINE labels (or a class map on the same grid); write a report.
@@ -167,14 +174,24 @@ def evaluate_maps(
         stack.callback(pred.close)
         name = nomenclature_name or pred.tagged
         if name is None:
-            raise DatasetError(f"{prediction} has no NOMENCLATURE tag; pass --nomenclature (level3, level2, level1, ben19)")
+            raise DatasetError(
+                f"{prediction} has no NOMENCLATURE tag; pass --nomenclature (level3, level2, level1, ben19)"
+            )
         nom = nomenclature(name)
         pred.set_nomenclature(nom)
         read_ref, description, close = open_reference(
-            labels, pred.grid, nom, code_column=code_column, all_touched=all_touched, raster_values=raster_values)
+            labels, pred.grid, nom, code_column=code_column, all_touched=all_touched, raster_values=raster_values
+        )
         stack.callback(close)
-        conf = confusion_matrix_streaming(pred.read, read_ref, pred.grid, nom.num_classes,
-                                          window_size=window_size, tile_size=tile_size, progress=progress)
+        conf = confusion_matrix_streaming(
+            pred.read,
+            read_ref,
+            pred.grid,
+            nom.num_classes,
+            window_size=window_size,
+            tile_size=tile_size,
+            progress=progress,
+        )
     grid = pred.grid
     if conf.pixels["evaluated"] == 0:
         raise NoOverlapError(
@@ -187,13 +204,26 @@ def evaluate_maps(
     metrics: dict[str, Any] = {
         "software": {"landcover": __version__, "numpy": np.__version__, "rasterio": rasterio.__version__},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "inputs": {"prediction": prediction.name, "labels": labels.name,  # names: no path of the user's machine
-                   "labels_description": description, "prediction_nomenclature": pred.source_nom.name,
-                   "grid": grid.to_dict()},
-        "options": {"nomenclature": nom.name, "code_column": code_column, "tile_size": tile_size,
-                    "window_size": window_size, "raster_values": raster_values, "all_touched": all_touched,
-                    "overwrite": overwrite},
-        "nomenclature": nom.to_dict(), "pixel_area_m2": area, "pixels": conf.pixels, "scores": scores,
+        "inputs": {
+            "prediction": prediction.name,
+            "labels": labels.name,  # names: no path of the user's machine
+            "labels_description": description,
+            "prediction_nomenclature": pred.source_nom.name,
+            "grid": grid.to_dict(),
+        },
+        "options": {
+            "nomenclature": nom.name,
+            "code_column": code_column,
+            "tile_size": tile_size,
+            "window_size": window_size,
+            "raster_values": raster_values,
+            "all_touched": all_touched,
+            "overwrite": overwrite,
+        },
+        "nomenclature": nom.to_dict(),
+        "pixel_area_m2": area,
+        "pixels": conf.pixels,
+        "scores": scores,
         "tiles": {"file": "tiles_iou.gpkg", "layer": "tiles", "tile_size": tile_size, "count": 0},
         "files": ["metrics.json", "report.md", "confusion_matrix.png", "iou_per_class.png", "tiles_iou.gpkg"],
     }

@@ -36,7 +36,9 @@ def check_report_dir(out_dir: Path, overwrite: bool, inputs: tuple[Path, ...] = 
             raise ConfigError(f"{path} is inside the report folder {out_dir}; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise OutputExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it or choose another --out")
+            raise OutputExistsError(
+                f"{out_dir} exists and is not empty; pass --overwrite to replace it or choose another --out"
+            )
         if not (out_dir / "metrics.json").is_file():
             raise OutputExistsError(
                 f"{out_dir} holds files but no metrics.json (not a landcover report); refusing to replace "
@@ -77,8 +79,15 @@ def plot_confusion(cm: np.ndarray, nom: Nomenclature, out: Path) -> None:
     ax.set(xlabel="prediction", ylabel="reference (CORINE)", title="Confusion matrix (row-normalised; cell: count)")
     if len(keep) <= 25:
         for r, c in zip(*np.nonzero(sub), strict=True):
-            ax.text(c, r, f"{sub[r, c]:,}", ha="center", va="center", fontsize=6,
-                    color="white" if norm[r, c] > 0.5 else "black")
+            ax.text(
+                c,
+                r,
+                f"{sub[r, c]:,}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if norm[r, c] > 0.5 else "black",
+            )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -86,8 +95,13 @@ def plot_confusion(cm: np.ndarray, nom: Nomenclature, out: Path) -> None:
 def plot_iou(scores: dict, nom: Nomenclature, out: Path) -> None:
     rows = [c for c in scores["per_class"] if c["iou"] is not None]
     fig, ax = _figure(8, 1.5 + 0.3 * max(len(rows), 1))
-    ax.barh(range(len(rows)), [c["iou"] for c in rows],
-            color=[tuple(v / 255 for v in nom.colors[c["id"]]) for c in rows], edgecolor="black", linewidth=0.5)
+    ax.barh(
+        range(len(rows)),
+        [c["iou"] for c in rows],
+        color=[tuple(v / 255 for v in nom.colors[c["id"]]) for c in rows],
+        edgecolor="black",
+        linewidth=0.5,
+    )
     ax.set_yticks(range(len(rows)), [_label(nom, c["id"], 40) for c in rows], fontsize=7)
     ax.invert_yaxis()
     if scores["miou"] is not None:
@@ -113,11 +127,16 @@ def write_tiles(conf: Confusion, grid: Grid, nom: Nomenclature, out: Path) -> in
     names = np.array([*nom.class_names, ""], dtype=object)
     codes = np.array([*nom.codes, ""], dtype=object)
     data = {
-        "tile_row": np.repeat(np.arange(ntr), ntc), "tile_col": np.tile(np.arange(ntc), ntr),
-        "evaluated_pixels": tiles["evaluated_pixels"], "labelled_pixels": tiles["labelled_pixels"],
-        "miou": tiles["miou"], "accuracy": tiles["accuracy"],
-        "dominant_code": codes[tiles["dominant_id"]], "dominant_class": names[tiles["dominant_id"]],
-        "dominant_share": tiles["dominant_share"], "dominant_iou": tiles["dominant_iou"],
+        "tile_row": np.repeat(np.arange(ntr), ntc),
+        "tile_col": np.tile(np.arange(ntc), ntr),
+        "evaluated_pixels": tiles["evaluated_pixels"],
+        "labelled_pixels": tiles["labelled_pixels"],
+        "miou": tiles["miou"],
+        "accuracy": tiles["accuracy"],
+        "dominant_code": codes[tiles["dominant_id"]],
+        "dominant_class": names[tiles["dominant_id"]],
+        "dominant_share": tiles["dominant_share"],
+        "dominant_iou": tiles["dominant_iou"],
         "predicted_class": names[tiles["predicted_id"]],
     }
     for i in np.flatnonzero((conf.matrix.sum(0) + conf.matrix.sum(1)) > 0):
@@ -131,20 +150,27 @@ def write_markdown(metrics: dict, out: Path) -> None:
     s, p = metrics["scores"], metrics["pixels"]
     area = "" if s["area_evaluated_ha"] is None else f" ({s['area_evaluated_ha']:,.1f} ha)"
     lines = [
-        "# Land-cover map evaluation", "",
+        "# Land-cover map evaluation",
+        "",
         f"- prediction: `{metrics['inputs']['prediction']}`",
         f"- labels (reference): `{metrics['inputs']['labels']}` — {metrics['inputs']['labels_description']}",
         f"- nomenclature: {metrics['nomenclature']['name']} ({len(metrics['nomenclature']['classes'])} classes); "
-        f"landcover {metrics['software']['landcover']}, {metrics['created']}", "",
-        "## Summary", "", "| metric | value |", "|---|---|",
+        f"landcover {metrics['software']['landcover']}, {metrics['created']}",
+        "",
+        "## Summary",
+        "",
+        "| metric | value |",
+        "|---|---|",
         f"| mIoU (macro, {s['classes_present']} classes present) | {_fmt(s['miou'])} |",
         f"| frequency-weighted IoU | {_fmt(s['fwiou'])} |",
         f"| overall accuracy | {_fmt(s['overall_accuracy'])} |",
         f"| Cohen's kappa | {_fmt(s['kappa'])} |",
         f"| macro F1 / precision / recall | {_fmt(s['macro_f1'])} / {_fmt(s['macro_precision'])} / "
         f"{_fmt(s['macro_recall'])} |",
-        f"| pixels evaluated | {p['evaluated']:,} of {p['total']:,}{area} |", "",
-        "## Per class", "",
+        f"| pixels evaluated | {p['evaluated']:,} of {p['total']:,}{area} |",
+        "",
+        "## Per class",
+        "",
         "| id | code | class | IoU | precision | recall | F1 | reference ha | predicted ha | reference px | predicted px |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -158,7 +184,9 @@ def write_markdown(metrics: dict, out: Path) -> None:
     absent = [c["name"] for c in s["per_class"] if not (c["reference_pixels"] or c["predicted_pixels"])]
     only_pred = [c["name"] for c in s["per_class"] if c["predicted_pixels"] and not c["reference_pixels"]]
     lines += [
-        "", "## Notes", "",
+        "",
+        "## Notes",
+        "",
         "- Scores are computed on the stitched map, each pixel once; rows of the confusion matrix are the "
         "reference, columns the prediction.",
         f"- Ignored: {p['no_prediction']:,} pixels without a prediction (255), {p['no_label']:,} without a "
@@ -173,7 +201,14 @@ def write_markdown(metrics: dict, out: Path) -> None:
         lines.append(f"- Classes absent from both maps (not scored): {len(absent)}.")
     if s["area_evaluated_ha"] is None:
         lines.append("- Areas are not given: the grid's CRS is geographic (pixel size not in metres).")
-    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![IoU per class](iou_per_class.png)", "",
-              f"Spatial errors: `tiles_iou.gpkg`, layer `tiles` ({metrics['tiles']['count']} tiles of "
-              f"{metrics['tiles']['tile_size']} px; open in QGIS and style by `miou`).", ""]
+    lines += [
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "![IoU per class](iou_per_class.png)",
+        "",
+        f"Spatial errors: `tiles_iou.gpkg`, layer `tiles` ({metrics['tiles']['count']} tiles of "
+        f"{metrics['tiles']['tile_size']} px; open in QGIS and style by `miou`).",
+        "",
+    ]
     out.write_text("\n".join(lines), encoding="utf-8")

@@ -40,14 +40,23 @@ class LoadedModel:
     level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
 
     @classmethod
-    def from_meta(cls, model: nn.Module, meta: dict[str, Any], *, where: str = "checkpoint",
-                  sha256: str | None = None, path: str | None = None) -> LoadedModel:
+    def from_meta(
+        cls,
+        model: nn.Module,
+        meta: dict[str, Any],
+        *,
+        where: str = "checkpoint",
+        sha256: str | None = None,
+        path: str | None = None,
+    ) -> LoadedModel:
         """Wrap ``model`` with a checkpoint's ``landcover`` section (raises ModelError if incomplete)."""
         try:
             classes = sorted(meta["nomenclature"]["classes"], key=lambda c: int(c["id"]))
             name = str(meta["nomenclature"]["name"])
             nom = Nomenclature(
-                name, tuple(str(c["code"]) for c in classes), tuple(str(c["name"]) for c in classes),
+                name,
+                tuple(str(c["code"]) for c in classes),
+                tuple(str(c["name"]) for c in classes),
                 tuple((int(c["rgb"][0]), int(c["rgb"][1]), int(c["rgb"][2])) for c in classes),
                 nomenclature(name).lut if name in NOMENCLATURES else np.zeros(0, np.uint16),
             )
@@ -64,12 +73,26 @@ class LoadedModel:
                 raise ValueError(f"normalization has {mean.size} values for {len(bands)} bands")
             settings = meta.get("dataset_settings") or {}
             reader = {k: settings[k] for k in ("resampling", "harmonize", "scl_invalid") if settings.get(k) is not None}
-            return cls(model.eval(), str(meta["task"]), bands, nom, int(meta["tile_size"]), mean, std,
-                       float(meta.get("resolution") or 10.0), str(meta.get("label_mode") or "single"),
-                       reader, sha256, path, str(meta.get("processing_level") or "unknown"))
+            return cls(
+                model.eval(),
+                str(meta["task"]),
+                bands,
+                nom,
+                int(meta["tile_size"]),
+                mean,
+                std,
+                float(meta.get("resolution") or 10.0),
+                str(meta.get("label_mode") or "single"),
+                reader,
+                sha256,
+                path,
+                str(meta.get("processing_level") or "unknown"),
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ModelError(f"the landcover section of {where} is incomplete ({exc!r}); use a checkpoint "
-                             "written by `landcover train` (RUN/checkpoints/best.ckpt)") from exc
+            raise ModelError(
+                f"the landcover section of {where} is incomplete ({exc!r}); use a checkpoint "
+                "written by `landcover train` (RUN/checkpoints/best.ckpt)"
+            ) from exc
 
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
@@ -84,17 +107,20 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     meta = ckpt["landcover"]
     info = LoadedModel.from_meta(nn.Identity(), meta, where=str(path))
     try:
-        model, _ = build_model(ModelConfig.model_validate(meta["model"]), info.bands,
-                               info.nomenclature.num_classes, load_weights=False)
+        model, _ = build_model(
+            ModelConfig.model_validate(meta["model"]), info.bands, info.nomenclature.num_classes, load_weights=False
+        )
     except Exception as exc:
         raise ModelError(f"cannot rebuild the model described by {path} ({exc}); {hint}") from exc
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)  # strict: a partial load must never pass silently
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
-        raise ModelError(f"the weights in {path} do not fit the model its landcover section describes "
-                         f"({first}); the file is damaged or edited: {hint}") from exc
+        raise ModelError(
+            f"the weights in {path} do not fit the model its landcover section describes "
+            f"({first}); the file is damaged or edited: {hint}"
+        ) from exc
     info.model = model.eval()
     with path.open("rb") as fh:
         info.sha256, info.path = hashlib.file_digest(fh, "sha256").hexdigest(), str(path)
@@ -118,7 +144,9 @@ def probabilities(lm: LoadedModel, x: torch.Tensor, amp: torch.dtype | None = No
     k = lm.nomenclature.num_classes
     expect = (len(x), k, *x.shape[2:]) if lm.task == "segmentation" else (len(x), k)
     if tuple(logits.shape) != expect:
-        raise ModelError(f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}, expected {expect}")
+        raise ModelError(
+            f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}, expected {expect}"
+        )
     if lm.task == "classification" and lm.label_mode == "multilabel":
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=1)

@@ -42,12 +42,7 @@ from torch import nn
 
 from landcover import __version__
 from landcover.errors import ConfigError, ModelError, OutputExistsError
-from landcover.inference.checkpoint import (
-    LoadedModel,
-    load_checkpoint,
-    probabilities,
-    resolve_device,
-)
+from landcover.inference.checkpoint import LoadedModel, load_checkpoint, probabilities, resolve_device
 from landcover.inference.feeder import Feeder, open_source
 from landcover.inference.predict import Progress, check_level, predict_scene
 from landcover.inference.sliding import make_plan
@@ -80,16 +75,21 @@ def resolve_classes(nom: Nomenclature, classes: str | Sequence[str | int] | None
     ids: list[int] = []
     unknown = []
     for item in items:
-        hits = [i for i, (code, name) in enumerate(zip(nom.codes, nom.class_names, strict=True))
-                if item == code or slug(item) == slug(name)]
+        hits = [
+            i
+            for i, (code, name) in enumerate(zip(nom.codes, nom.class_names, strict=True))
+            if item == code or slug(item) == slug(name)
+        ]
         if not hits:
             unknown.append(item)
         elif hits[0] not in ids:
             ids.append(hits[0])
     if unknown or not ids:
         known = "; ".join(f"{c} ({n})" for c, n in zip(nom.codes, nom.class_names, strict=True))
-        raise ConfigError(f"unknown class(es) {', '.join(map(repr, unknown)) or '(none given)'} for the checkpoint's "
-                          f"{nom.name} nomenclature; give codes or names from: {known}; or 'all'")
+        raise ConfigError(
+            f"unknown class(es) {', '.join(map(repr, unknown)) or '(none given)'} for the checkpoint's "
+            f"{nom.name} nomenclature; give codes or names from: {known}; or 'all'"
+        )
     return ids
 
 
@@ -102,13 +102,16 @@ def last_stage(model: nn.Module) -> tuple[str, nn.Module]:
     else:
         why = "its encoder has no layer1..layerN stages"
     if not stages:
-        raise ModelError(f"Grad-CAM needs a ResNet classifier (timm, stages layer1..layer4); {type(model).__name__} "
-                         f"is not one ({why}); use a checkpoint of `landcover train` with model.task=classification")
+        raise ModelError(
+            f"Grad-CAM needs a ResNet classifier (timm, stages layer1..layer4); {type(model).__name__} "
+            f"is not one ({why}); use a checkpoint of `landcover train` with model.task=classification"
+        )
     return stages[-1]
 
 
 def _grad_cam(lm: LoadedModel, stage: nn.Module, x: torch.Tensor, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, len(ids), H, W) CAMs in 0..1 and (B, K) probabilities of a normalised batch ``x``."""
+
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         acts.append(output.detach().requires_grad_(True))  # the graph starts here: only pool + head
         return acts[-1]
@@ -126,8 +129,10 @@ def _grad_cam(lm: LoadedModel, stage: nn.Module, x: torch.Tensor, ids: list[int]
         for p, flag in flags:
             p.requires_grad_(flag)
     if tuple(logits.shape) != (len(x), lm.nomenclature.num_classes) or not acts:
-        raise ModelError(f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}, expected "
-                         f"{(len(x), lm.nomenclature.num_classes)}; the checkpoint is not a classifier")
+        raise ModelError(
+            f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}, expected "
+            f"{(len(x), lm.nomenclature.num_classes)}; the checkpoint is not a classifier"
+        )
     a = acts[-1]
     maps = []
     for n, c in enumerate(ids):
@@ -153,10 +158,19 @@ def _default_classes(lm: LoadedModel, input: Path, t: int, dev: torch.device, ba
     return [i for i in order if best[i] >= 0.5][:MAX_DEFAULT_CLASSES] or order[:1]
 
 
-def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: str | Path, *,
-            classes: str | Sequence[str | int] | None = None, tile: int | None = None, device: str = "auto",
-            overwrite: bool = False, batch_size: int = 8, allow_level_mismatch: bool = False,
-            progress: Progress | None = None) -> dict[str, Any]:
+def explain(
+    checkpoint: str | Path | LoadedModel,
+    input: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: str | Sequence[str | int] | None = None,
+    tile: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    batch_size: int = 8,
+    allow_level_mismatch: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Explain a checkpoint on one scene into ``out_dir``; return what ``explain.json`` records.
 
     A scene of another processing level than the checkpoint's training data is refused (ConfigError) unless
@@ -170,18 +184,24 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
     started = time.perf_counter()
     input, out_dir = Path(input), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
-        raise OutputExistsError(f"{out_dir} exists and is not an empty folder; pass --overwrite to write into it "
-                                "or choose another output folder")
+        raise OutputExistsError(
+            f"{out_dir} exists and is not an empty folder; pass --overwrite to write into it "
+            "or choose another output folder"
+        )
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load_checkpoint(checkpoint)
     ids = resolve_classes(lm.nomenclature, classes)
     if lm.task == "segmentation" and ids is not None:
-        raise ConfigError("classes apply to classification checkpoints (Grad-CAM); for a segmentation checkpoint "
-                          "`landcover predict --probabilities` writes each class's probability map")
+        raise ConfigError(
+            "classes apply to classification checkpoints (Grad-CAM); for a segmentation checkpoint "
+            "`landcover predict --probabilities` writes each class's probability map"
+        )
     t = int(tile or lm.tile_size)
     if t < 1 or batch_size < 1:
         raise ConfigError(f"tile ({t}) and batch size ({batch_size}) must be positive")
     dev = resolve_device(device)
-    with contextlib.closing(open_source(input, lm)) as source:  # a missing or unusable input: an error before any output
+    with contextlib.closing(
+        open_source(input, lm)
+    ) as source:  # a missing or unusable input: an error before any output
         warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
     previous = _previous_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,10 +216,16 @@ def explain(checkpoint: str | Path | LoadedModel, input: str | Path, out_dir: st
             ids = ids if ids is not None else _default_classes(lm, input, t, dev, batch_size)
             record = _classification(lm, input, out_dir, t, ids, stage, dev, batch_size, tmp, progress)
             record["layer"] = stage_name
-        record.update(checkpoint=Path(lm.path).name if lm.path else "in-memory model", checkpoint_sha256=lm.sha256,
-                      input=input.name, warnings=warnings,
-                      task=lm.task, device=str(dev), software=f"landcover {__version__}",
-                      seconds=round(time.perf_counter() - started, 3))
+        record.update(
+            checkpoint=Path(lm.path).name if lm.path else "in-memory model",
+            checkpoint_sha256=lm.sha256,
+            input=input.name,
+            warnings=warnings,
+            task=lm.task,
+            device=str(dev),
+            software=f"landcover {__version__}",
+            seconds=round(time.perf_counter() - started, 3),
+        )
         for name, path in record.pop("temporaries").items():
             os.replace(path, out_dir / name)
         record["files"] = [*record["files"], "explain.json"]
@@ -221,8 +247,10 @@ def _out_of_memory(input: Path, dev: torch.device) -> Iterator[None]:
         cause = exc if isinstance(exc, torch.cuda.OutOfMemoryError) else exc.__cause__
         if not isinstance(cause, torch.cuda.OutOfMemoryError):
             raise
-        raise ConfigError(f"the GPU ({dev}) ran out of memory explaining {input.name}; free GPU memory (other "
-                          "processes) or pass --device cpu") from cause
+        raise ConfigError(
+            f"the GPU ({dev}) ran out of memory explaining {input.name}; free GPU memory (other "
+            "processes) or pass --device cpu"
+        ) from cause
 
 
 def _previous_files(out_dir: Path) -> set[str]:
@@ -232,8 +260,18 @@ def _previous_files(out_dir: Path) -> set[str]:
     return set()
 
 
-def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: list[int], stage: nn.Module,
-                    dev: torch.device, batch_size: int, tmp: Any, progress: Progress | None) -> dict[str, Any]:
+def _classification(
+    lm: LoadedModel,
+    input: Path,
+    out_dir: Path,
+    t: int,
+    ids: list[int],
+    stage: nn.Module,
+    dev: torch.device,
+    batch_size: int,
+    tmp: Any,
+    progress: Progress | None,
+) -> dict[str, Any]:
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     names = [f"cam_{slug(nom.codes[c])}_{slug(nom.class_names[c])}.tif" for c in ids]
     total, tiles, best = torch.zeros(k), 0, torch.zeros(k)
@@ -256,18 +294,22 @@ def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: li
                 rgb = np.zeros((3, t, plan.padded_width), np.float32)
                 for cols, x in row.batches:
                     cam, probs = _grad_cam(lm, stage, x.to(dev), ids)
-                    total, tiles, best = total + probs.sum(0).cpu(), tiles + len(cols), torch.maximum(best, probs.amax(0).cpu())
+                    total, tiles, best = (
+                        total + probs.sum(0).cpu(),
+                        tiles + len(cols),
+                        torch.maximum(best, probs.amax(0).cpu()),
+                    )
                     raw = x[:, rgb_idx].numpy() * lm.std[rgb_idx, None, None] + lm.mean[rgb_idx, None, None]
                     for b, j in enumerate(cols):
-                        cams[:, :, j * t:(j + 1) * t] = cam[b].cpu().numpy()
-                        rgb[:, :, j * t:(j + 1) * t] = raw[b]
-                h, valid = min(t, grid.height - r * t), row.valid[:, :grid.width]
-                cams, valid = cams[:, :h, :grid.width], valid[:h]
+                        cams[:, :, j * t : (j + 1) * t] = cam[b].cpu().numpy()
+                        rgb[:, :, j * t : (j + 1) * t] = raw[b]
+                h, valid = min(t, grid.height - r * t), row.valid[:, : grid.width]
+                cams, valid = cams[:, :h, : grid.width], valid[:h]
                 cams[:, ~valid] = NODATA
                 for n, bw in enumerate(writers):
-                    bw.add(cams[n:n + 1], valid)
+                    bw.add(cams[n : n + 1], valid)
                 keep = [i for i in range(h) if (r * t + i) % f == 0]
-                quick.append(np.concatenate([rgb[:, keep, :grid.width:f], valid[None, keep, ::f]]))
+                quick.append(np.concatenate([rgb[:, keep, : grid.width : f], valid[None, keep, ::f]]))
                 if progress:
                     progress(f"{source.product_id}: Grad-CAM", r + 1, plan.rows)
             for bw in writers:
@@ -282,31 +324,77 @@ def _classification(lm: LoadedModel, input: Path, out_dir: Path, t: int, ids: li
     for c, name, path in zip(ids, names, gtiffs, strict=True):
         with rasterio.open(path, "r+") as ds:
             ds.set_band_description(1, f"Grad-CAM {nom.codes[c]} {nom.class_names[c]} (0..1; -1 = no data)")
-            ds.update_tags(METHOD="Grad-CAM, last encoder stage, per-tile max normalised", CLASS_CODE=nom.codes[c],
-                           CLASS_NAME=nom.class_names[c], PRODUCT_ID=product_id, INPUT=input.name,
-                           CHECKPOINT_SHA256=lm.sha256 or "none", TILE_SIZE=str(t))
+            ds.update_tags(
+                METHOD="Grad-CAM, last encoder stage, per-tile max normalised",
+                CLASS_CODE=nom.codes[c],
+                CLASS_NAME=nom.class_names[c],
+                PRODUCT_ID=product_id,
+                INPUT=input.name,
+                CHECKPOINT_SHA256=lm.sha256 or "none",
+                TILE_SIZE=str(t),
+            )
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)
     image = np.concatenate(quick, axis=1)
     with rasterio.open(finals[names[ids.index(top)]]) as ds:
         heat = ds.read(1, out_shape=image.shape[1:], masked=True).filled(np.nan)
     finals["overlay.png"] = tmp(out_dir / "overlay.png")
-    _overlay(finals["overlay.png"], _stretch(image[:3], image[3] > 0), heat, "jet",
-             f"Grad-CAM of {nom.codes[top]} {nom.class_names[top]} on {product_id}", "class activation (0..1)")
-    classes = [{"id": c, "code": nom.codes[c], "name": nom.class_names[c], "file": n,
-                "mean_probability": round(float(mean[c]), 4), "max_probability": round(float(best[c]), 4)}
-               for c, n in zip(ids, names, strict=True)]
-    return {"method": "grad-cam", "product_id": product_id, "grid": grid.to_dict(), "tile": t, "classes": classes,
-            "top_class": nom.codes[top], "nodata": NODATA, "files": [*names, "overlay.png"], "temporaries": finals}
+    _overlay(
+        finals["overlay.png"],
+        _stretch(image[:3], image[3] > 0),
+        heat,
+        "jet",
+        f"Grad-CAM of {nom.codes[top]} {nom.class_names[top]} on {product_id}",
+        "class activation (0..1)",
+    )
+    classes = [
+        {
+            "id": c,
+            "code": nom.codes[c],
+            "name": nom.class_names[c],
+            "file": n,
+            "mean_probability": round(float(mean[c]), 4),
+            "max_probability": round(float(best[c]), 4),
+        }
+        for c, n in zip(ids, names, strict=True)
+    ]
+    return {
+        "method": "grad-cam",
+        "product_id": product_id,
+        "grid": grid.to_dict(),
+        "tile": t,
+        "classes": classes,
+        "top_class": nom.codes[top],
+        "nodata": NODATA,
+        "files": [*names, "overlay.png"],
+        "temporaries": finals,
+    }
 
 
-def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None, dev: torch.device,
-                  batch_size: int, tmp: Any, progress: Progress | None) -> dict[str, Any]:
+def _segmentation(
+    lm: LoadedModel,
+    input: Path,
+    out_dir: Path,
+    tile: int | None,
+    dev: torch.device,
+    batch_size: int,
+    tmp: Any,
+    progress: Progress | None,
+) -> dict[str, Any]:
     work = out_dir / f".explain-{uuid.uuid4().hex[:8]}.partial"
     try:
-        summary = predict_scene(lm, input, work / "p.tif", tile=tile, device=str(dev), batch_size=batch_size,
-                                probabilities=True, quicklook=False, progress=progress,
-                                allow_level_mismatch=True)  # checked (and warned about) by explain itself
+        summary = predict_scene(
+            lm,
+            input,
+            work / "p.tif",
+            tile=tile,
+            device=str(dev),
+            batch_size=batch_size,
+            probabilities=True,
+            quicklook=False,
+            progress=progress,
+            allow_level_mismatch=True,
+        )  # checked (and warned about) by explain itself
         k = lm.nomenclature.num_classes
         gtiffs = {name: tmp(out_dir / name) for name in ("entropy.tif", "margin.tif")}
         with rasterio.open(work / "p_probabilities.tif") as src:
@@ -320,7 +408,7 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
                     if k > 1:
                         logs = np.log(p, where=p > 0, out=np.zeros_like(p))
                         entropy = np.clip(-(p * logs).sum(axis=0) / math.log(k), 0, 1)
-                        top2 = np.partition(p, k - 2, axis=0)[k - 2:]
+                        top2 = np.partition(p, k - 2, axis=0)[k - 2 :]
                         margin = top2[1] - top2[0]
                     else:
                         entropy, margin = np.zeros(p.shape[1:], np.float32), np.ones(p.shape[1:], np.float32)
@@ -339,8 +427,13 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
         with rasterio.open(path, "r+") as ds:
             what = "Shannon entropy / log(K)" if name == "entropy.tif" else "top-1 minus top-2 probability"
             ds.set_band_description(1, f"{what} (0..1; -1 = no data)")
-            ds.update_tags(METHOD=what, PRODUCT_ID=summary["product_id"], INPUT=input.name,
-                           CHECKPOINT_SHA256=lm.sha256 or "none", PROBABILITY_STEP="1/255")
+            ds.update_tags(
+                METHOD=what,
+                PRODUCT_ID=summary["product_id"],
+                INPUT=input.name,
+                CHECKPOINT_SHA256=lm.sha256 or "none",
+                PROBABILITY_STEP="1/255",
+            )
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)
     with rasterio.open(finals["entropy.tif"]) as ds:
@@ -348,11 +441,25 @@ def _segmentation(lm: LoadedModel, input: Path, out_dir: Path, tile: int | None,
         shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f)))
         heat = ds.read(1, out_shape=shape, masked=True).filled(np.nan)
     finals["overlay.png"] = tmp(out_dir / "overlay.png")
-    _overlay(finals["overlay.png"], None, heat, "magma", f"Normalised entropy on {summary['product_id']}",
-             "entropy (0 = certain, 1 = uniform)")
-    return {"method": "entropy-margin", "product_id": summary["product_id"], "grid": grid.to_dict(),
-            "tile": summary["tile"], "overlap": summary["overlap"],
-            "classes": [], "nodata": NODATA, "files": [*gtiffs, "overlay.png"], "temporaries": finals}
+    _overlay(
+        finals["overlay.png"],
+        None,
+        heat,
+        "magma",
+        f"Normalised entropy on {summary['product_id']}",
+        "entropy (0 = certain, 1 = uniform)",
+    )
+    return {
+        "method": "entropy-margin",
+        "product_id": summary["product_id"],
+        "grid": grid.to_dict(),
+        "tile": summary["tile"],
+        "overlap": summary["overlap"],
+        "classes": [],
+        "nodata": NODATA,
+        "files": [*gtiffs, "overlay.png"],
+        "temporaries": finals,
+    }
 
 
 def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -373,8 +480,14 @@ def _overlay(png: Path, background: np.ndarray | None, heat: np.ndarray, cmap: s
     ax = fig.subplots()
     if background is not None:
         ax.imshow(background, interpolation="nearest")
-    shown = ax.imshow(np.ma.masked_invalid(heat), cmap=cmap, vmin=0, vmax=1, interpolation="bilinear",
-                      alpha=0.45 if background is not None else 1.0)
+    shown = ax.imshow(
+        np.ma.masked_invalid(heat),
+        cmap=cmap,
+        vmin=0,
+        vmax=1,
+        interpolation="bilinear",
+        alpha=0.45 if background is not None else 1.0,
+    )
     fig.colorbar(shown, ax=ax, fraction=0.035, label=label)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
@@ -387,5 +500,7 @@ def explain_command_summary(result: dict[str, Any]) -> str:
         what = "Grad-CAM of " + ", ".join(f"{c['code']} {c['name']}" for c in result["classes"])
     else:
         what = "entropy and margin"
-    return (f"{what} for {result.get('product_id', result.get('input'))}: {len(result['files'])} files in "
-            f"{result.get('out_dir', '?')} ({result.get('seconds', 0):.1f} s)")
+    return (
+        f"{what} for {result.get('product_id', result.get('input'))}: {len(result['files'])} files in "
+        f"{result.get('out_dir', '?')} ({result.get('seconds', 0):.1f} s)"
+    )

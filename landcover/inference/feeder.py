@@ -37,11 +37,14 @@ class StackSource:
             raise MissingBandError(
                 f"band(s) {', '.join(missing)} needed by the checkpoint are not in {path} (bands "
                 f"{','.join(names)}); ingest the scene with `landcover ingest --bands {','.join(lm.bands)}` or use "
-                "a checkpoint trained on these bands")
+                "a checkpoint trained on these bands"
+            )
         if abs(self.ds.res[0] - lm.resolution) > 1e-6:
             self.ds.close()
-            raise InputFormatError(f"{path} is at {self.ds.res[0]:g} m, the checkpoint at {lm.resolution:g} m; "
-                                   "ingest the scene at the checkpoint's resolution")
+            raise InputFormatError(
+                f"{path} is at {self.ds.res[0]:g} m, the checkpoint at {lm.resolution:g} m; "
+                "ingest the scene at the checkpoint's resolution"
+            )
         self.indexes = [names.index(b) + 1 for b in lm.bands]
         self.grid = Grid(self.ds.crs, self.ds.transform, self.ds.width, self.ds.height)
         self.product_id = tags.get("PRODUCT_ID", path.parent.name)
@@ -70,14 +73,17 @@ class ProductSource:
                 raise MissingBandError(
                     f"{path} lacks band(s) {','.join(missing)} that the checkpoint needs (it has "
                     f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
-                    "with these bands or a checkpoint trained on its bands")
+                    "with these bands or a checkpoint trained on its bands"
+                )
             product = product.select(lm.bands)
         except InputFormatError as exc:
             if "without band names" not in str(exc):
                 raise
-            raise InputFormatError(f"{path} has bands without names; name them (band descriptions B02, ...) "
-                                   "or ingest it with `landcover ingest --bands ...` and predict the ingested "
-                                   "scenes/<id>/image.tif") from exc
+            raise InputFormatError(
+                f"{path} has bands without names; name them (band descriptions B02, ...) "
+                "or ingest it with `landcover ingest --bands ...` and predict the ingested "
+                "scenes/<id>/image.tif"
+            ) from exc
         self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, **lm.reader)
         self.grid, self.product_id = self.reader.grid, product.product_id
         self.baseline = product.processing_baseline
@@ -121,8 +127,15 @@ class Feeder:
     not the model, set the pace.
     """
 
-    def __init__(self, source: StackSource | ProductSource, plan: Plan, lm: LoadedModel, batch_size: int, pin: bool,
-                 mask_clouds: bool):
+    def __init__(
+        self,
+        source: StackSource | ProductSource,
+        plan: Plan,
+        lm: LoadedModel,
+        batch_size: int,
+        pin: bool,
+        mask_clouds: bool,
+    ):
         self.source, self.plan, self.batch_size, self.pin, self.mask_clouds = source, plan, batch_size, pin, mask_clouds
         self.mean, self.std = lm.mean.reshape(1, -1, 1, 1), lm.std.reshape(1, -1, 1, 1)
         self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
@@ -139,7 +152,11 @@ class Feeder:
             got = tuple(None if a is None else np.concatenate([a, b], axis=0 if a.ndim == 2 else 1) for a, b in parts)
         elif self.cache is not None and self.cache[0] <= lo and hi <= self.cache[0] + self.cache[1].shape[1]:
             c0, img, valid, cloud = self.cache
-            got = (img[:, lo - c0:hi - c0], valid[lo - c0:hi - c0], None if cloud is None else cloud[lo - c0:hi - c0])
+            got = (
+                img[:, lo - c0 : hi - c0],
+                valid[lo - c0 : hi - c0],
+                None if cloud is None else cloud[lo - c0 : hi - c0],
+            )
         else:
             got = self.source.rows(lo, hi)
         self.cache = (lo, *got)  # type: ignore[assignment]
@@ -154,20 +171,20 @@ class Feeder:
         valid = valid.take(rows - lo, axis=0).take(self.cols, axis=1)
         if self.mask_clouds and cloud is not None:
             valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
-        todo = [j for j in range(p.cols) if valid[:, j * p.stride:j * p.stride + t].any()]
+        todo = [j for j in range(p.cols) if valid[:, j * p.stride : j * p.stride + t].any()]
         batches = []
         data = None if self.pin else np.asarray(img.any(axis=0))  # training zeroes pixels that are 0 in every band
         for i in range(0, len(todo), self.batch_size):
-            cols = todo[i:i + self.batch_size]
+            cols = todo[i : i + self.batch_size]
             if data is None:  # raw values travel; to_device normalises them
-                raw = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols])
+                raw = np.stack([img[:, :, j * p.stride : j * p.stride + t] for j in cols])
                 raw = raw.view(np.int16) if raw.dtype == np.uint16 else raw.astype(np.float32)
                 batches.append((cols, torch.from_numpy(raw).pin_memory()))
                 continue
-            x = np.stack([img[:, :, j * p.stride:j * p.stride + t] for j in cols]).astype(np.float32)
+            x = np.stack([img[:, :, j * p.stride : j * p.stride + t] for j in cols]).astype(np.float32)
             x -= self.mean
             x /= self.std
-            x *= np.stack([data[:, j * p.stride:j * p.stride + t] for j in cols])[:, None]
+            x *= np.stack([data[:, j * p.stride : j * p.stride + t] for j in cols])[:, None]
             tensor = torch.from_numpy(x)
             batches.append((cols, tensor))
         return Row(valid, batches, p.cols - len(todo))

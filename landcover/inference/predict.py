@@ -40,23 +40,9 @@ import rasterio.shutil
 import torch
 
 from landcover import __version__
-from landcover.errors import (
-    ConfigError,
-    OutputExistsError,
-)
-from landcover.inference.checkpoint import (
-    LoadedModel,
-    load_checkpoint,
-    probabilities,
-    resolve_device,
-)
-from landcover.inference.feeder import (
-    Feeder,
-    ProductSource,
-    StackSource,
-    is_ingested_stack,
-    open_source,
-)
+from landcover.errors import ConfigError, OutputExistsError
+from landcover.inference.checkpoint import LoadedModel, load_checkpoint, probabilities, resolve_device
+from landcover.inference.feeder import Feeder, ProductSource, StackSource, is_ingested_stack, open_source
 from landcover.inference.sliding import Plan, blend_weights, make_plan
 from landcover.inference.writers import BlockWriter, output_paths
 from landcover.io.grid import GDAL_ENV
@@ -70,11 +56,23 @@ Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this
 
 
-def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: str | Path, out: str | Path, *,
-                  overlap: int | None = None, tile: int | None = None, batch_size: int = 8, device: str = "auto",
-                  probabilities: bool = False, confidence: bool = False, quicklook: bool = True,
-                  overwrite: bool = False, mask_clouds: bool = False, allow_level_mismatch: bool = False,
-                  progress: Progress | None = None) -> dict[str, Any]:
+def predict_scene(
+    checkpoint_or_loaded_model: str | Path | LoadedModel,
+    input: str | Path,
+    out: str | Path,
+    *,
+    overlap: int | None = None,
+    tile: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    probabilities: bool = False,
+    confidence: bool = False,
+    quicklook: bool = True,
+    overwrite: bool = False,
+    mask_clouds: bool = False,
+    allow_level_mismatch: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Predict one scene into the COG ``out`` (and its side files); return a summary.
 
     A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
@@ -87,8 +85,11 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     check_inputs_exist([input])
-    lm = checkpoint_or_loaded_model if isinstance(checkpoint_or_loaded_model, LoadedModel) \
+    lm = (
+        checkpoint_or_loaded_model
+        if isinstance(checkpoint_or_loaded_model, LoadedModel)
         else load_checkpoint(checkpoint_or_loaded_model)
+    )
     t, o = window_geometry(lm, tile, overlap, batch_size)
     dev = resolve_device(device)
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
@@ -102,7 +103,9 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
             remove_stale_temporaries(path)
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
-        gtiffs: dict[str, Path] = {name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths}
+        gtiffs: dict[str, Path] = {
+            name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths
+        }
         writers: dict[str, BlockWriter] = {}
         try:
             writers["map"] = BlockWriter(gtiffs["map"], grid, 1, dtype, nodata, False)
@@ -112,11 +115,22 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
                 writers["confidence"] = BlockWriter(gtiffs["confidence"], grid, 1, "uint8", None, True)
             feeder = Feeder(source, plan, lm, batch_size, dev.type == "cuda", mask_clouds)
             try:
-                run, skipped, valid_px = _stream(lm, plan, feeder, writers, dev, amp, dtype, nodata,
-                                       lambda done: progress and progress(f"{out.stem}: predict", done, plan.rows))
+                run, skipped, valid_px = _stream(
+                    lm,
+                    plan,
+                    feeder,
+                    writers,
+                    dev,
+                    amp,
+                    dtype,
+                    nodata,
+                    lambda done: progress and progress(f"{out.stem}: predict", done, plan.rows),
+                )
             except torch.cuda.OutOfMemoryError as exc:
-                raise ConfigError(f"the GPU ran out of memory with --batch-size {batch_size} and {t}-px windows; "
-                                  "pass a smaller --batch-size (or --tile)") from exc
+                raise ConfigError(
+                    f"the GPU ran out of memory with --batch-size {batch_size} and {t}-px windows; "
+                    "pass a smaller --batch-size (or --tile)"
+                ) from exc
         finally:
             for bw in writers.values():
                 bw.ds.close()
@@ -124,18 +138,38 @@ def predict_scene(checkpoint_or_loaded_model: str | Path | LoadedModel, input: s
             progress(f"{out.stem}: COG", 0, 1)
         valid_fraction = valid_px / max(1, grid.width * grid.height)
         if valid_px == 0:
-            warnings.append(f"every pixel of {input.name} is no data (0 in a band{', or cloud' if mask_clouds else ''}): "
-                            "the map holds no class, only 255; check the input covers data")
-        tags = {**provenance_tags(lm, source, input), "TASK": lm.task, "TILE_SIZE": str(t), "OVERLAP": str(o),
-                "BLENDING": "cosine ramps over the overlap, weights sum to 1", "SOFTWARE": f"landcover {__version__}",
-                "VALID_FRACTION": f"{valid_fraction:.6f}", "WARNINGS": " | ".join(warnings) or "none"}
+            warnings.append(
+                f"every pixel of {input.name} is no data (0 in a band{', or cloud' if mask_clouds else ''}): "
+                "the map holds no class, only 255; check the input covers data"
+            )
+        tags = {
+            **provenance_tags(lm, source, input),
+            "TASK": lm.task,
+            "TILE_SIZE": str(t),
+            "OVERLAP": str(o),
+            "BLENDING": "cosine ramps over the overlap, weights sum to 1",
+            "SOFTWARE": f"landcover {__version__}",
+            "VALID_FRACTION": f"{valid_fraction:.6f}",
+            "WARNINGS": " | ".join(warnings) or "none",
+        }
         _tag_outputs(gtiffs, nom, tags)
         _publish(gtiffs, paths, tmp, nom, nodata, f"{source.product_id} ({nom.name})")
-    return {"input": str(input), "out": {name: str(p) for name, p in paths.items()}, "grid": grid.to_dict(),
-            "product_id": source.product_id, "tile": t, "overlap": o, "device": str(dev),
-            "windows_run": run, "windows_skipped": skipped, "seconds": round(time.perf_counter() - started, 3),
-            "valid_fraction": valid_fraction, "processing_level": {"checkpoint": lm.level, "scene": source.level},
-            "warnings": warnings, "skipped": False}
+    return {
+        "input": str(input),
+        "out": {name: str(p) for name, p in paths.items()},
+        "grid": grid.to_dict(),
+        "product_id": source.product_id,
+        "tile": t,
+        "overlap": o,
+        "device": str(dev),
+        "windows_run": run,
+        "windows_skipped": skipped,
+        "seconds": round(time.perf_counter() - started, 3),
+        "valid_fraction": valid_fraction,
+        "processing_level": {"checkpoint": lm.level, "scene": source.level},
+        "warnings": warnings,
+        "skipped": False,
+    }
 
 
 def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
@@ -167,8 +201,14 @@ def _tag_outputs(gtiffs: dict[str, Path], nom: Nomenclature, tags: dict[str, str
             ds.set_band_description(1, "confidence (max class probability x 255)")
 
 
-def _publish(gtiffs: dict[str, Path], paths: dict[str, Path], tmp: Callable[[Path], Path], nom: Nomenclature,
-             nodata: int, title: str) -> None:
+def _publish(
+    gtiffs: dict[str, Path],
+    paths: dict[str, Path],
+    tmp: Callable[[Path], Path],
+    nom: Nomenclature,
+    nodata: int,
+    title: str,
+) -> None:
     """COGs (and the quick-look) under temporary names, then renamed: the class map last, since its
     final name means 'complete'."""
     finals = {name: tmp(paths[name]) for name in paths if name != "qml"}
@@ -196,22 +236,42 @@ def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) ->
     trained, scene = f"{lm.level} ({LEVEL_NAMES[lm.level]})", f"{level} ({LEVEL_NAMES[level]})"
     if allow:
         return f"checkpoint trained on {trained} applied to {scene} input with --allow-level-mismatch: results are degraded"
-    fix = ", or pass --allow-level-mismatch to go ahead anyway (results will be degraded)" if allow is not None \
+    fix = (
+        ", or pass --allow-level-mismatch to go ahead anyway (results will be degraded)"
+        if allow is not None
         else f" or a checkpoint trained on {level} data"
-    raise ConfigError(f"checkpoint was trained on {trained} but {input.name} is {scene}: use an {lm.level} product{fix}")
+    )
+    raise ConfigError(
+        f"checkpoint was trained on {trained} but {input.name} is {scene}: use an {lm.level} product{fix}"
+    )
 
 
 def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input: Path) -> dict[str, str]:
     """Where a map comes from: product id, levels, the input's and the checkpoint's file names (no path of
     the user's machine) and the checkpoint's sha256."""
-    return {"PRODUCT_ID": source.product_id, "PROCESSING_BASELINE": str(source.baseline or "unknown"),
-            "PROCESSING_LEVEL": source.level or "unknown", "CHECKPOINT_PROCESSING_LEVEL": lm.level,
-            "INPUT": input.name, "CHECKPOINT": Path(lm.path).name if lm.path else "in-memory model",
-            "CHECKPOINT_SHA256": lm.sha256 or "none", "BANDS": json.dumps(lm.bands)}
+    return {
+        "PRODUCT_ID": source.product_id,
+        "PROCESSING_BASELINE": str(source.baseline or "unknown"),
+        "PROCESSING_LEVEL": source.level or "unknown",
+        "CHECKPOINT_PROCESSING_LEVEL": lm.level,
+        "INPUT": input.name,
+        "CHECKPOINT": Path(lm.path).name if lm.path else "in-memory model",
+        "CHECKPOINT_SHA256": lm.sha256 or "none",
+        "BANDS": json.dumps(lm.bands),
+    }
 
 
-def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, BlockWriter], dev: torch.device,
-            amp: torch.dtype | None, dtype: str, nodata: int, progress: Callable[[int], Any]) -> tuple[int, int, int]:
+def _stream(
+    lm: LoadedModel,
+    plan: Plan,
+    feeder: Feeder,
+    writers: dict[str, BlockWriter],
+    dev: torch.device,
+    amp: torch.dtype | None,
+    dtype: str,
+    nodata: int,
+    progress: Callable[[int], Any],
+) -> tuple[int, int, int]:
     """Run the model row of windows by row, blend into a strip, hand finished rows to the writer.
 
     Returns the windows run and skipped, and the number of scene pixels that got a class."""
@@ -236,15 +296,21 @@ def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, Bloc
                     if probs.ndim == 2:  # classification: one probability vector per tile
                         probs = probs[:, :, None, None].expand(-1, -1, t, t)
                     for b, j in enumerate(cols):
-                        acc[:, :, j * s:j * s + t].addcmul_(probs[b], weights)
-                        wsum[:, j * s:j * s + t].add_(weights)
+                        acc[:, :, j * s : j * s + t].addcmul_(probs[b], weights)
+                        wsum[:, j * s : j * s + t].add_(weights)
                     run += len(cols)
                 lo, hi = max(0, m - i * s), min(s, plan.height - (i * s - m))  # finished rows in the strip
                 if hi > lo:
-                    valid_px += int(row.valid[lo:hi, m:m + width].sum())
-                    outputs = _finish(acc[:, lo:hi, m:m + width], wsum[lo:hi, m:m + width],
-                                      row.valid[lo:hi, m:m + width], dtype, nodata,
-                                      "probabilities" in writers, "confidence" in writers)
+                    valid_px += int(row.valid[lo:hi, m : m + width].sum())
+                    outputs = _finish(
+                        acc[:, lo:hi, m : m + width],
+                        wsum[lo:hi, m : m + width],
+                        row.valid[lo:hi, m : m + width],
+                        dtype,
+                        nodata,
+                        "probabilities" in writers,
+                        "confidence" in writers,
+                    )
                     pending.append(writer.submit(_write, writers, outputs))
                     while len(pending) > 2 or (pending and pending[0].done()):
                         pending.pop(0).result()
@@ -264,12 +330,20 @@ def _stream(lm: LoadedModel, plan: Plan, feeder: Feeder, writers: dict[str, Bloc
     return run, skipped, valid_px
 
 
-def _finish(acc: torch.Tensor, wsum: torch.Tensor, valid: np.ndarray, dtype: str, nodata: int,
-            probabilities: bool, confidence: bool, chunk: int = 1024) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _finish(
+    acc: torch.Tensor,
+    wsum: torch.Tensor,
+    valid: np.ndarray,
+    dtype: str,
+    nodata: int,
+    probabilities: bool,
+    confidence: bool,
+    chunk: int = 1024,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Finished rows -> class ids (nodata outside ``valid``), optional probabilities and confidence x 255."""
     parts: dict[str, list[np.ndarray]] = {"map": [], "probabilities": [], "confidence": []}
     for c in range(0, acc.shape[2], chunk):  # column chunks keep the temporaries small
-        p = acc[:, :, c:c + chunk] / wsum[:, c:c + chunk].clamp_min(1e-12)
+        p = acc[:, :, c : c + chunk] / wsum[:, c : c + chunk].clamp_min(1e-12)
         best, ids = p.max(dim=0)
         parts["map"].append(ids.cpu().numpy().astype(dtype)[None])
         if probabilities:
@@ -306,9 +380,15 @@ def scene_name(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "scene"
 
 
-def predict_many(checkpoint_or_loaded_model: str | Path | LoadedModel, inputs: Sequence[str | Path],
-                 out_dir: str | Path, *, overwrite: bool = False, progress: Progress | None = None,
-                 **options: Any) -> list[dict[str, Any]]:
+def predict_many(
+    checkpoint_or_loaded_model: str | Path | LoadedModel,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
     """Predict each input into ``out_dir/<scene>.tif``, skipping scenes whose outputs are complete."""
     if not inputs:
         raise ConfigError("no input given: pass Sentinel-2 products, ingested image.tif files, or --from-list FILE")

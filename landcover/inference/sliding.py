@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     pass
 
 
-
 # --- window geometry ------------------------------------------------------------------------------
 
 
@@ -53,7 +52,7 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
     w = np.ones(tile, np.float64)
     if overlap:
         ramp = 0.5 * (1 - np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap))
-        w[:overlap], w[tile - overlap:] = ramp, ramp[::-1]
+        w[:overlap], w[tile - overlap :] = ramp, ramp[::-1]
     return np.outer(w, w).astype(np.float32)
 
 
@@ -68,26 +67,4 @@ def reflect_index(p: np.ndarray, n: int) -> np.ndarray:
 # --- inputs ----------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # --- outputs ---------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-

@@ -27,10 +27,24 @@ class BlockWriter:
     def __init__(self, path: Path, grid: Grid, count: int, dtype: str, nodata: float | None, masked: bool):
         EXPECTED[path] = grid.width * grid.height * (count * np.dtype(dtype).itemsize + masked)
         self.ds = rasterio.open(
-            path, "w", driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
-            crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=TMP_BLOCK,
-            blockysize=TMP_BLOCK, compress="zstd", zstd_level=1, bigtiff="IF_SAFER",
-            interleave="band" if count == 1 else "pixel")
+            path,
+            "w",
+            driver="GTiff",
+            width=grid.width,
+            height=grid.height,
+            count=count,
+            dtype=dtype,
+            crs=grid.crs,
+            transform=grid.transform,
+            nodata=nodata,
+            tiled=True,
+            blockxsize=TMP_BLOCK,
+            blockysize=TMP_BLOCK,
+            compress="zstd",
+            zstd_level=1,
+            bigtiff="IF_SAFER",
+            interleave="band" if count == 1 else "pixel",
+        )
         self.buf = np.zeros((count, TMP_BLOCK, grid.width), dtype)
         self.mask = np.zeros((TMP_BLOCK, grid.width), np.uint8) if masked else None
         self.start = self.filled = 0
@@ -39,9 +53,9 @@ class BlockWriter:
         i = 0
         while i < data.shape[1]:
             n = min(data.shape[1] - i, TMP_BLOCK - self.filled)
-            self.buf[:, self.filled:self.filled + n] = data[:, i:i + n]
+            self.buf[:, self.filled : self.filled + n] = data[:, i : i + n]
             if self.mask is not None:
-                self.mask[self.filled:self.filled + n] = valid[i:i + n] * 255
+                self.mask[self.filled : self.filled + n] = valid[i : i + n] * 255
             self.filled, i = self.filled + n, i + n
             if self.filled == TMP_BLOCK:
                 self.flush()
@@ -49,14 +63,15 @@ class BlockWriter:
     def flush(self) -> None:
         if self.filled:
             window = Window(0, self.start, self.ds.width, self.filled)
-            self.ds.write(self.buf[:, :self.filled], window=window)
+            self.ds.write(self.buf[:, : self.filled], window=window)
             if self.mask is not None:
-                self.ds.write_mask(self.mask[:self.filled], window=window)
+                self.ds.write_mask(self.mask[: self.filled], window=window)
             self.start, self.filled = self.start + self.filled, 0
 
 
-def output_paths(out: Path, *, probabilities: bool = False, confidence: bool = False,
-                 quicklook: bool = True) -> dict[str, Path]:
+def output_paths(
+    out: Path, *, probabilities: bool = False, confidence: bool = False, quicklook: bool = True
+) -> dict[str, Path]:
     """The files of one prediction; ``map`` is written last."""
     paths = {"map": out, "qml": out.with_suffix(".qml")}
     if probabilities:

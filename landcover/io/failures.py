@@ -29,9 +29,12 @@ NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 WRITE_ERRNOS = DENIED | NO_SPACE | {errno.EROFS}
 # what GDAL (through rasterio's logger or an exception) says when a write failed
 GDAL_NO_SPACE = re.compile(r"No space left|Disk quota|database or disk is full", re.I)
-GDAL_WRITE_FAILED = re.compile(r"No space left|Disk quota|disk is full|disk I/O error|Write error|IO error writing"
-                               r"|error writing|_tiffWriteProc"
-                               r"|Failed to create mask|Read-only file system", re.I)
+GDAL_WRITE_FAILED = re.compile(
+    r"No space left|Disk quota|disk is full|disk I/O error|Write error|IO error writing"
+    r"|error writing|_tiffWriteProc"
+    r"|Failed to create mask|Read-only file system",
+    re.I,
+)
 GDAL_DENIED = re.compile(r"Permission denied", re.I)
 GDAL_READ_ONLY = re.compile(r"Read-only file system", re.I)
 
@@ -75,12 +78,15 @@ def no_space_message(path: str | os.PathLike[str], needed: int | None, quota: bo
     free = shutil.disk_usage(_existing(where)).free
     need = f", about {_mb(needed)} MB needed" if needed else ""
     what = "disk quota exceeded" if quota else "no space left"
-    return (f"cannot write {shown(where)}: {what} on {shown(_mount_point(where))} ({_mb(free)} MB free{need}); "
-            "free space or choose another --out")
+    return (
+        f"cannot write {shown(where)}: {what} on {shown(_mount_point(where))} ({_mb(free)} MB free{need}); "
+        "free space or choose another --out"
+    )
 
 
-def output_error(exc: BaseException | None, path: str | os.PathLike[str] | None = None,
-                 needed: int | None = None) -> OutputError | None:
+def output_error(
+    exc: BaseException | None, path: str | os.PathLike[str] | None = None, needed: int | None = None
+) -> OutputError | None:
     """An :class:`OutputError` for a failed write, or None when ``exc`` is not a write failure.
 
     ``path`` is used when the exception names none; ``needed`` (bytes, rough) is told with a full disk.
@@ -91,8 +97,9 @@ def output_error(exc: BaseException | None, path: str | os.PathLike[str] | None 
         return None
     target = shown(name)
     if code in DENIED:
-        return OutputError(f"cannot write {target}: permission denied (read-only folder?); choose another --out "
-                           "or fix its permissions")
+        return OutputError(
+            f"cannot write {target}: permission denied (read-only folder?); choose another --out or fix its permissions"
+        )
     if code == errno.EROFS:
         return OutputError(f"cannot write {target}: read-only file system; choose another --out")
     return OutputError(no_space_message(name, needed, quota=code == errno.EDQUOT))
@@ -122,8 +129,9 @@ class Guard:
         self.remove_temporaries()
         outer = next((guard for guard in ACTIVE if guard.path is not None), self)
         sizes = [s for s in (outer.size(), self.size()) if s]
-        return OutputError(no_space_message(outer.path or Path.cwd(), max(sizes, default=None),
-                                            quota=code == errno.EDQUOT))
+        return OutputError(
+            no_space_message(outer.path or Path.cwd(), max(sizes, default=None), quota=code == errno.EDQUOT)
+        )
 
     def error(self, exc: BaseException | None) -> OutputError | None:
         """The :class:`OutputError` for ``exc`` (or for GDAL's logged write errors when ``exc`` is None)."""
@@ -142,11 +150,15 @@ class Guard:
             code = errno.EACCES
         elif GDAL_READ_ONLY.search(text):
             code = errno.EROFS
-        elif GDAL_NO_SPACE.search(text) or ((exc is not None or GDAL_WRITE_FAILED.search(text)) and self._nearly_full()):
+        elif GDAL_NO_SPACE.search(text) or (
+            (exc is not None or GDAL_WRITE_FAILED.search(text)) and self._nearly_full()
+        ):
             code = errno.ENOSPC  # GDAL's texts rarely say why ("Failed to commit transaction"): the free space does
         elif exc is None and GDAL_WRITE_FAILED.search(text):
-            return OutputError(f"cannot write {shown(self.path or Path.cwd())}: GDAL reported "
-                               f"{self.gdal_messages[0]}; check the disk and choose another --out")
+            return OutputError(
+                f"cannot write {shown(self.path or Path.cwd())}: GDAL reported "
+                f"{self.gdal_messages[0]}; check the disk and choose another --out"
+            )
         else:
             return None
         if code == errno.ENOSPC:
@@ -171,8 +183,9 @@ class Guard:
         """Whether the disk would be (nearly) full even without the temporaries (measured, not removed: the
         caller may still handle the error)."""
         free = shutil.disk_usage(_existing(self.path or Path.cwd())).free
-        return free + sum(_size(t) for t in {*self.temporaries, *(t for g in ACTIVE for t in g.temporaries)}) \
-            < max(self.size() or 0, 1 << 20)
+        return free + sum(_size(t) for t in {*self.temporaries, *(t for g in ACTIVE for t in g.temporaries)}) < max(
+            self.size() or 0, 1 << 20
+        )
 
 
 def _size(path: Path) -> int:
@@ -205,11 +218,16 @@ class _GdalLog(logging.Handler):
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike[str] | None, needed: int | Callable[[], int | None] | None = None,
-            temporaries: list[Path] | None = None) -> Iterator[Guard]:
+def writing(
+    path: str | os.PathLike[str] | None,
+    needed: int | Callable[[], int | None] | None = None,
+    temporaries: list[Path] | None = None,
+) -> Iterator[Guard]:
     """Guard a block that writes ``path``: a write failure becomes an :class:`OutputError`; so do write errors
     GDAL only logged (checked when the block ends, before the caller renames its temporary)."""
-    guard = Guard(None if path is None else Path(os.fspath(path)), needed, temporaries if temporaries is not None else [])
+    guard = Guard(
+        None if path is None else Path(os.fspath(path)), needed, temporaries if temporaries is not None else []
+    )
     ACTIVE.append(guard)
     logger = logging.getLogger("rasterio")
     handler, level = _GdalLog(guard.gdal_messages), logger.level
@@ -299,8 +317,9 @@ def _python_stderr_to(fd: int):  # -> the previous sys.stderr, or None when it w
     except (AttributeError, OSError, ValueError):
         return None
     previous = sys.stderr
-    sys.stderr = open(os.dup(fd), "w", buffering=1, encoding=previous.encoding,  # noqa: SIM115
-                      errors="backslashreplace")
+    sys.stderr = open(  # noqa: SIM115 (stays open as sys.stderr until restored)
+        os.dup(fd), "w", buffering=1, encoding=previous.encoding, errors="backslashreplace"
+    )
     return previous
 
 
@@ -308,10 +327,18 @@ def stray_error(exc: BaseException, out: str | os.PathLike[str] | None = None) -
     """The CLI's last resort: an error no writer translated (a run folder that cannot be created, a checkpoint
     torch cannot save, a path that is not UTF-8) as a :class:`LandcoverError`, or None."""
     if isinstance(exc, UnicodeEncodeError) and "surrogates" in exc.reason and isinstance(exc.object, str):
-        return ConfigError(f"{shown(exc.object)} is not valid UTF-8 (GDAL cannot open or write such paths); rename "
-                           "it with UTF-8 characters or choose another path")
+        return ConfigError(
+            f"{shown(exc.object)} is not valid UTF-8 (GDAL cannot open or write such paths); rename "
+            "it with UTF-8 characters or choose another path"
+        )
     name = getattr(exc, "filename", None)
-    if isinstance(exc, OSError) and exc.errno in DENIED and name and os.path.isfile(name) and not os.access(name, os.R_OK):
+    if (
+        isinstance(exc, OSError)
+        and exc.errno in DENIED
+        and name
+        and os.path.isfile(name)
+        and not os.access(name, os.R_OK)
+    ):
         return ConfigError(f"cannot read {shown(name)}: permission denied; fix its permissions")
     if isinstance(exc, OSError):
         return output_error(exc, out)
@@ -329,6 +356,8 @@ def undecodable_path_error(values: object) -> ConfigError | None:
             if (error := undecodable_path_error(value)) is not None:
                 return error
         elif isinstance(value, os.PathLike) and has_undecodable_bytes(value):
-            return ConfigError(f"{shown(value)} is not valid UTF-8 (GDAL cannot open or write such paths); rename "
-                               "it with UTF-8 characters or choose another path")
+            return ConfigError(
+                f"{shown(value)} is not valid UTF-8 (GDAL cannot open or write such paths); rename "
+                "it with UTF-8 characters or choose another path"
+            )
     return None

@@ -76,19 +76,3 @@ def open_raster(path: str | Path, mode: str = "r") -> rasterio.DatasetReader:
             f"cannot read {path} as a raster ({exc}); the file may be truncated or not a raster: "
             "download or export it again"
         ) from exc
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

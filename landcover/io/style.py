@@ -60,9 +60,7 @@ def qgis_style(nom: Nomenclature) -> str:
     entries = "\n".join(
         f'        <paletteEntry value="{i}" color="#{r:02x}{g:02x}{b:02x}" alpha="255" '
         f'label="{escape(code + " " + name, {chr(34): "&quot;"})}"/>'
-        for i, (code, name, (r, g, b)) in enumerate(
-            zip(nom.codes, nom.class_names, nom.colors, strict=True)
-        )
+        for i, (code, name, (r, g, b)) in enumerate(zip(nom.codes, nom.class_names, nom.colors, strict=True))
     )
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.28" styleCategories="Symbology">
@@ -123,8 +121,12 @@ def write_quicklook(cog: Path, png: Path, nom: Nomenclature, nodata: int, title:
     ax.imshow(lut[arr], interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
-    handles = [Patch(color=(float(lut[i, 0]), float(lut[i, 1]), float(lut[i, 2])), label=f"{nom.codes[i]} {nom.class_names[i]}")
-               for i in shown]
+    handles = [
+        Patch(
+            color=(float(lut[i, 0]), float(lut[i, 1]), float(lut[i, 2])), label=f"{nom.codes[i]} {nom.class_names[i]}"
+        )
+        for i in shown
+    ]
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     fig.savefig(png, dpi=100, bbox_inches="tight", format="png")

@@ -66,20 +66,23 @@ def build_model(
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
     model: nn.Module
     if cfg.task == "segmentation":
-        model = smp.Unet(
-            encoder_name=cfg.encoder, encoder_weights=None, in_channels=len(names),
-            classes=num_classes,
-        )
+        model = smp.Unet(encoder_name=cfg.encoder, encoder_weights=None, in_channels=len(names), classes=num_classes)
         if cfg.drop_path > 0:
-            raise ConfigError("model.drop_path (stochastic depth) needs the timm encoders of the classification "
-                              "task; smp's U-Net encoders have none: set it to 0 (use model.dropout instead)")
+            raise ConfigError(
+                "model.drop_path (stochastic depth) needs the timm encoders of the classification "
+                "task; smp's U-Net encoders have none: set it to 0 (use model.dropout instead)"
+            )
         head = model.segmentation_head
         if cfg.dropout > 0 and isinstance(head, nn.Sequential):
             model.segmentation_head = _DropoutSegmentationHead(cfg.dropout, head)
     else:
         model = timm.create_model(
-            cfg.encoder, pretrained=False, in_chans=len(names), num_classes=num_classes,
-            drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path,
+            cfg.encoder,
+            pretrained=False,
+            in_chans=len(names),
+            num_classes=num_classes,
+            drop_rate=cfg.dropout,
+            drop_path_rate=cfg.drop_path,
         )
     provenance: dict[str, Any] = {
         "task": cfg.task,
@@ -99,5 +102,3 @@ def build_model(
 
     provenance.update(load_pretrained(model, cfg, names))
     return model, provenance
-
-

@@ -61,19 +61,27 @@ class InputTransform:
         from landcover.models.weight_files import band_key
 
         if len(self.mean) == 1:
-            return {"mean": [self.mean[0]] * len(data_bands), "std": [self.std[0]] * len(data_bands),
-                    "source": self.source}
+            return {
+                "mean": [self.mean[0]] * len(data_bands),
+                "std": [self.std[0]] * len(data_bands),
+                "source": self.source,
+            }
         bands = self.bands
         if bands is None:
             if len(self.mean) != len(data_bands):
-                raise ModelError(f"{self.source}: {len(self.mean)} per-band values but no band names for "
-                                 f"{len(data_bands)} data bands; add 'bands' to the input_transform entry or "
-                                 "set model.weight_bands")
+                raise ModelError(
+                    f"{self.source}: {len(self.mean)} per-band values but no band names for "
+                    f"{len(data_bands)} data bands; add 'bands' to the input_transform entry or "
+                    "set model.weight_bands"
+                )
             bands = tuple(data_bands)
         index = {band_key(b): i for i, b in enumerate(bands)}
         picks = [index.get(band_key(b)) for b in data_bands]
-        return {"mean": [None if i is None else self.mean[i] for i in picks],
-                "std": [None if i is None else self.std[i] for i in picks], "source": self.source}
+        return {
+            "mean": [None if i is None else self.mean[i] for i in picks],
+            "std": [None if i is None else self.std[i] for i in picks],
+            "source": self.source,
+        }
 
 
 def parse_transform(raw: Any, source: str, bands: Sequence[str] | None = None) -> InputTransform:
@@ -82,8 +90,9 @@ def parse_transform(raw: Any, source: str, bands: Sequence[str] | None = None) -
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise ModelError(f"{source}: input_transform is not JSON ({exc}); write e.g. "
-                             '{"mean": 0, "std": 10000}') from exc
+            raise ModelError(
+                f'{source}: input_transform is not JSON ({exc}); write e.g. {{"mean": 0, "std": 10000}}'
+            ) from exc
     fix = 'declare it as {"mean": number or list, "std": number or list} in reflectance x 10000'
     if not isinstance(raw, dict) or not {"mean", "std"} <= set(raw):
         raise ModelError(f"{source}: input_transform {raw!r} lacks mean/std; {fix}")
@@ -105,8 +114,9 @@ def torchgeo_transform(weight: Any, spec: str) -> InputTransform | None:
     from torchvision import transforms as v1
     from torchvision.transforms import v2
 
-    steps: list[Any] = list(weight.transforms) if isinstance(weight.transforms, torch.nn.Sequential) \
-        else [weight.transforms]
+    steps: list[Any] = (
+        list(weight.transforms) if isinstance(weight.transforms, torch.nn.Sequential) else [weight.transforms]
+    )
     if weight.meta.get("dataset") not in DN_DATASETS:
         return None
     n = int(weight.meta["in_chans"])
@@ -121,8 +131,9 @@ def torchgeo_transform(weight: Any, spec: str) -> InputTransform | None:
         std = [a * b for a, b in zip(std, s, strict=True)]
     if len(set(mean)) == 1 and len(set(std)) == 1:
         mean, std = mean[:1], std[:1]
-    return parse_transform({"mean": mean, "std": std}, f"torchgeo {spec} transforms",
-                           weight.meta.get("bands") if len(mean) > 1 else None)
+    return parse_transform(
+        {"mean": mean, "std": std}, f"torchgeo {spec} transforms", weight.meta.get("bands") if len(mean) > 1 else None
+    )
 
 
 def file_transform(path: Path) -> tuple[Any, list[str] | None]:
@@ -149,10 +160,7 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     """The input transform ``cfg.encoder_weights`` declares (see the module doc), None if it declares none."""
     if cfg.encoder_weights == "none":
         return None
-    from landcover.models.weight_files import (  # torch hub, torchvision
-        find_weight_file,
-        resolve_weights,
-    )
+    from landcover.models.weight_files import find_weight_file, resolve_weights  # torch hub, torchvision
 
     source = resolve_weights(cfg.encoder_weights, cfg.encoder, cfg.weight_bands)
     if source.kind == "torchgeo":
@@ -168,8 +176,9 @@ def declared_input_transform(cfg: ModelConfig) -> InputTransform | None:
     return parse_transform(raw, f"weight file {path}", source.bands or stored)
 
 
-def normalization_statistics(mode: str, bands: list[str], dataset: dict[str, Any], declared: InputTransform | None,
-                             where: Path) -> tuple[list[float], list[float], str, str]:
+def normalization_statistics(
+    mode: str, bands: list[str], dataset: dict[str, Any], declared: InputTransform | None, where: Path
+) -> tuple[list[float], list[float], str, str]:
     """Per-band ``mean``, ``std``, the resolved mode and where they come from, for ``data.normalization``.
 
     ``auto``: the declared transform if any, else ``dataset``; ``weights``: the declared transform
@@ -178,8 +187,10 @@ def normalization_statistics(mode: str, bands: list[str], dataset: dict[str, Any
     mean 0, std 10000.
     """
     if mode == "weights" and declared is None:
-        raise ConfigError("data.normalization=weights, but model.encoder_weights declares no input transform; "
-                          "use data.normalization=auto or dataset, or weights that declare one")
+        raise ConfigError(
+            "data.normalization=weights, but model.encoder_weights declares no input transform; "
+            "use data.normalization=auto or dataset, or weights that declare one"
+        )
     mode = ("weights" if declared is not None else "dataset") if mode == "auto" else mode
     weights = declared.for_bands(bands) if declared is not None and mode == "weights" else None
     if mode == "none":
@@ -187,8 +198,10 @@ def normalization_statistics(mode: str, bands: list[str], dataset: dict[str, Any
     if weights is not None and None not in weights["mean"]:
         return weights["mean"], weights["std"], mode, weights["source"]
     if dataset.get("mean") is None or dataset.get("std") is None:
-        raise DatasetError(f"{where} holds no normalization statistics ({dataset.get('from', 'missing')}); "
-                           "re-ingest so that the train split has tiles, or set data.normalization=none")
+        raise DatasetError(
+            f"{where} holds no normalization statistics ({dataset.get('from', 'missing')}); "
+            "re-ingest so that the train split has tiles, or set data.normalization=none"
+        )
     mean = [float(v) for v in dataset["mean"]]
     std = [float(v) if v > 0 else 1.0 for v in dataset["std"]]  # a constant band stays finite
     if weights is None:

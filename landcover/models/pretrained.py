@@ -61,11 +61,12 @@ def strip_prefix(state: dict[str, torch.Tensor], targets: set[str]) -> tuple[str
     if not scores:
         return "", {}
     prefix = max(scores, key=lambda p: (scores[p], -len(p)))
-    return prefix, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return prefix, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def adapt_first_conv(weight: torch.Tensor, weight_bands: Sequence[str], data_bands: Sequence[str],
-                     *, adapt_channels: bool = False) -> tuple[torch.Tensor, dict[str, int | None], float]:
+def adapt_first_conv(
+    weight: torch.Tensor, weight_bands: Sequence[str], data_bands: Sequence[str], *, adapt_channels: bool = False
+) -> tuple[torch.Tensor, dict[str, int | None], float]:
     """First-conv kernel ``(out, len(data_bands), k, k)`` for the data's bands (see module doc).
 
     Returns the kernel, the channel map (data band -> index of its kernel in the file, None for a
@@ -73,15 +74,19 @@ def adapt_first_conv(weight: torch.Tensor, weight_bands: Sequence[str], data_ban
     """
     wkeys = [band_key(b) for b in weight_bands]
     if weight.ndim != 4 or weight.shape[1] != len(wkeys):
-        raise ModelError(f"the file's first convolution has {tuple(weight.shape)[1:2]} input channels "
-                         f"but {len(wkeys)} weight bands ({', '.join(wkeys)}); set model.weight_bands")
+        raise ModelError(
+            f"the file's first convolution has {tuple(weight.shape)[1:2]} input channels "
+            f"but {len(wkeys)} weight bands ({', '.join(wkeys)}); set model.weight_bands"
+        )
     index = {b: i for i, b in enumerate(wkeys)}
     dkeys = [band_key(b) for b in data_bands]
     missing = [b for b in dkeys if b not in index]
     if missing and not adapt_channels:
-        raise ModelError(f"the weights have no kernels for data bands {', '.join(missing)} (weight bands: "
-                         f"{', '.join(wkeys)}); drop those bands, use other weights, or set "
-                         "model.adapt_channels=true to start them from the mean kernel")
+        raise ModelError(
+            f"the weights have no kernels for data bands {', '.join(missing)} (weight bands: "
+            f"{', '.join(wkeys)}); drop those bands, use other weights, or set "
+            "model.adapt_channels=true to start them from the mean kernel"
+        )
     mean = weight.mean(dim=1)
     kernel = torch.stack([weight[:, index[b]] if b in index else mean for b in dkeys], dim=1)
     scale = min(1.0, len(wkeys) / len(dkeys))
@@ -102,8 +107,9 @@ def _countable(key: str) -> bool:
     return not key.endswith("num_batches_tracked")
 
 
-def _file_band_order(source: WeightSource, stored_bands: list[str] | None, n_channels: int,
-                     data_bands: Sequence[str], path: Path) -> tuple[list[str], str]:
+def _file_band_order(
+    source: WeightSource, stored_bands: list[str] | None, n_channels: int, data_bands: Sequence[str], path: Path
+) -> tuple[list[str], str]:
     """The band order of the file's first convolution, and where it comes from."""
     if source.bands is not None:
         return list(source.bands), source.bands_from
@@ -116,14 +122,17 @@ def _file_band_order(source: WeightSource, stored_bands: list[str] | None, n_cha
     elif n_channels == 3:
         wbands, bands_from = list(RGB_BANDS), "assumed: RGB (B04, B03, B02)"
     else:
-        raise ModelError(f"{path}: the first convolution takes {n_channels} bands and the file does not "
-                         "name them; set model.weight_bands to the file's band order")
+        raise ModelError(
+            f"{path}: the first convolution takes {n_channels} bands and the file does not "
+            "name them; set model.weight_bands to the file's band order"
+        )
     log.warning("%s: band order %s", path, bands_from)
     return wbands, bands_from
 
 
-def _tensors_to_load(prepared: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head: str | None,
-                     encoder_name: str, path: Path) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+def _tensors_to_load(
+    prepared: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head: str | None, encoder_name: str, path: Path
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """The file's tensors that fit the encoder, the countable encoder keys and those left unmatched;
     a file that fits too little (or holds too much of another architecture) is an error."""
     to_load = {k: v for k, v in prepared.items() if k in target and v.shape == target[k].shape}
@@ -133,14 +142,17 @@ def _tensors_to_load(prepared: dict[str, torch.Tensor], target: dict[str, torch.
     n_match = len(total) - len(unmatched)
     if n_match < MIN_LOADED_FRACTION * len(total):
         what = "loaded nothing" if not n_match else f"loaded only {n_match} of {len(total)} tensors"
-        raise ModelError(f"weights {path} do not fit the {encoder_name} encoder: a strict=False load "
-                         f"{what} (unmatched e.g. {', '.join(unmatched[:5])}; shape mismatches: "
-                         f"{', '.join(shape_mismatch[:5]) or 'none'})")
-    extra = [k for k in prepared if _countable(k) and k not in target
-             and not k.startswith(("fc.", f"{head or 'fc'}."))]
+        raise ModelError(
+            f"weights {path} do not fit the {encoder_name} encoder: a strict=False load "
+            f"{what} (unmatched e.g. {', '.join(unmatched[:5])}; shape mismatches: "
+            f"{', '.join(shape_mismatch[:5]) or 'none'})"
+        )
+    extra = [k for k in prepared if _countable(k) and k not in target and not k.startswith(("fc.", f"{head or 'fc'}."))]
     if len(extra) > (1 - MIN_LOADED_FRACTION) * len(total):
-        raise ModelError(f"weights {path} hold {len(extra)} encoder tensors the {encoder_name} encoder "
-                         f"lacks (e.g. {', '.join(extra[:5])}): weights of another architecture?")
+        raise ModelError(
+            f"weights {path} hold {len(extra)} encoder tensors the {encoder_name} encoder "
+            f"lacks (e.g. {', '.join(extra[:5])}): weights of another architecture?"
+        )
     return to_load, total, unmatched
 
 
@@ -150,8 +162,10 @@ def _verified(encoder: nn.Module, to_load: dict[str, torch.Tensor], total: list[
     differ = [k for k, v in to_load.items() if not torch.equal(after[k], v.to(after[k].dtype))]
     loaded = [k for k in total if k in to_load and k not in differ]
     if differ or len(loaded) < MIN_LOADED_FRACTION * len(total):
-        raise ModelError(f"weights {path}: after a strict=False load only {len(loaded)} of "
-                         f"{len(total)} tensors equal the file's (differ: {', '.join(differ[:5])})")
+        raise ModelError(
+            f"weights {path}: after a strict=False load only {len(loaded)} of "
+            f"{len(total)} tensors equal the file's (differ: {', '.join(differ[:5])})"
+        )
     return loaded
 
 
@@ -167,8 +181,7 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
     sha256 = file_sha256(path)
     hash_ok = sha256.startswith(source.hash_prefix) if source.hash_prefix else None
     if hash_ok is False:
-        log.warning("%s: sha256 %s does not start with %s from its name", path, sha256[:12],
-                    source.hash_prefix)
+        log.warning("%s: sha256 %s does not start with %s from its name", path, sha256[:12], source.hash_prefix)
     state, stored_bands = read_state_dict(path)
     encoder = encoder_of(model)
     target = encoder.state_dict()
@@ -178,33 +191,52 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
     conv_key = _first_conv_key(encoder)
     if not stripped:
         few = ", ".join(list(state)[:5])
-        raise ModelError(f"weights {path} do not fit the {cfg.encoder} encoder: a strict=False load "
-                         f"loaded nothing - no key matches (file keys: {few}, ...; expected e.g. "
-                         f"{', '.join(list(target)[:3])})")
+        raise ModelError(
+            f"weights {path} do not fit the {cfg.encoder} encoder: a strict=False load "
+            f"loaded nothing - no key matches (file keys: {few}, ...; expected e.g. "
+            f"{', '.join(list(target)[:3])})"
+        )
     if conv_key not in stripped:
-        raise ModelError(f"weights {path} have no first convolution {prefix}{conv_key}; they do not "
-                         f"fit the {cfg.encoder} encoder")
+        raise ModelError(
+            f"weights {path} have no first convolution {prefix}{conv_key}; they do not fit the {cfg.encoder} encoder"
+        )
     wbands, bands_from = _file_band_order(source, stored_bands, stripped[conv_key].shape[1], data_bands, path)
-    kernel, channel_map, scale = adapt_first_conv(stripped[conv_key], wbands, data_bands,
-                                                  adapt_channels=cfg.adapt_channels)
+    kernel, channel_map, scale = adapt_first_conv(
+        stripped[conv_key], wbands, data_bands, adapt_channels=cfg.adapt_channels
+    )
     prepared = {**stripped, conv_key: kernel}
     to_load, total, unmatched = _tensors_to_load(prepared, target, head, cfg.encoder, path)
     encoder.load_state_dict(dict(to_load), strict=False)
     head_loaded = False
-    if source.kind == "file" and head and all(  # a head from pretraining never fits our classes
-        k in prepared and prepared[k].shape == v.shape for k, v in head_target.items()
+    if (
+        source.kind == "file"
+        and head
+        and all(  # a head from pretraining never fits our classes
+            k in prepared and prepared[k].shape == v.shape for k, v in head_target.items()
+        )
     ):
-        getattr(model, head).load_state_dict({k[len(head) + 1:]: prepared[k] for k in head_target})
+        getattr(model, head).load_state_dict({k[len(head) + 1 :]: prepared[k] for k in head_target})
         head_loaded = True
     loaded = _verified(encoder, to_load, total, path)
     dkeys = {band_key(b) for b in data_bands}
     return {
-        "source": source.kind, "encoder_weights": source.spec, "url": source.url,
-        "file": path.name, "sha256": sha256, "hash_prefix_ok": hash_ok,
-        "key_prefix": prefix, "weight_bands": wbands, "weight_bands_from": bands_from,
-        "data_bands": list(data_bands), "channel_map": channel_map,
+        "source": source.kind,
+        "encoder_weights": source.spec,
+        "url": source.url,
+        "file": path.name,
+        "sha256": sha256,
+        "hash_prefix_ok": hash_ok,
+        "key_prefix": prefix,
+        "weight_bands": wbands,
+        "weight_bands_from": bands_from,
+        "data_bands": list(data_bands),
+        "channel_map": channel_map,
         "dropped_weight_bands": [b for b in wbands if b not in dkeys],
         "new_bands": [b for b, i in channel_map.items() if i is None],
-        "first_conv_scale": scale, "loaded": True, "tensors_loaded": len(loaded),
-        "tensors_total": len(total), "unmatched_keys": unmatched[:10], "head_loaded": head_loaded,
+        "first_conv_scale": scale,
+        "loaded": True,
+        "tensors_loaded": len(loaded),
+        "tensors_total": len(total),
+        "unmatched_keys": unmatched[:10],
+        "head_loaded": head_loaded,
     }

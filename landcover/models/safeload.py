@@ -39,8 +39,10 @@ def load_torch_file(path: str | Path, what: str, hint: str) -> Any:
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # garbage, or pickle opcodes torch does not load
             detail = _refusal_detail(exc) if "Weights only load failed" in str(exc) else str(exc)[:160]
-            raise ModelError(f"cannot read {what} {path} (not a tensor-only PyTorch file: {detail}); the file "
-                             f"is truncated or not a PyTorch file: copy it again, or {hint}") from exc
+            raise ModelError(
+                f"cannot read {what} {path} (not a tensor-only PyTorch file: {detail}); the file "
+                f"is truncated or not a PyTorch file: copy it again, or {hint}"
+            ) from exc
         raise UnsafeFileError(
             f"refused to load {what} {path}: unpickling it would run code or build objects that are not "
             f"tensors ({_refusal_detail(exc)}); nothing of it was executed. Only tensor-only files are "
@@ -48,5 +50,7 @@ def load_torch_file(path: str | Path, what: str, hint: str) -> Any:
         ) from exc
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"cannot read {what} {path} ({type(exc).__name__}: {first}); the file is truncated or "
-                         f"not a PyTorch file: copy it again, or {hint}") from exc
+        raise ModelError(
+            f"cannot read {what} {path} ({type(exc).__name__}: {first}); the file is truncated or "
+            f"not a PyTorch file: copy it again, or {hint}"
+        ) from exc

@@ -92,9 +92,12 @@ def resolve_weights(spec: str, encoder: str, weight_bands: Sequence[str] | None 
     if match or ("_Weights." in spec and not looks_like_file):
         enums = _torchgeo_enums()
         valid = _sentinel2_members(enums[encoder]) if encoder in enums else []
-        hint = (f"valid names for {encoder}: {', '.join(valid)}" if valid else
-                f"torchgeo has no weights for {encoder}; use 'imagenet', a local file, or encoder "
-                f"{' / '.join(enums)} with one of its torchgeo weights")
+        hint = (
+            f"valid names for {encoder}: {', '.join(valid)}"
+            if valid
+            else f"torchgeo has no weights for {encoder}; use 'imagenet', a local file, or encoder "
+            f"{' / '.join(enums)} with one of its torchgeo weights"
+        )
         arch = match.group(1).lower() if match else ""
         if arch != encoder:
             raise ConfigError(f"weights {spec!r} do not fit encoder {encoder}; {hint}")
@@ -112,15 +115,27 @@ def resolve_weights(spec: str, encoder: str, weight_bands: Sequence[str] | None 
         bands = tuple(band_key(b) for b in meta_bands)
         if weight_bands is not None and [band_key(b) for b in weight_bands] != list(bands):
             raise ConfigError(f"{spec} expects bands {', '.join(bands)}; remove model.weight_bands")
-        return WeightSource(f"{enum.__name__}.{member}", "torchgeo", weight.url.rsplit("/", 1)[-1],
-                            weight.url, bands, bands_from="torchgeo meta")
+        return WeightSource(
+            f"{enum.__name__}.{member}",
+            "torchgeo",
+            weight.url.rsplit("/", 1)[-1],
+            weight.url,
+            bands,
+            bands_from="torchgeo meta",
+        )
     if spec.lower() == "imagenet":
         from torchvision.models import get_weight
 
         url = get_weight(f"{encoder.replace('resnet', 'ResNet')}_Weights.IMAGENET1K_V1").url
         bands = tuple(band_key(b) for b in weight_bands) if weight_bands else RGB_BANDS
-        return WeightSource("imagenet", "imagenet", url.rsplit("/", 1)[-1], url, bands,
-                            bands_from="config" if weight_bands else "imagenet RGB (B04, B03, B02)")
+        return WeightSource(
+            "imagenet",
+            "imagenet",
+            url.rsplit("/", 1)[-1],
+            url,
+            bands,
+            bands_from="config" if weight_bands else "imagenet RGB (B04, B03, B02)",
+        )
     path = Path(spec).expanduser()
     given = tuple(band_key(b) for b in weight_bands) if weight_bands else None
     return WeightSource(spec, "file", path.name, None, given, path, bands_from="config")
@@ -132,8 +147,7 @@ def search_dirs(weights_dir: Path | None) -> list[Path]:
     return [*dirs, Path(torch.hub.get_dir()) / "checkpoints"]
 
 
-def find_weight_file(source: WeightSource, weights_dir: Path | None = None,
-                     allow_download: bool = True) -> Path:
+def find_weight_file(source: WeightSource, weights_dir: Path | None = None, allow_download: bool = True) -> Path:
     """The local file of ``source``, downloading it into the hub cache only if allowed and absent."""
     if source.kind == "file":
         assert source.path is not None
@@ -143,29 +157,39 @@ def find_weight_file(source: WeightSource, weights_dir: Path | None = None,
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
-        raise ModelError(f"weight file {source.spec} not found (looked at "
-                         f"{', '.join(map(str, candidates))}); check model.encoder_weights")
+        raise ModelError(
+            f"weight file {source.spec} not found (looked at "
+            f"{', '.join(map(str, candidates))}); check model.encoder_weights"
+        )
     dirs = search_dirs(weights_dir)
     for folder in dirs:
         if (folder / source.file_name).is_file():
             return folder / source.file_name
     where = ", ".join(map(str, dirs))
-    howto = (f"download {source.url} on a machine with internet and copy it to one of: {where} "
-             f"(or set model.weights_dir to its folder)")
+    howto = (
+        f"download {source.url} on a machine with internet and copy it to one of: {where} "
+        f"(or set model.weights_dir to its folder)"
+    )
     if is_offline():
-        raise ModelError(f"weights {source.spec}: file {source.file_name} not found in {where} and "
-                         f"{OFFLINE_ENV} is set, so nothing is downloaded; {howto}")
+        raise ModelError(
+            f"weights {source.spec}: file {source.file_name} not found in {where} and "
+            f"{OFFLINE_ENV} is set, so nothing is downloaded; {howto}"
+        )
     if not allow_download:
-        raise ModelError(f"weights {source.spec}: file {source.file_name} not found in {where} and "
-                         f"downloading is off (model.allow_download=false); {howto}")
+        raise ModelError(
+            f"weights {source.spec}: file {source.file_name} not found in {where} and "
+            f"downloading is off (model.allow_download=false); {howto}"
+        )
     target = dirs[-1] / source.file_name
     log.info("downloading %s to %s", source.url, target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(str(source.url), str(target), hash_prefix=source.hash_prefix)
     except Exception as exc:  # no network, blocked socket, HTTP error, bad hash, ...
-        raise ModelError(f"weights {source.spec}: file {source.file_name} not found in {where} and "
-                         f"the download failed ({type(exc).__name__}: {exc}); {howto}") from exc
+        raise ModelError(
+            f"weights {source.spec}: file {source.file_name} not found in {where} and "
+            f"the download failed ({type(exc).__name__}: {exc}); {howto}"
+        ) from exc
     return target
 
 
@@ -212,9 +236,11 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot read weights {path}: {type(exc).__name__}: {exc}. It must be a "
-                         "tensor-only .pth/.pt/.ckpt (torch.load weights_only=True) or a "
-                         ".safetensors file") from exc
+        raise ModelError(
+            f"cannot read weights {path}: {type(exc).__name__}: {exc}. It must be a "
+            "tensor-only .pth/.pt/.ckpt (torch.load weights_only=True) or a "
+            ".safetensors file"
+        ) from exc
     if not isinstance(obj, dict):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a state dict")
     bands = _bands_hint(obj)

@@ -22,12 +22,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from landcover import nomenclature as tables
-from landcover.errors import (
-    CorruptFileError,
-    InputFormatError,
-    LandcoverError,
-    ProductMismatchError,
-)
+from landcover.errors import CorruptFileError, InputFormatError, LandcoverError, ProductMismatchError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 MASKS = ("SCL", "CLOUD")  # pseudo band names of the L2A scene classification / Major-TOM cloud mask
@@ -163,7 +158,5 @@ def walk_files(root: Path, max_depth: int) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if keep and not d.startswith(".") and d != "QI_DATA")
         found += [(rel / n).as_posix() for n in sorted(filenames)]
         if len(found) > MAX_FILES:
-            raise InputFormatError(
-                f"{root} holds more than {MAX_FILES} files: point at one product, not an archive"
-            )
+            raise InputFormatError(f"{root} holds more than {MAX_FILES} files: point at one product, not an archive")
     return found

@@ -67,9 +67,7 @@ class BandReader:
                 f"{self.band.path} is in {src.crs} but the scene grid is in {grid.crs}: "
                 "bands of different products were mixed; ingest each product separately"
             )
-        same_grid = (
-            src.transform.almost_equals(grid.transform) and (src.width, src.height) == (grid.width, grid.height)
-        )
+        same_grid = src.transform.almost_equals(grid.transform) and (src.width, src.height) == (grid.width, grid.height)
         self.warped = same_grid is False
         self.dtype = src.dtypes[self.band.index - 1]
         self.src_nodata = self.nodata if self.nodata is not None else src.nodata
@@ -93,8 +91,15 @@ class BandReader:
         )  # fmt: skip
         if self.warped and self._cacheable:
             self._mem = rasterio.open(
-                f"{self.band.band}-source", "w+", driver="MEM", width=src.width, height=src.height,
-                count=1, dtype=self.dtype, crs=src.crs, transform=src.transform,
+                f"{self.band.band}-source",
+                "w+",
+                driver="MEM",
+                width=src.width,
+                height=src.height,
+                count=1,
+                dtype=self.dtype,
+                crs=src.crs,
+                transform=src.transform,
             )
 
     @property
@@ -103,8 +108,13 @@ class BandReader:
             return self.src
         if self._vrt is None:
             self._vrt = WarpedVRT(
-                self.src, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
-                height=self.grid.height, resampling=self.resampling, src_nodata=self.nodata,
+                self.src,
+                crs=self.grid.crs,
+                transform=self.grid.transform,
+                width=self.grid.width,
+                height=self.grid.height,
+                resampling=self.resampling,
+                src_nodata=self.nodata,
                 nodata=self.nodata,
             )
         return self._vrt
@@ -137,13 +147,23 @@ class BandReader:
         target = self._targets.get(r1 - r0)
         if target is None:  # datasets, not arrays: rasterio's array wrappers are not thread-safe
             target = self._targets[r1 - r0] = rasterio.open(
-                f"{self.band.band}-target", "w+", driver="MEM", width=self.grid.width, height=r1 - r0,
-                count=1, dtype=self.dtype, crs=self.grid.crs, transform=self.grid.transform,
+                f"{self.band.band}-target",
+                "w+",
+                driver="MEM",
+                width=self.grid.width,
+                height=r1 - r0,
+                count=1,
+                dtype=self.dtype,
+                crs=self.grid.crs,
+                transform=self.grid.transform,
             )
         target.transform = self.grid.window_transform(window)
         reproject(
-            rasterio.band(self._mem, 1), rasterio.band(target, 1), resampling=self.resampling,
-            src_nodata=self.src_nodata if masked else None, dst_nodata=self.nodata if masked else None,
+            rasterio.band(self._mem, 1),
+            rasterio.band(target, 1),
+            resampling=self.resampling,
+            src_nodata=self.src_nodata if masked else None,
+            dst_nodata=self.nodata if masked else None,
         )
         target.read(1, out=out)
 
@@ -169,9 +189,7 @@ class BandReader:
         for k in range(k0, k1 + 1):
             if k not in self._chunks:
                 height = min(ch, self.src.height - k * ch)
-                self._chunks[k] = self.src.read(
-                    self.band.index, window=Window(0, k * ch, self.src.width, height)
-                )
+                self._chunks[k] = self.src.read(self.band.index, window=Window(0, k * ch, self.src.width, height))
         parts = [self._chunks[k] for k in range(k0, k1 + 1)]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return block[r0 - k0 * ch : r1 - k0 * ch]

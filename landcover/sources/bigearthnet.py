@@ -31,6 +31,7 @@ PATCH_PIXELS = 120
 OFFICIAL_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 """metadata.parquet split names -> the catalog's split names."""
 
+
 @dataclass(frozen=True)
 class Patch:
     """One BigEarthNet patch of a scene and its patch-level labels."""
@@ -65,8 +66,7 @@ def find_bigearthnet_patches(root: str | Path) -> list[Path]:
     return sorted(patches)
 
 
-def bigearthnet_metadata(metadata_parquet: str | Path,
-                         patch_ids: Sequence[str]) -> dict[str, tuple[list[str], str]]:
+def bigearthnet_metadata(metadata_parquet: str | Path, patch_ids: Sequence[str]) -> dict[str, tuple[list[str], str]]:
     """19-class label names and official split (train/val/test, '' if absent) of ``patch_ids``.
 
     Read from the official v2 ``metadata.parquet`` in one filtered read; absent patches are left out.
@@ -82,8 +82,7 @@ def bigearthnet_metadata(metadata_parquet: str | Path,
         table = pq.read_table(metadata_parquet, columns=columns, filters=wanted)
     except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
         raise DatasetError(
-            f"cannot read labels from {metadata_parquet} ({exc}); "
-            "pass the official BigEarthNet v2 metadata.parquet"
+            f"cannot read labels from {metadata_parquet} ({exc}); pass the official BigEarthNet v2 metadata.parquet"
         ) from exc
     known = set(tables.nomenclature("ben19").class_names)
     found: dict[str, tuple[list[str], str]] = {}
@@ -140,8 +139,7 @@ def bigearthnet_patch_labels(patch_dir: str | Path, metadata_parquet: str | Path
     labels = bigearthnet_labels(metadata_parquet, [patch.name])
     if patch.name not in labels:
         raise DatasetError(
-            f"patch {patch.name} is not in {metadata_parquet}; "
-            "pass the metadata.parquet of its BigEarthNet version"
+            f"patch {patch.name} is not in {metadata_parquet}; pass the metadata.parquet of its BigEarthNet version"
         )
     return labels[patch.name]
 
@@ -176,8 +174,9 @@ def patch_class_ids(names: Sequence[str], v1: bool, nom: tables.Nomenclature) ->
     return tuple(sorted({int(i) for i in ids} - {tables.IGNORE}))
 
 
-def read_patch_labels(patches: Sequence[Path], nom: tables.Nomenclature, metadata: Path | None
-                      ) -> tuple[dict[str, Patch], dict[str, Path | None]]:
+def read_patch_labels(
+    patches: Sequence[Path], nom: tables.Nomenclature, metadata: Path | None
+) -> tuple[dict[str, Patch], dict[str, Path | None]]:
     """Labels of ``patches`` (v1: their JSON; v2: ``metadata`` or a metadata.parquet found above),
     as :class:`Patch` records without bounds, and the parquet searched for each v2 patch (None: none)."""
     labels: dict[str, Patch] = {}
@@ -198,8 +197,9 @@ def read_patch_labels(patches: Sequence[Path], nom: tables.Nomenclature, metadat
     return labels, searched
 
 
-def label_warnings(names: Sequence[str], labels: dict[str, Patch], searched: dict[str, Path | None],
-                   nom: tables.Nomenclature) -> list[str]:
+def label_warnings(
+    names: Sequence[str], labels: dict[str, Patch], searched: dict[str, Path | None], nom: tables.Nomenclature
+) -> list[str]:
     """Warnings for the patches ``names`` of one scene: v2 labels unknown, or kept as names only."""
     v2 = [n for n in names if n in searched]
     warnings = []

@@ -38,13 +38,7 @@ from landcover.sources.bigearthnet import (
     read_patch_labels,
 )
 from landcover.sources.mosaic import raster_header, write_mosaic_vrt
-from landcover.sources.sentinel2 import (
-    BEN_PATCH_RE,
-    Product,
-    is_bigearthnet_patch,
-    open_product,
-    product_grid_band,
-)
+from landcover.sources.sentinel2 import BEN_PATCH_RE, Product, is_bigearthnet_patch, open_product, product_grid_band
 
 _TILE_PREFIX = re.compile(r"_T\d{2}[A-Z]{3}$", re.I)  # v2 prefixes name the tile; v1 ones do not
 
@@ -64,7 +58,7 @@ def _band_files(patch: Path) -> dict[str, Path]:
         for entry in entries:
             stem, dot, suffix = entry.name.rpartition(".")
             if dot and suffix.lower() in ("tif", "tiff") and stem.startswith(f"{patch.name}_"):
-                files[stem[len(patch.name) + 1:].upper()] = Path(entry.path)
+                files[stem[len(patch.name) + 1 :].upper()] = Path(entry.path)
     return files
 
 
@@ -85,8 +79,9 @@ def _open_patch(patch: Path, bands: Sequence[str] | None, labels: Patch | None) 
     return _as_ben(product, patches={_corner(bounds): info}, reference_map=str(ref) if ref else None)
 
 
-def _open_mosaic(prefix: str, patches: Sequence[Path], bands: Sequence[str] | None,
-                 labels: dict[str, Patch], work: Path) -> BigEarthNetProduct:
+def _open_mosaic(
+    prefix: str, patches: Sequence[Path], bands: Sequence[str] | None, labels: dict[str, Patch], work: Path
+) -> BigEarthNetProduct:
     """Patches of one product as one scene ``prefix``: a VRT per band on the union of the patches."""
     first = open_product(patches[0], bands)
     finest = product_grid_band(first)
@@ -110,8 +105,12 @@ def _open_mosaic(prefix: str, patches: Sequence[Path], bands: Sequence[str] | No
     for patch, bounds in extents.items():
         if (twin := corners.setdefault(_corner(bounds), patch)) is not patch:
             raise ProductMismatchError(f"{twin} and {patch} cover the same area; give each patch once")
-    union = (min(b[0] for b in extents.values()), min(b[1] for b in extents.values()),
-             max(b[2] for b in extents.values()), max(b[3] for b in extents.values()))
+    union = (
+        min(b[0] for b in extents.values()),
+        min(b[1] for b in extents.values()),
+        max(b[2] for b in extents.values()),
+        max(b[3] for b in extents.values()),
+    )
     folder = work / prefix
     vrt_bands = {}
     for band, bf in first.bands.items():
@@ -125,8 +124,13 @@ def _open_mosaic(prefix: str, patches: Sequence[Path], bands: Sequence[str] | No
         _, res, crs, dtype = refs[0][1]
         write_mosaic_vrt(reference, [(r, h[0]) for r, h in refs], union, res, str(crs), dtype)
     infos = {_corner(b): replace(labels.get(p.name) or Patch(p.name, b), bounds=b) for p, b in extents.items()}
-    product = replace(first, path=os.path.commonpath([str(p) for p in patches]), product_id=prefix,
-                      bands=vrt_bands, warnings=list(first.warnings))
+    product = replace(
+        first,
+        path=os.path.commonpath([str(p) for p in patches]),
+        product_id=prefix,
+        bands=vrt_bands,
+        warnings=list(first.warnings),
+    )
     return _as_ben(product, patches=infos, reference_map=str(reference) if reference else None)
 
 
@@ -136,8 +140,9 @@ def _touching(patches: Sequence[Path]) -> list[list[Path]]:
     for patch in patches:
         files = _band_files(patch)
         if not files:
-            raise MissingBandError(f"{patch} holds no band file ({patch.name}_B02.tif, ...); "
-                                   "re-download the patch or leave it out")
+            raise MissingBandError(
+                f"{patch} holds no band file ({patch.name}_B02.tif, ...); re-download the patch or leave it out"
+            )
         left, _, right, top = raster_header(files.get("B02") or min(files.values()))[0]
         cells[(round(left / (right - left)), round(top / (right - left)))].append(patch)
     groups, seen = [], set()
@@ -166,8 +171,14 @@ def _patches_in(path: Path) -> list[Path]:
     return find_bigearthnet_patches(path)
 
 
-def open_bigearthnet(patches: Sequence[Path], bands: Sequence[str] | None, work: Path, *,
-                     nomenclature: str = "level3", metadata: Path | None = None) -> list[BigEarthNetProduct]:
+def open_bigearthnet(
+    patches: Sequence[Path],
+    bands: Sequence[str] | None,
+    work: Path,
+    *,
+    nomenclature: str = "level3",
+    metadata: Path | None = None,
+) -> list[BigEarthNetProduct]:
     """Scenes of BigEarthNet ``patches``: a mosaic per group of touching v2 patches of one product,
     a scene per v1 patch or lone v2 patch (see the module docstring for their ids).
 
@@ -198,8 +209,13 @@ def open_bigearthnet(patches: Sequence[Path], bands: Sequence[str] | None, work:
 
 
 @contextlib.contextmanager
-def open_inputs(inputs: Sequence[str | Path], bands: Sequence[str] | None = None, *,
-                nomenclature: str = "level3", metadata: str | Path | None = None) -> Iterator[list[Product]]:
+def open_inputs(
+    inputs: Sequence[str | Path],
+    bands: Sequence[str] | None = None,
+    *,
+    nomenclature: str = "level3",
+    metadata: str | Path | None = None,
+) -> Iterator[list[Product]]:
     """Products for ingest ``inputs``: Sentinel-2 products as they are, BigEarthNet patches and
     folders of patches (any mix) as scenes (:func:`open_bigearthnet`), after the other inputs.
 
@@ -233,5 +249,9 @@ def patch_fields(product: Product, grid: Grid, window: Window) -> dict[str, Any]
     patch = product.patches.get(_corner(bounds))
     if patch is None or max(abs(a - b) for a, b in zip(patch.bounds, bounds, strict=True)) > grid.res[0] / 100:
         return {}
-    return {"patch_id": patch.patch_id, "patch_labels": patch.label_ids,
-            "patch_label_names": patch.label_names, "official_split": patch.official_split}
+    return {
+        "patch_id": patch.patch_id,
+        "patch_labels": patch.label_ids,
+        "patch_label_names": patch.label_names,
+        "official_split": patch.official_split,
+    }

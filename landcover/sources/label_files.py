@@ -53,8 +53,7 @@ def find_code_column(columns: list[str], requested: str | None, path: Path) -> s
     if requested:
         raise LabelSourceError(f"{path} has no column {requested!r} (columns: {attrs}); pass --code-column NAME")
     raise LabelSourceError(
-        f"{path} has no CORINE code column ({'/'.join(CODE_COLUMNS)}; columns: {attrs}); "
-        "pass --code-column NAME"
+        f"{path} has no CORINE code column ({'/'.join(CODE_COLUMNS)}; columns: {attrs}); pass --code-column NAME"
     )
 
 
@@ -138,8 +137,7 @@ def load_label_mapping(path: str | Path, nomenclature_name: str) -> dict[str, in
         value, cls = row[0].strip(), row[1].strip()
         if cls and cls not in representative:
             raise UnknownCodeError(
-                f"{path}: {value!r} maps to {cls!r}, which is not a {target} class code "
-                f"({', '.join(representative)})"
+                f"{path}: {value!r} maps to {cls!r}, which is not a {target} class code ({', '.join(representative)})"
             )
         mapping[value] = representative[cls] if cls else 0
     return mapping

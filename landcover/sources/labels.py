@@ -39,13 +39,7 @@ from landcover.io.grid import GDAL_ENV, Grid, open_raster
 from landcover.io.outputs import atomic_output
 from landcover.io.style import class_map_profile, style_class_map, write_qgis_style
 from landcover.nomenclature import IGNORE, corine_classes, index_to_code_lut, nomenclature
-from landcover.sources.label_files import (
-    check_overlap,
-    known_codes,
-    map_values,
-    parse_codes,
-    read_vector,
-)
+from landcover.sources.label_files import check_overlap, known_codes, map_values, parse_codes, read_vector
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc"}
 _UNKNOWN = 65535
@@ -102,8 +96,7 @@ class VectorLabels:
             return np.zeros(shape, dtype=np.uint16)
         shapes = zip(self.frame.geometry.values[hits], self.codes_array[hits], strict=True)
         return rasterio.features.rasterize(
-            shapes, out_shape=shape, transform=transform, fill=0,
-            all_touched=self.all_touched, dtype="uint16",
+            shapes, out_shape=shape, transform=transform, fill=0, all_touched=self.all_touched, dtype="uint16"
         )
 
 
@@ -130,9 +123,7 @@ class RasterLabels:
         if self.values not in ("codes", "indices"):
             raise LabelSourceError(f"raster values must be 'codes' or 'indices', not {self.values!r}")
         # Source pixel size expressed in the grid's CRS decides nearest vs mode.
-        left, b, r, t = rasterio.warp.transform_bounds(
-            self.src.crs, self.grid.crs, *self.src.bounds, densify_pts=21
-        )
+        left, b, r, t = rasterio.warp.transform_bounds(self.src.crs, self.grid.crs, *self.src.bounds, densify_pts=21)
         src_res = math.sqrt(((r - left) / self.src.width) * ((t - b) / self.src.height))
         dst_res = math.sqrt(self.grid.res[0] * self.grid.res[1])
         self.resampling = Resampling.mode if dst_res > src_res * 1.01 else Resampling.nearest
@@ -287,15 +278,15 @@ def labels_like(
     """``landcover labels``: CORINE labels on exactly the grid of the raster ``like``."""
     grid = Grid.of(like)
     if grid.crs is None:
-        raise InputFormatError(f"--like {like} has no CRS (it is not georeferenced); pass a raster with a CRS "
-                               "and a geotransform, e.g. a band of the scene")
+        raise InputFormatError(
+            f"--like {like} has no CRS (it is not georeferenced); pass a raster with a CRS "
+            "and a geotransform, e.g. a band of the scene"
+        )
     nomenclature(nomenclature_name)  # validate before any work
     source = open_label_source(
         source_path, grid, code_column=code_column, all_touched=all_touched, raster_values=raster_values
     )
-    return write_labels(
-        source, grid, out, nomenclature_name=nomenclature_name, overwrite=overwrite, progress=progress
-    )
+    return write_labels(source, grid, out, nomenclature_name=nomenclature_name, overwrite=overwrite, progress=progress)
 
 
 __all__ = [

@@ -14,8 +14,16 @@ from landcover.errors import CorruptFileError, ProductMismatchError
 
 Bounds = tuple[float, float, float, float]  # left, bottom, right, top
 
-_GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
-               "uint32": "UInt32", "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
 
 
 def raster_header(path: Path) -> tuple[Bounds, float, str | None, str]:
@@ -40,8 +48,15 @@ def _pixels(value: float, what: Path, res: float) -> int:
     return int(count)
 
 
-def write_mosaic_vrt(path: Path, sources: Sequence[tuple[Path, Bounds]], union: Bounds, res: float,
-                     crs: str, dtype: str, nodata: float | None = None) -> tuple[int, int]:
+def write_mosaic_vrt(
+    path: Path,
+    sources: Sequence[tuple[Path, Bounds]],
+    union: Bounds,
+    res: float,
+    crs: str,
+    dtype: str,
+    nodata: float | None = None,
+) -> tuple[int, int]:
     """A GDAL VRT placing each single-band ``(file, bounds)`` of ``sources`` on a grid over ``union``.
 
     Every source must lie on the ``res`` pixel grid of ``union`` (whole-pixel offsets and sizes);

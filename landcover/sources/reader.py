@@ -110,8 +110,7 @@ class SceneReader:
         self._mask_reader: BandReader | None = None
         options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
         self._pool = ThreadPoolExecutor(
-            max_workers=threads or max(2, min(len(self.bands), 4)),
-            initializer=_enter_env, initargs=(options,),
+            max_workers=threads or max(2, min(len(self.bands), 4)), initializer=_enter_env, initargs=(options,)
         )
         self._ahead = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self._next: tuple[tuple[int, int, int, int], Future[SceneWindow]] | None = None
@@ -238,6 +237,4 @@ def _key(window: Window) -> tuple[int, int, int, int]:
 def strips(grid: Grid, tile_size: int, target_rows: int = 1024) -> list[Window]:
     """Full-width windows whose height is a multiple of ``tile_size`` (about ``target_rows``)."""
     rows = max(tile_size, tile_size * math.floor(target_rows / tile_size))
-    return [
-        Window(0, r, grid.width, min(rows, grid.height - r)) for r in range(0, grid.height, rows)
-    ]
+    return [Window(0, r, grid.width, min(rows, grid.height - r)) for r in range(0, grid.height, rows)]

@@ -16,9 +16,7 @@ from typing import Any
 from landcover import nomenclature as tables
 from landcover.errors import CorruptFileError
 
-PRODUCT_RE = re.compile(
-    r"S2[A-D]_MSI(L1C|L2A)_(\d{8}T\d{5,6})(?:_N(\d{4})_R\d{3}_T(\d{2}[A-Z]{3}))?", re.I
-)
+PRODUCT_RE = re.compile(r"S2[A-D]_MSI(L1C|L2A)_(\d{8}T\d{5,6})(?:_N(\d{4})_R\d{3}_T(\d{2}[A-Z]{3}))?", re.I)
 """An ESA product name: level, sensing time and (full names only) baseline and tile."""
 
 

@@ -23,12 +23,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from landcover import nomenclature as tables
-from landcover.errors import (
-    CorruptFileError,
-    InputFormatError,
-    MissingBandError,
-    ProductMismatchError,
-)
+from landcover.errors import CorruptFileError, InputFormatError, MissingBandError, ProductMismatchError
 from landcover.sources.band_files import (
     DATE_RE,
     MASKS,
@@ -140,15 +135,29 @@ def _finish(path: Path, kind: str, files: dict[str, BandFile], meta: Meta, named
         warnings.append("no metadata: no radiometric offset applied")
     derived = re.match(r"T\d{2}[A-Z]{3}_\d{8}T\d{6}", first.upper())
     return Product(
-        path=str(path), product_id=meta.product_id or (derived.group(0) if derived else file_stem(path.name)),
-        kind=kind, level=level, bands=files, scl=scl, cloud_mask=cloud, tile=meta.tile,
-        sensing_time=meta.sensing_time, processing_baseline=meta.baseline, offsets=offsets,
-        quantification=meta.quantification or 10000.0, metadata_source=meta.source, warnings=warnings,
+        path=str(path),
+        product_id=meta.product_id or (derived.group(0) if derived else file_stem(path.name)),
+        kind=kind,
+        level=level,
+        bands=files,
+        scl=scl,
+        cloud_mask=cloud,
+        tile=meta.tile,
+        sensing_time=meta.sensing_time,
+        processing_baseline=meta.baseline,
+        offsets=offsets,
+        quantification=meta.quantification or 10000.0,
+        metadata_source=meta.source,
+        warnings=warnings,
     )
 
 
 def _open_listing(
-    path: Path, kind: str, files: list[str], read: Callable[[str], bytes], to_gdal: Callable[[str], str],
+    path: Path,
+    kind: str,
+    files: list[str],
+    read: Callable[[str], bytes],
+    to_gdal: Callable[[str], str],
     names: list[str],
 ) -> Product:
     """A SAFE product or a folder of band files, given the list of its files (folder or zip)."""
@@ -249,8 +258,7 @@ def open_product(path: str | Path, bands: Sequence[str] | None = None) -> Produc
     user_path = Path(path).expanduser()
     if not user_path.exists():
         raise InputFormatError(
-            f"{user_path} does not exist; check the path (a SAFE folder or .zip, a folder of band "
-            "files, or a GeoTIFF)"
+            f"{user_path} does not exist; check the path (a SAFE folder or .zip, a folder of band files, or a GeoTIFF)"
         )
     p = user_path.parent if user_path.name.upper().startswith("MTD_MSIL") else user_path
     while p.is_dir() and not (p.suffix.upper() == ".SAFE" or (p / "GRANULE").is_dir()):

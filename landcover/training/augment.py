@@ -32,13 +32,22 @@ def geometry(cfg: AugmentConfig, height: int, width: int) -> K.AugmentationSeque
     if cfg.rot90 and height == width:  # a quarter turn of a non-square crop would change its shape
         steps.append(K.RandomRotation90(times=(0, 3), p=1.0))
     if cfg.resized_crop:
-        steps.append(K.RandomResizedCrop((height, width), scale=(cfg.crop_scale[0], cfg.crop_scale[1]),
-                                         ratio=(3 / 4, 4 / 3), p=1.0))
+        steps.append(
+            K.RandomResizedCrop(
+                (height, width), scale=(cfg.crop_scale[0], cfg.crop_scale[1]), ratio=(3 / 4, 4 / 3), p=1.0
+            )
+        )
     return K.AugmentationSequential(*steps, data_keys=["input", "mask"]) if steps else None
 
 
-def reflectance_jitter(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, brightness: float,
-                       contrast: float, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
+def reflectance_jitter(
+    image: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    brightness: float,
+    contrast: float,
+    rand: Callable[..., torch.Tensor],
+) -> torch.Tensor:
     """Brightness/contrast jitter of normalised ``image`` (B, C, H, W) in raw units, then renormalised."""
     b, c = image.shape[:2]
     mean, std = mean.to(image.device).view(1, -1, 1, 1), std.to(image.device).view(1, -1, 1, 1)
@@ -51,8 +60,9 @@ def reflectance_jitter(image: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     return torch.where(nodata, torch.zeros_like(image), (raw - mean) / std)
 
 
-def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, mean: torch.Tensor, std: torch.Tensor,
-                  generator: torch.Generator) -> dict[str, Any]:
+def augment_batch(
+    batch: dict[str, Any], cfg: AugmentConfig, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator
+) -> dict[str, Any]:
     """``batch`` with its image (B, C, H, W) and mask (B, H, W) augmented alike; draws from ``generator``."""
     image, mask = batch["image"], batch["mask"]
     pipeline = geometry(cfg, *image.shape[-2:])
@@ -64,6 +74,7 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, mean: torch.Tensor,
             image, warped = pipeline(image, mask[:, None].to(image.dtype))
         mask = warped[:, 0].round().to(mask.dtype)
     if cfg.brightness > 0 or cfg.contrast > 0:
+
         def rand(*shape: int) -> torch.Tensor:  # drawn on the CPU generator, then moved
             return torch.rand(*shape, generator=generator).to(image.device)
 

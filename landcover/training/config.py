@@ -61,7 +61,9 @@ class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0, description="L2 regularisation (AdamW decoupled weight decay)")
-    encoder_lr_factor: float = Field(1.0, gt=0, description="Encoder learning rate = lr x this (e.g. 0.1 after unfreezing)")
+    encoder_lr_factor: float = Field(
+        1.0, gt=0, description="Encoder learning rate = lr x this (e.g. 0.1 after unfreezing)"
+    )
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
 
@@ -105,15 +107,18 @@ class TrainConfig(BaseModel):
 TRAIN_SECTIONS = tuple(TrainConfig.model_fields)
 
 
-def check_train_arguments(config: Path, overrides: Sequence[str] | None, resume: str | None,
-                          **values: object) -> TrainConfig:
+def check_train_arguments(
+    config: Path, overrides: Sequence[str] | None, resume: str | None, **values: object
+) -> TrainConfig:
     """The whole training config (file, options and ``--set`` assignments; every section, key and value), the
     dataset and the checkpoint to resume from; returns the validated config (pydantic only, no torch)."""
     data = config_data(config, list(overrides or []), **values)
     unknown = sorted(set(data) - set(TRAIN_SECTIONS))
     if unknown:
-        raise ConfigError(f"invalid settings in {config}: unknown section {', '.join(unknown)}; the sections are "
-                          f"{', '.join(TRAIN_SECTIONS)} (check the config file and the --set keys)")
+        raise ConfigError(
+            f"invalid settings in {config}: unknown section {', '.join(unknown)}; the sections are "
+            f"{', '.join(TRAIN_SECTIONS)} (check the config file and the --set keys)"
+        )
     for section in TRAIN_SECTIONS:
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"invalid settings in {config}: {section} must be a section of settings")

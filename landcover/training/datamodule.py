@@ -30,13 +30,7 @@ from landcover.models.input_transform import InputTransform, normalization_stati
 from landcover.training.augment import augment_batch
 from landcover.training.config import DataConfig
 from landcover.training.samplers import EpochSampler, ShardSampler, distributed_rank, rank_generator
-from landcover.training.tiles import (
-    Task,
-    TileDataset,
-    class_weights_from_tiles,
-    rare_class_weights,
-    seed_worker,
-)
+from landcover.training.tiles import Task, TileDataset, class_weights_from_tiles, rare_class_weights, seed_worker
 
 MULTIPLE = 32
 """Segmentation inputs must have sides divisible by this (encoder output stride)."""
@@ -55,34 +49,29 @@ def auto_num_workers(cuda: bool | None = None) -> int:
     return max(0, min(cpus - 1, 4)) if cuda else min(cpus // 4, 4)
 
 
-
-
-
-
-
-
-
-
-
-
 class LandcoverDataModule(LightningDataModule):
     """Train/val/test loaders over an ingested dataset, with on-device training augmentation."""
 
-    def __init__(self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0,
-                 input_transform: InputTransform | None = None) -> None:
+    def __init__(
+        self, cfg: DataConfig, task: Task = "segmentation", seed: int = 0, input_transform: InputTransform | None = None
+    ) -> None:
         super().__init__()
         if task not in ("segmentation", "classification"):
             raise ConfigError(f"unknown task {task!r}; use segmentation or classification")
         self.cfg, self.task, self.seed = cfg, task, seed
         if cfg.dataset is None:
-            raise ConfigError("no dataset given: pass --dataset DIR (a folder made by `landcover "
-                              "ingest`) or set data.dataset in the config")
+            raise ConfigError(
+                "no dataset given: pass --dataset DIR (a folder made by `landcover "
+                "ingest`) or set data.dataset in the config"
+            )
         self.dataset_dir = Path(cfg.dataset)
         meta = self.dataset_dir / "dataset.json"
         if not self.dataset_dir.is_dir() or not meta.is_file() or not (self.dataset_dir / CATALOG_NAME).is_file():
             what = "does not exist" if not self.dataset_dir.is_dir() else "has no dataset.json or catalog.parquet"
-            raise DatasetError(f"dataset folder {self.dataset_dir} {what}: it is not a finished "
-                               "ingested dataset; run `landcover ingest ... --out DIR` first and pass that DIR")
+            raise DatasetError(
+                f"dataset folder {self.dataset_dir} {what}: it is not a finished "
+                "ingested dataset; run `landcover ingest ... --out DIR` first and pass that DIR"
+            )
         try:
             self.info: dict[str, Any] = json.loads(meta.read_text())
         except (OSError, ValueError) as exc:
@@ -100,7 +89,8 @@ class LandcoverDataModule(LightningDataModule):
         where = meta if cfg.split_column == "split" else self.dataset_dir / CATALOG_NAME
         # exact values for the checkpoint; mode and source say where they come from
         self._mean, self._std, self.normalization_mode, self.normalization_source = normalization_statistics(
-            cfg.normalization, self.bands, self.statistics, input_transform, where)
+            cfg.normalization, self.bands, self.statistics, input_transform, where
+        )
         self.mean = torch.tensor(self._mean, dtype=torch.float32)
         self.std = torch.tensor(self._std, dtype=torch.float32)
         self.eval_size, self.train_crop = self._sizes()
@@ -110,16 +100,22 @@ class LandcoverDataModule(LightningDataModule):
     def _sizes(self) -> tuple[int | None, int | None]:
         t, crop = self.tile_size, self.cfg.crop_size
         if crop is not None and crop > t:
-            raise ConfigError(f"data.crop_size = {crop} is larger than the dataset's {t}-px tiles; "
-                              f"choose crop_size <= {t} or leave it unset (whole tiles)")
+            raise ConfigError(
+                f"data.crop_size = {crop} is larger than the dataset's {t}-px tiles; "
+                f"choose crop_size <= {t} or leave it unset (whole tiles)"
+            )
         if self.task == "classification":
             return None, crop
         if t < MULTIPLE:
-            raise ConfigError(f"segmentation needs tiles of at least {MULTIPLE} px, the dataset has {t}-px "
-                              "tiles; re-run `landcover ingest --tile-size 256 --overwrite`")
+            raise ConfigError(
+                f"segmentation needs tiles of at least {MULTIPLE} px, the dataset has {t}-px "
+                "tiles; re-run `landcover ingest --tile-size 256 --overwrite`"
+            )
         if crop is not None and crop % MULTIPLE:
-            raise ConfigError(f"data.crop_size = {crop} is not a multiple of {MULTIPLE} (needed for "
-                              f"segmentation); use e.g. {max(MULTIPLE, crop // MULTIPLE * MULTIPLE)}")
+            raise ConfigError(
+                f"data.crop_size = {crop} is not a multiple of {MULTIPLE} (needed for "
+                f"segmentation); use e.g. {max(MULTIPLE, crop // MULTIPLE * MULTIPLE)}"
+            )
         eval_size = t // MULTIPLE * MULTIPLE
         return (None if eval_size == t else eval_size), (crop or eval_size)
 
@@ -147,8 +143,10 @@ class LandcoverDataModule(LightningDataModule):
         if "mode" not in recorded or (recorded["mean"], recorded["std"]) == (self._mean, self._std):
             return
         if list(recorded.get("bands") or self.bands) != self.bands or len(recorded["mean"]) != len(self.bands):
-            raise DatasetError(f"the checkpoint was trained on bands {recorded.get('bands')}, {self.dataset_dir} "
-                               f"has {self.bands}; evaluate it on a dataset ingested with its bands")
+            raise DatasetError(
+                f"the checkpoint was trained on bands {recorded.get('bands')}, {self.dataset_dir} "
+                f"has {self.bands}; evaluate it on a dataset ingested with its bands"
+            )
         self._mean, self._std = [float(v) for v in recorded["mean"]], [float(v) for v in recorded["std"]]
         self.mean = torch.tensor(self._mean, dtype=torch.float32)
         self.std = torch.tensor(self._std, dtype=torch.float32)
@@ -160,10 +158,17 @@ class LandcoverDataModule(LightningDataModule):
     def normalization(self) -> dict[str, Any]:
         """What a checkpoint must record to normalise new scenes like the training data:
         ``(x - mean) / std`` per band, no-data pixels 0 (``mode`` and ``from`` say where they come from)."""
-        return {"bands": self.bands, "mean": list(self._mean), "std": list(self._std),
-                "mode": self.normalization_mode, "from": self.normalization_source, "nodata": 0,
-                "scale": self.info.get("scale"), "split_column": self.cfg.split_column,
-                "train_pixels": self.statistics.get("count")}
+        return {
+            "bands": self.bands,
+            "mean": list(self._mean),
+            "std": list(self._std),
+            "mode": self.normalization_mode,
+            "from": self.normalization_source,
+            "nodata": 0,
+            "scale": self.info.get("scale"),
+            "split_column": self.cfg.split_column,
+            "train_pixels": self.statistics.get("count"),
+        }
 
     @property
     def catalog(self) -> gpd.GeoDataFrame:
@@ -183,28 +188,46 @@ class LandcoverDataModule(LightningDataModule):
         patch = np.array([p is not None and len(p) > 0 for p in tiles.get("patch_labels", [])], dtype=bool)
         if self._patch_targets and patch.any():  # multi-label targets from BigEarthNet patch labels
             keep |= patch
-        elif self.task == "classification" and self.cfg.label_mode == "single" and patch.any() and (labelled == 0).all():
-            raise ConfigError(f"data.label_mode=single trains on the dominant class of each tile's pixel labels, "
-                              f"but the {split} tiles of {self.dataset_dir} have patch-level labels only "
-                              "(BigEarthNet without reference maps); set data.label_mode=multilabel")
+        elif (
+            self.task == "classification" and self.cfg.label_mode == "single" and patch.any() and (labelled == 0).all()
+        ):
+            raise ConfigError(
+                f"data.label_mode=single trains on the dominant class of each tile's pixel labels, "
+                f"but the {split} tiles of {self.dataset_dir} have patch-level labels only "
+                "(BigEarthNet without reference maps); set data.label_mode=multilabel"
+            )
         used = tiles[keep].reset_index(drop=True)
         if used.empty:
-            why = (f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
-                   f"{self.cfg.min_labelled_fraction} (lower data.min_labelled_fraction)" if len(tiles)
-                   else f"no {split} tiles" + (" outside the buffer" if self.cfg.split_column == "split" else ""))
-            raise DatasetError(f"the {split} split of {self.dataset_dir} is empty: {why}; change the split "
-                               "settings in ingest (split.fractions, split.seed, split.block_size_m) "
-                               "and re-run `landcover ingest --overwrite`, or ingest more scenes")
+            why = (
+                f"{len(tiles)} {split} tiles, none with labelled_fraction >= "
+                f"{self.cfg.min_labelled_fraction} (lower data.min_labelled_fraction)"
+                if len(tiles)
+                else f"no {split} tiles" + (" outside the buffer" if self.cfg.split_column == "split" else "")
+            )
+            raise DatasetError(
+                f"the {split} split of {self.dataset_dir} is empty: {why}; change the split "
+                "settings in ingest (split.fractions, split.seed, split.block_size_m) "
+                "and re-run `landcover ingest --overwrite`, or ingest more scenes"
+            )
         return used
 
     def _dataset(self, split: str) -> TileDataset:
         train = split == "train"
         return TileDataset(
-            self.dataset_dir, self.split_tiles(split), mean=self.mean.numpy(), std=self.std.numpy(),
-            crop_size=self.train_crop if train else self.eval_size, random_crop=train, task=self.task,
-            label_mode=self.cfg.label_mode, num_classes=self.num_classes,
-            present_threshold=self.cfg.present_threshold or self.ingest_present_threshold, seed=self.seed,
-            patch_targets=self._patch_targets, rank=distributed_rank()[0])
+            self.dataset_dir,
+            self.split_tiles(split),
+            mean=self.mean.numpy(),
+            std=self.std.numpy(),
+            crop_size=self.train_crop if train else self.eval_size,
+            random_crop=train,
+            task=self.task,
+            label_mode=self.cfg.label_mode,
+            num_classes=self.num_classes,
+            present_threshold=self.cfg.present_threshold or self.ingest_present_threshold,
+            seed=self.seed,
+            patch_targets=self._patch_targets,
+            rank=distributed_rank()[0],
+        )
 
     @property
     def _patch_targets(self) -> bool:
@@ -213,26 +236,40 @@ class LandcoverDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
-            stage or "", ("train", "val", "test"))  # None: all three
+            stage or "", ("train", "val", "test")
+        )  # None: all three
         for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split)
 
-    def class_weights(self, kind: Literal["inverse_frequency", "median_frequency"] = "median_frequency"
-                      ) -> torch.Tensor:
+    def class_weights(
+        self, kind: Literal["inverse_frequency", "median_frequency"] = "median_frequency"
+    ) -> torch.Tensor:
         """(K,) float32 loss weights from the pixel counts of the training tiles; 0 for classes
         with no training pixel (they cannot be learnt; 0 keeps the loss finite)."""
         return class_weights_from_tiles(self.split_tiles("train"), self.num_classes, kind)
 
-    def _loader(self, split: str, sampler: Sampler | None = None, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self,
+        split: str,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         return DataLoader(
-            self.datasets[split], batch_size=self.cfg.batch_size, sampler=sampler, shuffle=False,
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            self.datasets[split],
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker, generator=generator, drop_last=drop_last)
+            worker_init_fn=seed_worker,
+            generator=generator,
+            drop_last=drop_last,
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Random tiles, ``data.max_train_tiles_per_epoch`` per epoch over all ranks (each draws its

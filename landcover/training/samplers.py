@@ -36,11 +36,14 @@ class EpochSampler(Sampler[int]):
     depend on the seed and the epoch only (``set_epoch``, called by Lightning every epoch).
     """
 
-    def __init__(self, size: int, num_samples: int, *, seed: int, weights: Any = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, size: int, num_samples: int, *, seed: int, weights: Any = None, rank: int = 0, world_size: int = 1
+    ) -> None:
         if size < 1 or num_samples < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"EpochSampler needs tiles, samples and 0 <= rank < world_size, got "
-                             f"size={size}, num_samples={num_samples}, rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"EpochSampler needs tiles, samples and 0 <= rank < world_size, got "
+                f"size={size}, num_samples={num_samples}, rank={rank}, world_size={world_size}"
+            )
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.per_rank = math.ceil(num_samples / world_size)
@@ -61,7 +64,7 @@ class EpochSampler(Sampler[int]):
             draws = torch.cat([torch.randperm(self.size, generator=generator) for _ in range(passes)])[:total]
         else:
             draws = torch.multinomial(self.weights, total, replacement=True, generator=generator)
-        return iter(draws[self.rank::self.world_size].tolist())
+        return iter(draws[self.rank :: self.world_size].tolist())
 
 
 class ShardSampler(Sampler[int]):

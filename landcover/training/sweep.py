@@ -94,13 +94,17 @@ def variant_overrides(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
         out.append(("_".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in values.items()), values))
     for i, variant in enumerate(cfg.variants):
         values = {k: v for k, v in variant.items() if k not in RESERVED}
-        name = str(variant.get("name") or "_".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in values.items())
-                   or f"variant{i}")
+        name = str(
+            variant.get("name")
+            or "_".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in values.items())
+            or f"variant{i}"
+        )
         out.append((_slug(name), values))
     names = [n for n, _ in out]
     if dup := sorted({n for n in names if names.count(n) > 1}):
-        raise ConfigError(f"variants {', '.join(dup)} would write into the same folder; give them distinct "
-                          "values or names")
+        raise ConfigError(
+            f"variants {', '.join(dup)} would write into the same folder; give them distinct values or names"
+        )
     return out
 
 
@@ -145,9 +149,23 @@ def _run_variant(name: str, folder: Path, config: dict, threads: int, gpu: str |
         env["CUDA_VISIBLE_DEVICES"] = gpu
     resume = ["--resume", "auto"] if (folder / "checkpoints").exists() else []
     with open(folder / "train.log", "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "landcover.cli", "train", str(folder / "variant.yaml"),
-                               "--out", str(folder), *resume], stdout=log, stderr=subprocess.STDOUT, env=env,
-                              preexec_fn=_die_with_parent(), start_new_session=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "landcover.cli",
+                "train",
+                str(folder / "variant.yaml"),
+                "--out",
+                str(folder),
+                *resume,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent(),
+            start_new_session=True,
+        )
     tail = (folder / "train.log").read_text().strip().splitlines()[-3:]
     return name, proc.returncode, "\n".join(tail)
 
@@ -187,9 +205,15 @@ def signal_variants(signum: int) -> None:
                 os.kill(int(stat.parent.name), signum)
 
 
-def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | None = None,
-              parallel: int | str | None = None, shard: Shard | None = None,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_sweep(
+    sweep_file: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | Path | None = None,
+    parallel: int | str | None = None,
+    shard: Shard | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the unfinished variants (of ``shard``), then (unsharded) write the leaderboard."""
     cfg, sweep_file = load_sweep(sweep_file)
     out = Path(out)
@@ -233,8 +257,10 @@ def run_sweep(sweep_file: str | Path, out: str | Path, *, dataset: str | Path | 
             if code != 0:
                 failed.append(f"{name}: {tail}")
     if failed:
-        raise TrainingError("variants failed; the ends of their logs follow (whole logs: OUT/variants/<name>/"
-                            "train.log); fix the cause and run the sweep again to retry them:\n" + "\n".join(failed))
+        raise TrainingError(
+            "variants failed; the ends of their logs follow (whole logs: OUT/variants/<name>/"
+            "train.log); fix the cause and run the sweep again to retry them:\n" + "\n".join(failed)
+        )
     if shard is not None and shard[1] > 1:
         return {"shard": list(shard), "variants": names}
     return leaderboard(out, keep=cfg.keep, dataset=dataset)
@@ -259,15 +285,18 @@ def _gpu_count(configs: dict[str, dict], todo: list[str]) -> int:
     return torch.cuda.device_count()
 
 
-def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path | None = None,
-                test: bool = True) -> dict[str, Any]:
+def leaderboard(
+    out: str | Path, *, keep: int | None = None, dataset: str | Path | None = None, test: bool = True
+) -> dict[str, Any]:
     """Rank the finished variants of ``out``; promote the best to ``out/best``; score it on test once."""
     import pandas as pd
 
     out = Path(out)
     if not (out / "sweep.json").is_file():
-        raise ConfigError(f"{out} holds no sweep (no sweep.json); run `landcover sweep SWEEP --out {out}` first, "
-                          "or pass the --out of that run")
+        raise ConfigError(
+            f"{out} holds no sweep (no sweep.json); run `landcover sweep SWEEP --out {out}` first, "
+            "or pass the --out of that run"
+        )
     plan = json.loads((out / "sweep.json").read_text())
     rows, missing = [], []
     for name, config in plan["variants"].items():
@@ -277,27 +306,48 @@ def leaderboard(out: str | Path, *, keep: int | None = None, dataset: str | Path
             continue
         m = json.loads(path.read_text())
         monitor = m["monitor"]
-        row = {"variant": name, "metric": monitor, "score": m.get(monitor), "best_epoch": m.get("best_epoch"),
-               "stopped_epoch": m.get("stopped_epoch"), "parameters": m.get("parameters"),
-               "train_seconds": m.get("train_seconds"), "samples_per_second": m.get("train_samples_per_second"),
-               "lr": config["optim"]["lr"], "encoder": config["model"]["encoder"],
-               "encoder_weights": config["model"]["encoder_weights"]}
+        row = {
+            "variant": name,
+            "metric": monitor,
+            "score": m.get(monitor),
+            "best_epoch": m.get("best_epoch"),
+            "stopped_epoch": m.get("stopped_epoch"),
+            "parameters": m.get("parameters"),
+            "train_seconds": m.get("train_seconds"),
+            "samples_per_second": m.get("train_samples_per_second"),
+            "lr": config["optim"]["lr"],
+            "encoder": config["model"]["encoder"],
+            "encoder_weights": config["model"]["encoder_weights"],
+        }
         row.update({k: v for k, v in m.items() if k.startswith(("val/iou/", "val/ap/", "val/f1"))})
         rows.append(row)
     if missing:
-        raise ConfigError(f"{len(missing)} variant(s) not finished ({', '.join(missing[:5])}): run the sweep "
-                          "(or the rest of its array) first")
+        raise ConfigError(
+            f"{len(missing)} variant(s) not finished ({', '.join(missing[:5])}): run the sweep "
+            "(or the rest of its array) first"
+        )
     table = pd.DataFrame(rows)
     table["score"] = table["score"].astype(float).fillna(-math.inf)
     table = table.sort_values(["score", "variant"], ascending=[False, True]).reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     write_text_atomic(out / "leaderboard.csv", table.to_csv(index=False))
-    cols = ["rank", "variant", "score", "lr", "encoder", "best_epoch", "parameters", "train_seconds",
-            "samples_per_second"]
+    cols = [
+        "rank",
+        "variant",
+        "score",
+        "lr",
+        "encoder",
+        "best_epoch",
+        "parameters",
+        "train_seconds",
+        "samples_per_second",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in table.to_dict("records")]
-    write_text_atomic(out / "leaderboard.md", f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n"
-                      + "\n".join(lines) + "\n")
+    write_text_atomic(
+        out / "leaderboard.md",
+        f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n" + "\n".join(lines) + "\n",
+    )
     _plot(table, out / "leaderboard.png")
     best = table["variant"][0]
     _promote(out, best)
@@ -376,6 +426,8 @@ def sweep_summary(result: dict[str, Any], out: str | Path) -> str:
     out = Path(out)
     top = result["leaderboard"][0]
     test = {k: v for k, v in result.get("test", {}).items() if isinstance(v, float) and "/iou/" not in k}
-    return (f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
-            f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
-            f"leaderboard {out / 'leaderboard.md'}; best checkpoint {out / 'best' / 'best.ckpt'}")
+    return (
+        f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
+        f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
+        f"leaderboard {out / 'leaderboard.md'}; best checkpoint {out / 'best' / 'best.ckpt'}"
+    )

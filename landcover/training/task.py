@@ -34,8 +34,18 @@ class _Task(pl.LightningModule):
     monitor: str
     task_name: str
 
-    def __init__(self, *, model: dict, optim: dict, loss: dict, bands: list[str], class_names: list[str],
-                 meta: dict, class_weights: list[float] | None = None, pretrained: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        model: dict,
+        optim: dict,
+        loss: dict,
+        bands: list[str],
+        class_names: list[str],
+        meta: dict,
+        class_weights: list[float] | None = None,
+        pretrained: bool = True,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = ModelConfig.model_validate(model)
@@ -64,7 +74,11 @@ class _Task(pl.LightningModule):
     def configure_optimizers(self):
         params = parameter_groups(self.model)
         groups = [
-            {"params": params["encoder"], "lr": self.optim_cfg.lr * self.optim_cfg.encoder_lr_factor, "name": "encoder"},
+            {
+                "params": params["encoder"],
+                "lr": self.optim_cfg.lr * self.optim_cfg.encoder_lr_factor,
+                "name": "encoder",
+            },
             {"params": params["head"], "lr": self.optim_cfg.lr, "name": "decoder_head"},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.optim_cfg.lr, weight_decay=self.optim_cfg.weight_decay)
@@ -75,7 +89,8 @@ class _Task(pl.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
         epochs = max(1, int(self.trainer.max_epochs or 1))
         cosine: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, epochs - self.optim_cfg.warmup_epochs))
+            optimizer, T_max=max(1, epochs - self.optim_cfg.warmup_epochs)
+        )
         if self.optim_cfg.warmup_epochs:
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, self.optim_cfg.warmup_epochs)
             cosine = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [self.optim_cfg.warmup_epochs])
@@ -111,9 +126,16 @@ class _Task(pl.LightningModule):
                 digest.update(tensor.detach().cpu().numpy().tobytes())
             folder = Path(self.trainer.default_root_dir) / "ranks"
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"rank{self.global_rank}.json").write_text(json.dumps(
-                {"rank": self.global_rank, "world_size": self.trainer.world_size,
-                 "global_step": self.global_step, "weights_sha256": digest.hexdigest()}))
+            (folder / f"rank{self.global_rank}.json").write_text(
+                json.dumps(
+                    {
+                        "rank": self.global_rank,
+                        "world_size": self.trainer.world_size,
+                        "global_step": self.global_step,
+                        "weights_sha256": digest.hexdigest(),
+                    }
+                )
+            )
 
 
 class SegmentationTask(_Task):
@@ -126,14 +148,17 @@ class SegmentationTask(_Task):
         super().__init__(**kwargs)
         import segmentation_models_pytorch as smp
 
-        self.ce = nn.CrossEntropyLoss(weight=self.class_weights, ignore_index=IGNORE,
-                                      label_smoothing=self.loss_cfg.label_smoothing)
+        self.ce = nn.CrossEntropyLoss(
+            weight=self.class_weights, ignore_index=IGNORE, label_smoothing=self.loss_cfg.label_smoothing
+        )
         self.dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE) if "dice" in self.loss_cfg.name else None
         self.focal = smp.losses.FocalLoss("multiclass", ignore_index=IGNORE) if "focal" in self.loss_cfg.name else None
-        self.cm = nn.ModuleDict({
-            stage: torchmetrics.classification.MulticlassConfusionMatrix(self.num_classes, ignore_index=IGNORE)
-            for stage in ("val", "test")
-        })
+        self.cm = nn.ModuleDict(
+            {
+                stage: torchmetrics.classification.MulticlassConfusionMatrix(self.num_classes, ignore_index=IGNORE)
+                for stage in ("val", "test")
+            }
+        )
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not (mask != IGNORE).any():  # a batch without labels contributes nothing (but keeps the graph)
@@ -149,12 +174,26 @@ class SegmentationTask(_Task):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(batch["image"]), sync_dist=True)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_epoch=True,
+            on_step=False,
+            batch_size=len(batch["image"]),
+            sync_dist=True,
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         logits = self(batch["image"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            self.loss(logits, batch["mask"]),
+            on_epoch=True,
+            batch_size=len(batch["image"]),
+            sync_dist=True,
+        )
         self._metric(self.cm, stage).update(logits.argmax(1), batch["mask"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -196,22 +235,27 @@ class ClassificationTask(_Task):
         k = self.num_classes
         if label_mode == "multilabel":
             self.criterion: nn.Module = nn.BCEWithLogitsLoss(pos_weight=self.class_weights)
-            make = lambda: torchmetrics.MetricCollection({  # noqa: E731
-                "map_macro": torchmetrics.classification.MultilabelAveragePrecision(k, average="macro"),
-                "map_micro": torchmetrics.classification.MultilabelAveragePrecision(k, average="micro"),
-                "f1_macro": torchmetrics.classification.MultilabelF1Score(k, average="macro"),
-                "f1_micro": torchmetrics.classification.MultilabelF1Score(k, average="micro"),
-                "f1": torchmetrics.classification.MultilabelF1Score(k, average="none"),
-            })
+            make = lambda: torchmetrics.MetricCollection(  # noqa: E731
+                {
+                    "map_macro": torchmetrics.classification.MultilabelAveragePrecision(k, average="macro"),
+                    "map_micro": torchmetrics.classification.MultilabelAveragePrecision(k, average="micro"),
+                    "f1_macro": torchmetrics.classification.MultilabelF1Score(k, average="macro"),
+                    "f1_micro": torchmetrics.classification.MultilabelF1Score(k, average="micro"),
+                    "f1": torchmetrics.classification.MultilabelF1Score(k, average="none"),
+                }
+            )
         else:
             # target 255: a tile or crop without a labelled pixel, left out of the loss and the scores
-            self.criterion = nn.CrossEntropyLoss(weight=self.class_weights, ignore_index=IGNORE,
-                                                 label_smoothing=self.loss_cfg.label_smoothing)
-            make = lambda: torchmetrics.MetricCollection({  # noqa: E731
-                "accuracy": torchmetrics.classification.MulticlassAccuracy(k, average="micro", ignore_index=IGNORE),
-                "f1_macro": torchmetrics.classification.MulticlassF1Score(k, average="macro", ignore_index=IGNORE),
-                "f1": torchmetrics.classification.MulticlassF1Score(k, average="none", ignore_index=IGNORE),
-            })
+            self.criterion = nn.CrossEntropyLoss(
+                weight=self.class_weights, ignore_index=IGNORE, label_smoothing=self.loss_cfg.label_smoothing
+            )
+            make = lambda: torchmetrics.MetricCollection(  # noqa: E731
+                {
+                    "accuracy": torchmetrics.classification.MulticlassAccuracy(k, average="micro", ignore_index=IGNORE),
+                    "f1_macro": torchmetrics.classification.MulticlassF1Score(k, average="macro", ignore_index=IGNORE),
+                    "f1": torchmetrics.classification.MulticlassF1Score(k, average="none", ignore_index=IGNORE),
+                }
+            )
         self.metrics = nn.ModuleDict({"val": make(), "test": make()})
 
     def _target(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -225,7 +269,15 @@ class ClassificationTask(_Task):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), self._target(batch))
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(batch["image"]), sync_dist=True)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_epoch=True,
+            on_step=False,
+            batch_size=len(batch["image"]),
+            sync_dist=True,
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:

@@ -33,8 +33,7 @@ def present_matrix(tiles: gpd.GeoDataFrame, num_classes: int, threshold: float |
     return (counts > 0) & (counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) >= threshold)
 
 
-def rare_class_weights(tiles: gpd.GeoDataFrame, num_classes: int,
-                       threshold: float | None = None) -> np.ndarray:
+def rare_class_weights(tiles: gpd.GeoDataFrame, num_classes: int, threshold: float | None = None) -> np.ndarray:
     """Sampling weight per tile: repeat-factor sampling (Gupta et al., LVIS 2019) x labelled share.
 
     ``f_c`` = share of the tiles where class c is present, ``r_c = sqrt(max f / f_c)`` (1 for the
@@ -49,8 +48,9 @@ def rare_class_weights(tiles: gpd.GeoDataFrame, num_classes: int,
     return tile_r * tiles["labelled_fraction"].to_numpy(dtype=np.float64)
 
 
-def class_weights_from_tiles(tiles: gpd.GeoDataFrame, num_classes: int,
-                             kind: Literal["inverse_frequency", "median_frequency"]) -> torch.Tensor:
+def class_weights_from_tiles(
+    tiles: gpd.GeoDataFrame, num_classes: int, kind: Literal["inverse_frequency", "median_frequency"]
+) -> torch.Tensor:
     """Loss weights per class from the tiles' pixel counts; classes without pixels weigh 0.
 
     inverse_frequency: ``total / (n_seen * count_c)`` (the count-weighted mean weight is 1).
@@ -83,11 +83,23 @@ class TileDataset(Dataset):
     are not used), 255 if none.
     """
 
-    def __init__(self, dataset_dir: Path, tiles: gpd.GeoDataFrame, *, mean: Any, std: Any,
-                 crop_size: int | None = None, random_crop: bool = False, task: Task = "segmentation",
-                 label_mode: Literal["multilabel", "single"] = "multilabel", num_classes: int,
-                 present_threshold: float = 0.01, seed: int = 0, patch_targets: bool = True,
-                 rank: int = 0) -> None:
+    def __init__(
+        self,
+        dataset_dir: Path,
+        tiles: gpd.GeoDataFrame,
+        *,
+        mean: Any,
+        std: Any,
+        crop_size: int | None = None,
+        random_crop: bool = False,
+        task: Task = "segmentation",
+        label_mode: Literal["multilabel", "single"] = "multilabel",
+        num_classes: int,
+        present_threshold: float = 0.01,
+        seed: int = 0,
+        patch_targets: bool = True,
+        rank: int = 0,
+    ) -> None:
         self.dataset_dir = Path(dataset_dir)
         cols = ["tile_id", "scene_id", "row", "col", "height", "width"]
         self.tiles = [tuple(r) for r in tiles[cols].itertuples(index=False)]
@@ -157,15 +169,19 @@ class TileDataset(Dataset):
         image = (raw.astype(np.float32) - self.mean) / self.std
         image[:, nodata] = 0.0
         mask[nodata] = IGNORE
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask),
-                "label": self._label(mask, self.patch_labels[index]), "tile_id": tile_id}
+        return {
+            "image": torch.from_numpy(image),
+            "mask": torch.from_numpy(mask),
+            "label": self._label(mask, self.patch_labels[index]),
+            "tile_id": tile_id,
+        }
 
     def _label(self, mask: np.ndarray, patch: np.ndarray | None = None) -> torch.Tensor:
         if patch is not None and self.label_mode == "multilabel":  # BigEarthNet patch labels
             target = np.zeros(self.num_classes, np.float32)
             target[patch] = 1.0
             return torch.from_numpy(target)
-        counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=self.num_classes)[:self.num_classes]
+        counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=self.num_classes)[: self.num_classes]
         total = counts.sum()
         if self.label_mode == "single":
             return torch.tensor(int(np.argmax(counts)) if total else IGNORE, dtype=torch.int64)

@@ -60,7 +60,9 @@ def _plot_curves(logs: Path, out: Path, monitor: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    parts = sorted(logs.glob("metrics.csv")) + sorted(logs.glob("resumed-*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    parts = sorted(logs.glob("metrics.csv")) + sorted(
+        logs.glob("resumed-*/metrics.csv"), key=lambda p: p.stat().st_mtime
+    )
     frame = pd.concat([pd.read_csv(p) for p in parts]).groupby("epoch").mean(numeric_only=True)
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     for column in ("train/loss_epoch", "train/loss", "val/loss"):
@@ -97,8 +99,9 @@ def _atomic_checkpoints() -> Any:
     return AtomicCheckpointIO()
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out``; return the best epoch's metrics.
 
     ``resume``: a checkpoint to continue from, or ``"auto"``: continue the run in ``out`` if it has
@@ -117,8 +120,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
     # (--resume auto without a checkpoint to continue from starts the run, e.g. one killed before its first)
     # (a run that failed before its first checkpoint, e.g. on a full disk, holds none: the rerun starts it)
     if ckpt_path is None and resume != "auto" and any((out / "checkpoints").glob("*.ckpt")) and not overwrite and first:
-        raise OutputExistsError(f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
-                                "--overwrite to replace it, or another --out")
+        raise OutputExistsError(
+            f"{out} holds a run; pass --resume auto (or a checkpoint) to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
     pl.seed_everything(cfg.trainer.seed, workers=True)
     data, task = _data_and_task(cfg)
     if ckpt_path is not None:
@@ -146,15 +151,22 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None
         return {}
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / "checkpoints" / "last.ckpt"
     metrics = evaluate_checkpoint(best, data, trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
-    metrics.update({
-        "best_checkpoint": str(best), "best_epoch": int(_epoch_of(best)),
-        "stopped_epoch": int(trainer.current_epoch), "early_stopped": bool(early.stopped_epoch),
-        "parameters": count_parameters(task.model), "monitor": task.monitor,
-        "train_seconds": round(fit_seconds, 2), "world_size": int(trainer.world_size),
-        # training samples per second over the whole fit (validation and checkpoints included)
-        "train_samples_per_second": round(trainer.global_step * cfg.data.batch_size * trainer.world_size
-                                          / max(fit_seconds, 1e-9), 2),
-    })
+    metrics.update(
+        {
+            "best_checkpoint": str(best),
+            "best_epoch": int(_epoch_of(best)),
+            "stopped_epoch": int(trainer.current_epoch),
+            "early_stopped": bool(early.stopped_epoch),
+            "parameters": count_parameters(task.model),
+            "monitor": task.monitor,
+            "train_seconds": round(fit_seconds, 2),
+            "world_size": int(trainer.world_size),
+            # training samples per second over the whole fit (validation and checkpoints included)
+            "train_samples_per_second": round(
+                trainer.global_step * cfg.data.batch_size * trainer.world_size / max(fit_seconds, 1e-9), 2
+            ),
+        }
+    )
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:  # it marks a finished run: never half-written
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     if (Path(csv_logger.log_dir) / "metrics.csv").exists():
@@ -177,10 +189,14 @@ def _data_and_task(cfg: TrainConfig) -> tuple[LandcoverDataModule, Any]:
     if task_name == "classification":
         kwargs["label_mode"] = cfg.data.label_mode
     task = task_class(task_name)(
-        model=cfg.model.model_dump(mode="json"), optim=cfg.optim.model_dump(mode="json"),
-        loss=cfg.loss.model_dump(mode="json"), bands=list(info["bands"]),
-        class_names=[c["name"] for c in info["nomenclature"]["classes"]], meta=_checkpoint_meta(cfg, data),
-        class_weights=class_weights, **kwargs,
+        model=cfg.model.model_dump(mode="json"),
+        optim=cfg.optim.model_dump(mode="json"),
+        loss=cfg.loss.model_dump(mode="json"),
+        bands=list(info["bands"]),
+        class_names=[c["name"] for c in info["nomenclature"]["classes"]],
+        meta=_checkpoint_meta(cfg, data),
+        class_weights=class_weights,
+        **kwargs,
     )
     return data, task
 
@@ -207,38 +223,57 @@ def _checkpoint_meta(cfg: TrainConfig, data: LandcoverDataModule) -> dict[str, A
 def _write_run_inputs(out: Path, cfg: TrainConfig, data: LandcoverDataModule) -> None:
     """config.yaml (the resolved config) and dataset.json (with the statistics this run used) in the run folder."""
     used = {**data.info, "normalization": data.normalization}
-    for name, text in (("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)),
-                       ("dataset.json", json.dumps(used, indent=2, sort_keys=True) + "\n")):
+    for name, text in (
+        ("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)),
+        ("dataset.json", json.dumps(used, indent=2, sort_keys=True) + "\n"),
+    ):
         with atomic_output(out / name, overwrite=True, needed=len(text)) as tmp:
             tmp.write_text(text)
 
 
-def _trainer(cfg: TrainConfig, out: Path, monitor: str, *,
-             resumed: bool) -> tuple[pl.Trainer, ModelCheckpoint, EarlyStopping, CSVLogger]:
+def _trainer(
+    cfg: TrainConfig, out: Path, monitor: str, *, resumed: bool
+) -> tuple[pl.Trainer, ModelCheckpoint, EarlyStopping, CSVLogger]:
     """The Lightning Trainer of a run, with its best/last checkpoint, early stopping and CSV logger callbacks."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor,
-                                 mode="max", save_last=True, auto_insert_metric_name=False)
-    early = EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience,
-                          min_delta=cfg.trainer.min_delta)
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    early = EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience, min_delta=cfg.trainer.min_delta)
     # a resumed run logs into a part of its own: Lightning's CSV logger would rewrite the earlier file
     part = f"resumed-{len(list((out / 'logs').glob('resumed-*'))) + 1}" if resumed else ""
     csv_logger = CSVLogger(out, name="logs", version=part)
     loggers = [csv_logger, TensorBoardLogger(out, name="logs", version="tensorboard")]
     t = cfg.trainer
     trainer = pl.Trainer(
-        default_root_dir=out, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, num_nodes=t.num_nodes, precision=_precision(t.precision),  # type: ignore[arg-type]
-        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic, callbacks=[checkpoint, early, LearningRateMonitor()],
-        logger=loggers, enable_progress_bar=os.isatty(2), enable_model_summary=False,
+        default_root_dir=out,
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=_precision(t.precision),  # type: ignore[arg-type]
+        gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        callbacks=[checkpoint, early, LearningRateMonitor()],
+        logger=loggers,
+        enable_progress_bar=os.isatty(2),
+        enable_model_summary=False,
         # the datamodule shards tiles itself: each rank its share of the epoch's cap, and every
         # val/test tile exactly once (Lightning's DistributedSampler ignores the cap and pads)
-        use_distributed_sampler=False, plugins=[_atomic_checkpoints()],
+        use_distributed_sampler=False,
+        plugins=[_atomic_checkpoints()],
     )
     return trainer, checkpoint, early, csv_logger
 
@@ -281,8 +316,10 @@ def _check_resume_fits(task: Any, out: Path, ckpt_path: str) -> None:
         task.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
-        raise ModelError(f"{ckpt_path} does not fit the model of this config ({first}); resume with the config the "
-                         "run was trained with (RUN/config.yaml), or start a new run without --resume") from exc
+        raise ModelError(
+            f"{ckpt_path} does not fit the model of this config ({first}); resume with the config the "
+            "run was trained with (RUN/config.yaml), or start a new run without --resume"
+        ) from exc
 
 
 def _check_checkpoints(paths: list[Path]) -> None:
@@ -292,24 +329,30 @@ def _check_checkpoints(paths: list[Path]) -> None:
         if path.exists():
             ckpt = load_torch_file(path, "checkpoint", hint)
             if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "landcover" not in ckpt:
-                raise ModelError(f"{path} is not a checkpoint of `landcover train` (no state_dict or landcover "
-                                 f"section); {hint}")
+                raise ModelError(
+                    f"{path} is not a checkpoint of `landcover train` (no state_dict or landcover section); {hint}"
+                )
 
 
 def _epoch_of(path: Path) -> int:
     return int(load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`").get("epoch", -1))
 
 
-def evaluate_checkpoint(path: str | Path, data: LandcoverDataModule, *, split: str = "val",
-                        trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path, data: LandcoverDataModule, *, split: str = "val", trainer_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Reload a checkpoint alone and score it on a split (val or test) of ``data``."""
     import lightning.pytorch as pl
 
     raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}))
+    trainer = pl.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}),
+    )
     data.setup("validate" if split == "val" else "test")
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
     if split == "val":
