@@ -118,7 +118,9 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     metrics = train(cfg, out / "train", overwrite=True)
     say("3/4 predict: the whole clip, from its JP2 bands")
     map_path = out / "map" / "T33UUU_landcover.tif"
-    summary = predict_scene(metrics["best_checkpoint"], SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True)
+    summary = predict_scene(
+        str(out / "train" / metrics["best_checkpoint"]), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
+    )
     say("4/4 evaluate: the map against the OSM labels of the held-back test tiles")
     test_labels = _split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
     report = evaluate_maps(map_path, test_labels, out / "evaluation" / "report", overwrite=True)
@@ -126,7 +128,7 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     write_text_atomic(out / "evaluation" / "baseline.json", json.dumps(baseline, indent=2) + "\n")
     return {
         "dataset": str(dataset),
-        "checkpoint": metrics["best_checkpoint"],
+        "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
         "curves": str(out / "train" / "curves.png"),
         "map": str(map_path),
         "quicklook": summary["out"].get("quicklook"),
@@ -158,10 +160,10 @@ def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> d
     metrics = train(tcfg, out / "train", overwrite=True)
     say("3/3 evaluate: the best checkpoint on the official test patches")
     data = LandcoverDataModule(tcfg.data, task="classification")
-    test = evaluate_checkpoint(metrics["best_checkpoint"], data, split="test")
+    test = evaluate_checkpoint(str(out / "train" / metrics["best_checkpoint"]), data, split="test")
     baseline = _prior_baseline(data)
     result = {
-        "checkpoint": metrics["best_checkpoint"],
+        "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
         "test": test,
         "baseline": baseline,
         "map_macro": test.get("test/map_macro"),

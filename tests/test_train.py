@@ -43,6 +43,9 @@ def test_segmentation_learns_a_learnable_dataset(segmentation_run):
     out, metrics = segmentation_run
     assert metrics["val/miou"] >= 0.9, metrics
     assert len(metrics["per_class_iou"]) == 5 and len(metrics["confusion_matrix"]) == 5
+    # no path of the user's machine in the run's record: the checkpoint is named inside the run folder
+    assert metrics["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert str(out.parent) not in (out / "metrics.json").read_text()
     for name in (
         "config.yaml",
         "dataset.json",

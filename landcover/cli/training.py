@@ -55,7 +55,7 @@ def train(
     monitor = metrics["monitor"]
     out.print(
         f"best {monitor} = {metrics.get(monitor, float('nan')):.3f} at epoch {metrics['best_epoch']}; "
-        f"checkpoint {metrics['best_checkpoint']}; metrics {out_dir / 'metrics.json'}; curves {out_dir / 'curves.png'}"
+        f"checkpoint {out_dir / metrics['best_checkpoint']}; metrics {out_dir / 'metrics.json'}; curves {out_dir / 'curves.png'}"
     )
 
 

@@ -153,7 +153,7 @@ def train(
     metrics = evaluate_checkpoint(best, data, trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
     metrics.update(
         {
-            "best_checkpoint": str(best),
+            "best_checkpoint": best.resolve().relative_to(out.resolve()).as_posix(),  # in the run folder
             "best_epoch": int(_epoch_of(best)),
             "stopped_epoch": int(trainer.current_epoch),
             "early_stopped": bool(early.stopped_epoch),
