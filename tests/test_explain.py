@@ -20,7 +20,8 @@ from torch import nn
 from landcover.errors import ConfigError, MissingBandError, ModelError, OutputExistsError
 from landcover.inference import explain as explain_module
 from landcover.inference.checkpoint import LoadedModel
-from landcover.inference.explain import explain, explain_command_summary, last_stage
+from landcover.inference.explain import explain, explain_command_summary
+from landcover.inference.gradcam import last_stage
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from tests.test_predict import BANDS, MEAN, STD, meta, scene, write_stack

@@ -23,6 +23,7 @@ from landcover import __version__
 from landcover.errors import ConfigError, DatasetError, NoOverlapError
 from landcover.evaluation.confusion import (
     WINDOW_SIZE,
+    Confusion,
     Reader,
     confusion_matrix_streaming,
     pixel_area_m2,
@@ -142,6 +143,45 @@ def same_grid(a: Grid, b: Grid) -> bool:
     return a.crs == b.crs and (a.width, a.height) == (b.width, b.height) and a.transform.almost_equals(b.transform)
 
 
+def _confusion(
+    prediction: Path,
+    labels: Path,
+    nomenclature_name: str | None,
+    code_column: str | None,
+    tile_size: int,
+    progress: Any,
+    raster_values: str,
+    all_touched: bool,
+    window_size: int,
+) -> tuple[ClassMapReader, Nomenclature, str, Confusion]:
+    """Open the class map and the reference on its grid; stream the confusion matrix (and per-tile counts)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(**GDAL_ENV))
+        pred = ClassMapReader(prediction, None, "prediction")
+        stack.callback(pred.close)
+        name = nomenclature_name or pred.tagged
+        if name is None:
+            raise DatasetError(
+                f"{prediction} has no NOMENCLATURE tag; pass --nomenclature (level3, level2, level1, ben19)"
+            )
+        nom = nomenclature(name)
+        pred.set_nomenclature(nom)
+        read_ref, description, close = open_reference(
+            labels, pred.grid, nom, code_column=code_column, all_touched=all_touched, raster_values=raster_values
+        )
+        stack.callback(close)
+        conf = confusion_matrix_streaming(
+            pred.read,
+            read_ref,
+            pred.grid,
+            nom.num_classes,
+            window_size=window_size,
+            tile_size=tile_size,
+            progress=progress,
+        )
+    return pred, nom, description, conf
+
+
 # --- the evaluate command --------------------------------------------------------------------
 
 
@@ -168,30 +208,9 @@ def evaluate_maps(
     if not isinstance(tile_size, int) or tile_size < 1 or window_size < 1:
         raise ConfigError(f"--tile-size must be a positive number of pixels, not {tile_size!r}")
     check_report_dir(out_dir, overwrite, (prediction, labels))
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(**GDAL_ENV))
-        pred = ClassMapReader(prediction, None, "prediction")
-        stack.callback(pred.close)
-        name = nomenclature_name or pred.tagged
-        if name is None:
-            raise DatasetError(
-                f"{prediction} has no NOMENCLATURE tag; pass --nomenclature (level3, level2, level1, ben19)"
-            )
-        nom = nomenclature(name)
-        pred.set_nomenclature(nom)
-        read_ref, description, close = open_reference(
-            labels, pred.grid, nom, code_column=code_column, all_touched=all_touched, raster_values=raster_values
-        )
-        stack.callback(close)
-        conf = confusion_matrix_streaming(
-            pred.read,
-            read_ref,
-            pred.grid,
-            nom.num_classes,
-            window_size=window_size,
-            tile_size=tile_size,
-            progress=progress,
-        )
+    pred, nom, description, conf = _confusion(
+        prediction, labels, nomenclature_name, code_column, tile_size, progress, raster_values, all_touched, window_size
+    )
     grid = pred.grid
     if conf.pixels["evaluated"] == 0:
         raise NoOverlapError(
@@ -201,32 +220,23 @@ def evaluate_maps(
         )
     area = pixel_area_m2(grid)
     scores = scores_from_confusion(conf.matrix, area, nom.class_names, class_codes=nom.codes)
-    metrics: dict[str, Any] = {
-        "software": {"landcover": __version__, "numpy": np.__version__, "rasterio": rasterio.__version__},
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "inputs": {
-            "prediction": prediction.name,
-            "labels": labels.name,  # names: no path of the user's machine
-            "labels_description": description,
-            "prediction_nomenclature": pred.source_nom.name,
-            "grid": grid.to_dict(),
-        },
-        "options": {
-            "nomenclature": nom.name,
-            "code_column": code_column,
-            "tile_size": tile_size,
-            "window_size": window_size,
-            "raster_values": raster_values,
-            "all_touched": all_touched,
-            "overwrite": overwrite,
-        },
-        "nomenclature": nom.to_dict(),
-        "pixel_area_m2": area,
-        "pixels": conf.pixels,
-        "scores": scores,
-        "tiles": {"file": "tiles_iou.gpkg", "layer": "tiles", "tile_size": tile_size, "count": 0},
-        "files": ["metrics.json", "report.md", "confusion_matrix.png", "iou_per_class.png", "tiles_iou.gpkg"],
+    inputs = {
+        "prediction": prediction.name,
+        "labels": labels.name,  # names: no path of the user's machine
+        "labels_description": description,
+        "prediction_nomenclature": pred.source_nom.name,
+        "grid": grid.to_dict(),
     }
+    options = {
+        "nomenclature": nom.name,
+        "code_column": code_column,
+        "tile_size": tile_size,
+        "window_size": window_size,
+        "raster_values": raster_values,
+        "all_touched": all_touched,
+        "overwrite": overwrite,
+    }
+    metrics = _metrics_record(inputs, options, nom, area, conf.pixels, scores)
     with report_dir(out_dir, overwrite) as tmp:
         metrics["tiles"]["count"] = write_tiles(conf, grid, nom, tmp / "tiles_iou.gpkg")
         plot_confusion(conf.matrix, nom, tmp / "confusion_matrix.png")
@@ -234,6 +244,29 @@ def evaluate_maps(
         write_markdown(metrics, tmp / "report.md")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
+
+
+def _metrics_record(
+    inputs: dict[str, Any],
+    options: dict[str, Any],
+    nom: Nomenclature,
+    area: float | None,
+    pixels: dict[str, int],
+    scores: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of metrics.json (the tiles' count is filled in when tiles_iou.gpkg is written)."""
+    return {
+        "software": {"landcover": __version__, "numpy": np.__version__, "rasterio": rasterio.__version__},
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "inputs": inputs,
+        "options": options,
+        "nomenclature": nom.to_dict(),
+        "pixel_area_m2": area,
+        "pixels": pixels,
+        "scores": scores,
+        "tiles": {"file": "tiles_iou.gpkg", "layer": "tiles", "tile_size": options["tile_size"], "count": 0},
+        "files": ["metrics.json", "report.md", "confusion_matrix.png", "iou_per_class.png", "tiles_iou.gpkg"],
+    }
 
 
 __all__ = ["ClassMapReader", "evaluate_maps"]

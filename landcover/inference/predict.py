@@ -29,22 +29,21 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rasterio
 import rasterio.shutil
 import torch
 
 from landcover import __version__
 from landcover.errors import ConfigError, OutputExistsError
-from landcover.inference.checkpoint import LoadedModel, load_checkpoint, probabilities, resolve_device
+from landcover.inference.checkpoint import LoadedModel, load_checkpoint, resolve_device
 from landcover.inference.feeder import Feeder, ProductSource, StackSource, is_ingested_stack, open_source
-from landcover.inference.sliding import Plan, blend_weights, make_plan
-from landcover.inference.writers import BlockWriter, output_paths
+from landcover.inference.sliding import make_plan
+from landcover.inference.stream import stream_windows
+from landcover.inference.writers import block_writers, output_paths
 from landcover.io.grid import GDAL_ENV
 from landcover.io.outputs import remove_stale_temporaries, temporaries
 from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_quicklook
@@ -85,11 +84,7 @@ def predict_scene(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     check_inputs_exist([input])
-    lm = (
-        checkpoint_or_loaded_model
-        if isinstance(checkpoint_or_loaded_model, LoadedModel)
-        else load_checkpoint(checkpoint_or_loaded_model)
-    )
+    lm = loaded(checkpoint_or_loaded_model)
     t, o = window_geometry(lm, tile, overlap, batch_size)
     dev = resolve_device(device)
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
@@ -106,53 +101,18 @@ def predict_scene(
         gtiffs: dict[str, Path] = {
             name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths
         }
-        writers: dict[str, BlockWriter] = {}
-        try:
-            writers["map"] = BlockWriter(gtiffs["map"], grid, 1, dtype, nodata, False)
-            if probabilities:
-                writers["probabilities"] = BlockWriter(gtiffs["probabilities"], grid, k, "uint8", None, True)
-            if confidence:
-                writers["confidence"] = BlockWriter(gtiffs["confidence"], grid, 1, "uint8", None, True)
+        with block_writers(gtiffs, grid, k, dtype, nodata) as writers:
             feeder = Feeder(source, plan, lm, batch_size, dev.type == "cuda", mask_clouds)
-            try:
-                run, skipped, valid_px = _stream(
-                    lm,
-                    plan,
-                    feeder,
-                    writers,
-                    dev,
-                    amp,
-                    dtype,
-                    nodata,
-                    lambda done: progress and progress(f"{out.stem}: predict", done, plan.rows),
+            with _gpu_memory(batch_size, t):
+                run, skipped, valid_px = stream_windows(
+                    lm, plan, feeder, writers, dev, amp, dtype, nodata, _row_progress(progress, out.stem, plan.rows)
                 )
-            except torch.cuda.OutOfMemoryError as exc:
-                raise ConfigError(
-                    f"the GPU ran out of memory with --batch-size {batch_size} and {t}-px windows; "
-                    "pass a smaller --batch-size (or --tile)"
-                ) from exc
-        finally:
-            for bw in writers.values():
-                bw.ds.close()
         if progress:
             progress(f"{out.stem}: COG", 0, 1)
         valid_fraction = valid_px / max(1, grid.width * grid.height)
         if valid_px == 0:
-            warnings.append(
-                f"every pixel of {input.name} is no data (0 in a band{', or cloud' if mask_clouds else ''}): "
-                "the map holds no class, only 255; check the input covers data"
-            )
-        tags = {
-            **provenance_tags(lm, source, input),
-            "TASK": lm.task,
-            "TILE_SIZE": str(t),
-            "OVERLAP": str(o),
-            "BLENDING": "cosine ramps over the overlap, weights sum to 1",
-            "SOFTWARE": f"landcover {__version__}",
-            "VALID_FRACTION": f"{valid_fraction:.6f}",
-            "WARNINGS": " | ".join(warnings) or "none",
-        }
-        _tag_outputs(gtiffs, nom, tags)
+            warnings.append(_no_data_warning(input, mask_clouds))
+        _tag_outputs(gtiffs, nom, _map_tags(lm, source, input, t, o, valid_fraction, warnings))
         _publish(gtiffs, paths, tmp, nom, nodata, f"{source.product_id} ({nom.name})")
     return {
         "input": str(input),
@@ -184,6 +144,60 @@ def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batc
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     return t, (t // 4 if overlap is None else int(overlap)) if seg else 0
+
+
+def loaded(checkpoint_or_loaded_model: str | Path | LoadedModel) -> LoadedModel:
+    """The model itself, or the checkpoint loaded."""
+    if isinstance(checkpoint_or_loaded_model, LoadedModel):
+        return checkpoint_or_loaded_model
+    return load_checkpoint(checkpoint_or_loaded_model)
+
+
+def _row_progress(progress: Progress | None, stem: str, rows: int) -> Callable[[int], Any]:
+    """``progress`` as the stream's callback of finished window rows."""
+    return lambda done: progress and progress(f"{stem}: predict", done, rows)
+
+
+@contextlib.contextmanager
+def _gpu_memory(batch_size: int, tile: int) -> Iterator[None]:
+    """A GPU out of memory as a ConfigError naming the options that reduce it."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ConfigError(
+            f"the GPU ran out of memory with --batch-size {batch_size} and {tile}-px windows; "
+            "pass a smaller --batch-size (or --tile)"
+        ) from exc
+
+
+def _no_data_warning(input: Path, mask_clouds: bool) -> str:
+    """The warning of a scene without any valid pixel."""
+    return (
+        f"every pixel of {input.name} is no data (0 in a band{', or cloud' if mask_clouds else ''}): "
+        "the map holds no class, only 255; check the input covers data"
+    )
+
+
+def _map_tags(
+    lm: LoadedModel,
+    source: StackSource | ProductSource,
+    input: Path,
+    tile: int,
+    overlap: int,
+    valid_fraction: float,
+    warnings: list[str],
+) -> dict[str, str]:
+    """The GeoTIFF tags of every output: provenance, window geometry, software, valid fraction, warnings."""
+    return {
+        **provenance_tags(lm, source, input),
+        "TASK": lm.task,
+        "TILE_SIZE": str(tile),
+        "OVERLAP": str(overlap),
+        "BLENDING": "cosine ramps over the overlap, weights sum to 1",
+        "SOFTWARE": f"landcover {__version__}",
+        "VALID_FRACTION": f"{valid_fraction:.6f}",
+        "WARNINGS": " | ".join(warnings) or "none",
+    }
 
 
 def _tag_outputs(gtiffs: dict[str, Path], nom: Nomenclature, tags: dict[str, str]) -> None:
@@ -261,114 +275,6 @@ def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input:
     }
 
 
-def _stream(
-    lm: LoadedModel,
-    plan: Plan,
-    feeder: Feeder,
-    writers: dict[str, BlockWriter],
-    dev: torch.device,
-    amp: torch.dtype | None,
-    dtype: str,
-    nodata: int,
-    progress: Callable[[int], Any],
-) -> tuple[int, int, int]:
-    """Run the model row of windows by row, blend into a strip, hand finished rows to the writer.
-
-    Returns the windows run and skipped, and the number of scene pixels that got a class."""
-    t, s, m, o, width = plan.tile, plan.stride, plan.margin, plan.overlap, plan.width
-    k = lm.nomenclature.num_classes
-    weights = torch.from_numpy(blend_weights(t, o)).to(dev)
-    acc = torch.zeros((k, t, plan.padded_width), device=dev)
-    wsum = torch.zeros((t, plan.padded_width), device=dev)
-    reader, writer = (ThreadPoolExecutor(1, initializer=_enter_env, initargs=(GDAL_ENV,)) for _ in range(2))
-    pending: list[Future[None]] = []
-    run = skipped = valid_px = 0
-    try:
-        ahead = reader.submit(feeder, 0)
-        with torch.inference_mode():
-            for i in range(plan.rows):
-                row = ahead.result()
-                if i + 1 < plan.rows:
-                    ahead = reader.submit(feeder, i + 1)  # read the next row while the model runs
-                skipped += row.skipped
-                for cols, x in row.batches:
-                    probs = probabilities(lm, feeder.to_device(x, dev), amp)
-                    if probs.ndim == 2:  # classification: one probability vector per tile
-                        probs = probs[:, :, None, None].expand(-1, -1, t, t)
-                    for b, j in enumerate(cols):
-                        acc[:, :, j * s : j * s + t].addcmul_(probs[b], weights)
-                        wsum[:, j * s : j * s + t].add_(weights)
-                    run += len(cols)
-                lo, hi = max(0, m - i * s), min(s, plan.height - (i * s - m))  # finished rows in the strip
-                if hi > lo:
-                    valid_px += int(row.valid[lo:hi, m : m + width].sum())
-                    outputs = _finish(
-                        acc[:, lo:hi, m : m + width],
-                        wsum[lo:hi, m : m + width],
-                        row.valid[lo:hi, m : m + width],
-                        dtype,
-                        nodata,
-                        "probabilities" in writers,
-                        "confidence" in writers,
-                    )
-                    pending.append(writer.submit(_write, writers, outputs))
-                    while len(pending) > 2 or (pending and pending[0].done()):
-                        pending.pop(0).result()
-                if o:  # move the strip down by one stride
-                    acc[:, :o].copy_(acc[:, s:])
-                    wsum[:o].copy_(wsum[s:])
-                acc[:, o:].zero_()
-                wsum[o:].zero_()
-                progress(i + 1)
-        for future in pending:
-            future.result()
-        for bw in writers.values():
-            writer.submit(bw.flush).result()
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
-    return run, skipped, valid_px
-
-
-def _finish(
-    acc: torch.Tensor,
-    wsum: torch.Tensor,
-    valid: np.ndarray,
-    dtype: str,
-    nodata: int,
-    probabilities: bool,
-    confidence: bool,
-    chunk: int = 1024,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Finished rows -> class ids (nodata outside ``valid``), optional probabilities and confidence x 255."""
-    parts: dict[str, list[np.ndarray]] = {"map": [], "probabilities": [], "confidence": []}
-    for c in range(0, acc.shape[2], chunk):  # column chunks keep the temporaries small
-        p = acc[:, :, c : c + chunk] / wsum[:, c : c + chunk].clamp_min(1e-12)
-        best, ids = p.max(dim=0)
-        parts["map"].append(ids.cpu().numpy().astype(dtype)[None])
-        if probabilities:
-            parts["probabilities"].append(p.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy())
-        if confidence:
-            parts["confidence"].append(best.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()[None])
-    result = {}
-    for name, arrays in parts.items():
-        if arrays:
-            data = np.concatenate(arrays, axis=2)
-            data[:, ~valid] = nodata if name == "map" else 0
-            result[name] = (data, valid)
-    return result
-
-
-def _write(writers: dict[str, BlockWriter], outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    for name, (data, valid) in outputs.items():
-        writers[name].add(data, valid)
-
-
-def _enter_env(options: dict[str, Any]) -> None:
-    """Give a worker thread landcover's GDAL options (rasterio's environment is per thread)."""
-    rasterio.Env(**options).__enter__()
-
-
 def scene_name(path: str | Path) -> str:
     """Output name of an input: the scene folder of an ingested image.tif, else the product's name."""
     p = Path(path)
@@ -406,7 +312,7 @@ def predict_many(
         if not overwrite and all(p.exists() for p in output_paths(target, **flags).values()):
             summaries.append({"input": str(path), "out": {"map": str(target)}, "skipped": True})
             continue
-        lm = lm if isinstance(lm, LoadedModel) else load_checkpoint(lm)
+        lm = loaded(lm)
         summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))
     if progress:
         progress("scenes", len(inputs), len(inputs))

@@ -3,6 +3,8 @@ come at the end, :mod:`landcover.io.style`), and the names of one prediction's f
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,3 +83,21 @@ def output_paths(
     if quicklook:
         paths["quicklook"] = out.with_suffix(".png")
     return paths
+
+
+@contextlib.contextmanager
+def block_writers(
+    gtiffs: dict[str, Path], grid: Grid, k: int, dtype: str, nodata: int
+) -> Iterator[dict[str, BlockWriter]]:
+    """Block writers of the class map and of the optional probability and confidence rasters; closed at the end."""
+    writers: dict[str, BlockWriter] = {}
+    try:
+        writers["map"] = BlockWriter(gtiffs["map"], grid, 1, dtype, nodata, False)
+        if "probabilities" in gtiffs:
+            writers["probabilities"] = BlockWriter(gtiffs["probabilities"], grid, k, "uint8", None, True)
+        if "confidence" in gtiffs:
+            writers["confidence"] = BlockWriter(gtiffs["confidence"], grid, 1, "uint8", None, True)
+        yield writers
+    finally:
+        for bw in writers.values():
+            bw.ds.close()
