@@ -22,9 +22,7 @@ from landcover.dataset.catalog import (
     SPLITS,
     SplitConfig,
     assign_splits,
-    band_statistics,
     block_split,
-    class_pixel_totals,
     read_catalog,
     records_table,
     scene_split,
@@ -33,6 +31,7 @@ from landcover.dataset.catalog import (
     write_scene_part,
 )
 from landcover.dataset.catalog import finalize as finalize_catalog
+from landcover.dataset.catalog_stats import band_statistics, class_pixel_totals
 from landcover.errors import ConfigError, DatasetError
 from landcover.io.grid import Grid
 from landcover.nomenclature import IGNORE, nomenclature

@@ -7,6 +7,7 @@ import functools
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -221,6 +222,26 @@ SHARD_HELP = (
     "Process only shard I/N (0 <= I < N) of the inputs (by sorted scene name); default inside a SLURM "
     "job array: the array task."
 )
+
+
+# options and arguments several commands share, declared once (typer copies them per command)
+FromListOption = Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)]
+CheckpointArgument = Annotated[
+    Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+CodeColumnOption = Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")]
+
+
+def input_list(inputs: list[Path] | None, from_list: Path | None, what: str) -> list[Path]:
+    """The inputs of a command: its arguments, then the entries of --from-list; none is an error naming ``what``."""
+    from landcover.cluster import read_list
+    from landcover.errors import ConfigError
+
+    items = list(inputs or []) + (read_list(from_list) if from_list else [])
+    if not items:
+        raise ConfigError(f"no input given: pass {what}")
+    return items
 
 
 def print_version(value: bool) -> None:

@@ -8,12 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from landcover.cli.common import (
-    FROM_LIST_HELP,
     NOMENCLATURE_HELP,
     SHARD_HELP,
+    CodeColumnOption,
+    FromListOption,
     app,
     err,
     handles_errors,
+    input_list,
     out,
     progress_bars,
 )
@@ -82,7 +84,7 @@ def ingest(
     tile_size: Annotated[
         int | None, typer.Option(min=1, help="Training tile side in pixels (default 256; 120 = one BigEarthNet patch).")
     ] = None,
-    code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
+    code_column: CodeColumnOption = None,
     mapping: Annotated[
         Path | None, typer.Option(help="CSV mapping --code-column values onto the nomenclature.")
     ] = None,
@@ -94,7 +96,7 @@ def ingest(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset made with other settings.")] = False,
-    from_list: Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)] = None,
+    from_list: FromListOption = None,
     shard: Annotated[
         str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")
     ] = None,
@@ -109,7 +111,7 @@ def ingest(
     ] = False,
 ) -> None:
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
-    from landcover.cluster import parse_shard, read_list
+    from landcover.cluster import parse_shard
     from landcover.config import load_config
     from landcover.dataset.ingest import ingest as run_ingest
     from landcover.dataset.settings import IngestConfig
@@ -124,38 +126,54 @@ def ingest(
         options = {"seed": seed, "block_size_m": block_size, "by_scene": split_by_scene}
         _finalize(out_dir, [f"split.{k}={v}" for k, v in options.items() if v is not None] + list(set_ or []))
         return
-    items = list(inputs or []) + (read_list(from_list) if from_list else [])
-    if not items:
-        raise ConfigError("no input given: pass Sentinel-2 products or --from-list FILE")
+    items = input_list(inputs, from_list, "Sentinel-2 products or --from-list FILE")
     part = parse_shard(shard)
 
-    cfg = load_config(
-        IngestConfig,
-        config,
-        set_,
-        bands=bands.split(",") if bands else None,
-        nomenclature=nomenclature,
-        tile_size=tile_size,
-        bigearthnet_metadata=str(bigearthnet_metadata) if bigearthnet_metadata else None,
-        **{
-            "labels.code_column": code_column,
-            "labels.mapping": str(mapping) if mapping else None,
-            "split.block_size_m": block_size,
-            "split.by_scene": split_by_scene,
-            "split.seed": seed,
-        },
+    settings = _option_settings(
+        bands, nomenclature, tile_size, bigearthnet_metadata, code_column, mapping, block_size, split_by_scene, seed
     )
+    cfg = load_config(IngestConfig, config, set_, **settings)
     with progress_bars() as update:
         dataset = run_ingest(
             items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update, shard=part
         )
     if part is not None and not dataset.get("finalized", True):
-        out.print(
-            f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
-            f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done"
-        )
+        _report_shard(out_dir, dataset, part)
         return
     _report(out_dir, dataset)
+
+
+def _report_shard(out_dir: Path, dataset: dict[str, Any], part: tuple[int, int]) -> None:
+    """One line for a shard of a sharded ingest: its scenes, and the --finalize step still to run."""
+    out.print(
+        f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
+        f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done"
+    )
+
+
+def _option_settings(
+    bands: str | None,
+    nomenclature: str | None,
+    tile_size: int | None,
+    bigearthnet_metadata: Path | None,
+    code_column: str | None,
+    mapping: Path | None,
+    block_size: float | None,
+    split_by_scene: bool | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    """The ingest settings given as command-line options, by their keys in the settings (None: not given)."""
+    return {
+        "bands": bands.split(",") if bands else None,
+        "nomenclature": nomenclature,
+        "tile_size": tile_size,
+        "bigearthnet_metadata": str(bigearthnet_metadata) if bigearthnet_metadata else None,
+        "labels.code_column": code_column,
+        "labels.mapping": str(mapping) if mapping else None,
+        "split.block_size_m": block_size,
+        "split.by_scene": split_by_scene,
+        "split.seed": seed,
+    }
 
 
 def _finalize(out_dir: Path, resplit: list[str]) -> None:

@@ -7,7 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from landcover.cli.common import FROM_LIST_HELP, SHARD_HELP, app, err, handles_errors, out, progress_bars
+from landcover.cli.common import (
+    SHARD_HELP,
+    CheckpointArgument,
+    CodeColumnOption,
+    DeviceOption,
+    FromListOption,
+    app,
+    err,
+    handles_errors,
+    input_list,
+    out,
+    progress_bars,
+)
 
 
 @app.command()
@@ -27,7 +39,7 @@ def evaluate(
     nomenclature: Annotated[
         str | None, typer.Option(help="Classes to score in (default: the prediction's NOMENCLATURE tag).")
     ] = None,
-    code_column: Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")] = None,
+    code_column: CodeColumnOption = None,
     tile_size: Annotated[int, typer.Option(min=1, help="Side in pixels of the tiles of tiles_iou.gpkg.")] = 256,
     raster_values: Annotated[
         str, typer.Option(help="For CORINE rasters: 'codes' (111..523), 'indices' (1..44) or 'auto'.")
@@ -66,7 +78,7 @@ def evaluate(
 @app.command()
 @handles_errors
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")],
+    checkpoint: CheckpointArgument,
     out_path: Annotated[
         Path,
         typer.Option(
@@ -79,7 +91,7 @@ def predict(
             help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif."
         ),
     ] = None,
-    from_list: Annotated[Path | None, typer.Option(help=FROM_LIST_HELP)] = None,
+    from_list: FromListOption = None,
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
     probabilities: Annotated[
         bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")
@@ -90,7 +102,7 @@ def predict(
         int | None, typer.Option(min=1, help="Window side in pixels (default: the checkpoint's tile size).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
     quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,
@@ -104,27 +116,18 @@ def predict(
     ] = False,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
-    from landcover.cluster import parse_shard, read_list, shard_items
     from landcover.errors import ConfigError
-    from landcover.preflight import check_checkpoint_exists, check_device, check_inputs_exist, check_output_path
+    from landcover.preflight import check_device, check_output_path
 
     check_device(device)
     check_output_path(out_path, folder=out_path.suffix.lower() not in (".tif", ".tiff"))
-    items = list(inputs or []) + (read_list(from_list) if from_list else [])
-    if not items:
-        raise ConfigError("no input given: pass Sentinel-2 products or ingested image.tif files, or --from-list FILE")
-    part = parse_shard(shard)
-    check_checkpoint_exists(checkpoint)  # before torch is imported
-    check_inputs_exist(items)
+    items, part = _predict_inputs(checkpoint, inputs, from_list, shard)
 
-    from landcover.inference.predict import predict_many, predict_scene, scene_name
+    from landcover.inference.predict import predict_many, predict_scene
 
     if part is not None and part[1] > 1:
-        if out_path.suffix.lower() in (".tif", ".tiff"):
-            raise ConfigError(f"--out {out_path} is a file name but --shard splits a batch; pass a folder")
-        items = shard_items(items, part, key=lambda p: scene_name(p))
+        items = _shard_scenes(items, part, out_path)
         if not items:
-            out.print(f"shard {part[0]}/{part[1]}: no scene (there are fewer scenes than shards)")
             return
     batch = from_list is not None or (part is not None and part[1] > 1)  # --out is then a folder
     options: dict[str, Any] = dict(
@@ -146,6 +149,39 @@ def predict(
             summaries = [predict_scene(checkpoint, items[0], out_path, overwrite=overwrite, progress=update, **options)]
         else:
             summaries = predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
+    _report_maps(summaries)
+
+
+def _predict_inputs(
+    checkpoint: Path, inputs: list[Path] | None, from_list: Path | None, shard: str | None
+) -> tuple[list[Path], tuple[int, int] | None]:
+    """The scenes to predict (arguments, then --from-list) and the shard, checked before torch is imported."""
+    from landcover.cluster import parse_shard
+    from landcover.preflight import check_checkpoint_exists, check_inputs_exist
+
+    items = input_list(inputs, from_list, "Sentinel-2 products or ingested image.tif files, or --from-list FILE")
+    part = parse_shard(shard)
+    check_checkpoint_exists(checkpoint)  # before torch is imported
+    check_inputs_exist(items)
+    return items, part
+
+
+def _shard_scenes(items: list[Path], part: tuple[int, int], out_path: Path) -> list[Path]:
+    """This shard's share of the scenes (by scene name); says so when it has none."""
+    from landcover.cluster import shard_items
+    from landcover.errors import ConfigError
+    from landcover.inference.predict import scene_name
+
+    if out_path.suffix.lower() in (".tif", ".tiff"):
+        raise ConfigError(f"--out {out_path} is a file name but --shard splits a batch; pass a folder")
+    items = shard_items(items, part, key=lambda p: scene_name(p))
+    if not items:
+        out.print(f"shard {part[0]}/{part[1]}: no scene (there are fewer scenes than shards)")
+    return items
+
+
+def _report_maps(summaries: list[dict[str, Any]]) -> None:
+    """The warnings of a prediction (each once) and one line per scene: written or skipped."""
     for warning in dict.fromkeys(w for s in summaries for w in s.get("warnings", [])):  # each once
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for s in summaries:
@@ -162,14 +198,14 @@ def predict(
 @app.command()
 @handles_errors
 def explain(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")],
+    checkpoint: CheckpointArgument,
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A Sentinel-2 product or an ingested image.tif.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps, overlay.png and explain.json.")],
     classes: Annotated[
         str | None,
         typer.Option(help="Classification: codes or names, comma-separated, or 'all' (default: the classes found)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     allow_level_mismatch: Annotated[
         bool,

@@ -91,7 +91,8 @@ def sweep(
         what = "is a folder" if sweep_file.is_dir() else "does not exist"
         raise ConfigError(f"sweep file {sweep_file} {what}; pass a sweep YAML (see configs/sweep_lr_encoder.yaml)")
     check_output_path(out_dir)
-    from landcover.training.sweep import leaderboard, load_sweep, run_sweep, signal_variants, sweep_summary
+    from landcover.training.leaderboard import leaderboard, sweep_summary
+    from landcover.training.sweep import load_sweep, run_sweep, signal_variants
 
     state["forward_sigterm"] = signal_variants  # the variants stop with the sweep; a rerun continues them
 

@@ -8,13 +8,12 @@ Splits are assigned by :func:`finalize`, from the tile coordinates alone (see
 scenes and shards processed independently agree, and a dataset can be re-split without reading
 its imagery again. Buffer tiles stay in the catalog (``buffer=True``) but :func:`read_catalog`
 leaves them out unless asked. Tile footprints and the splits.gpkg map are
-:mod:`landcover.dataset.footprints`' part.
+:mod:`landcover.dataset.footprints`' part, band and class statistics :mod:`landcover.dataset.catalog_stats`'.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,13 +22,13 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import rasterio.windows
 import shapely
 from pyproj import CRS as ProjCRS
 from rasterio.windows import Window
 
+from landcover.dataset.catalog_stats import band_statistics
 from landcover.dataset.footprints import tile_footprint, write_splits_gpkg
 from landcover.dataset.splits import (  # noqa: F401  (SplitConfig and the split functions are catalog's API too)
     SPLITS,
@@ -119,19 +118,9 @@ def tile_record(
     ``patch_id``, ``patch_labels`` (class ids), ``patch_label_names`` and ``official_split`` are
     copied as they are (BigEarthNet patches; see :data:`SCHEMA`).
     """
-    values = (window.row_off, window.col_off, window.height, window.width)
-    if any(float(v) != int(v) for v in values):
-        raise ValueError(f"tile window {window} is not on whole pixels")
-    row, col, height, width = (int(v) for v in values)
-    if row < 0 or col < 0 or row + height > grid.height or col + width > grid.width:
-        raise ValueError(f"tile window {window} lies outside the {grid.width} x {grid.height} grid")
+    row, col, height, width = _tile_window(window, grid)
     shape = (height, width)
-    arrays = {"labels": labels, "valid": valid} | ({} if cloud is None else {"cloud": cloud})
-    for name, array in arrays.items():
-        if array.shape != shape:
-            raise ValueError(f"{name} has shape {array.shape}, the tile window is {shape}")
-    if image.ndim != 3 or image.shape[1:] != shape:
-        raise ValueError(f"image has shape {image.shape}, expected (bands, {height}, {width})")
+    _check_shapes(shape, {"labels": labels, "valid": valid} | ({} if cloud is None else {"cloud": cloud}), image)
     valid = np.asarray(valid, dtype=bool)
     cloudy = np.zeros(shape, bool) if cloud is None else np.asarray(cloud, dtype=bool) & valid
     usable = valid & ~cloudy
@@ -141,28 +130,9 @@ def tile_record(
     if n_pixels == 0 or valid_fraction < split_cfg.min_valid_fraction:
         return None
 
-    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=256)
-    k = nomenclature.num_classes
-    if counts[k:IGNORE].any():
-        bad = [int(v) for v in np.flatnonzero(counts[k:IGNORE]) + k]
-        raise DatasetError(
-            f"label values {bad} in tile r{row} c{col} of {scene_id} are not class ids "
-            f"of the {nomenclature.name} nomenclature (0..{k - 1}, 255 = ignore); "
-            "this is a bug in label encoding: report it"
-        )
-    class_counts = counts[:k]
-    labelled = int(class_counts.sum())
-    if labelled:
-        dominant = int(np.argmax(class_counts))
-        present = [int(c) for c in np.flatnonzero(class_counts / labelled >= present_threshold)]
-    else:
-        dominant, present = -1, []
-
-    # one float64 copy of the usable pixels of all bands; sums of uint16 values stay exact integers
-    pixels = (image.reshape(image.shape[0], -1) if n_usable == n_pixels else image[:, usable]).astype(np.float64)
-    band_sum = [float(v) for v in pixels.sum(axis=1)]
-    band_sumsq = [float(v) for v in np.einsum("ij,ij->i", pixels, pixels)]
-
+    where = f"tile r{row} c{col} of {scene_id}"
+    class_counts, labelled, dominant, present = _class_statistics(labels, nomenclature, present_threshold, where)
+    band_sum, band_sumsq = _band_sums(image, usable, n_usable == n_pixels)
     crs = grid.crs.to_string()
     left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
     bounds = (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
@@ -195,6 +165,54 @@ def tile_record(
         "official_split": official_split,
         "geometry": tile_footprint(bounds, crs),
     }
+
+
+def _tile_window(window: Window, grid: Grid) -> tuple[int, int, int, int]:
+    """(row, col, height, width) of a tile window, checked to be on whole pixels inside ``grid``."""
+    values = (window.row_off, window.col_off, window.height, window.width)
+    if any(float(v) != int(v) for v in values):
+        raise ValueError(f"tile window {window} is not on whole pixels")
+    row, col, height, width = (int(v) for v in values)
+    if row < 0 or col < 0 or row + height > grid.height or col + width > grid.width:
+        raise ValueError(f"tile window {window} lies outside the {grid.width} x {grid.height} grid")
+    return row, col, height, width
+
+
+def _check_shapes(shape: tuple[int, int], masks: dict[str, np.ndarray], image: np.ndarray) -> None:
+    """Check that every (H, W) mask and the (C, H, W) image have the tile window's shape."""
+    for name, array in masks.items():
+        if array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}, the tile window is {shape}")
+    if image.ndim != 3 or image.shape[1:] != shape:
+        raise ValueError(f"image has shape {image.shape}, expected (bands, {shape[0]}, {shape[1]})")
+
+
+def _class_statistics(
+    labels: np.ndarray, nomenclature: Nomenclature, present_threshold: float, where: str
+) -> tuple[np.ndarray, int, int, list[int]]:
+    """(pixels per class, labelled pixels, dominant class or -1, classes over ``present_threshold``) of a tile."""
+    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=256)
+    k = nomenclature.num_classes
+    if counts[k:IGNORE].any():
+        bad = [int(v) for v in np.flatnonzero(counts[k:IGNORE]) + k]
+        raise DatasetError(
+            f"label values {bad} in {where} are not class ids "
+            f"of the {nomenclature.name} nomenclature (0..{k - 1}, 255 = ignore); "
+            "this is a bug in label encoding: report it"
+        )
+    class_counts = counts[:k]
+    labelled = int(class_counts.sum())
+    if not labelled:
+        return class_counts, 0, -1, []
+    present = [int(c) for c in np.flatnonzero(class_counts / labelled >= present_threshold)]
+    return class_counts, labelled, int(np.argmax(class_counts)), present
+
+
+def _band_sums(image: np.ndarray, usable: np.ndarray, all_usable: bool) -> tuple[list[float], list[float]]:
+    """Per-band sum and sum of squares of the usable pixels of a (C, H, W) image."""
+    # one float64 copy of the usable pixels of all bands; sums of uint16 values stay exact integers
+    pixels = (image.reshape(image.shape[0], -1) if all_usable else image[:, usable]).astype(np.float64)
+    return [float(v) for v in pixels.sum(axis=1)], [float(v) for v in np.einsum("ij,ij->i", pixels, pixels)]
 
 
 # --- GeoParquet -------------------------------------------------------------------------------
@@ -282,44 +300,6 @@ def _read_parts(part_paths: Sequence[Path]) -> pa.Table:
     return table
 
 
-def band_statistics(table: pa.Table, bands: Sequence[str], split_column: str = "split") -> dict[str, Any]:
-    """Pooled per-band mean/std over the train tiles of a catalog table.
-
-    ``split_column="split"``: the spatial split's train tiles outside the buffer; another column
-    (``official_split``): all its train tiles (the buffer belongs to the spatial split only).
-    """
-    if split_column == "split":
-        train = table.filter(pc.and_(pc.equal(table["split"], "train"), pc.invert(table["buffer"])))
-        source, what = "train tiles (buffer excluded)", "train tile"
-    else:
-        train = table.filter(pc.equal(table[split_column], "train"))
-        source, what = f"{split_column} train tiles", f"{split_column} train tile"
-    sums, sumsqs = train["band_sum"].to_pylist(), train["band_sumsq"].to_pylist()
-    count = sum(train["band_count"].to_pylist())
-    for row in sums:
-        if len(row) != len(bands):
-            raise DatasetError(
-                f"catalog tiles hold {len(row)} band sums but {len(bands)} bands "
-                f"({', '.join(bands)}) were named; re-run `landcover ingest --overwrite`"
-            )
-    if count == 0:  # e.g. a prediction-only scene; training on this dataset will refuse
-        return {
-            "bands": list(bands),
-            "mean": None,
-            "std": None,
-            "count": 0,
-            "from": f"none of the {table.num_rows} tiles is a {what} with cloud-free pixels; "
-            "ingest more scenes, or change the split seed, block_size_m or fractions",
-        }
-    mean, std = [], []
-    for b in range(len(bands)):
-        m = math.fsum(row[b] for row in sums) / count
-        var = math.fsum(row[b] for row in sumsqs) / count - m * m
-        mean.append(m)
-        std.append(math.sqrt(max(var, 0.0)))
-    return {"bands": list(bands), "mean": mean, "std": std, "count": int(count), "from": source}
-
-
 def assign_splits(table: pa.Table, cfg: SplitConfig, tile_size_m: float) -> pa.Table:
     """``table`` with ``split`` and ``buffer`` computed from each tile's bounds, CRS and scene
     (:func:`landcover.dataset.splits.tile_split`; ``tile_size_m`` is the nominal tile side)."""
@@ -388,16 +368,3 @@ def read_catalog(dataset_dir: Path, split: str | None = None, include_buffer: bo
     if not include_buffer:
         keep &= ~catalog["buffer"].to_numpy(dtype=bool)
     return catalog[keep].reset_index(drop=True)
-
-
-def class_pixel_totals(
-    catalog: gpd.GeoDataFrame, split: str | None = "train", num_classes: int | None = None
-) -> np.ndarray:
-    """Summed ``class_counts`` (int64) of the non-buffer tiles of ``split`` (None: all splits)."""
-    rows = catalog[~catalog["buffer"].to_numpy(dtype=bool)]
-    if split is not None:
-        rows = rows[rows["split"] == split]
-    counts = [np.asarray(c, dtype=np.int64) for c in rows["class_counts"]]
-    if not counts:
-        return np.zeros(num_classes or 0, dtype=np.int64)
-    return np.asarray(np.sum(counts, axis=0, dtype=np.int64))

@@ -23,7 +23,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Sampler
 
-from landcover.dataset.catalog import CATALOG_NAME, band_statistics, read_catalog
+from landcover.dataset.catalog import CATALOG_NAME, read_catalog
+from landcover.dataset.catalog_stats import band_statistics
 from landcover.dataset.splits import check_split_scheme
 from landcover.errors import ConfigError, DatasetError
 from landcover.models.input_transform import InputTransform, normalization_statistics

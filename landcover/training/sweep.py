@@ -18,20 +18,18 @@ CPU core, or per GPU), or one SLURM array task each (``--shard``; an array short
 count loops: task I runs variants I, I + N, ...). A variant with a ``metrics.json`` is finished and
 skipped; one that stopped midway continues from its last checkpoint (``--resume auto``).
 
-The leaderboard ranks the finished variants by the same validation metric (the task's monitor:
-val mIoU or val mAP) in ``leaderboard.csv``/``.md`` and a plot; the best is copied to ``OUT/best``
-(checkpoint + config) and scored once on the test split (``best/test_metrics.json``), only then.
+The leaderboard (:mod:`landcover.training.leaderboard`) ranks the finished variants by the same validation
+metric (the task's monitor: val mIoU or val mAP) in ``leaderboard.csv``/``.md`` and a plot; the best is copied
+to ``OUT/best`` (checkpoint + config) and scored once on the test split (``best/test_metrics.json``), only then.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import queue
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,10 +41,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from landcover.cluster import Shard, shard_items
-from landcover.config import apply_override, config_dir, load_config, read_yaml
+from landcover.config import config_dir, load_config, read_yaml
 from landcover.errors import ConfigError, LandcoverError, OutputExistsError, TrainingError
-from landcover.io.outputs import atomic_folder, atomic_output, write_text_atomic
+from landcover.io.outputs import write_text_atomic
 from landcover.preflight import check_dataset_folder
+from landcover.training.leaderboard import leaderboard
 
 RESERVED = ("name",)
 
@@ -283,151 +282,3 @@ def _gpu_count(configs: dict[str, dict], todo: list[str]) -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def leaderboard(
-    out: str | Path, *, keep: int | None = None, dataset: str | Path | None = None, test: bool = True
-) -> dict[str, Any]:
-    """Rank the finished variants of ``out``; promote the best to ``out/best``; score it on test once."""
-    import pandas as pd
-
-    out = Path(out)
-    if not (out / "sweep.json").is_file():
-        raise ConfigError(
-            f"{out} holds no sweep (no sweep.json); run `landcover sweep SWEEP --out {out}` first, "
-            "or pass the --out of that run"
-        )
-    plan = json.loads((out / "sweep.json").read_text())
-    rows, missing = [], []
-    for name, config in plan["variants"].items():
-        path = out / "variants" / name / "metrics.json"
-        if not path.exists():
-            missing.append(name)
-            continue
-        m = json.loads(path.read_text())
-        monitor = m["monitor"]
-        row = {
-            "variant": name,
-            "metric": monitor,
-            "score": m.get(monitor),
-            "best_epoch": m.get("best_epoch"),
-            "stopped_epoch": m.get("stopped_epoch"),
-            "parameters": m.get("parameters"),
-            "train_seconds": m.get("train_seconds"),
-            "samples_per_second": m.get("train_samples_per_second"),
-            "lr": config["optim"]["lr"],
-            "encoder": config["model"]["encoder"],
-            "encoder_weights": config["model"]["encoder_weights"],
-        }
-        row.update({k: v for k, v in m.items() if k.startswith(("val/iou/", "val/ap/", "val/f1"))})
-        rows.append(row)
-    if missing:
-        raise ConfigError(
-            f"{len(missing)} variant(s) not finished ({', '.join(missing[:5])}): run the sweep "
-            "(or the rest of its array) first"
-        )
-    table = pd.DataFrame(rows)
-    table["score"] = table["score"].astype(float).fillna(-math.inf)
-    table = table.sort_values(["score", "variant"], ascending=[False, True]).reset_index(drop=True)
-    table.insert(0, "rank", range(1, len(table) + 1))
-    write_text_atomic(out / "leaderboard.csv", table.to_csv(index=False))
-    cols = [
-        "rank",
-        "variant",
-        "score",
-        "lr",
-        "encoder",
-        "best_epoch",
-        "parameters",
-        "train_seconds",
-        "samples_per_second",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in table.to_dict("records")]
-    write_text_atomic(
-        out / "leaderboard.md",
-        f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n" + "\n".join(lines) + "\n",
-    )
-    _plot(table, out / "leaderboard.png")
-    best = table["variant"][0]
-    _promote(out, best)
-    if keep is not None:
-        for name in table["variant"][keep:]:
-            shutil.rmtree(out / "variants" / name / "checkpoints", ignore_errors=True)
-    result: dict[str, Any] = {"best": best, "leaderboard": table.to_dict("records")}
-    if test:
-        result["test"] = _test_once(out / "best", dataset)
-    write_text_atomic(out / "leaderboard.json", json.dumps(result, indent=2, default=str) + "\n")
-    return result
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _plot(table, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    if table["lr"].nunique() > 1:
-        for encoder, group in table.groupby("encoder"):
-            group = group.sort_values("lr")
-            ax.plot(group["lr"], group["score"].replace(-math.inf, float("nan")), "o-", label=encoder)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.legend()
-    else:
-        ax.barh(table["variant"][::-1], table["score"][::-1])
-    ax.set_ylabel(table["metric"][0]) if table["lr"].nunique() > 1 else ax.set_xlabel(table["metric"][0])
-    ax.set_title("sweep: validation score per variant")
-    fig.tight_layout()
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
-def _promote(out: Path, best: str) -> None:
-    """Copy the best variant's checkpoint, config and metrics to ``out/best`` (atomically)."""
-    src = out / "variants" / best
-    target = out / "best"
-    if target.exists() and json.loads((target / "variant.json").read_text())["variant"] == best:
-        return
-    with atomic_folder(target, replace=True) as tmp:  # the old pick or the new one, never a mix
-        shutil.copy2(src / "checkpoints" / "best.ckpt", tmp / "best.ckpt")
-        for name in ("variant.yaml", "metrics.json", "dataset.json"):
-            if (src / name).exists():
-                shutil.copy2(src / name, tmp / name)
-        (tmp / "variant.json").write_text(json.dumps({"variant": best}) + "\n")
-
-
-def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
-    """The final pick's test-split scores: computed the first time, read back afterwards."""
-    done = best / "test_metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    from landcover.training.datamodule import LandcoverDataModule
-    from landcover.training.train import TrainConfig, evaluate_checkpoint
-
-    config = yaml.safe_load((best / "variant.yaml").read_text())
-    if dataset is not None:
-        apply_override(config, f"data.dataset={dataset}")
-    cfg = TrainConfig.model_validate(config)
-    data = LandcoverDataModule(cfg.data, task=cfg.model.task, seed=cfg.trainer.seed)
-    scores = evaluate_checkpoint(best / "best.ckpt", data, split="test")
-    write_text_atomic(done, json.dumps(scores, indent=2, default=str) + "\n")
-    return scores
-
-
-def sweep_summary(result: dict[str, Any], out: str | Path) -> str:
-    """One line for the CLI: the pick, its validation and test scores, where the leaderboard is."""
-    out = Path(out)
-    top = result["leaderboard"][0]
-    test = {k: v for k, v in result.get("test", {}).items() if isinstance(v, float) and "/iou/" not in k}
-    return (
-        f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
-        f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
-        f"leaderboard {out / 'leaderboard.md'}; best checkpoint {out / 'best' / 'best.ckpt'}"
-    )
