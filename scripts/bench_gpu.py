@@ -262,6 +262,9 @@ def bench_train(args: argparse.Namespace, dev: torch.device) -> None:
 def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -> dict:
     """Pure forward over as many windows as predict runs, then predict_scene with a time breakdown."""
     import landcover.inference.predict as lp
+    from landcover.inference import feeder, stream
+    from landcover.inference.checkpoint import load_checkpoint, probabilities, resolve_device
+    from landcover.inference.sliding import make_plan
 
     times: dict[str, float] = defaultdict(float)
 
@@ -276,26 +279,28 @@ def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -
 
         return wrapper
 
-    lp._StackSource.rows = timed("read_s", lp._StackSource.rows)  # GDAL reads + decoding (reader thread)
-    lp._Feeder.__call__ = timed("reader_thread_s", lp._Feeder.__call__)  # reads + pad + batch (+ normalise)
-    lp._write = timed("writer_thread_s", lp._write)
-    lp._stream = timed("stream_s", lp._stream)  # read, model, blend, write: everything before the COG
-    lp._to_cog = timed("cog_s", lp._to_cog)
-    lp._quicklook = timed("quicklook_s", lp._quicklook)
-    lm, dev = lp.load_checkpoint(ckpt), lp.resolve_device(device)
+    # the stages of predict, timed where they live (reads and feeding in feeder, the writer thread and the
+    # whole streaming in stream, the COG copies and the quick-look in predict's namespace)
+    feeder.StackSource.rows = timed("read_s", feeder.StackSource.rows)  # GDAL reads + decoding (reader thread)
+    feeder.Feeder.__call__ = timed("reader_thread_s", feeder.Feeder.__call__)  # reads + pad + batch (+ normalise)
+    stream._write = timed("writer_thread_s", stream._write)
+    lp.stream_windows = timed("stream_s", lp.stream_windows)  # read, model, blend, write: before the COG
+    lp.to_cog = timed("cog_s", lp.to_cog)
+    lp.write_quicklook = timed("quicklook_s", lp.write_quicklook)
+    lm, dev = load_checkpoint(ckpt), resolve_device(device)
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
     with rasterio.open(stack) as src:
-        plan = lp.make_plan(src.height, src.width, TILE, OVERLAP)
+        plan = make_plan(src.height, src.width, TILE, OVERLAP)
     n, x = plan.rows * plan.cols, torch.randn(batch, len(BANDS), TILE, TILE, device=dev)
     lm.model.to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         for _ in range(3):
-            lp._probabilities(lm, x, amp)
+            probabilities(lm, x, amp)
         sync()
         t0 = time.perf_counter()
         for i in range(0, n, batch):
-            lp._probabilities(lm, x[: min(batch, n - i)], amp)
+            probabilities(lm, x[: min(batch, n - i)], amp)
         sync()
     forward_s = time.perf_counter() - t0
     if dev.type == "cuda":
