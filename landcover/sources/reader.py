@@ -21,11 +21,11 @@ scene: the target grid, the harmonised radiometry, the masks, the parallel and r
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -114,6 +114,7 @@ class SceneReader:
         )
         self._ahead = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self._next: tuple[tuple[int, int, int, int], Future[SceneWindow]] | None = None
+        self._inflight: set[Future[Any]] = set()
         try:
             for b in self.bands:
                 exact = product.bands[b].resolution == resolution
@@ -186,10 +187,17 @@ class SceneReader:
             cloud = np.isin(mask, self.scl_invalid[self.scl_invalid > 0])
         return cloud, (None if mask.all() else mask != 0)
 
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn`` on the pool, remembered until done (close waits for it before closing the files)."""
+        future = self._pool.submit(fn, *args)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return future
+
     def _read(self, window: Window) -> SceneWindow:
         image = np.empty((len(self._readers), int(window.height), int(window.width)), dtype=np.uint16)
-        bands = [self._pool.submit(self._band, i, window, image[i]) for i in range(len(self._readers))]
-        masked = self._pool.submit(self._mask, window) if self._mask_reader is not None else None
+        bands = [self._submit(self._band, i, window, image[i]) for i in range(len(self._readers))]
+        masked = self._submit(self._mask, window) if self._mask_reader is not None else None
         valid = np.ones(image.shape[1:], dtype=bool)
         for task in bands:
             has_data = task.result()
@@ -205,18 +213,35 @@ class SceneReader:
         return SceneWindow(image, valid, cloud)
 
     def close(self) -> None:
-        if self._next is not None:
-            self._next[1].cancel()
-            with contextlib.suppress(Exception):
-                self._next[1].result()
-            self._next = None
-        if self._ahead is not None:
-            self._ahead.shutdown()
-        self._pool.shutdown()
+        """Stop the reading threads, then close the band files. The wait for reads in flight completes even
+        when a signal (Ctrl-C, SIGTERM as KeyboardInterrupt) interrupts it, and is raised afterwards: a thread
+        must never read a file that is being closed (that crashed the process with SIGSEGV)."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self._stop_threads()
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
         for reader in self._readers:
             reader.close()
         if self._mask_reader is not None:
             self._mask_reader.close()
+        if interrupted is not None:
+            raise interrupted
+
+    def _stop_threads(self) -> None:
+        """Cancel the read ahead and wait until no read is in flight (idempotent: safe to repeat after an
+        interruption). It waits on the reads' futures, not only on ``Thread.join``: a join interrupted by a
+        signal can return early on Python 3.11 while the thread still reads."""
+        if self._next is not None:
+            self._next[1].cancel()
+            wait([self._next[1]])
+            self._next = None
+        if self._ahead is not None:
+            self._ahead.shutdown()
+        wait(list(self._inflight))
+        self._pool.shutdown()
 
     def __enter__(self) -> SceneReader:
         return self
