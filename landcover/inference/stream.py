@@ -16,6 +16,7 @@ from landcover.inference.feeder import Feeder
 from landcover.inference.sliding import Plan, blend_weights
 from landcover.inference.writers import BlockWriter
 from landcover.io.grid import GDAL_ENV
+from landcover.sources.reader import stop_pool
 
 
 def stream_windows(
@@ -82,8 +83,8 @@ def stream_windows(
         for bw in writers.values():
             writer.submit(bw.flush).result()
     finally:
-        reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
+        stop_pool(reader)  # every read and write has ended before the caller closes the files
+        stop_pool(writer)
     return run, skipped, valid_px
 
 

@@ -22,6 +22,7 @@ scene: the target grid, the harmonised radiometry, the masks, the parallel and r
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -241,13 +242,23 @@ class SceneReader:
         if self._ahead is not None:
             self._ahead.shutdown()
         wait(list(self._inflight))
-        self._pool.shutdown()
+        stop_pool(self._pool)
 
     def __enter__(self) -> SceneReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stop_pool(pool: ThreadPoolExecutor) -> None:
+    """Shut ``pool`` down and wait for every one of its threads, also one whose start a signal interrupted
+    (it runs although the pool does not list it): found by the pool's thread-name prefix."""
+    pool.shutdown(wait=True, cancel_futures=True)
+    prefix = getattr(pool, "_thread_name_prefix", None)
+    for thread in threading.enumerate():
+        if prefix and thread.name.startswith(prefix + "_") and thread is not threading.current_thread():
+            thread.join()
 
 
 def _enter_env(options: dict[str, object]) -> None:
