@@ -203,5 +203,7 @@ def test_sigterm_removes_partial_outputs(unet_checkpoint, tmp_path):
     assert proc.poll() is None, "predict finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "interrupted (SIGTERM)" in stderr and "partial ones were removed" in stderr
+    assert proc.returncode == 143 and "interrupted (SIGTERM)" in stderr and "partial ones were removed" in stderr, (
+        stderr
+    )
     assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith("map.")]

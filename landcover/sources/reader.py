@@ -21,6 +21,7 @@ scene: the target grid, the harmonised radiometry, the masks, the parallel and r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -258,7 +259,8 @@ def stop_pool(pool: ThreadPoolExecutor) -> None:
     prefix = getattr(pool, "_thread_name_prefix", None)
     for thread in threading.enumerate():
         if prefix and thread.name.startswith(prefix + "_") and thread is not threading.current_thread():
-            thread.join()
+            with contextlib.suppress(RuntimeError):  # still starting: its queue holds only cancelled work
+                thread.join()
 
 
 def _enter_env(options: dict[str, object]) -> None:
