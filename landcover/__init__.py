@@ -16,9 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from landcover.offline import guard_network  # LANDCOVER_OFFLINE=1: no network (offline.py)
+from landcover.version import __version__
 
 guard_network()
 

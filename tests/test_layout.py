@@ -38,7 +38,7 @@ def imports_of(path: Path) -> list[tuple[str, str | None]]:
 
 
 def graph() -> dict[str, set[str]]:
-    return {name: {m for m, _ in imports_of(path) if m != name and m != "landcover"} for name, path in MODULES.items()}
+    return {name: {m for m, _ in imports_of(path) if m != name} for name, path in MODULES.items()}
 
 
 def stage_of(module: str) -> str:

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from landcover import __version__
 from landcover.errors import LandcoverError
+from landcover.version import __version__
 
 
 class OneLineErrors(TyperGroup):

@@ -24,7 +24,6 @@ from typing import Any
 
 import rasterio
 
-from landcover import __version__
 from landcover.cluster import Shard, shard_items
 from landcover.dataset.catalog import SplitConfig, lonlat_bounds
 from landcover.dataset.catalog import finalize as finalize_catalog
@@ -44,6 +43,7 @@ from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs
 from landcover.sources.s2meta import dataset_level
 from landcover.sources.sentinel2 import Product
+from landcover.version import __version__
 
 
 def _dataset_bands(products: list[Product], cfg: IngestConfig) -> list[str]:

@@ -22,7 +22,6 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from landcover import __version__
 from landcover.dataset.catalog import tile_record, write_scene_part
 from landcover.dataset.settings import IngestConfig
 from landcover.io.failures import check_written, writing
@@ -34,6 +33,7 @@ from landcover.sources.label_files import load_label_mapping
 from landcover.sources.labels import LabelSource, RasterLabels, open_label_source
 from landcover.sources.reader import NODATA, SceneReader, SceneWindow, strips
 from landcover.sources.sentinel2 import Product
+from landcover.version import __version__
 
 Progress = Callable[[str, int, int], None]
 

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from landcover import __version__
 from landcover.config import apply_override
 from landcover.dataset.catalog import SplitConfig
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
 from landcover.io.outputs import atomic_output
 from landcover.nomenclature import nomenclature, normalize_band_name
 from landcover.sources.bigearthnet import PATCH_PIXELS
+from landcover.version import __version__
 
 SETTINGS_FILE = "ingest_settings.json"
 DATASET_FILES = ("scenes", "catalog.parquet", "splits.gpkg", "dataset.json", SETTINGS_FILE)

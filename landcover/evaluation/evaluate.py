@@ -19,7 +19,6 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from landcover import __version__
 from landcover.errors import ConfigError, DatasetError, NoOverlapError
 from landcover.evaluation.confusion import (
     WINDOW_SIZE,
@@ -40,6 +39,7 @@ from landcover.evaluation.report import (
 from landcover.io.grid import GDAL_ENV, Grid, open_raster
 from landcover.nomenclature import IGNORE, Nomenclature, nomenclature
 from landcover.sources.labels import RASTER_SUFFIXES, open_label_source
+from landcover.version import __version__
 
 # --- reading class maps ----------------------------------------------------------------------
 

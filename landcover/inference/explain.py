@@ -38,7 +38,6 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from landcover import __version__
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.inference.checkpoint import LoadedModel, load_checkpoint, resolve_device
 from landcover.inference.feeder import open_source
@@ -59,6 +58,7 @@ from landcover.inference.writers import BlockWriter
 from landcover.io.grid import GDAL_ENV, Grid
 from landcover.io.outputs import temporaries
 from landcover.io.style import to_cog
+from landcover.version import __version__
 
 STRIP = 64  # rows per read of the probability COG (segmentation)
 

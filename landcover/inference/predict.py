@@ -37,7 +37,6 @@ import rasterio
 import rasterio.shutil
 import torch
 
-from landcover import __version__
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.inference.checkpoint import LoadedModel, load_checkpoint, resolve_device
 from landcover.inference.feeder import Feeder, ProductSource, StackSource, is_ingested_stack, open_source
@@ -50,6 +49,7 @@ from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_
 from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
 from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch
+from landcover.version import __version__
 
 Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this

@@ -33,13 +33,13 @@ import rasterio.warp
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from landcover import __version__
 from landcover.errors import InputFormatError, LabelSourceError, UnknownCodeError
 from landcover.io.grid import GDAL_ENV, Grid, open_raster
 from landcover.io.outputs import atomic_output
 from landcover.io.style import class_map_profile, style_class_map, write_qgis_style
 from landcover.nomenclature import IGNORE, corine_classes, index_to_code_lut, nomenclature
 from landcover.sources.label_files import check_overlap, known_codes, map_values, parse_codes, read_vector
+from landcover.version import __version__
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc"}
 _UNKNOWN = 65535

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from landcover import __version__
 from landcover.cluster import check_slurm_training
 from landcover.errors import ConfigError, ModelError, OutputExistsError
 from landcover.evaluation.confusion import scores_from_confusion
@@ -35,6 +34,7 @@ from landcover.sources.s2meta import dataset_level
 from landcover.training.config import TrainConfig
 from landcover.training.datamodule import LandcoverDataModule
 from landcover.training.task import task_class
+from landcover.version import __version__
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
