@@ -38,6 +38,7 @@ class LoadedModel:
     sha256: str | None = None
     path: str | None = None
     level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
+    context: int = 0  # pixels a per-pixel baseline's features need on each side (0: a CNN)
 
     @classmethod
     def from_meta(
@@ -106,6 +107,8 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
         raise ModelError(f"{path} is not a landcover checkpoint (it has no 'landcover' section); {hint}")
     meta = ckpt["landcover"]
     info = LoadedModel.from_meta(nn.Identity(), meta, where=str(path))
+    if (meta.get("model") or {}).get("arch") == "lightgbm":
+        return _with_digest(_baseline(info, ckpt, path, hint), path)
     try:
         model, _ = build_model(
             ModelConfig.model_validate(meta["model"]), info.bands, info.nomenclature.num_classes, load_weights=False
@@ -122,6 +125,22 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
             f"({first}); the file is damaged or edited: {hint}"
         ) from exc
     info.model = model.eval()
+    return _with_digest(info, path)
+
+
+def _baseline(info: LoadedModel, ckpt: dict[str, Any], path: Path, hint: str) -> LoadedModel:
+    """The LightGBM baseline of a checkpoint (its booster text in ``lightgbm``)."""
+    from landcover.models.pixel_baseline import baseline_from_checkpoint
+
+    try:
+        baseline = baseline_from_checkpoint(str(ckpt["lightgbm"]), ckpt["landcover"])
+    except Exception as exc:
+        raise ModelError(f"cannot rebuild the lightgbm baseline of {path} ({exc}); {hint}") from exc
+    info.model, info.context = baseline.eval(), baseline.context
+    return info
+
+
+def _with_digest(info: LoadedModel, path: Path) -> LoadedModel:
     with path.open("rb") as fh:
         info.sha256, info.path = hashlib.file_digest(fh, "sha256").hexdigest(), str(path)
     return info

@@ -15,8 +15,8 @@ import torch
 from rasterio.windows import Window
 
 from landcover.errors import InputFormatError, MissingBandError
-from landcover.inference.sliding import Plan, reflect_index
-from landcover.io.grid import Grid, open_raster
+from landcover.inference.sliding import Plan
+from landcover.io.grid import Grid, open_raster, reflect_index
 from landcover.sources.s2meta import parse_name
 
 if TYPE_CHECKING:

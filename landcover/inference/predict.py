@@ -53,6 +53,7 @@ from landcover.version import __version__
 
 Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this
+BASELINE_WINDOW = 512  # default window side of a per-pixel baseline
 
 
 def predict_scene(
@@ -137,12 +138,22 @@ def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batc
     multiple of 32 and a quarter-tile overlap for segmentation; non-overlapping tiles for classification."""
     seg = lm.task == "segmentation"
     t = int(tile or (lm.tile_size // MULTIPLE * MULTIPLE if seg else lm.tile_size))
+    if lm.context and not tile:  # a per-pixel baseline: windows large enough that the halo costs little
+        t = max(t, BASELINE_WINDOW)
     if t < 1 or (seg and t % MULTIPLE):
         raise ConfigError(f"tile {t} px: segmentation windows must be a positive multiple of {MULTIPLE} px")
     if not seg and overlap:
         raise ConfigError("--overlap applies to segmentation; classification predicts non-overlapping tiles")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if lm.context:  # each pixel from the window where its whole neighbourhood lies: overlap >= 2 x context
+        need = 2 * lm.context
+        if overlap is not None and (overlap < need or overlap % 2):
+            raise ConfigError(
+                f"--overlap {overlap}: this baseline's features need {lm.context} px of context on each side; "
+                f"pass an even --overlap of at least {need} (or leave it out)"
+            )
+        return t, need if overlap is None else int(overlap)
     return t, (t // 4 if overlap is None else int(overlap)) if seg else 0
 
 
@@ -193,7 +204,12 @@ def _map_tags(
         "TASK": lm.task,
         "TILE_SIZE": str(tile),
         "OVERLAP": str(overlap),
-        "BLENDING": "cosine ramps over the overlap, weights sum to 1",
+        "BLENDING": (
+            "each pixel from the window where it lies deepest (a per-pixel model with "
+            f"{lm.context} px of context: exact)"
+            if lm.context
+            else "cosine ramps over the overlap, weights sum to 1"
+        ),
         "SOFTWARE": f"landcover {__version__}",
         "VALID_FRACTION": f"{valid_fraction:.6f}",
         "WARNINGS": " | ".join(warnings) or "none",

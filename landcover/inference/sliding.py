@@ -44,24 +44,20 @@ def make_plan(height: int, width: int, tile: int, overlap: int) -> Plan:
     return Plan(height, width, tile, overlap, overlap, s, rows, cols, (cols - 1) * s + tile)
 
 
-def blend_weights(tile: int, overlap: int) -> np.ndarray:
+def blend_weights(tile: int, overlap: int, hard: bool = False) -> np.ndarray:
     """(tile, tile) weights: 1 inside, cosine ramps over ``overlap`` px at each edge.
 
-    The ramps of two windows ``tile - overlap`` apart add up to exactly 1 (0.5 - c + 0.5 + c).
+    The ramps of two windows ``tile - overlap`` apart add up to exactly 1 (0.5 - c + 0.5 + c). ``hard``:
+    each pixel of an overlap is taken from the window where it lies deeper (weights 1 or 0, an even
+    ``overlap``): a per-pixel model with ``overlap / 2`` px of context is then exact.
     """
     w = np.ones(tile, np.float64)
-    if overlap:
+    if hard and overlap:
+        w[: overlap // 2], w[tile - overlap // 2 :] = 0.0, 0.0
+    elif overlap:
         ramp = 0.5 * (1 - np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap))
         w[:overlap], w[tile - overlap :] = ramp, ramp[::-1]
     return np.outer(w, w).astype(np.float32)
-
-
-def reflect_index(p: np.ndarray, n: int) -> np.ndarray:
-    """Indices of a 0..n-1 axis padded by reflection (numpy's 'reflect', any pad width)."""
-    if n == 1:
-        return np.zeros_like(p)
-    q = np.mod(p, 2 * (n - 1))
-    return np.where(q >= n, 2 * (n - 1) - q, q)
 
 
 # --- inputs ----------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def stream_windows(
     Returns the windows run and skipped, and the number of scene pixels that got a class."""
     t, s, m, o, width = plan.tile, plan.stride, plan.margin, plan.overlap, plan.width
     k = lm.nomenclature.num_classes
-    weights = torch.from_numpy(blend_weights(t, o)).to(dev)
+    weights = torch.from_numpy(blend_weights(t, o, hard=lm.context > 0)).to(dev)
     acc = torch.zeros((k, t, plan.padded_width), device=dev)
     wsum = torch.zeros((t, plan.padded_width), device=dev)
     reader, writer = (ThreadPoolExecutor(1, initializer=_enter_env, initargs=(GDAL_ENV,)) for _ in range(2))

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -76,3 +77,24 @@ def open_raster(path: str | Path, mode: str = "r") -> rasterio.DatasetReader:
             f"cannot read {path} as a raster ({exc}); the file may be truncated or not a raster: "
             "download or export it again"
         ) from exc
+
+
+def reflect_index(p: np.ndarray, n: int) -> np.ndarray:
+    """Indices of a 0..n-1 axis padded by reflection (numpy's 'reflect', any pad width)."""
+    if n == 1:
+        return np.zeros_like(p)
+    q = np.mod(p, 2 * (n - 1))
+    return np.where(q >= n, 2 * (n - 1) - q, q)
+
+
+def read_reflected(
+    ds: rasterio.DatasetReader, window: Window, halo: int, indexes: list[int] | None = None
+) -> np.ndarray:
+    """(C, H + 2 halo, W + 2 halo) pixels of ``window`` grown by ``halo``, padded by reflection past the raster's
+    edges as ``landcover predict`` pads a scene (numpy's 'reflect'), reading only the rows and columns needed."""
+    rows = reflect_index(np.arange(window.row_off - halo, window.row_off + window.height + halo), ds.height)
+    cols = reflect_index(np.arange(window.col_off - halo, window.col_off + window.width + halo), ds.width)
+    r0, c0 = int(rows.min()), int(cols.min())
+    read = Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+    data = ds.read(indexes, window=read)
+    return data.take(rows - r0, axis=-2).take(cols - c0, axis=-1)

@@ -103,6 +103,14 @@ class TrainConfig(BaseModel):
     loss: LossConfig = LossConfig()
     trainer: TrainerConfig = TrainerConfig()
 
+    @pydantic.model_validator(mode="after")
+    def _baseline_inputs(self) -> TrainConfig:
+        if self.model.arch == "lightgbm" and self.data.normalization in ("dataset", "weights"):
+            raise ValueError(
+                "model.arch lightgbm reads reflectance (x / 10000): set data.normalization to auto or none"
+            )
+        return self
+
 
 TRAIN_SECTIONS = tuple(TrainConfig.model_fields)
 

@@ -20,12 +20,10 @@ from torch import nn
 
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.models.build import build_model
-from landcover.models.config import ModelConfig
+from landcover.models.config import CHECKPOINT_FORMAT, ModelConfig
 from landcover.models.encoders import encoder_of, parameter_groups, set_encoder_trainable
 from landcover.nomenclature import IGNORE
 from landcover.training.config import LossConfig, OptimConfig
-
-CHECKPOINT_FORMAT = "landcover-checkpoint/1"
 
 
 class _Task(pl.LightningModule):

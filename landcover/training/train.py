@@ -115,6 +115,8 @@ def train(
     if cfg.data.dataset is None:
         raise ConfigError("no dataset: pass --dataset DIR (a folder made by landcover ingest) or set data.dataset")
     check_slurm_training(cfg.trainer.devices, cfg.trainer.num_nodes)
+    if cfg.model.arch == "lightgbm":
+        return _train_baseline(cfg, out, resume=resume, overwrite=overwrite)
     ckpt_path = _resume_path(out, resume)
     first = _launch_rank() == 0  # processes started by srun or Lightning's launcher all run this
     # (--resume auto without a checkpoint to continue from starts the run, e.g. one killed before its first)
@@ -174,13 +176,43 @@ def train(
     return metrics
 
 
+def _train_baseline(cfg: TrainConfig, out: Path, *, resume: str | Path | None, overwrite: bool) -> dict[str, Any]:
+    """``model.arch: lightgbm``: fit the per-pixel baseline in one go (a resumed run is fitted again, to the
+    same booster), in a run folder laid out like a CNN's."""
+    from landcover.training.baseline import fit_baseline
+
+    if resume not in (None, "auto"):
+        raise ConfigError("a lightgbm baseline is fitted in one go: it has no checkpoint to resume; drop --resume")
+    if resume is None and (out / "metrics.json").exists() and not overwrite:
+        raise OutputExistsError(f"{out} holds a run; pass --overwrite to replace it, or another --out")
+    data = _data(cfg)
+    meta = _checkpoint_meta(cfg, data)
+    if overwrite and out.exists() and resume is None:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_run_inputs(out, cfg, data)
+    metrics = fit_baseline(cfg, out, data, meta)
+    with atomic_output(out / "metrics.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _data(cfg: TrainConfig) -> LandcoverDataModule:
+    """The data module, its train and val splits checked non-empty (before the run folder exists)."""
+    declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
+    if cfg.model.arch == "lightgbm":  # the baseline reads reflectance: x / 10000
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"normalization": "none"})})
+        declared = None
+    data = LandcoverDataModule(cfg.data, task=cfg.model.task, seed=cfg.trainer.seed, input_transform=declared)
+    for split in ("train", "val"):
+        data.split_tiles(split)  # an empty split is an error now, before the run folder exists
+    return data
+
+
 def _data_and_task(cfg: TrainConfig) -> tuple[LandcoverDataModule, Any]:
     """The data module (its train and val splits checked non-empty) and the task with its checkpoint metadata."""
     task_name = cfg.model.task
-    declared = declared_input_transform(cfg.model) if cfg.data.normalization in ("auto", "weights") else None
-    data = LandcoverDataModule(cfg.data, task=task_name, seed=cfg.trainer.seed, input_transform=declared)
-    for split in ("train", "val"):
-        data.split_tiles(split)  # an empty split is an error now, before the run folder exists
+    data = _data(cfg)
     info = data.info
     class_weights = None
     if cfg.loss.class_weights != "none":
@@ -345,6 +377,10 @@ def evaluate_checkpoint(
     import lightning.pytorch as pl
 
     raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
+    if ((raw.get("landcover") or {}).get("model") or {}).get("arch") == "lightgbm":
+        from landcover.training.baseline import evaluate_baseline
+
+        return evaluate_baseline(raw, data, split)
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
     trainer = pl.Trainer(
