@@ -118,6 +118,7 @@ def test_predict_logits_equal_the_training_task_logits(run, source: str, tmp_pat
             lm,
             CLIP / "IMG_DATA" if source == "product" else scene / "image.tif",
             tmp_path / "map.tif",
+            tile=t,  # windows = tiles
             overlap=0,
             batch_size=16,
             device="cpu",

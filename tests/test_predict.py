@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from landcover.cli import app
 from landcover.errors import ConfigError, MissingBandError, ModelError, OutputExistsError
 from landcover.inference.checkpoint import LoadedModel, load_checkpoint
-from landcover.inference.predict import predict_many, predict_scene
+from landcover.inference.predict import predict_many, predict_scene, window_geometry
 from landcover.inference.sliding import blend_weights, make_plan
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
@@ -149,8 +149,18 @@ def big(tmp_path_factory):
     stack = write_stack(root / "scenes" / "S2B_TEST_SCENE" / "image.tif", image)
     model = Conv1x1()
     lm = loaded(model, tile=64)
-    summary = predict_scene(lm, stack, root / "out" / "map.tif", probabilities=True, confidence=True)
+    summary = predict_scene(lm, stack, root / "out" / "map.tif", probabilities=True, confidence=True, tile=64)
     return stack, image, model, summary, root / "out"
+
+
+def test_default_windows_are_larger_than_small_training_tiles():
+    """A U-Net is fully convolutional: windows of at least 256 px, a quarter of it overlapping; a checkpoint
+    with larger tiles keeps its tile size; classification predicts its tiles."""
+    model = Conv1x1()
+    assert window_geometry(loaded(model, tile=64), None, None, 8) == (256, 64)
+    assert window_geometry(loaded(model, tile=512), None, None, 8) == (512, 128)
+    assert window_geometry(loaded(model, tile=64), 96, None, 8) == (96, 24)
+    assert window_geometry(loaded(model, task="classification", tile=40), None, None, 8) == (40, 0)
 
 
 def test_grid_equals_input_and_nodata_is_exactly_255(big):
@@ -251,7 +261,7 @@ def test_position_dependent_model_has_no_seams(tmp_path):
 
     def prob0(overlap):
         out = tmp_path / f"o{overlap}.tif"
-        predict_scene(loaded(Ramp()), stack, out, overlap=overlap, probabilities=True, quicklook=False)
+        predict_scene(loaded(Ramp()), stack, out, overlap=overlap, tile=32, probabilities=True, quicklook=False)
         with rasterio.open(out.with_name(f"o{overlap}_probabilities.tif")) as ds:
             return ds.read(1).astype(int)
 
@@ -326,6 +336,7 @@ def test_interrupted_run_leaves_no_file(tmp_path):
             probabilities=True,
             confidence=True,
             batch_size=2,
+            tile=32,
         )
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -373,7 +384,7 @@ def test_missing_bands_are_named(tmp_path):
     with pytest.raises(MissingBandError, match="B05"):
         predict_scene(lm, stack, tmp_path / "b.tif")
     with pytest.raises(ConfigError, match="overlap"):
-        predict_scene(loaded(Conv1x1()), stack, tmp_path / "c.tif", overlap=20)
+        predict_scene(loaded(Conv1x1()), stack, tmp_path / "c.tif", tile=32, overlap=20)
 
 
 @pytest.fixture(scope="module")

@@ -97,9 +97,19 @@ def predict(
         bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")
     ] = False,
     confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
-    overlap: Annotated[int | None, typer.Option(min=0, help="Window overlap in pixels (default: tile / 4).")] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Window overlap in pixels (default: tile / 4; a lightgbm baseline: twice its features' context).",
+        ),
+    ] = None,
     tile: Annotated[
-        int | None, typer.Option(min=1, help="Window side in pixels (default: the checkpoint's tile size).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Window side in pixels (default: segmentation max(256, the checkpoint's tile size); classification its tile size).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
     device: DeviceOption = "auto",

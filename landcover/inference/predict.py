@@ -53,6 +53,7 @@ from landcover.version import __version__
 
 Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this
+SEGMENTATION_WINDOW = 256  # default smallest window side of a segmentation CNN (its tile size if larger)
 BASELINE_WINDOW = 512  # default window side of a per-pixel baseline
 
 
@@ -134,12 +135,14 @@ def predict_scene(
 
 
 def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
-    """The window side and overlap in pixels (checked): the checkpoint's tile size rounded down to a
-    multiple of 32 and a quarter-tile overlap for segmentation; non-overlapping tiles for classification."""
+    """The window side and overlap in pixels (checked). Segmentation: the checkpoint's tile size rounded down
+    to a multiple of 32, at least 256 px (a U-Net is fully convolutional: a window larger than the training
+    tile gives each pixel more context and the map fewer seams), a quarter-window overlap; a per-pixel
+    baseline: 512-px windows overlapping by twice its features' context. Classification: the tiles, no overlap."""
     seg = lm.task == "segmentation"
     t = int(tile or (lm.tile_size // MULTIPLE * MULTIPLE if seg else lm.tile_size))
-    if lm.context and not tile:  # a per-pixel baseline: windows large enough that the halo costs little
-        t = max(t, BASELINE_WINDOW)
+    if seg and not tile:  # fully convolutional: context beyond the training tile, fewer window seams
+        t = max(t, BASELINE_WINDOW if lm.context else SEGMENTATION_WINDOW)
     if t < 1 or (seg and t % MULTIPLE):
         raise ConfigError(f"tile {t} px: segmentation windows must be a positive multiple of {MULTIPLE} px")
     if not seg and overlap:
