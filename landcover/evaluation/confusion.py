@@ -144,7 +144,8 @@ def scores_from_confusion(
     precision/recall/F1, areas (ha) from a (reference x prediction) confusion matrix.
 
     Macro means are over the classes present in the reference or the prediction; an undefined
-    precision (class never predicted) or recall counts as 0 in them. Undefined values are None.
+    precision (class never predicted) or recall counts as 0 in them. ``miou_reference`` is the mean
+    IoU over the classes present in the reference only. Undefined values are None.
     """
     cm = np.asarray(cm, dtype=np.int64)
     tp = np.diag(cm)
@@ -192,12 +193,14 @@ def scores_from_confusion(
         "overall_accuracy": float(po) if po is not None else None,
         "kappa": kappa,
         "miou": macro(iou),
+        "miou_reference": float(iou[ref > 0].mean()) if (ref > 0).any() else None,
         "iou_micro": ratio_or_none(tp.sum(), union.sum()),
         "fwiou": float((ref / n * iou).sum()) if n else None,
         "macro_precision": macro(prec),
         "macro_recall": macro(rec),
         "macro_f1": macro(f1),
         "classes_present": int(present.sum()),
+        "classes_in_reference": int((ref > 0).sum()),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
