@@ -27,7 +27,8 @@ Reader = Callable[[Window], np.ndarray]
 
 @dataclass
 class Confusion:
-    """A (reference x prediction) confusion matrix, pixel counts and optional per-tile scores."""
+    """A (reference x prediction) confusion matrix, pixel counts and optional per-tile scores and
+    counts (``tiles["counts"]``: true positives, reference and predicted pixels per class, row-major tiles)."""
 
     matrix: np.ndarray  # (K, K) int64
     pixels: dict[str, int]
@@ -55,6 +56,7 @@ def tile_scores(tp: np.ndarray, ref: np.ndarray, pred: np.ndarray, labelled: np.
             "dominant_iou": np.where(n > 0, iou[rows, dom], np.nan),
             "predicted_id": np.where(n > 0, pred.argmax(1), -1),
             "iou": iou.astype(np.float32),
+            "counts": np.stack([tp, ref, pred], axis=1),  # (n_tiles, 3, K) int64: the bootstrap's units
         }
 
 
