@@ -152,7 +152,7 @@ def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
         apply_override(config, f"data.dataset={dataset}")
     cfg = TrainConfig.model_validate(config)
     data = LandcoverDataModule(cfg.data, task=cfg.model.task, seed=cfg.trainer.seed)
-    scores = evaluate_checkpoint(best / "best.ckpt", data, split="test")
+    scores = evaluate_checkpoint(best / "best.ckpt", data, split="test", counts_path=best / "test_counts.npz")
     write_text_atomic(done, json.dumps(scores, indent=2, default=str) + "\n")
     return scores
 
