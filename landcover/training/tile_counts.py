@@ -4,7 +4,9 @@
 (:func:`landcover.training.train.evaluate_checkpoint`): a forward hook on the task keeps the logits
 of each evaluation step, and at the end of the batch the callback turns them and the batch's masks
 into per-tile ``(true positives, reference pixels, predicted pixels)`` counts (pixels labelled 255
-are ignored, as in the task's confusion matrix). The task's step methods are not touched.
+are ignored, as in the task's confusion matrix); :class:`PatchOutputs` keeps a classification task's
+logits and targets for :func:`present_class_scores` (macro AP/F1 over the classes present in the split).
+The task's step methods are not touched.
 :func:`split_intervals` bootstraps them over the split blocks of the dataset
 (:func:`landcover.dataset.splits.split_blocks`) and saves them (``{split}_counts.npz``).
 """
@@ -36,13 +38,10 @@ def batch_counts(logits: torch.Tensor, mask: torch.Tensor, num_classes: int) -> 
     return torch.stack(rows).view(3, n, k).permute(1, 0, 2).cpu()
 
 
-class TileCounts(pl.Callback):
-    """Collects the tile ids and per-tile counts of the validation or test loop it is attached to."""
+class _Collect(pl.Callback):
+    """Keeps the logits of each evaluation step (a forward hook on the task) for :meth:`_batch`."""
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.tile_ids: list[str] = []
-        self.counts: list[torch.Tensor] = []
+    def __init__(self) -> None:
         self._logits: torch.Tensor | None = None
         self._hook: Any = None
 
@@ -52,12 +51,13 @@ class TileCounts(pl.Callback):
 
         self._hook = pl_module.register_forward_hook(keep)
 
-    def _batch(self, batch: dict[str, Any]) -> None:
-        if self._logits is None:
-            return
-        self.counts.append(batch_counts(self._logits, batch["mask"], self.num_classes))
-        self.tile_ids.extend(str(t) for t in batch["tile_id"])
-        self._logits = None
+    def _batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _end_batch(self, batch: dict[str, Any]) -> None:
+        if self._logits is not None:
+            self._batch(batch, self._logits)
+            self._logits = None
 
     def _end(self) -> None:
         if self._hook is not None:
@@ -71,10 +71,10 @@ class TileCounts(pl.Callback):
         self._start(pl_module)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any) -> None:
-        self._batch(batch)
+        self._end_batch(batch)
 
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any) -> None:
-        self._batch(batch)
+        self._end_batch(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end()
@@ -82,8 +82,68 @@ class TileCounts(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end()
 
+
+class TileCounts(_Collect):
+    """Collects the tile ids and per-tile counts of the validation or test loop it is attached to."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.tile_ids: list[str] = []
+        self.counts: list[torch.Tensor] = []
+
+    def _batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        self.counts.append(batch_counts(logits, batch["mask"], self.num_classes))
+        self.tile_ids.extend(str(t) for t in batch["tile_id"])
+
     def array(self) -> np.ndarray:
         return torch.cat(self.counts).numpy() if self.counts else np.zeros((0, 3, self.num_classes), np.int64)
+
+
+class PatchOutputs(_Collect):
+    """Collects the logits and targets of a classification task's evaluation (one row per tile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def _batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        self.logits.append(logits.float().cpu())
+        self.labels.append(batch["label"].cpu())
+
+
+def present_class_scores(
+    collected: PatchOutputs, split: str, class_names: list[str], multilabel: bool, threshold: float = 0.5
+) -> dict[str, Any]:
+    """Macro AP (multi-label) and F1 over the classes with at least one positive in the split; the
+    classes without one are listed as absent (not averaged in as 0)."""
+    from torchmetrics.functional.classification import (
+        multiclass_f1_score,
+        multilabel_average_precision,
+        multilabel_f1_score,
+    )
+
+    if not collected.logits:
+        return {}
+    logits, labels = torch.cat(collected.logits), torch.cat(collected.labels).long()
+    k = len(class_names)
+    out: dict[str, Any] = {}
+    if multilabel:
+        present = labels.sum(0) > 0
+        probs = torch.sigmoid(logits)
+        ap = multilabel_average_precision(probs, labels, k, average="none", thresholds=None)
+        f1 = multilabel_f1_score(probs, labels, k, threshold=threshold, average="none")
+        out[f"{split}/map_macro_present"] = float(ap[present].mean()) if present.any() else None
+        out[f"{split}/ap_present"] = {n: float(v) for n, v, p in zip(class_names, ap, present, strict=True) if p}
+    else:
+        kept = labels != IGNORE
+        present = torch.bincount(labels[kept], minlength=k) > 0
+        f1 = multiclass_f1_score(logits, labels, k, average="none", ignore_index=IGNORE)
+    out[f"{split}/f1_macro_present"] = float(f1[present].mean()) if present.any() else None
+    out[f"{split}/classes_present"] = int(present.sum())
+    out[f"{split}/absent_classes"] = [n for n, p in zip(class_names, present.tolist(), strict=True) if not p]
+    return out
 
 
 def split_intervals(

@@ -360,17 +360,19 @@ def evaluate_checkpoint(
     """
     import lightning.pytorch as pl
 
-    from landcover.training.tile_counts import TileCounts, split_intervals
+    from landcover.training.tile_counts import PatchOutputs, TileCounts, present_class_scores, split_intervals
 
     raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
-    collect = TileCounts(task.num_classes) if task.task_name == "segmentation" else None
+    collect: TileCounts | PatchOutputs = (
+        TileCounts(task.num_classes) if task.task_name == "segmentation" else PatchOutputs()
+    )
     trainer = pl.Trainer(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[collect] if collect else None,
+        callbacks=[collect],
         **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}),
     )
     data.setup("validate" if split == "val" else "test")
@@ -386,8 +388,12 @@ def evaluate_checkpoint(
         scores = scores_from_confusion(cm.numpy(), class_names=task.hparams["class_names"])
         metrics["per_class_iou"] = {row["name"]: row["iou"] for row in scores["per_class"]}
         metrics[f"{split}/miou_reference"] = scores["miou_reference"]
-    if collect is not None:
-        names = list(task.hparams["class_names"])
+    names = list(task.hparams["class_names"])
+    if isinstance(collect, TileCounts):
         scheme = data.info.get("split_scheme") or {}
         metrics[f"{split}/intervals"] = split_intervals(collect, data.split_tiles(split), scheme, names, counts_path)
+    else:
+        metrics |= present_class_scores(
+            collect, split, names, multilabel=getattr(task, "label_mode", "") == "multilabel"
+        )
     return metrics
