@@ -97,6 +97,10 @@ def test_compare_is_a_paired_bootstrap_on_the_same_tiles(tmp_path, maps):
     want = paired_difference(ca, cb, ga, replicates=300).to_dict()
     assert {k: v for k, v in cmp.items() if k in want} == want
     assert "Comparison" in (tmp_path / "r" / "report.md").read_text()
+    args = ["evaluate", str(better_path), str(ref_path), "--out", str(tmp_path / "c"), "--compare", str(pred_path)]
+    result = CliRunner().invoke(app, [*args, "--tile-size", "50", "--block-size", "100", "--replicates", "100"])
+    assert result.exit_code == 0, result.output
+    assert f"mIoU minus pred.tif: {cmp['miou']['estimate']:+.3f} (95 % CI" in " ".join(result.output.split())
 
 
 def test_bad_block_size_and_compare_maps_are_refused(tmp_path, maps, rng):

@@ -82,6 +82,11 @@ def evaluate(
             overwrite=overwrite,
             progress=lambda done, total: update("evaluate", done, total),
         )
+    _report_evaluation(metrics, out_dir)
+
+
+def _report_evaluation(metrics: dict[str, Any], out_dir: Path) -> None:
+    """The scores with their 95 % intervals (and the --compare difference) on the console."""
     s, px = metrics["scores"], metrics["pixels"]
     iv = s["intervals"]
 
