@@ -40,7 +40,19 @@ def evaluate(
         str | None, typer.Option(help="Classes to score in (default: the prediction's NOMENCLATURE tag).")
     ] = None,
     code_column: CodeColumnOption = None,
-    tile_size: Annotated[int, typer.Option(min=1, help="Side in pixels of the tiles of tiles_iou.gpkg.")] = 256,
+    tile_size: Annotated[
+        int, typer.Option(min=1, help="Side in pixels of the tiles of tiles_iou.gpkg (the bootstrap's units).")
+    ] = 256,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Side in pixels of the spatial blocks the bootstrap resamples (>= --tile-size; default 4 tiles)."
+        ),
+    ] = None,
+    replicates: Annotated[int, typer.Option(help="Bootstrap replicates of the 95 % intervals (>= 10).")] = 2000,
+    compare: Annotated[
+        Path | None, typer.Option(help="Another class map on the same grid: paired bootstrap of PREDICTION minus it.")
+    ] = None,
     raster_values: Annotated[
         str, typer.Option(help="For CORINE rasters: 'codes' (111..523), 'indices' (1..44) or 'auto'.")
     ] = "auto",
@@ -50,7 +62,7 @@ def evaluate(
     """Score a land-cover map against CORINE labels: IoU, kappa, confusion matrix, per-tile error map."""
     from landcover.preflight import check_inputs_exist, check_output_path
 
-    check_inputs_exist([prediction, labels_path])
+    check_inputs_exist([prediction, labels_path, *([compare] if compare else [])])
     check_output_path(out_dir)
     from landcover.evaluation.evaluate import evaluate_maps
 
@@ -62,17 +74,40 @@ def evaluate(
             nomenclature_name=nomenclature,
             code_column=code_column,
             tile_size=tile_size,
+            block_size=block_size,
+            replicates=replicates,
+            compare=compare,
             raster_values=raster_values,
             all_touched=all_touched,
             overwrite=overwrite,
             progress=lambda done, total: update("evaluate", done, total),
         )
+    _report_evaluation(metrics, out_dir)
+
+
+def _report_evaluation(metrics: dict[str, Any], out_dir: Path) -> None:
+    """The scores with their 95 % intervals (and the --compare difference) on the console."""
     s, px = metrics["scores"], metrics["pixels"]
+    iv = s["intervals"]
+
+    def ci(key: str) -> str:
+        return "" if iv[key]["low"] is None else f" ({iv[key]['low']:.3f}-{iv[key]['high']:.3f})"
+
     out.print(
-        f"mIoU {s['miou']:.3f}, overall accuracy {s['overall_accuracy']:.3f}, kappa "
+        f"mIoU {s['miou']:.3f}{ci('miou')}, mIoU over reference classes {s['miou_reference']:.3f}"
+        f"{ci('miou_reference')}, overall accuracy {s['overall_accuracy']:.3f}{ci('overall_accuracy')} "
+        f"[95 % CI, {iv['n_blocks']} blocks], kappa "
         f"{s['kappa'] if s['kappa'] is None else format(s['kappa'], '.3f')} on {px['evaluated']:,} of "
         f"{px['total']:,} pixels ({metrics['nomenclature']['name']}); report {out_dir / 'report.md'}"
     )
+    if iv["note"]:
+        err.print(f"note: {iv['note']}")
+    if "comparison" in s:
+        d = s["comparison"]["miou"]
+        out.print(
+            f"mIoU minus {s['comparison']['a']}: {d['estimate']:+.3f} "
+            f"(95 % CI {d['low']:+.3f} to {d['high']:+.3f}; better in {d['share_b_better']:.0%} of replicates)"
+        )
 
 
 @app.command()

@@ -207,8 +207,7 @@ def tile_split(
     to_grid = _to_grid(crs_key(str(crs)), crs_key(cfg.grid_crs))
     size = block_size(cfg, tile_size_m)
     xmin, ymin, xmax, ymax = bounds
-    cx, cy = to_grid.transform((xmin + xmax) / 2, (ymin + ymax) / 2)
-    split = block_split(math.floor(cx / size), math.floor(cy / size), cfg)
+    split = block_split(*tile_block(bounds, crs, cfg.grid_crs, size), cfg)
     d = cfg.buffer_tiles * tile_size_m
     gx, gy = to_grid.transform(*box_outline((xmin - d, ymin - d, xmax + d, ymax + d)))
     others = [
@@ -223,6 +222,37 @@ def tile_split(
     ix, iy = np.asarray(others, dtype=np.float64).T
     blocks = shapely.box(ix * size, iy * size, (ix + 1) * size, (iy + 1) * size)
     return split, bool(shapely.intersects(grown, blocks).any())
+
+
+def tile_block(
+    bounds: tuple[float, float, float, float], crs: str, grid_crs: str, block_size_m: float
+) -> tuple[int, int]:
+    """(ix, iy) of the block of the shared grid that holds the centre of the footprint ``bounds`` in ``crs``."""
+    cx, cy = _to_grid(crs_key(str(crs)), crs_key(grid_crs)).transform(
+        (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+    )
+    return math.floor(cx / block_size_m), math.floor(cy / block_size_m)
+
+
+def split_blocks(tiles: Any, scheme: dict[str, Any]) -> np.ndarray:
+    """int64 block index of each row of ``tiles`` (catalog rows: bounds, crs, scene_id) under the
+    dataset's ``split_scheme``: the grid block of the footprint centre (as the splitter assigns
+    splits), or the scene group for by-scene splits; indices number the blocks in order of first
+    appearance. Without a known scheme each tile is its own block."""
+    method = (scheme or {}).get("method")
+    if method == "blocks":
+        keys: list[Any] = [
+            tile_block((x0, y0, x1, y1), crs, scheme["grid_crs"], float(scheme["block_size_m"]))
+            for x0, y0, x1, y1, crs in zip(
+                tiles["xmin"], tiles["ymin"], tiles["xmax"], tiles["ymax"], tiles["crs"], strict=True
+            )
+        ]
+    elif method == "scene":
+        keys = [scene_group(str(scene)) for scene in tiles["scene_id"]]
+    else:
+        return np.arange(len(tiles), dtype=np.int64)
+    index: dict[Any, int] = {}
+    return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
 
 
 def split_scheme(cfg: SplitConfig, tile_size_m: float) -> dict[str, Any]:

@@ -27,7 +27,8 @@ Reader = Callable[[Window], np.ndarray]
 
 @dataclass
 class Confusion:
-    """A (reference x prediction) confusion matrix, pixel counts and optional per-tile scores."""
+    """A (reference x prediction) confusion matrix, pixel counts and optional per-tile scores and
+    counts (``tiles["counts"]``: true positives, reference and predicted pixels per class, row-major tiles)."""
 
     matrix: np.ndarray  # (K, K) int64
     pixels: dict[str, int]
@@ -55,6 +56,7 @@ def tile_scores(tp: np.ndarray, ref: np.ndarray, pred: np.ndarray, labelled: np.
             "dominant_iou": np.where(n > 0, iou[rows, dom], np.nan),
             "predicted_id": np.where(n > 0, pred.argmax(1), -1),
             "iou": iou.astype(np.float32),
+            "counts": np.stack([tp, ref, pred], axis=1),  # (n_tiles, 3, K) int64: the bootstrap's units
         }
 
 
@@ -144,7 +146,8 @@ def scores_from_confusion(
     precision/recall/F1, areas (ha) from a (reference x prediction) confusion matrix.
 
     Macro means are over the classes present in the reference or the prediction; an undefined
-    precision (class never predicted) or recall counts as 0 in them. Undefined values are None.
+    precision (class never predicted) or recall counts as 0 in them. ``miou_reference`` is the mean
+    IoU over the classes present in the reference only. Undefined values are None.
     """
     cm = np.asarray(cm, dtype=np.int64)
     tp = np.diag(cm)
@@ -192,12 +195,14 @@ def scores_from_confusion(
         "overall_accuracy": float(po) if po is not None else None,
         "kappa": kappa,
         "miou": macro(iou),
+        "miou_reference": float(iou[ref > 0].mean()) if (ref > 0).any() else None,
         "iou_micro": ratio_or_none(tp.sum(), union.sum()),
         "fwiou": float((ref / n * iou).sum()) if n else None,
         "macro_precision": macro(prec),
         "macro_recall": macro(rec),
         "macro_f1": macro(f1),
         "classes_present": int(present.sum()),
+        "classes_in_reference": int((ref > 0).sum()),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }

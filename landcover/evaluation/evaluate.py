@@ -20,6 +20,7 @@ import rasterio
 from rasterio.windows import Window
 
 from landcover.errors import ConfigError, DatasetError, NoOverlapError
+from landcover.evaluation.bootstrap import bootstrap_scores, paired_difference
 from landcover.evaluation.confusion import (
     WINDOW_SIZE,
     Confusion,
@@ -198,20 +199,31 @@ def evaluate_maps(
     raster_values: str = "auto",
     all_touched: bool = False,
     window_size: int = WINDOW_SIZE,
+    block_size: int | None = None,
+    replicates: int = 2000,
+    compare: str | Path | None = None,
 ) -> dict:
     """Score a class map against CORINE labels (or a class map on the same grid); write a report.
 
     ``REPORT_DIR`` gets metrics.json, report.md, confusion_matrix.png, iou_per_class.png and
     tiles_iou.gpkg. Returns the content of metrics.json. ``progress``: optional ``(done, total)``.
+    Scores get 95 % block-bootstrap intervals over the tiles (blocks of ``block_size`` px, default
+    4 tiles); ``compare``: another class map on the same grid, scored against the same reference
+    with a paired bootstrap (this map minus that one).
     """
     prediction, labels, out_dir = Path(prediction), Path(labels), Path(out_dir)
     if not isinstance(tile_size, int) or tile_size < 1 or window_size < 1:
         raise ConfigError(f"--tile-size must be a positive number of pixels, not {tile_size!r}")
-    check_report_dir(out_dir, overwrite, (prediction, labels))
-    pred, nom, description, conf = _confusion(
-        prediction, labels, nomenclature_name, code_column, tile_size, progress, raster_values, all_touched, window_size
-    )
+    block_size = 4 * tile_size if block_size is None else block_size
+    _check_bootstrap_options(tile_size, block_size, replicates)
+    check_report_dir(out_dir, overwrite, (prediction, labels, *([Path(compare)] if compare else [])))
+    args = (labels, nomenclature_name, code_column, tile_size, progress, raster_values, all_touched, window_size)
+    pred, nom, description, conf = _confusion(prediction, *args)
     grid = pred.grid
+    other = None
+    if compare is not None:
+        _check_same_grid(Path(compare), grid, prediction)
+        other = _confusion(Path(compare), labels, nom.name, *args[2:])[3]
     if conf.pixels["evaluated"] == 0:
         raise NoOverlapError(
             f"no pixel of {prediction} has both a prediction and a label from {labels} "
@@ -235,7 +247,13 @@ def evaluate_maps(
         "raster_values": raster_values,
         "all_touched": all_touched,
         "overwrite": overwrite,
+        "block_size": block_size,
+        "replicates": replicates,
+        "compare": Path(compare).name if compare else None,
     }
+    scores |= _uncertainty(conf, other, grid.width, block_size, replicates, nom)
+    if other is not None:
+        scores["comparison"] |= {"a": Path(str(compare)).name, "b": prediction.name}
     metrics = _metrics_record(inputs, options, nom, area, conf.pixels, scores)
     with report_dir(out_dir, overwrite) as tmp:
         metrics["tiles"]["count"] = write_tiles(conf, grid, nom, tmp / "tiles_iou.gpkg")
@@ -244,6 +262,55 @@ def evaluate_maps(
         write_markdown(metrics, tmp / "report.md")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
+
+
+def _check_same_grid(compare: Path, grid: Grid, prediction: Path) -> None:
+    reader = ClassMapReader(compare, None, "--compare map")
+    reader.close()
+    if not same_grid(reader.grid, grid):
+        raise DatasetError(
+            f"--compare {compare} is on another grid than {prediction} ({reader.grid.to_dict()} vs "
+            f"{grid.to_dict()}); compare maps predicted on the same grid"
+        )
+
+
+def _check_bootstrap_options(tile_size: int, block_size: int, replicates: int) -> None:
+    if not isinstance(block_size, int) or block_size < tile_size:
+        raise ConfigError(
+            f"--block-size must be a number of pixels of at least --tile-size ({tile_size}), not {block_size!r}"
+        )
+    if not isinstance(replicates, int) or replicates < 10:
+        raise ConfigError(f"--replicates must be an integer of at least 10 (e.g. 2000), not {replicates!r}")
+
+
+def tile_blocks(n_tiles: int, width: int, tile_size: int, block_size: int) -> np.ndarray:
+    """Block id of each tile (row-major tiles of ``tile_size`` px on a grid ``width`` px wide); a tile
+    belongs to the block of ``block_size`` px that holds its upper-left pixel."""
+    ntc, nbc = -(-width // tile_size), -(-width // block_size)
+    index = np.arange(n_tiles)
+    return (index // ntc * tile_size // block_size) * nbc + index % ntc * tile_size // block_size
+
+
+def _uncertainty(
+    conf: Confusion, other: Confusion | None, width: int, block_size: int, replicates: int, nom: Nomenclature
+) -> dict[str, Any]:
+    """``intervals`` (block bootstrap over the tiles with evaluated pixels) and, with another map,
+    ``comparison`` (paired bootstrap, this map minus the other, over tiles either evaluates)."""
+    counts = (conf.tiles or {})["counts"]
+    tile_size = int(conf.tile_size or 0)
+    groups = tile_blocks(len(counts), width, tile_size, block_size)
+    used = counts[:, 1].sum(1) > 0
+    size = {"tile_size": tile_size, "block_size": block_size}
+    boot = bootstrap_scores(counts[used], groups[used], replicates=replicates, class_names=list(nom.class_names))
+    out: dict[str, Any] = {"intervals": boot.to_dict() | size}
+    if other is not None:
+        counts_a = (other.tiles or {})["counts"]
+        used = used | (counts_a[:, 1].sum(1) > 0)
+        diff = paired_difference(counts_a[used], counts[used], groups[used], replicates=replicates)
+        a_scores = scores_from_confusion(other.matrix)
+        out["comparison"] = diff.to_dict() | size
+        out["comparison"]["a_scores"] = {k: a_scores[k] for k in ("miou", "miou_reference", "overall_accuracy")}
+    return out
 
 
 def _metrics_record(

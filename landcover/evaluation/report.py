@@ -161,9 +161,10 @@ def write_markdown(metrics: dict, out: Path) -> None:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| mIoU (macro, {s['classes_present']} classes present) | {_fmt(s['miou'])} |",
+        f"| mIoU over classes in either map ({s['classes_present']} classes) | {_ci(s, 'miou')} |",
+        f"| mIoU over classes in the reference ({s['classes_in_reference']} classes) | {_ci(s, 'miou_reference')} |",
         f"| frequency-weighted IoU | {_fmt(s['fwiou'])} |",
-        f"| overall accuracy | {_fmt(s['overall_accuracy'])} |",
+        f"| overall accuracy | {_ci(s, 'overall_accuracy')} |",
         f"| Cohen's kappa | {_fmt(s['kappa'])} |",
         f"| macro F1 / precision / recall | {_fmt(s['macro_f1'])} / {_fmt(s['macro_precision'])} / "
         f"{_fmt(s['macro_recall'])} |",
@@ -171,13 +172,16 @@ def write_markdown(metrics: dict, out: Path) -> None:
         "",
         "## Per class",
         "",
-        "| id | code | class | IoU | precision | recall | F1 | reference ha | predicted ha | reference px | predicted px |",
+        "| id | code | class | IoU (95 % CI) | precision | recall | F1 | reference ha | predicted ha | reference px "
+        "| predicted px |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    class_ci = {c["id"]: c for c in s.get("intervals", {}).get("per_class_iou", [])}
     for c in s["per_class"]:
         if c["reference_pixels"] or c["predicted_pixels"]:
+            iou = _fmt(c["iou"]) + (_bounds(class_ci[c["id"]]) if c["id"] in class_ci else "")
             lines.append(
-                f"| {c['id']} | {c['code']} | {c['name']} | {_fmt(c['iou'])} | {_fmt(c['precision'])} | "
+                f"| {c['id']} | {c['code']} | {c['name']} | {iou} | {_fmt(c['precision'])} | "
                 f"{_fmt(c['recall'])} | {_fmt(c['f1'])} | {_fmt(c['reference_area_ha'], ',.1f')} | "
                 f"{_fmt(c['predicted_area_ha'], ',.1f')} | {c['reference_pixels']:,} | {c['predicted_pixels']:,} |"
             )
@@ -193,7 +197,9 @@ def write_markdown(metrics: dict, out: Path) -> None:
         f"label (255: outside the labels, CLC no-data/unclassified, or classes the nomenclature drops); "
         f"{p['neither']:,} of them lack both.",
         "- mIoU and the macro means average the classes present in the reference or the prediction; an "
-        "undefined precision/recall (–) counts as 0 in the macro means.",
+        "undefined precision/recall (–) counts as 0 in the macro means. The mIoU over classes in the reference "
+        "leaves out classes only the prediction has.",
+        *_interval_notes(s),
     ]
     if only_pred:
         lines.append(f"- Predicted but absent from the reference (IoU 0): {', '.join(only_pred)}.")
@@ -201,6 +207,7 @@ def write_markdown(metrics: dict, out: Path) -> None:
         lines.append(f"- Classes absent from both maps (not scored): {len(absent)}.")
     if s["area_evaluated_ha"] is None:
         lines.append("- Areas are not given: the grid's CRS is geographic (pixel size not in metres).")
+    lines += _comparison(s.get("comparison"))
     lines += [
         "",
         "![confusion matrix](confusion_matrix.png)",
@@ -212,3 +219,53 @@ def write_markdown(metrics: dict, out: Path) -> None:
         "",
     ]
     out.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _bounds(iv: dict) -> str:
+    return "" if iv.get("low") is None else f" ({iv['low']:.3f}–{iv['high']:.3f})"
+
+
+def _ci(scores: dict, key: str) -> str:
+    """A score with its bootstrap interval, e.g. ``0.512 (0.470–0.553)``."""
+    return _fmt(scores[key]) + _bounds(scores.get("intervals", {}).get(key, {}))
+
+
+def _interval_notes(s: dict) -> list[str]:
+    iv = s.get("intervals")
+    if not iv:
+        return []
+    lines = [
+        f"- Intervals (in parentheses): {iv['level']:.0%} percentile intervals of a spatial block bootstrap, "
+        f"{iv['replicates']} replicates (seed {iv['seed']}), resampling {iv['n_blocks']} blocks of "
+        f"{iv['block_size']} px that hold the {iv['n_units']} tiles of {iv['tile_size']} px with evaluated "
+        "pixels (whole blocks, never pixels: neighbouring pixels are not independent)."
+    ]
+    if iv.get("note"):
+        lines.append(f"- Caution: {iv['note']}.")
+    return lines
+
+
+def _comparison(cmp: dict | None) -> list[str]:
+    """The paired bootstrap of ``--compare``: this map (b) minus the other (a) on the same tiles."""
+    if not cmp:
+        return []
+    lines = [
+        "",
+        "## Comparison",
+        "",
+        f"`{cmp['b']}` (this map) minus `{cmp['a']}` on the same reference pixels and tiles (paired block "
+        f"bootstrap, same draws for both, {cmp['n_blocks']} blocks):",
+        "",
+        f"| metric | {cmp['a']} | difference (95 % CI) | share of replicates where this map is better |",
+        "|---|---|---|---|",
+    ]
+    names = {"miou": "mIoU (either map)", "miou_reference": "mIoU (reference classes)", "overall_accuracy": "OA"}
+    for key, name in names.items():
+        d = cmp[key]
+        lines.append(
+            f"| {name} | {_fmt(cmp['a_scores'][key])} | {_fmt(d['estimate'], '+.3f')}{_bounds(d)} | "
+            f"{_fmt(d.get('share_b_better'), '.1%')} |"
+        )
+    if cmp.get("note"):
+        lines.append(f"\nCaution: {cmp['note']}.")
+    return lines

@@ -66,11 +66,13 @@ def leaderboard(
     table["score"] = table["score"].astype(float).fillna(-math.inf)
     table = table.sort_values(["score", "variant"], ascending=[False, True]).reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
+    table = table.join(pd.DataFrame([_versus_best(out, table["variant"][0], name) for name in table["variant"]]))
     write_text_atomic(out / "leaderboard.csv", table.to_csv(index=False))
     cols = [
         "rank",
         "variant",
         "score",
+        "vs_best",
         "lr",
         "encoder",
         "best_epoch",
@@ -80,10 +82,9 @@ def leaderboard(
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in table.to_dict("records")]
-    write_text_atomic(
-        out / "leaderboard.md",
-        f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n" + "\n".join(lines) + "\n",
-    )
+    lines += ["", VS_BEST_NOTE]
+    markdown = f"# Sweep leaderboard ({table['metric'][0]}, validation split)\n\n" + "\n".join(lines) + "\n"
+    write_text_atomic(out / "leaderboard.md", markdown)
     _plot(table, out / "leaderboard.png")
     best = table["variant"][0]
     _promote(out, best)
@@ -93,8 +94,56 @@ def leaderboard(
     result: dict[str, Any] = {"best": best, "leaderboard": table.to_dict("records")}
     if test:
         result["test"] = _test_once(out / "best", dataset)
+        write_text_atomic(out / "leaderboard.md", markdown + best_test_line(best, result["test"]))
     write_text_atomic(out / "leaderboard.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+VS_BEST_NOTE = (
+    "`vs_best`: the variant's val mIoU minus the best's with a 95 % paired block-bootstrap interval over the "
+    "val tiles (`val_counts.npz`); `≈` = the interval holds 0: cannot be told apart from the best. "
+    "`–`: no per-tile counts (classification, or a run of an older version)."
+)
+
+
+def _versus_best(out: Path, best: str, name: str) -> dict[str, Any]:
+    """Paired bootstrap of ``name`` minus ``best`` on the val tiles: the difference, its interval and
+    whether the variant can be told apart from the best (None without saved counts)."""
+    from landcover.evaluation.bootstrap import compare_runs
+
+    row: dict[str, Any] = {"vs_best": "–", "delta_miou": None, "delta_low": None, "delta_high": None, "tied": None}
+    a, b = out / "variants" / best, out / "variants" / name
+    if not ((a / "val_counts.npz").is_file() and (b / "val_counts.npz").is_file()):
+        return row
+    if name == best:
+        return row | {"vs_best": "best", "tied": True}
+    d = compare_runs(a, b, split="val").miou
+    if d.estimate is None or d.low is None or d.high is None:
+        return row
+    tied = d.low <= 0 <= d.high
+    text = f"{d.estimate:+.3f} ({d.low:+.3f} to {d.high:+.3f})" + (" ≈" if tied else "")
+    return {"vs_best": text, "delta_miou": d.estimate, "delta_low": d.low, "delta_high": d.high, "tied": tied}
+
+
+def best_test_line(best: str, test: dict[str, Any]) -> str:
+    """The best variant's test scores with their block-bootstrap intervals (segmentation)."""
+    iv = test.get("test/intervals") or {}
+    if not iv:
+        return ""
+    parts = [
+        f"{name} {iv[key]['estimate']:.3f} ({iv[key]['low']:.3f}–{iv[key]['high']:.3f})"
+        for key, name in (
+            ("miou", "mIoU"),
+            ("miou_reference", "mIoU over reference classes"),
+            ("overall_accuracy", "OA"),
+        )
+        if iv.get(key, {}).get("low") is not None
+    ]
+    note = f" Caution: {iv['note']}." if iv.get("note") else ""
+    return (
+        f"\nBest variant `{best}` on the test split: {', '.join(parts)} (95 % block-bootstrap intervals, "
+        f"{iv['n_blocks']} blocks of {iv['n_units']} tiles).{note}\n"
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -152,7 +201,7 @@ def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
         apply_override(config, f"data.dataset={dataset}")
     cfg = TrainConfig.model_validate(config)
     data = LandcoverDataModule(cfg.data, task=cfg.model.task, seed=cfg.trainer.seed)
-    scores = evaluate_checkpoint(best / "best.ckpt", data, split="test")
+    scores = evaluate_checkpoint(best / "best.ckpt", data, split="test", counts_path=best / "test_counts.npz")
     write_text_atomic(done, json.dumps(scores, indent=2, default=str) + "\n")
     return scores
 
@@ -162,8 +211,10 @@ def sweep_summary(result: dict[str, Any], out: str | Path) -> str:
     out = Path(out)
     top = result["leaderboard"][0]
     test = {k: v for k, v in result.get("test", {}).items() if isinstance(v, float) and "/iou/" not in k}
+    miou = (result.get("test", {}).get("test/intervals") or {}).get("miou", {})
+    ci = f" (test mIoU 95 % CI {miou['low']:.3f}-{miou['high']:.3f})" if miou.get("low") is not None else ""
     return (
         f"best of {len(result['leaderboard'])}: {result['best']} ({top['metric']} {top['score']:.3f}); "
-        f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}; "
+        f"test: {', '.join(f'{k} {v:.3f}' for k, v in sorted(test.items()))}{ci}; "
         f"leaderboard {out / 'leaderboard.md'}; best checkpoint {out / 'best' / 'best.ckpt'}"
     )

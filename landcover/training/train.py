@@ -7,7 +7,9 @@ A run folder holds everything about the run::
     checkpoints/best.ckpt, checkpoints/last.ckpt   self-contained for ``landcover predict``
     logs/                CSV and TensorBoard logs
     curves.png           loss and metric curves
-    metrics.json         the best epoch's validation metrics (and confusion matrix / per-class scores)
+    metrics.json         the best epoch's validation metrics (and confusion matrix / per-class scores,
+                         ``val/intervals``: block-bootstrap intervals over the val tiles)
+    val_counts.npz       per-tile counts of that evaluation (tile_ids, groups = split blocks, counts)
 """
 
 from __future__ import annotations
@@ -152,7 +154,12 @@ def train(
     if trainer.global_rank != 0:
         return {}
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / "checkpoints" / "last.ckpt"
-    metrics = evaluate_checkpoint(best, data, trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
+    metrics = evaluate_checkpoint(
+        best,
+        data,
+        trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
+        counts_path=out / "val_counts.npz",
+    )
     metrics.update(
         {
             "best_checkpoint": best.resolve().relative_to(out.resolve()).as_posix(),  # in the run folder
@@ -371,10 +378,21 @@ def _epoch_of(path: Path) -> int:
 
 
 def evaluate_checkpoint(
-    path: str | Path, data: LandcoverDataModule, *, split: str = "val", trainer_kwargs: dict[str, Any] | None = None
+    path: str | Path,
+    data: LandcoverDataModule,
+    *,
+    split: str = "val",
+    trainer_kwargs: dict[str, Any] | None = None,
+    counts_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Reload a checkpoint alone and score it on a split (val or test) of ``data``."""
+    """Reload a checkpoint alone and score it on a split (val or test) of ``data``.
+
+    Segmentation scores get block-bootstrap intervals over the split's tiles (``{split}/intervals``);
+    ``counts_path``: where to save the per-tile counts (``{split}_counts.npz``) for paired comparisons.
+    """
     import lightning.pytorch as pl
+
+    from landcover.training.tile_counts import PatchOutputs, TileCounts, present_class_scores, split_intervals
 
     raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
     if ((raw.get("landcover") or {}).get("model") or {}).get("arch") == "lightgbm":
@@ -383,10 +401,14 @@ def evaluate_checkpoint(
         return evaluate_baseline(raw, data, split)
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
+    collect: TileCounts | PatchOutputs = (
+        TileCounts(task.num_classes) if task.task_name == "segmentation" else PatchOutputs()
+    )
     trainer = pl.Trainer(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[collect],
         **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}),
     )
     data.setup("validate" if split == "val" else "test")
@@ -401,4 +423,13 @@ def evaluate_checkpoint(
         metrics["confusion_matrix"] = cm.tolist()
         scores = scores_from_confusion(cm.numpy(), class_names=task.hparams["class_names"])
         metrics["per_class_iou"] = {row["name"]: row["iou"] for row in scores["per_class"]}
+        metrics[f"{split}/miou_reference"] = scores["miou_reference"]
+    names = list(task.hparams["class_names"])
+    if isinstance(collect, TileCounts):
+        scheme = data.info.get("split_scheme") or {}
+        metrics[f"{split}/intervals"] = split_intervals(collect, data.split_tiles(split), scheme, names, counts_path)
+    else:
+        metrics |= present_class_scores(
+            collect, split, names, multilabel=getattr(task, "label_mode", "") == "multilabel"
+        )
     return metrics
