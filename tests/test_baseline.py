@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from landcover.config import load_config
 from landcover.errors import ConfigError
+from landcover.evaluation.bootstrap import compare_runs, load_counts
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.inference.checkpoint import load_checkpoint
 from landcover.inference.predict import predict_scene
@@ -102,6 +103,13 @@ def test_baseline_trains_into_a_run_folder_like_a_cnn(baseline_run: tuple[Path, 
     cfg = load_config(TrainConfig, run / "config.yaml")
     test = evaluate_checkpoint(run / "checkpoints" / "best.ckpt", LandcoverDataModule(cfg.data), split="test")
     assert test["test/miou"] > 0.8 and np.array(test["confusion_matrix"]).sum() > 0
+    # intervals and per-tile counts like a CNN's: the same bootstrap, pairable with a CNN run on these tiles
+    assert metrics["val/intervals"]["miou"]["estimate"] == pytest.approx(metrics["val/miou"], abs=1e-12)
+    low, high = metrics["val/intervals"]["miou"]["low"], metrics["val/intervals"]["miou"]["high"]
+    assert low <= metrics["val/miou"] <= high
+    ids, groups, counts = load_counts(run / "val_counts.npz")
+    assert counts.sum(0)[1].tolist() == np.array(metrics["confusion_matrix"]).sum(1).tolist()
+    assert compare_runs(run, run, split="val").miou.estimate == 0
     for name in ("config.yaml", "dataset.json"):
         assert (run / name).is_file()
     lm = load_checkpoint(run / "checkpoints" / "best.ckpt")

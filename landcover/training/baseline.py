@@ -179,7 +179,7 @@ def fit_baseline(cfg: TrainConfig, out: Path, data: LandcoverDataModule, meta: d
     torch.save(checkpoint, buffer)
     with atomic_output(out / "checkpoints" / "best.ckpt", overwrite=True, needed=buffer.getbuffer().nbytes) as tmp:
         tmp.write_bytes(buffer.getbuffer())
-    metrics = evaluate_baseline(checkpoint, data, "val")
+    metrics = evaluate_baseline(checkpoint, data, "val", counts_path=out / "val_counts.npz")
     metrics.update(
         {
             "best_checkpoint": "checkpoints/best.ckpt",
@@ -198,18 +198,26 @@ def fit_baseline(cfg: TrainConfig, out: Path, data: LandcoverDataModule, meta: d
     return metrics
 
 
-def evaluate_baseline(checkpoint: dict[str, Any], data: LandcoverDataModule, split: str) -> dict[str, Any]:
+def evaluate_baseline(
+    checkpoint: dict[str, Any], data: LandcoverDataModule, split: str, counts_path: str | Path | None = None
+) -> dict[str, Any]:
     """A baseline checkpoint's scores on every labelled pixel of a split's tiles (the pixels a CNN is scored on),
-    named like a CNN's (``val/miou``...), with the split's confusion matrix and per-class IoU."""
+    named like a CNN's (``val/miou``...), with the split's confusion matrix, per-class IoU and block-bootstrap
+    intervals (per-tile counts saved to ``counts_path`` for paired comparisons with a CNN)."""
+    from landcover.training.tile_counts import counts_intervals
+
     meta = checkpoint["landcover"]
     model = baseline_from_checkpoint(str(checkpoint["lightgbm"]), meta)
     lcfg = LightGBMConfig.model_validate((meta["model"] or {}).get("lightgbm") or {})
     tiles = data.split_tiles(split)  # an empty split is an error, as for a CNN
-    matrix, _, _ = split_confusion(model.booster, data, tiles, lcfg)
+    matrix, ids, counts = split_confusion(model.booster, data, tiles, lcfg)
     scores = scores_from_confusion(matrix, class_names=data.class_names)
+    scheme = data.info.get("split_scheme") or {}
     return {
         "split": split,
         **stage_scores(split, matrix, data.class_names),
         "confusion_matrix": matrix.tolist(),
         "per_class_iou": {r["name"]: r["iou"] for r in scores["per_class"]},
+        f"{split}/miou_reference": scores["miou_reference"],
+        f"{split}/intervals": counts_intervals(ids, counts, tiles, scheme, data.class_names, counts_path),
     }

@@ -155,11 +155,22 @@ def split_intervals(
 ) -> dict[str, Any]:
     """Block-bootstrap intervals of the collected tiles (``tiles``: the split's catalog rows); the
     counts, tile ids (evaluation order) and blocks are saved to ``counts_path`` when given."""
-    counts = collected.array()
-    rows = tiles.set_index("tile_id").loc[collected.tile_ids].reset_index()
+    return counts_intervals(collected.tile_ids, collected.array(), tiles, scheme, class_names, counts_path)
+
+
+def counts_intervals(
+    tile_ids: list[str],
+    counts: np.ndarray,
+    tiles: Any,
+    scheme: dict[str, Any],
+    class_names: list[str],
+    counts_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """:func:`split_intervals` of per-tile (3, K) counts of the tiles ``tile_ids`` (any model: CNN or baseline)."""
+    rows = tiles.set_index("tile_id").loc[tile_ids].reset_index()
     groups = split_blocks(rows, scheme)
     if counts_path is not None:
-        save_counts(counts_path, collected.tile_ids, groups, counts)
+        save_counts(counts_path, tile_ids, groups, counts)
     used = counts[:, 1].sum(1) > 0
     if not used.any():
         return {}

@@ -398,7 +398,7 @@ def evaluate_checkpoint(
     if ((raw.get("landcover") or {}).get("model") or {}).get("arch") == "lightgbm":
         from landcover.training.baseline import evaluate_baseline
 
-        return evaluate_baseline(raw, data, split)
+        return evaluate_baseline(raw, data, split, counts_path)
     task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
     collect: TileCounts | PatchOutputs = (
