@@ -107,7 +107,8 @@ def test_baseline_trains_into_a_run_folder_like_a_cnn(baseline_run: tuple[Path, 
     assert metrics["val/intervals"]["miou"]["estimate"] == pytest.approx(metrics["val/miou"], abs=1e-12)
     low, high = metrics["val/intervals"]["miou"]["low"], metrics["val/intervals"]["miou"]["high"]
     assert low <= metrics["val/miou"] <= high
-    ids, groups, counts = load_counts(run / "val_counts.npz")
+    ids, _groups, counts = load_counts(run / "val_counts.npz")
+    assert len(ids) == len(counts)
     assert counts.sum(0)[1].tolist() == np.array(metrics["confusion_matrix"]).sum(1).tolist()
     assert compare_runs(run, run, split="val").miou.estimate == 0
     for name in ("config.yaml", "dataset.json"):
