@@ -51,6 +51,10 @@ class DataConfig(pydantic.BaseModel, extra="forbid"):
     targets: Literal["auto", "pixels"] = "auto"
     sampling: Literal["uniform", "rare_classes"] = "uniform"
     max_train_tiles_per_epoch: Annotated[int | None, pydantic.Field(ge=1)] = None
+    # segmentation: train on windows of n x n tiles holding each drawn train tile (at a random one of the n x n
+    # placements), so a network trained on small tiles sees context; pixels outside the split's train tiles
+    # (buffer, other splits, beyond the scene) are no data and ignored: nothing crosses into another split
+    context_tiles: Annotated[int, pydantic.Field(ge=1, le=8)] = 1
     augment: AugmentConfig = AugmentConfig()
     # auto: the input transform model.encoder_weights declares (landcover.models.input_transform), else dataset;
     # weights: that transform (an error if none is declared); dataset: the train-tile z-score; none: x / 10000
@@ -91,6 +95,9 @@ class TrainerConfig(BaseModel):
     log_every_n_steps: int = 10
     seed: int = 0
     deterministic: bool = False
+    monitor_smoothing: float = Field(0.5, ge=0, lt=1)
+    """The best checkpoint and early stopping follow an exponential moving average of the validation metric,
+    ``s = w * s_previous + (1 - w) * metric`` with this w (0: the raw metric), not its luckiest epoch."""
 
 
 class TrainConfig(BaseModel):

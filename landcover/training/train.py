@@ -278,6 +278,12 @@ def _trainer(
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from landcover.training.selection import SmoothedMonitor, smoothed_name
+
+    smoothing = cfg.trainer.monitor_smoothing
+    callbacks: list[Any] = [SmoothedMonitor(monitor, smoothing)] if smoothing else []  # before the two below
+    if smoothing:
+        monitor = smoothed_name(monitor)
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
@@ -305,7 +311,7 @@ def _trainer(
         limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
-        callbacks=[checkpoint, early, LearningRateMonitor()],
+        callbacks=[*callbacks, checkpoint, early, LearningRateMonitor()],
         logger=loggers,
         enable_progress_bar=os.isatty(2),
         enable_model_summary=False,
