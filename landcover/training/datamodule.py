@@ -228,7 +228,22 @@ class LandcoverDataModule(LightningDataModule):
             seed=self.seed,
             patch_targets=self._patch_targets,
             rank=distributed_rank()[0],
+            **(self._context() if train else {}),
         )
+
+    def _context(self) -> dict[str, Any]:
+        """The context windows of segmentation training (``data.context_tiles``) and the cells they may read."""
+        n = self.cfg.context_tiles
+        if n == 1 or self.task != "segmentation":
+            return {}
+        if self.train_crop != self.tile_size:
+            raise ConfigError(
+                f"data.context_tiles needs whole tiles that are a multiple of 32 px (these are {self.tile_size} px, "
+                f"crop {self.train_crop}); unset data.crop_size or set data.context_tiles=1"
+            )
+        cat = self.catalog[self.catalog[self.cfg.split_column] == "train"]
+        cells = frozenset(zip(cat["scene_id"].astype(str), cat["row"].astype(int), cat["col"].astype(int), strict=True))
+        return {"context_tiles": n, "train_cells": cells}
 
     @property
     def _patch_targets(self) -> bool:

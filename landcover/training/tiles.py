@@ -99,6 +99,8 @@ class TileDataset(Dataset):
         seed: int = 0,
         patch_targets: bool = True,
         rank: int = 0,
+        context_tiles: int = 1,
+        train_cells: frozenset[tuple[str, int, int]] | None = None,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         cols = ["tile_id", "scene_id", "row", "col", "height", "width"]
@@ -111,6 +113,7 @@ class TileDataset(Dataset):
         self.crop_size, self.random_crop, self.task = crop_size, random_crop, task
         self.label_mode, self.num_classes = label_mode, num_classes
         self.present_threshold, self.seed, self.rank = present_threshold, seed, rank
+        self.context_tiles, self.train_cells = context_tiles, train_cells
         self._handles: dict[str, Any] = {}  # per process, see _check_process
         self._rng: np.random.Generator | None = None
         self._pid = os.getpid()
@@ -149,6 +152,10 @@ class TileDataset(Dataset):
     def window(self, index: int) -> Window:
         """The raster window sample ``index`` reads (random for random crops)."""
         _, _, row, col, height, width = self.tiles[index]
+        n = self.context_tiles
+        if n > 1:  # a block of n x n tiles holding this one, at a random placement
+            dr, dc = (int(v) for v in self.rng.integers(0, n, 2)) if self.random_crop else (n // 2, n // 2)
+            return Window(col - dc * width, row - dr * height, n * width, n * height)
         ch = cw = self.crop_size
         if ch is None or (ch >= height and ch >= width):
             return Window(col, row, width, height)
@@ -163,8 +170,11 @@ class TileDataset(Dataset):
         self._check_process()
         tile_id, scene_id = self.tiles[index][:2]
         window = self.window(index)
-        raw = self._open(scene_id, "image.tif").read(window=window)
-        mask = self._open(scene_id, "labels.tif").read(1, window=window).astype(np.int64)
+        if self.context_tiles > 1:
+            raw, mask = self.context_sample(index, window)
+        else:
+            raw = self._open(scene_id, "image.tif").read(window=window)
+            mask = self._open(scene_id, "labels.tif").read(1, window=window).astype(np.int64)
         nodata = ~raw.any(axis=0)
         image = (raw.astype(np.float32) - self.mean) / self.std
         image[:, nodata] = 0.0
@@ -175,6 +185,21 @@ class TileDataset(Dataset):
             "label": self._label(mask, self.patch_labels[index]),
             "tile_id": tile_id,
         }
+
+    def context_sample(self, index: int, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Image and labels of a context window: no data (0, IGNORE) outside the split's train tiles."""
+        _, scene_id, _, _, height, width = self.tiles[index]
+        raw = self._open(scene_id, "image.tif").read(window=window, boundless=True, fill_value=0)
+        mask = self._open(scene_id, "labels.tif").read(1, window=window, boundless=True, fill_value=IGNORE)
+        mask = mask.astype(np.int64)
+        r0, c0 = int(window.row_off), int(window.col_off)
+        for i in range(self.context_tiles):
+            for j in range(self.context_tiles):
+                if (scene_id, r0 + i * height, c0 + j * width) not in (self.train_cells or ()):
+                    cell = (slice(i * height, (i + 1) * height), slice(j * width, (j + 1) * width))
+                    raw[:, cell[0], cell[1]] = 0
+                    mask[cell] = IGNORE
+        return raw, mask
 
     def _label(self, mask: np.ndarray, patch: np.ndarray | None = None) -> torch.Tensor:
         if patch is not None and self.label_mode == "multilabel":  # BigEarthNet patch labels
