@@ -2,8 +2,9 @@
 
 * segmentation: the Sentinel-2 L1C clip of T33UUU with OpenStreetMap land use mapped onto CORINE
   level 1 -> ``ingest`` (spatial split) -> ``train`` (configs/demo.yaml) -> ``predict`` the whole clip
-  from its JP2 bands -> ``evaluate`` on the test split's pixels, next to a nearest-centroid baseline on
-  the same bands and split;
+  from its JP2 bands, and the same for the per-pixel LightGBM baseline (configs/baseline.yaml) -> ``evaluate``
+  both maps on the test split's pixels with block-bootstrap intervals and a paired comparison -> a check
+  that the CNN's map shows no structure at the window grid;
 * classification: the BigEarthNet v2 patches of T33UUP with their official 19-class labels and splits
   -> ``ingest`` -> ``train`` (ResNet-18 multi-label) -> scores on the official test patches, next to a
   baseline that predicts the training label frequencies.
@@ -23,8 +24,8 @@ from landcover.config import config_dir, load_config
 from landcover.dataset.catalog import read_catalog
 from landcover.dataset.ingest import ingest
 from landcover.dataset.settings import IngestConfig
-from landcover.evaluation.confusion import scores_from_confusion
 from landcover.evaluation.evaluate import evaluate_maps
+from landcover.evaluation.seams import seam_check
 from landcover.io.grid import Grid
 from landcover.io.outputs import atomic_output, write_text_atomic
 from landcover.io.style import class_map_profile, style_class_map
@@ -67,65 +68,62 @@ def _split_labels(dataset: Path, split: str, out: Path) -> Path:
     return out
 
 
-def _pixels(dataset: Path, split: str, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled pixels (features normalised like the CNN's input, class ids) of a split's tiles."""
-    info = json.loads((dataset / "dataset.json").read_text())
-    mean = np.asarray(info["normalization"]["mean"])[:, None]
-    std = np.asarray(info["normalization"]["std"])[:, None]
-    scene = info["scenes"][0]
-    xs, ys = [], []
-    with rasterio.open(dataset / scene["image"]) as img, rasterio.open(dataset / scene["labels"]) as lab:
-        for t in read_catalog(dataset, split=split).itertuples():
-            window = ((t.row, t.row + t.height), (t.col, t.col + t.width))
-            x = img.read(window=window).reshape(img.count, -1)
-            y = lab.read(1, window=window).ravel()
-            ok = (y != IGNORE) & x.any(axis=0)
-            xs.append((x[:, ok] - mean) / std)
-            ys.append(y[ok])
-    x, y = np.concatenate(xs, axis=1).T, np.concatenate(ys)
-    if len(y) > limit:
-        pick = rng.choice(len(y), limit, replace=False)
-        x, y = x[pick], y[pick]
-    return x, y
+def _train_and_predict(cfg: Any, run: Path, map_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``train`` a config, then ``predict`` the whole clip from its JP2 bands with the best checkpoint."""
+    from landcover.inference.predict import predict_scene
+    from landcover.training.train import train
+
+    metrics = train(cfg, run, overwrite=True)
+    summary = predict_scene(
+        str(run / metrics["best_checkpoint"]), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
+    )
+    return metrics, summary
 
 
-def nearest_centroid_baseline(dataset: Path) -> dict[str, Any]:
-    """Per-pixel nearest-centroid classifier: class mean spectra of the train tiles, scored on test."""
-    rng = np.random.default_rng(0)
-    info = json.loads((dataset / "dataset.json").read_text())
-    nom = nomenclature(info["nomenclature"]["name"])
-    x_train, y_train = _pixels(dataset, "train", 200_000, rng)
-    x_test, y_test = _pixels(dataset, "test", 10**9, rng)
-    classes = np.unique(y_train)
-    centroids = np.stack([x_train[y_train == c].mean(axis=0) for c in classes])
-    dist = ((x_test[:, None, :] - centroids[None]) ** 2).sum(-1)
-    pred = classes[dist.argmin(axis=1)]
-    k = nom.num_classes
-    cm = np.bincount(y_test.astype(np.int64) * k + pred, minlength=k * k).reshape(k, k)
-    res = abs(info["scenes"][0]["grid"]["transform"][0])
-    return scores_from_confusion(cm, res * res, list(nom.class_names), class_codes=list(nom.codes))
+def _interval(scores: dict[str, Any], key: str) -> dict[str, float | None]:
+    """A score with its 95 % interval from an evaluate report's ``scores``."""
+    iv = (scores.get("intervals") or {}).get(key) or {}
+    return {"estimate": scores[key], "low": iv.get("low"), "high": iv.get("high")}
 
 
 def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dict[str, Any]:
-    from landcover.inference.predict import predict_scene
-    from landcover.training.train import TrainConfig, train
+    from landcover.training.train import TrainConfig
 
-    say("1/4 ingest: Sentinel-2 L1C clip T33UUU + OpenStreetMap land use -> CORINE level 1")
+    say("1/5 ingest: Sentinel-2 L1C clip T33UUU + OpenStreetMap land use -> CORINE level 1")
     dataset = _ingest_segmentation(out / "dataset")
-    say("2/4 train: U-Net/ResNet-18 (configs/demo.yaml) on the train tiles, early stopping on val mIoU")
+    say("2/5 train + predict: U-Net/ResNet-18 (configs/demo.yaml), early stopping on val; the whole clip")
     overrides = [f"data.dataset={dataset}"] + ([f"trainer.max_epochs={max_epochs}"] if max_epochs else [])
     cfg = load_config(TrainConfig, config_dir() / "demo.yaml", overrides)
-    metrics = train(cfg, out / "train", overwrite=True)
-    say("3/4 predict: the whole clip, from its JP2 bands")
     map_path = out / "map" / "T33UUU_landcover.tif"
-    summary = predict_scene(
-        str(out / "train" / metrics["best_checkpoint"]), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
-    )
-    say("4/4 evaluate: the map against the OSM labels of the held-back test tiles")
+    metrics, summary = _train_and_predict(cfg, out / "train", map_path)
+    say("3/5 train + predict: the per-pixel LightGBM baseline (configs/baseline.yaml) on the same train tiles")
+    bcfg = load_config(TrainConfig, config_dir() / "baseline.yaml", [f"data.dataset={dataset}"])
+    baseline_map = out / "map" / "T33UUU_baseline.tif"
+    _train_and_predict(bcfg, out / "baseline", baseline_map)
+    say("4/5 evaluate: both maps against the OSM labels of the held-back test tiles, 95 % block-bootstrap intervals")
     test_labels = _split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
-    report = evaluate_maps(map_path, test_labels, out / "evaluation" / "report", overwrite=True)
-    baseline = nearest_centroid_baseline(dataset)
-    write_text_atomic(out / "evaluation" / "baseline.json", json.dumps(baseline, indent=2) + "\n")
+    tile = int(json.loads((dataset / "dataset.json").read_text())["tile_size"])
+    # units: the test tiles, resampled in blocks of 2 x 2 tiles
+    base = evaluate_maps(
+        baseline_map,
+        test_labels,
+        out / "evaluation" / "baseline_report",
+        tile_size=tile,
+        block_size=2 * tile,
+        overwrite=True,
+    )
+    report = evaluate_maps(
+        map_path,
+        test_labels,
+        out / "evaluation" / "report",
+        tile_size=tile,
+        block_size=2 * tile,
+        overwrite=True,
+        compare=baseline_map,
+    )
+    say("5/5 check: class changes across the predict windows' edges vs elsewhere (no window lattice)")
+    seams = seam_check(map_path, summary["tile"], summary["overlap"])
+    diff = report["scores"]["comparison"]["miou"]
     return {
         "dataset": str(dataset),
         "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
@@ -133,10 +131,20 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
         "map": str(map_path),
         "quicklook": summary["out"].get("quicklook"),
         "report": str(out / "evaluation" / "report"),
+        "baseline_map": str(baseline_map),
+        "baseline_report": str(out / "evaluation" / "baseline_report"),
         "miou": report["scores"]["miou"],
         "accuracy": report["scores"]["overall_accuracy"],
-        "baseline_miou": baseline["miou"],
-        "baseline_accuracy": baseline["overall_accuracy"],
+        "baseline_miou": base["scores"]["miou"],
+        "baseline_accuracy": base["scores"]["overall_accuracy"],
+        "intervals": {
+            "cnn": {k: _interval(report["scores"], k) for k in ("miou", "miou_reference", "overall_accuracy")},
+            "baseline": {k: _interval(base["scores"], k) for k in ("miou", "miou_reference", "overall_accuracy")},
+            "resampling": {k: v for k, v in report["scores"]["intervals"].items() if not isinstance(v, dict | list)},
+        },
+        "cnn_minus_baseline_miou": {"estimate": diff["estimate"], "low": diff["low"], "high": diff["high"]},
+        "test_pixels": report["pixels"]["evaluated"],
+        "window_seams": seams.to_dict(),
     }
 
 
@@ -202,13 +210,35 @@ def run_demo(
     return results
 
 
+def _fmt(v: dict[str, Any], signed: bool = False) -> str:
+    """``0.412 [0.371, 0.455]`` (the interval omitted when there is none)."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if v.get("low") is None or v.get("high") is None:
+        return f.format(v["estimate"])
+    return f"{f.format(v['estimate'])} [{f.format(v['low'])}, {f.format(v['high'])}]"
+
+
+def _verdict(diff: dict[str, Any]) -> str:
+    """What a paired difference interval says."""
+    if diff.get("low") is not None and diff["low"] > 0:
+        return "the CNN is better"
+    if diff.get("high") is not None and diff["high"] < 0:
+        return "the baseline is better"
+    return "the two cannot be told apart"
+
+
 def demo_summary(results: dict[str, Any]) -> str:
     """What the demo prints at the end: scores next to the baselines, and where everything is."""
     lines = []
     if seg := results.get("segmentation"):
+        iv = seg["intervals"]
         lines += [
-            f"segmentation: test mIoU {seg['miou']:.3f} (nearest-centroid baseline {seg['baseline_miou']:.3f}), "
-            f"overall accuracy {seg['accuracy']:.3f}",
+            f"segmentation, {seg['test_pixels']:,} test pixels (95 % block-bootstrap intervals over the test tiles):",
+            f"  U-Net/ResNet-18     mIoU {_fmt(iv['cnn']['miou'])}  overall accuracy {_fmt(iv['cnn']['overall_accuracy'])}",
+            f"  LightGBM per pixel  mIoU {_fmt(iv['baseline']['miou'])}  "
+            f"overall accuracy {_fmt(iv['baseline']['overall_accuracy'])}",
+            f"  CNN - baseline      mIoU {_fmt(seg['cnn_minus_baseline_miou'], signed=True)}: {_verdict(seg['cnn_minus_baseline_miou'])}",
+            f"  window seams: class changes across window edges {seg['window_seams']['ratio']:.2f} x the rate elsewhere",
             f"  map (COG, open in QGIS): {seg['map']}",
             f"  quick-look: {seg['quicklook']}",
             f"  report: {seg['report']}/report.md",
