@@ -45,6 +45,11 @@ def test_grid_and_named_variants_resolve_to_full_configs(tmp_path):
     assert all(
         c["trainer"]["max_epochs"] == 2 and c["data"]["dataset"] == str(tmp_path / "ds") for c in configs.values()
     )
+    # a segmentation sweep always trains the per-pixel baseline too, on the same data, unless told not to
+    assert list(configs)[-1] == "lightgbm-baseline" and configs["lightgbm-baseline"]["model"]["arch"] == "lightgbm"
+    assert all(c["model"]["arch"] == "cnn" for n, c in configs.items() if n != "lightgbm-baseline")
+    write(path, {**yaml.safe_load(path.read_text()), "baseline": False})
+    assert "lightgbm-baseline" not in resolve_variants(load_sweep(path)[0], path, dataset=tmp_path / "ds")
 
 
 @pytest.mark.parametrize(
@@ -89,9 +94,11 @@ def test_sweep_ranks_learning_rates_sensibly_and_resumes(tmp_path):
     path = write(tmp_path / "sweep.yaml", SWEEP)
     result = run_sweep(path, tmp_path / "sweep", dataset=dataset)
     table = pd.read_csv(tmp_path / "sweep" / "leaderboard.csv")
-    assert len(table) == 6 and list(table["rank"]) == list(range(1, 7))
-    by_lr = table.groupby("lr")["score"].max()
-    assert table["lr"][0] == 0.001 and by_lr[0.001] > by_lr[1e-5] + 0.1, table
+    assert len(table) == 7 and list(table["rank"]) == list(range(1, 8))
+    assert (table["encoder"] == "lightgbm (per pixel)").sum() == 1  # the baseline is a row of every leaderboard
+    cnn = table[table["encoder"] != "lightgbm (per pixel)"].reset_index(drop=True)
+    by_lr = cnn.groupby("lr")["score"].max()
+    assert cnn["lr"][0] == 0.001 and by_lr[0.001] > by_lr[1e-5] + 0.1, table
     for row in table.itertuples():  # the leaderboard is each run's own metrics.json
         metrics = json.loads((tmp_path / "sweep" / "variants" / row.variant / "metrics.json").read_text())
         assert metrics[row.metric] == pytest.approx(row.score)
@@ -102,7 +109,7 @@ def test_sweep_ranks_learning_rates_sensibly_and_resumes(tmp_path):
     assert kept == list(table["variant"][:2])  # keep: 2
     said = []
     again = run_sweep(path, tmp_path / "sweep", dataset=dataset, say=said.append)
-    assert sum("finished before, skipped" in line for line in said) == 6
+    assert sum("finished before, skipped" in line for line in said) == 7
     assert [r["score"] for r in again["leaderboard"]] == list(table["score"])
 
 
@@ -167,7 +174,12 @@ def test_variants_get_the_parents_gpus_not_the_first_n(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
     path = write(
         tmp_path / "s.yaml",
-        {"base": "tiny.yaml", "set": {"trainer.accelerator": "gpu"}, "grid": {"optim.lr": [0.1, 0.01, 0.001, 0.0001]}},
+        {
+            "base": "tiny.yaml",
+            "set": {"trainer.accelerator": "gpu"},
+            "grid": {"optim.lr": [0.1, 0.01, 0.001, 0.0001]},
+            "baseline": False,
+        },
     )
     run_sweep(path, tmp_path / "out", dataset=fake_dataset(tmp_path / "ds"), parallel=2, say=lambda line: None)
     assert len(given) == 4 and set(given) == {"3", "5"}, given

@@ -51,9 +51,7 @@ def leaderboard(
             "parameters": m.get("parameters"),
             "train_seconds": m.get("train_seconds"),
             "samples_per_second": m.get("train_samples_per_second"),
-            "lr": config["optim"]["lr"],
-            "encoder": config["model"]["encoder"],
-            "encoder_weights": config["model"]["encoder_weights"],
+            **_model_columns(config),
         }
         row.update({k: v for k, v in m.items() if k.startswith(("val/iou/", "val/ap/", "val/f1"))})
         rows.append(row)
@@ -186,6 +184,17 @@ def _promote(out: Path, best: str) -> None:
             if (src / name).exists():
                 shutil.copy2(src / name, tmp / name)
         (tmp / "variant.json").write_text(json.dumps({"variant": best}) + "\n")
+
+
+def _model_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """What a variant trains: learning rate and encoder of a CNN, or the per-pixel baseline."""
+    if config["model"].get("arch", "cnn") == "lightgbm":
+        return {"lr": None, "encoder": "lightgbm (per pixel)", "encoder_weights": "-"}
+    return {
+        "lr": config["optim"]["lr"],
+        "encoder": config["model"]["encoder"],
+        "encoder_weights": config["model"]["encoder_weights"],
+    }
 
 
 def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ A sweep file names a base training config and the variations to try::
     variants:                       # ... and/or a list of named variants
       - {name: frozen, model.freeze_encoder_epochs: 2}
     keep: 3                         # optional: delete the checkpoints of all but the best 3
+    baseline: true                  # default: a segmentation sweep also trains the LightGBM pixel baseline
 
 Each variant is a ``landcover train`` run (a subprocess) in ``OUT/variants/<name>``, with its resolved
 config in ``variant.yaml``. Variants run in a bounded process pool (``parallel``: at most one per
@@ -48,6 +49,7 @@ from landcover.preflight import check_dataset_folder
 from landcover.training.leaderboard import leaderboard
 
 RESERVED = ("name",)
+BASELINE_VARIANT = "lightgbm-baseline"
 
 
 class SweepConfig(BaseModel):
@@ -61,6 +63,9 @@ class SweepConfig(BaseModel):
     variants: list[dict[str, Any]] = Field(default_factory=list)
     parallel: PositiveInt | Literal["auto"] = "auto"
     keep: int | None = Field(None, ge=1)
+    baseline: bool = True
+    """Add the per-pixel LightGBM baseline (``model.arch: lightgbm``, variant ``lightgbm-baseline``) to a
+    segmentation sweep, so every leaderboard shows the CNNs next to it."""
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
@@ -129,6 +134,10 @@ def resolve_variants(cfg: SweepConfig, sweep_file: Path, dataset: str | Path | N
             resolved[name] = load_config(TrainConfig, base, overrides).model_dump(mode="json")
         except ConfigError as exc:
             raise ConfigError(f"variant {name}: {exc}") from None
+    first = next(iter(resolved.values()), None)
+    if cfg.baseline and first is not None and first["model"]["task"] == "segmentation":
+        extra = ["model.arch=lightgbm", "data.normalization=none"] + ([f"data.dataset={root}"] if root else [])
+        resolved[BASELINE_VARIANT] = load_config(TrainConfig, base, common + extra).model_dump(mode="json")
     return resolved
 
 
