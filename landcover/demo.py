@@ -35,7 +35,7 @@ SAMPLES = Path(__file__).resolve().parent / "sample_data"
 Say = Callable[[str], None]
 
 
-def _ingest_segmentation(out: Path) -> Path:
+def ingest_clip(out: Path) -> Path:
     clip = SAMPLES / "T33UUU"
     cfg = load_config(
         IngestConfig,
@@ -46,7 +46,7 @@ def _ingest_segmentation(out: Path) -> Path:
     return out
 
 
-def _split_labels(dataset: Path, split: str, out: Path) -> Path:
+def split_labels(dataset: Path, split: str, out: Path) -> Path:
     """The scene's labels kept only inside the (non-buffer) tiles of ``split``; 255 elsewhere."""
     info = json.loads((dataset / "dataset.json").read_text())
     scene = info["scenes"][0]
@@ -68,7 +68,7 @@ def _split_labels(dataset: Path, split: str, out: Path) -> Path:
     return out
 
 
-def _train_and_predict(cfg: Any, run: Path, map_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_and_predict(cfg: Any, run: Path, map_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``train`` a config, then ``predict`` the whole clip from its JP2 bands with the best checkpoint."""
     from landcover.inference.predict import predict_scene
     from landcover.training.train import train
@@ -90,18 +90,18 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     from landcover.training.train import TrainConfig
 
     say("1/5 ingest: Sentinel-2 L1C clip T33UUU + OpenStreetMap land use -> CORINE level 1")
-    dataset = _ingest_segmentation(out / "dataset")
+    dataset = ingest_clip(out / "dataset")
     say("2/5 train + predict: U-Net/ResNet-18 (configs/demo.yaml), early stopping on val; the whole clip")
     overrides = [f"data.dataset={dataset}"] + ([f"trainer.max_epochs={max_epochs}"] if max_epochs else [])
     cfg = load_config(TrainConfig, config_dir() / "demo.yaml", overrides)
     map_path = out / "map" / "T33UUU_landcover.tif"
-    metrics, summary = _train_and_predict(cfg, out / "train", map_path)
+    metrics, summary = train_and_predict(cfg, out / "train", map_path)
     say("3/5 train + predict: the per-pixel LightGBM baseline (configs/baseline.yaml) on the same train tiles")
     bcfg = load_config(TrainConfig, config_dir() / "baseline.yaml", [f"data.dataset={dataset}"])
     baseline_map = out / "map" / "T33UUU_baseline.tif"
-    _train_and_predict(bcfg, out / "baseline", baseline_map)
+    train_and_predict(bcfg, out / "baseline", baseline_map)
     say("4/5 evaluate: both maps against the OSM labels of the held-back test tiles, 95 % block-bootstrap intervals")
-    test_labels = _split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
+    test_labels = split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
     tile = int(json.loads((dataset / "dataset.json").read_text())["tile_size"])
     # units: the test tiles, resampled in blocks of 2 x 2 tiles
     base = evaluate_maps(

@@ -203,9 +203,9 @@ def test_single_label_scores_ignore_targets_without_label():
 
 def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops(tmp_path):
     """The embedded T33UUU clip (OSM labels cover a third of it): 16-px crops often hold no labelled pixel."""
-    from landcover.demo import _ingest_segmentation
+    from landcover.demo import ingest_clip
 
-    dataset = _ingest_segmentation(tmp_path / "clip")
+    dataset = ingest_clip(tmp_path / "clip")
     cfg = tiny(
         dataset,
         "model.task=classification",
