@@ -14,7 +14,7 @@ from landcover.dataset.catalog import read_catalog
 from landcover.dataset.ingest import finalize, ingest
 from landcover.dataset.settings import IngestConfig
 from landcover.dataset.splits import SCHEME_VERSION, SPLITS, SplitConfig, scene_split, tile_split
-from landcover.errors import DatasetError
+from landcover.errors import ConfigError, DatasetError
 from tests.s2_fixtures import pixels, write_s2_raster
 
 CENTRE = (12.0, 47.5)  # lon, lat: on the boundary of UTM zones 32 and 33 (Austria/Bavaria)
@@ -224,3 +224,29 @@ def test_ingest_resumes_a_dataset_of_the_old_scheme_and_resplits_it(tmp_path, tw
     dataset = ingest(inputs, out, config=CFG)  # same settings: resumed (nothing re-read), re-split
     assert dataset["split_scheme"]["version"] == SCHEME_VERSION
     assert leaks(catalog_rows(out), 0.99 * 320.0)[0] == 0
+
+
+def test_spatial_k_fold_tests_every_block_exactly_once(two_zones):
+    from landcover.dataset.splits import block_split
+
+    blocks = [(ix, iy) for ix in range(-20, 20) for iy in range(-20, 20)]
+    by_fold = [[block_split(ix, iy, SplitConfig(folds=5, fold=k, seed=3)) for ix, iy in blocks] for k in range(5)]
+    for i in range(len(blocks)):
+        column = [by_fold[k][i] for k in range(5)]
+        assert column.count("test") == 1 and column.count("val") == 1 and column.count("train") == 3
+    shares = [by_fold[k].count("test") / len(blocks) for k in range(5)]
+    assert all(0.15 < s < 0.25 for s in shares), shares
+    with pytest.raises(ConfigError, match="folds must be >= 3"):
+        SplitConfig(folds=2)
+    with pytest.raises(ConfigError, match="fold in 0..folds-1"):
+        SplitConfig(folds=4, fold=4)
+    out, _ = two_zones  # a fold of an ingested dataset: re-split without reading imagery, no leak
+    for image in out.glob("scenes/*/image.tif"):
+        image.unlink()
+    cfg = SplitConfig(block_size_m=1280, seed=2, folds=3, fold=1)
+    finalize(out, split=cfg)
+    rows = catalog_rows(out)
+    for crs, tiles in rows.items():
+        for bounds, split, buffer in tiles:
+            assert (split, buffer) == tile_split(bounds, crs, 320.0, cfg, "")
+    assert leaks(rows, 0.99 * 320.0)[0] == 0

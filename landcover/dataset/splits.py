@@ -9,6 +9,11 @@ centre; it is a *buffer* tile when its footprint, grown by ``buffer_tiles`` tile
 touches a block of another split (tested geometrically in the grid CRS). Tiles of neighbouring
 UTM zones, overlapping products and other dates of the same ground therefore never put the same
 ground, or ground closer than the buffer, in two splits.
+
+Spatial k-fold cross-validation (``folds: K``, ``fold: k``): the same hash puts every block (or scene) in
+one of K equal groups; fold k tests on group k, validates on group k + 1 and trains on the rest, so over
+k = 0..K-1 every block is tested exactly once. Re-splitting an ingested dataset for another fold re-reads
+no imagery.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
     by_scene: bool = False  # True: whole scenes go to one split (hash of the scene id), no buffer
     min_valid_fraction: float = 0.5  # tiles with less cloud-free image are dropped
     grid_crs: str = DEFAULT_GRID_CRS  # the block grid shared by all scenes: a projected CRS in metres
+    folds: int | None = None  # spatial k-fold: blocks (or scenes) fall in `folds` equal groups by their hash ...
+    fold: int = 0  # ... group `fold` is test, group `fold + 1` val, the others train (fractions are not used)
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -68,6 +75,11 @@ class SplitConfig(pydantic.BaseModel, extra="forbid", frozen=True):
             )
         if not 0.0 <= self.min_valid_fraction <= 1.0:
             problems.append(f"min_valid_fraction must lie in [0, 1], got {self.min_valid_fraction}")
+        if self.folds is not None and (self.folds < 3 or not 0 <= self.fold < self.folds):
+            problems.append(
+                f"folds must be >= 3 (test, val and train groups) and fold in 0..folds-1, got folds={self.folds}, "
+                f"fold={self.fold}"
+            )
         grid_problem = _grid_crs_problem(self.grid_crs)
         if grid_problem:
             problems.append(grid_problem)
@@ -108,6 +120,14 @@ def _unit(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def _assign(u: float, cfg: SplitConfig) -> str:
+    """The split of a block or scene with hash ``u``: by fractions, or by its fold group (k-fold)."""
+    if cfg.folds is None:
+        return _pick(u, cfg.fractions)
+    group = int(u * cfg.folds)
+    return "test" if group == cfg.fold else "val" if group == (cfg.fold + 1) % cfg.folds else "train"
+
+
 def _pick(u: float, fractions: Sequence[float]) -> str:
     cumulative = 0.0
     for name, share in zip(SPLITS, fractions, strict=True):
@@ -133,7 +153,7 @@ def _to_grid(crs: str, grid_crs: str) -> Transformer:
 
 def block_split(block_ix: int, block_iy: int, cfg: SplitConfig) -> str:
     """Split of block (ix, iy) of the shared grid: stable hash of (seed, grid CRS, ix, iy)."""
-    return _pick(_unit("block", cfg.seed, crs_key(cfg.grid_crs), int(block_ix), int(block_iy)), cfg.fractions)
+    return _assign(_unit("block", cfg.seed, crs_key(cfg.grid_crs), int(block_ix), int(block_iy)), cfg)
 
 
 _MGRS_TILE = re.compile(r"(?:^|_)T(\d{2}[A-Z]{3})(?=_|$)")
@@ -148,7 +168,7 @@ def scene_group(scene_id: str) -> str:
 
 def scene_split(scene_id: str, cfg: SplitConfig) -> str:
     """Split of a whole scene (``by_scene`` mode): stable hash of (seed, its :func:`scene_group`)."""
-    return _pick(_unit("scene", cfg.seed, scene_group(scene_id)), cfg.fractions)
+    return _assign(_unit("scene", cfg.seed, scene_group(scene_id)), cfg)
 
 
 AUTO_BLOCK_TILES = 8
