@@ -238,7 +238,7 @@ def test_spatial_k_fold_tests_every_block_exactly_once(two_zones):
     assert all(0.15 < s < 0.25 for s in shares), shares
     with pytest.raises(ConfigError, match="folds must be >= 3"):
         SplitConfig(folds=2)
-    with pytest.raises(ConfigError, match="fold in 0..folds-1"):
+    with pytest.raises(ConfigError, match=r"fold in 0\.\.folds-1"):
         SplitConfig(folds=4, fold=4)
     out, _ = two_zones  # a fold of an ingested dataset: re-split without reading imagery, no leak
     for image in out.glob("scenes/*/image.tif"):
