@@ -115,11 +115,12 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     say("2/4 train: U-Net/ResNet-18 (configs/demo.yaml) on the train tiles, early stopping on val mIoU")
     overrides = [f"data.dataset={dataset}"] + ([f"trainer.max_epochs={max_epochs}"] if max_epochs else [])
     cfg = load_config(TrainConfig, config_dir() / "demo.yaml", overrides)
-    metrics = train(cfg, out / "train", overwrite=True)
+    result = train(cfg, out / "train", overwrite=True)
+    assert result is not None  # one process: rank 0
     say("3/4 predict: the whole clip, from its JP2 bands")
     map_path = out / "map" / "T33UUU_landcover.tif"
     summary = predict_scene(
-        str(out / "train" / metrics["best_checkpoint"]), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
+        str(out / "train" / result.best_checkpoint), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
     )
     say("4/4 evaluate: the map against the OSM labels of the held-back test tiles")
     test_labels = _split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
@@ -128,13 +129,13 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     write_text_atomic(out / "evaluation" / "baseline.json", json.dumps(baseline, indent=2) + "\n")
     return {
         "dataset": str(dataset),
-        "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
+        "checkpoint": str(out / "train" / result.best_checkpoint),
         "curves": str(out / "train" / "curves.png"),
         "map": str(map_path),
-        "quicklook": summary["out"].get("quicklook"),
+        "quicklook": summary.out.get("quicklook"),
         "report": str(out / "evaluation" / "report"),
-        "miou": report["scores"]["miou"],
-        "accuracy": report["scores"]["overall_accuracy"],
+        "miou": report.miou,
+        "accuracy": report.overall_accuracy,
         "baseline_miou": baseline["miou"],
         "baseline_accuracy": baseline["overall_accuracy"],
     }
@@ -157,20 +158,21 @@ def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> d
         "trainer.max_epochs=" + str(max_epochs or 10),
     ]
     tcfg = load_config(TrainConfig, config_dir() / "tiny.yaml", overrides)
-    metrics = train(tcfg, out / "train", overwrite=True)
+    result = train(tcfg, out / "train", overwrite=True)
+    assert result is not None  # one process: rank 0
     say("3/3 evaluate: the best checkpoint on the official test patches")
     data = LandcoverDataModule(tcfg.data, task="classification")
-    test = evaluate_checkpoint(str(out / "train" / metrics["best_checkpoint"]), data, split="test")
+    test = evaluate_checkpoint(str(out / "train" / result.best_checkpoint), data, split="test")
     baseline = _prior_baseline(data)
-    result = {
-        "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
+    summary = {
+        "checkpoint": str(out / "train" / result.best_checkpoint),
         "test": test,
         "baseline": baseline,
         "map_macro": test.get("test/map_macro"),
         "baseline_map_macro": baseline["map_macro"],
     }
-    write_text_atomic(out / "test_metrics.json", json.dumps(result, indent=2) + "\n")
-    return result
+    write_text_atomic(out / "test_metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def _prior_baseline(data) -> dict[str, float]:

@@ -100,7 +100,7 @@ def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_p
         ingest([image], tmp_path / "ds", labels=bad, config=config)
     assert not list((tmp_path / "ds" / "scenes").glob("*/scene.json"))  # nothing was ingested
     dataset = ingest([image], tmp_path / "ds", labels=labels, config=config)  # the corrected run proceeds
-    assert len(dataset["scenes"]) == 1 and dataset["scenes"][0]["labels"]
+    assert len(dataset.scenes) == 1 and dataset.dataset["scenes"][0]["labels"]
     assert json.loads((tmp_path / "ds" / "ingest_settings.json").read_text())["labels"] == labels.name
 
 
@@ -396,7 +396,7 @@ def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(da
         ],
     )
     metrics = train(cfg, run, resume="auto")
-    assert metrics["stopped_epoch"] >= 0 and (run / "checkpoints" / "last.ckpt").exists()
+    assert metrics.stopped_epoch >= 0 and (run / "checkpoints" / "last.ckpt").exists()
 
 
 def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from landcover.cli.common import (
     out,
     progress_bars,
 )
+
+if TYPE_CHECKING:
+    from landcover.inference.predict import PredictResult
 
 
 @app.command()
@@ -67,11 +70,11 @@ def evaluate(
             overwrite=overwrite,
             progress=lambda done, total: update("evaluate", done, total),
         )
-    s, px = metrics["scores"], metrics["pixels"]
+    kappa = metrics.kappa
     out.print(
-        f"mIoU {s['miou']:.3f}, overall accuracy {s['overall_accuracy']:.3f}, kappa "
-        f"{s['kappa'] if s['kappa'] is None else format(s['kappa'], '.3f')} on {px['evaluated']:,} of "
-        f"{px['total']:,} pixels ({metrics['nomenclature']['name']}); report {out_dir / 'report.md'}"
+        f"mIoU {metrics.miou:.3f}, overall accuracy {metrics.overall_accuracy:.3f}, kappa "
+        f"{kappa if kappa is None else format(kappa, '.3f')} on {metrics.evaluated_pixels:,} of "
+        f"{metrics.total_pixels:,} pixels ({metrics.nomenclature}); report {out_dir / 'report.md'}"
     )
 
 
@@ -180,18 +183,18 @@ def _shard_scenes(items: list[Path], part: tuple[int, int], out_path: Path) -> l
     return items
 
 
-def _report_maps(summaries: list[dict[str, Any]]) -> None:
+def _report_maps(summaries: list[PredictResult]) -> None:
     """The warnings of a prediction (each once) and one line per scene: written or skipped."""
-    for warning in dict.fromkeys(w for s in summaries for w in s.get("warnings", [])):  # each once
+    for warning in dict.fromkeys(w for s in summaries for w in s.warnings):  # each once
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for s in summaries:
-        if s["skipped"]:
-            out.print(f"skipped {s['input']}: {s['out']['map']} is complete (pass --overwrite to redo it)")
+        if s.skipped:
+            out.print(f"skipped {s.input}: {s.out['map']} is complete (pass --overwrite to redo it)")
             continue
-        extra = ", ".join(Path(p).name for name, p in s["out"].items() if name != "map")
+        extra = ", ".join(Path(p).name for name, p in s.out.items() if name != "map")
         out.print(
-            f"wrote {s['out']['map']} ({s['grid']['width']} x {s['grid']['height']} px, {s['windows_run']} windows, "
-            f"{s['windows_skipped']} empty skipped, {s['seconds']:.1f} s on {s['device']}; {extra})"
+            f"wrote {s.out['map']} ({s.grid['width']} x {s.grid['height']} px, {s.windows_run} windows, "
+            f"{s.windows_skipped} empty skipped, {s.seconds:.1f} s on {s.device}; {extra})"
         )
 
 

@@ -49,13 +49,12 @@ def train(
         f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
     )
     quiet_lightning()
-    metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
-    if not metrics:  # a non-zero DDP rank
+    result = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
+    if result is None:  # a non-zero DDP rank
         return
-    monitor = metrics["monitor"]
     out.print(
-        f"best {monitor} = {metrics.get(monitor, float('nan')):.3f} at epoch {metrics['best_epoch']}; "
-        f"checkpoint {out_dir / metrics['best_checkpoint']}; metrics {out_dir / 'metrics.json'}; curves {out_dir / 'curves.png'}"
+        f"best {result.monitor} = {result.best_score:.3f} at epoch {result.best_epoch}; "
+        f"checkpoint {out_dir / result.best_checkpoint}; metrics {out_dir / 'metrics.json'}; curves {out_dir / 'curves.png'}"
     )
 
 
