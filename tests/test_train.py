@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from landcover.config import load_config
 from landcover.errors import ConfigError
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.training.datamodule import LandcoverDataModule
-from landcover.training.train import TrainConfig, evaluate_checkpoint, train
+from landcover.training.train import evaluate_checkpoint, train
+from tests.helpers import CLI, tiny_config, train_command
 from tests.learnable import make_learnable_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +27,7 @@ def dataset(tmp_path_factory) -> Path:
     return make_learnable_dataset(tmp_path_factory.mktemp("learnable"))
 
 
-def tiny(dataset: Path, *overrides: str) -> TrainConfig:
-    return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={dataset}", *overrides])
+tiny = tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -123,25 +121,16 @@ def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "landcover.cli",
-            "train",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--set",
-            "trainer.strategy=ddp",
-            "--set",
-            "trainer.devices=2",
-            "--set",
-            "trainer.max_epochs=1",
-            "--set",
-            "trainer.limit_train_batches=3",
-            "--set",
-            "trainer.limit_val_batches=2",
+            *CLI,
+            *train_command(
+                dataset,
+                out,
+                "trainer.strategy=ddp",
+                "trainer.devices=2",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=3",
+                "trainer.limit_val_batches=2",
+            ),
         ],
         capture_output=True,
         text=True,
@@ -236,23 +225,15 @@ def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "landcover.cli",
-            "train",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--set",
-            "trainer.strategy=ddp",
-            "--set",
-            "trainer.devices=2",
-            "--set",
-            "trainer.max_epochs=1",
-            "--set",
-            "data.max_train_tiles_per_epoch=48",
+            *CLI,
+            *train_command(
+                dataset,
+                out,
+                "trainer.strategy=ddp",
+                "trainer.devices=2",
+                "trainer.max_epochs=1",
+                "data.max_train_tiles_per_epoch=48",
+            ),
         ],
         capture_output=True,
         text=True,
