@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -30,6 +30,10 @@ from landcover.io.grid import Grid
 from landcover.io.outputs import atomic_output, write_text_atomic
 from landcover.io.style import class_map_profile, style_class_map
 from landcover.nomenclature import IGNORE, catalog_dir, nomenclature
+
+if TYPE_CHECKING:
+    from landcover.inference.predict import PredictResult
+    from landcover.training.results import TrainResult
 
 SAMPLES = Path(__file__).resolve().parent / "sample_data"
 Say = Callable[[str], None]
@@ -68,16 +72,24 @@ def split_labels(dataset: Path, split: str, out: Path) -> Path:
     return out
 
 
-def train_and_predict(cfg: Any, run: Path, map_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_and_predict(cfg: Any, run: Path, map_path: Path) -> tuple[TrainResult, PredictResult]:
     """``train`` a config, then ``predict`` the whole clip from its JP2 bands with the best checkpoint."""
     from landcover.inference.predict import predict_scene
     from landcover.training.train import train
 
-    metrics = train(cfg, run, overwrite=True)
+    result = train(cfg, run, overwrite=True)
+    if result is None:  # pragma: no cover - one process is rank 0
+        raise RuntimeError("the demo trains in one process")
     summary = predict_scene(
-        str(run / metrics["best_checkpoint"]), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
+        str(run / result.best_checkpoint), SAMPLES / "T33UUU" / "IMG_DATA", map_path, overwrite=True
     )
-    return metrics, summary
+    return result, summary
+
+
+def _evaluate(map_path: Path, labels: Path, out: Path, tile: int, compare: Path | None = None) -> dict[str, Any]:
+    """``evaluate`` on the test tiles (units: the tiles, resampled in blocks of 2 x 2): metrics.json's content."""
+    report = evaluate_maps(map_path, labels, out, tile_size=tile, block_size=2 * tile, overwrite=True, compare=compare)
+    return report.metrics
 
 
 def _interval(scores: dict[str, Any], key: str) -> dict[str, float | None]:
@@ -95,7 +107,7 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     overrides = [f"data.dataset={dataset}"] + ([f"trainer.max_epochs={max_epochs}"] if max_epochs else [])
     cfg = load_config(TrainConfig, config_dir() / "demo.yaml", overrides)
     map_path = out / "map" / "T33UUU_landcover.tif"
-    metrics, summary = train_and_predict(cfg, out / "train", map_path)
+    result, summary = train_and_predict(cfg, out / "train", map_path)
     say("3/5 train + predict: the per-pixel LightGBM baseline (configs/baseline.yaml) on the same train tiles")
     bcfg = load_config(TrainConfig, config_dir() / "baseline.yaml", [f"data.dataset={dataset}"])
     baseline_map = out / "map" / "T33UUU_baseline.tif"
@@ -103,33 +115,17 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
     say("4/5 evaluate: both maps against the OSM labels of the held-back test tiles, 95 % block-bootstrap intervals")
     test_labels = split_labels(dataset, "test", out / "evaluation" / "test_labels.tif")
     tile = int(json.loads((dataset / "dataset.json").read_text())["tile_size"])
-    # units: the test tiles, resampled in blocks of 2 x 2 tiles
-    base = evaluate_maps(
-        baseline_map,
-        test_labels,
-        out / "evaluation" / "baseline_report",
-        tile_size=tile,
-        block_size=2 * tile,
-        overwrite=True,
-    )
-    report = evaluate_maps(
-        map_path,
-        test_labels,
-        out / "evaluation" / "report",
-        tile_size=tile,
-        block_size=2 * tile,
-        overwrite=True,
-        compare=baseline_map,
-    )
+    base = _evaluate(baseline_map, test_labels, out / "evaluation" / "baseline_report", tile)
+    report = _evaluate(map_path, test_labels, out / "evaluation" / "report", tile, compare=baseline_map)
     say("5/5 check: class changes across the predict windows' edges vs elsewhere (no window lattice)")
-    seams = seam_check(map_path, summary["tile"], summary["overlap"])
+    seams = seam_check(map_path, summary.tile, summary.overlap)
     diff = report["scores"]["comparison"]["miou"]
     return {
         "dataset": str(dataset),
-        "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
+        "checkpoint": str(out / "train" / result.best_checkpoint),
         "curves": str(out / "train" / "curves.png"),
         "map": str(map_path),
-        "quicklook": summary["out"].get("quicklook"),
+        "quicklook": summary.out.get("quicklook"),
         "report": str(out / "evaluation" / "report"),
         "baseline_map": str(baseline_map),
         "baseline_report": str(out / "evaluation" / "baseline_report"),
@@ -165,13 +161,14 @@ def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> d
         "trainer.max_epochs=" + str(max_epochs or 10),
     ]
     tcfg = load_config(TrainConfig, config_dir() / "tiny.yaml", overrides)
-    metrics = train(tcfg, out / "train", overwrite=True)
+    result = train(tcfg, out / "train", overwrite=True)
+    assert result is not None  # one process: rank 0
     say("3/3 evaluate: the best checkpoint on the official test patches")
     data = LandcoverDataModule(tcfg.data, task="classification")
-    test = evaluate_checkpoint(str(out / "train" / metrics["best_checkpoint"]), data, split="test")
+    test = evaluate_checkpoint(str(out / "train" / result.best_checkpoint), data, split="test")
     baseline = _prior_baseline(data)
-    result = {
-        "checkpoint": str(out / "train" / metrics["best_checkpoint"]),
+    summary = {
+        "checkpoint": str(out / "train" / result.best_checkpoint),
         "test": test,
         "baseline": baseline,
         "map_macro": test.get("test/map_macro"),
@@ -181,8 +178,8 @@ def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> d
         "classes_present": test.get("test/classes_present"),
         "absent_classes": test.get("test/absent_classes"),
     }
-    write_text_atomic(out / "test_metrics.json", json.dumps(result, indent=2) + "\n")
-    return result
+    write_text_atomic(out / "test_metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def _prior_baseline(data) -> dict[str, float]:

@@ -250,7 +250,7 @@ def bench_train(args: argparse.Namespace, dev: torch.device) -> None:
                     "epochs": epochs,
                     "precision": run_cfg.trainer.precision,
                     "wall_s": round(time.perf_counter() - t0, 1),
-                    "val_miou": metrics.get("val/miou"),
+                    "val_miou": metrics.metrics.get("val/miou") if metrics else None,
                     **{k: round(v, 3) for k, v in timer.summary().items()},
                 },
             )
@@ -309,8 +309,8 @@ def child_predict(ckpt: Path, stack: Path, out: Path, batch: int, device: str) -
     result = {
         "forward_s": forward_s,
         "forward_windows": n,
-        "predict_s": summary["seconds"],
-        "windows_run": summary["windows_run"],
+        "predict_s": summary.seconds,
+        "windows_run": summary.windows_run,
         "peak_rss_mb": peak_rss_mb(),
         **times,
     }

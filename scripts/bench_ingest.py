@@ -302,7 +302,7 @@ if profile != "-":
     prof.disable()
     prof.dump_stats(profile)
     pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
-print(json.dumps({"seconds": seconds, "tiles": ds["scenes"][0]["tiles"]}))
+print(json.dumps({"seconds": seconds, "tiles": ds.dataset["scenes"][0]["tiles"]}))
 """
 
 

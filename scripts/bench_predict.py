@@ -122,10 +122,10 @@ def child_predict(ckpt: Path, stack: Path, out: Path, forward_too: bool) -> dict
         result.update(forward_s=time.perf_counter() - started, forward_windows=n)
     summary = predict_scene(lm, stack, out, overlap=OVERLAP, batch_size=BATCH, overwrite=True)
     result.update(
-        predict_s=summary["seconds"],
-        windows_run=summary["windows_run"],
-        width=summary["grid"]["width"],
-        height=summary["grid"]["height"],
+        predict_s=summary.seconds,
+        windows_run=summary.windows_run,
+        width=summary.grid["width"],
+        height=summary.grid["height"],
         peak_rss_mb=peak_rss_mb(),
     )
     return result

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from landcover.config import config_dir, load_config
 from landcover.demo import ingest_clip, split_labels, train_and_predict
-from landcover.evaluation.evaluate import evaluate_maps
+from landcover.evaluation.evaluate import EvaluationResult, evaluate_maps
 from landcover.training.config import TrainConfig
 
 
@@ -30,14 +30,14 @@ def _run(name: str, config: str, seed: int, dataset: Path, out: Path) -> tuple[P
     started = time.perf_counter()
     metrics, _ = train_and_predict(cfg, out / f"{name}-{seed}", out / "maps" / f"{name}-{seed}.tif")
     return out / "maps" / f"{name}-{seed}.tif", {
-        "val_miou": metrics["val/miou"],
-        "best_epoch": metrics["best_epoch"],
+        "val_miou": metrics.metrics["val/miou"],
+        "best_epoch": metrics.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def _score(report: dict) -> dict:
-    s = report["scores"]
+def _score(report: EvaluationResult) -> dict:
+    s = report.metrics["scores"]
     out = {
         k: {"estimate": s[k], **{b: s["intervals"][k][b] for b in ("low", "high")}}
         for k in ("miou", "overall_accuracy")
@@ -88,7 +88,7 @@ def main() -> None:
     }
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-        "test_pixels": cnn["pixels"]["evaluated"],
+        "test_pixels": cnn.metrics["pixels"]["evaluated"],
         "rows": rows,
         "summary": summary,
     }

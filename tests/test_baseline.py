@@ -134,7 +134,7 @@ def test_baseline_map_does_not_depend_on_the_window_grid(baseline_run: tuple[Pat
         assert da.tags()["BLENDING"].startswith("each pixel from the window where it lies deepest")
         assert (da.width, da.height, da.transform) == (db.width, db.height, db.transform)
     assert np.array_equal(ma, mb)
-    assert a["overlap"] == 2 * FeatureRecipe().halo
+    assert a.overlap == 2 * FeatureRecipe().halo
     with rasterio.open(stack.parent / "labels.tif") as src:
         labels = src.read(1)
     keep = labels != IGNORE

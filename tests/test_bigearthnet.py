@@ -117,7 +117,7 @@ def test_touching_patches_of_one_product_become_one_mosaic(tmp_path):
             assert not vrt[n:, : 2 * n].any() and not vrt[:n, 2 * n :].any()  # holes read as no data
     assert not Path(mosaic.bands["B02"].path).exists()  # VRTs gone once the block ends
 
-    ds = ingest([root], tmp_path / "ds", config=IngestConfig(nomenclature="ben19"))
+    ds = ingest([root], tmp_path / "ds", config=IngestConfig(nomenclature="ben19")).dataset
     scene = next(s for s in ds["scenes"] if s["scene_id"] == f"{a.name}_mosaic")
     assert len(ds["scenes"]) == 4 and (scene["grid"]["width"], scene["grid"]["height"]) == (360, 240)
     assert scene["grid"]["transform"][2] == bounds_of(a).left and scene["grid"]["transform"][5] == bounds_of(a).top
@@ -159,7 +159,7 @@ def test_v1_patches_are_scenes_of_their_own_with_converted_labels(tmp_path):
     root = tmp_path / "v1"
     roads = make_bigearthnet_patch(root, version=1, labels=["Pastures", "Road and rail networks and associated land"])
     forest = make_bigearthnet_patch(root, version=1, col=56, labels=["Coniferous forest"])  # adjacent, same date
-    ds = ingest([root], tmp_path / "ds", config=IngestConfig(nomenclature="ben19", bands=list(TEN_M)))
+    ds = ingest([root], tmp_path / "ds", config=IngestConfig(nomenclature="ben19", bands=list(TEN_M))).dataset
     assert sorted(s["scene_id"] for s in ds["scenes"]) == sorted([roads.name, forest.name])
     cat = read_catalog(tmp_path / "ds", include_buffer=True).set_index("patch_id")
     assert list(cat.loc[roads.name, "patch_labels"]) == [4]  # roads have no 19-class label
@@ -170,7 +170,7 @@ def test_v1_patches_are_scenes_of_their_own_with_converted_labels(tmp_path):
 def test_tile_sizes_and_bad_inputs(tmp_path):
     a = make_bigearthnet_patch(tmp_path / "x", row=27, col=55)
     make_bigearthnet_patch(tmp_path / "x", row=27, col=56)
-    ds = ingest([tmp_path / "x"], tmp_path / "ds", config=IngestConfig(tile_size=64, bands=list(TEN_M)))
+    ds = ingest([tmp_path / "x"], tmp_path / "ds", config=IngestConfig(tile_size=64, bands=list(TEN_M))).dataset
     cat = read_catalog(tmp_path / "ds", include_buffer=True)
     assert ds["tile_size"] == 64 and len(cat) == 3 and (cat["patch_id"] == "").all()  # tiles are not patches
     with pytest.raises(ValueError, match="multiple of 16"):
@@ -212,7 +212,7 @@ def test_real_t33uup_block_mosaics_into_one_scene(tmp_path):
         tmp_path / "metadata.parquet", {k: v[0] for k, v in expected.items()}, {k: v[1] for k, v in expected.items()}
     )
     cfg = IngestConfig(nomenclature="ben19", bigearthnet_metadata=metadata)
-    ds = ingest(patches, tmp_path / "ds", config=cfg)
+    ds = ingest(patches, tmp_path / "ds", config=cfg).dataset
     (scene,) = ds["scenes"]
     lefts, tops = [bounds_of(p).left for p in patches], [bounds_of(p).top for p in patches]
     grid = scene["grid"]
@@ -234,7 +234,7 @@ def test_real_t33uup_block_mosaics_into_one_scene(tmp_path):
 
 def test_real_v1_patches_ingest_one_scene_each(tmp_path):
     root = shared_data("bigearthnet-v1")
-    ds = ingest([root], tmp_path / "ds", config=IngestConfig(bands=list(TEN_M)))
+    ds = ingest([root], tmp_path / "ds", config=IngestConfig(bands=list(TEN_M))).dataset
     assert len(ds["scenes"]) == 6 and ds["tile_size"] == 120
     level3 = nomenclature("level3")
     code_of = {c.ben43_name: str(c.code) for c in corine_classes() if c.ben43_name}

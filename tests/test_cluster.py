@@ -91,20 +91,22 @@ def test_sharded_ingest_then_finalize_equals_one_run(tmp_path):
     images, clc = make_scenes(tmp_path)
     cfg = IngestConfig(nomenclature="level1", tile_size=16, split={"block_size_m": 640, "min_valid_fraction": 0})
     whole = ingest(images, tmp_path / "one", labels=clc, config=cfg)
+    assert whole.to_json() == (tmp_path / "one" / "dataset.json").read_text()  # the result is what ingest wrote
+    assert json.loads(whole.to_json()) == whole.to_dict() and whole.finalized
     parts = [ingest(images, tmp_path / "sharded", labels=clc, config=cfg, shard=(i, 2)) for i in (1, 0)]
-    assert [p["finalized"] for p in parts] == [False, False]
-    assert sorted(s for p in parts for s in p["scenes"]) == sorted(s["scene_id"] for s in whole["scenes"])
+    assert [p.finalized for p in parts] == [False, False]
+    assert sorted(s for p in parts for s in p.scenes) == sorted(whole.scenes)
     assert not (tmp_path / "sharded" / "catalog.parquet").exists()  # left to --finalize
     again = ingest(images, tmp_path / "sharded", labels=clc, config=cfg, shard=(0, 2))  # a requeued task
-    assert again["scenes"] == parts[1]["scenes"]
+    assert again.scenes == parts[1].scenes
     merged = finalize(tmp_path / "sharded")
     assert finalize(tmp_path / "sharded") == merged  # safe to run twice
-    assert merged["normalization"] == whole["normalization"]
+    assert merged["normalization"] == whole.dataset["normalization"]
     a, b = read_catalog(tmp_path / "one"), read_catalog(tmp_path / "sharded")
     pd.testing.assert_frame_equal(
         a.drop(columns="geometry").reset_index(drop=True), b.drop(columns="geometry").reset_index(drop=True)
     )
-    for scene in whole["scenes"]:
+    for scene in whole.dataset["scenes"]:
         for name in ("image", "labels"):
             assert (tmp_path / "one" / scene[name]).read_bytes() == (tmp_path / "sharded" / scene[name]).read_bytes()
     with pytest.raises(ConfigError, match="--overwrite cannot be combined with --shard"):

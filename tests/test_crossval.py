@@ -40,3 +40,20 @@ def test_cross_validation_tests_each_block_once_and_summarises(tmp_path: Path) -
     assert again == summary
     with pytest.raises(ConfigError, match="at least 3 folds"):
         cross_validate(cfg, tmp_path / "cv2", folds=2)
+
+
+def test_cli_train_folds(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from landcover.cli import app
+
+    dataset = make_learnable_dataset(tmp_path, size=512)
+    config = tmp_path / "b.yaml"
+    config.write_text("model: {arch: lightgbm, lightgbm: {n_estimators: 10, pixels_per_class: 300}}\n")
+    args = ["train", str(config), "--dataset", str(dataset), "--out", str(tmp_path / "cv"), "--folds", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cv" / "crossval.json").read_text())
+    assert f"test/miou: {summary['mean']['test/miou']:.3f} +- {summary['sd']['test/miou']:.3f}" in result.output
+    bad = CliRunner().invoke(app, [*args[:-1], "2"])
+    assert bad.exit_code == 2 and "--folds" in bad.output

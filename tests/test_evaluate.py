@@ -77,9 +77,9 @@ def numpy_scores(pred, ref, k):
 def test_metrics_equal_an_independent_numpy_computation(tmp_path, maps):
     pred_path, ref_path, pred, ref = maps
     m = evaluate_maps(pred_path, ref_path, tmp_path / "report", tile_size=64)
-    s, k = m["scores"], nomenclature("level2").num_classes
+    s, k = m.scores, nomenclature("level2").num_classes
     want = numpy_scores(pred, ref, k)
-    assert s["pixels_evaluated"] == m["pixels"]["evaluated"] == want["n"]
+    assert s["pixels_evaluated"] == m.evaluated_pixels == want["n"]
     for key, ours in [("miou", "miou"), ("oa", "overall_accuracy"), ("kappa", "kappa"), ("fwiou", "fwiou")]:
         assert s[ours] == pytest.approx(want[key], abs=1e-9), key
     assert s["classes_present"] == len(want["iou"]) == k  # the two unused reference classes are predicted
@@ -94,8 +94,8 @@ def test_metrics_equal_an_independent_numpy_computation(tmp_path, maps):
     cm = np.array(s["confusion_matrix"])
     valid = (pred != IGNORE) & (ref != IGNORE)
     assert cm[3, 5] == np.sum((ref == 3) & (pred == 5) & valid)  # rows = reference, columns = prediction
-    assert m["pixels"]["no_label"] == np.sum(ref == IGNORE)
-    assert m["pixels"]["no_prediction"] == np.sum(pred == IGNORE)
+    assert m.metrics["pixels"]["no_label"] == np.sum(ref == IGNORE)
+    assert m.metrics["pixels"]["no_prediction"] == np.sum(pred == IGNORE)
 
 
 def test_each_pixel_counted_once_whatever_the_window_size(maps):
@@ -158,9 +158,9 @@ def test_corine_vector_labels_equal_labels_burnt_first(tmp_path, rng, laea_vecto
     labels_like(laea_vector, pred_path, burnt)
     a = evaluate_maps(pred_path, laea_vector, tmp_path / "a", window_size=64)
     b = evaluate_maps(pred_path, burnt, tmp_path / "b")
-    assert a["scores"]["confusion_matrix"] == b["scores"]["confusion_matrix"]
-    assert a["pixels"] == b["pixels"] and a["pixels"]["no_label"] > 0
-    assert "clc.gpkg (vector" in a["inputs"]["labels_description"]
+    assert a.scores["confusion_matrix"] == b.scores["confusion_matrix"]
+    assert a.metrics["pixels"] == b.metrics["pixels"] and a.metrics["pixels"]["no_label"] > 0
+    assert "clc.gpkg (vector" in a.metrics["inputs"]["labels_description"]
     # a level3 map can be scored in level1: both maps are recoded through their CORINE codes
     c = evaluate_maps(pred_path, laea_vector, tmp_path / "c", nomenclature_name="level1")
     labels_like(laea_vector, pred_path, tmp_path / "l1.tif", nomenclature_name="level1")
@@ -172,7 +172,7 @@ def test_corine_vector_labels_equal_labels_burnt_first(tmp_path, rng, laea_vecto
     )
     d = confusion_matrix_streaming(p.read, r.read, p.grid, 5).matrix
     p.close(), r.close()
-    assert c["scores"]["confusion_matrix"] == d.tolist() and d.shape == (5, 5)
+    assert c.scores["confusion_matrix"] == d.tolist() and d.shape == (5, 5)
 
 
 def test_prediction_with_classes_the_nomenclature_lacks_is_an_error(tmp_path, maps):
@@ -210,8 +210,9 @@ def test_report_folder_holds_every_output(tmp_path, maps):
     out = tmp_path / "report"
     m = evaluate_maps(pred_path, ref_path, out, tile_size=50)
     assert {p.name for p in out.iterdir()} == FILES
-    assert json.loads((out / "metrics.json").read_text()) == m
-    assert m["options"]["tile_size"] == 50 and m["nomenclature"]["name"] == "level2" and m["software"]["landcover"]
+    assert json.loads((out / "metrics.json").read_text()) == m.metrics
+    assert (out / "metrics.json").read_text() == m.to_json() and json.loads(m.to_json()) == m.to_dict()
+    assert m.metrics["options"]["tile_size"] == 50 and m.nomenclature == "level2" and m.metrics["software"]["landcover"]
     for png in ("confusion_matrix.png", "iou_per_class.png"):
         with Image.open(out / png) as image:
             image.verify()
@@ -221,11 +222,11 @@ def test_report_folder_holds_every_output(tmp_path, maps):
     assert "without a label" in report
     assert [name for name, _ in pyogrio.list_layers(out / "tiles_iou.gpkg")] == ["tiles"]
     tiles = gpd.read_file(out / "tiles_iou.gpkg", layer="tiles")
-    assert len(tiles) == m["tiles"]["count"] == 6 * 4  # 300 x 200 px in tiles of 50
+    assert len(tiles) == m.metrics["tiles"]["count"] == 6 * 4  # 300 x 200 px in tiles of 50
     assert tiles.crs.to_epsg() == 32633
     assert tuple(tiles.total_bounds) == pytest.approx(UTM.bounds)
     assert {"miou", "accuracy", "labelled_pixels", "dominant_class", "dominant_iou", "iou_11"} <= set(tiles.columns)
-    assert tiles["evaluated_pixels"].sum() == m["pixels"]["evaluated"]
+    assert tiles["evaluated_pixels"].sum() == m.metrics["pixels"]["evaluated"]
     assert tiles.loc[0, "labelled_pixels"] == 0 and np.isnan(tiles.loc[0, "miou"])  # the unlabelled corner
 
 
@@ -239,7 +240,10 @@ def test_overwrite(tmp_path, maps):
         evaluate_maps(pred_path, ref_path, out, tile_size=100)
     assert (out / "metrics.json").read_text() == before
     m = evaluate_maps(pred_path, ref_path, out, tile_size=100, overwrite=True)
-    assert m["tiles"]["count"] == 6 and json.loads((out / "metrics.json").read_text())["options"]["tile_size"] == 100
+    assert (
+        m.metrics["tiles"]["count"] == 6
+        and json.loads((out / "metrics.json").read_text())["options"]["tile_size"] == 100
+    )
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     other = tmp_path / "mine"
     other.mkdir()
@@ -257,6 +261,11 @@ def test_cli_in_process_and_subprocess(tmp_path, maps):
     assert result.exit_code == 0, result.output
     assert "mIoU" in result.output and "report.md" in result.output
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["tiles"]["count"] == 6
+    # the Python result is what the command prints and writes (but for the time it was created)
+    m = evaluate_maps(pred_path, ref_path, tmp_path / "py", tile_size=128)
+    assert f"mIoU {m.miou:.3f}, overall accuracy {m.overall_accuracy:.3f}" in result.output
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert {**json.loads(m.to_json()), "created": None} == {**written, "created": None}
     result = CliRunner().invoke(app, ["evaluate", str(pred_path), str(ref_path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--overwrite" in result.output
     bad = pred.copy()

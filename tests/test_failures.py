@@ -21,10 +21,8 @@ from landcover.dataset.ingest import ingest
 from landcover.dataset.settings import IngestConfig
 from landcover.errors import ModelError, UnknownCodeError
 from tests.conftest import write_raster
+from tests.helpers import CLI, ONE_BATCH, ROOT, ingest_command, tiny_config, train_command
 from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "landcover.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +31,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def train_args(dataset: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        *CLI,
-        "train",
-        str(ROOT / "configs" / "tiny.yaml"),
-        "--dataset",
-        str(dataset),
-        "--out",
-        str(out),
-        "--set",
-        "trainer.limit_train_batches=2",
-        "--set",
-        "trainer.limit_val_batches=1",
-        *extra,
-    ]
+    return [*CLI, *train_command(dataset, out, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"), *extra]
 
 
 def interrupt_when(args: list[str], ready: Path, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -100,7 +85,7 @@ def test_ingest_that_failed_on_bad_labels_does_not_block_the_corrected_run(tmp_p
         ingest([image], tmp_path / "ds", labels=bad, config=config)
     assert not list((tmp_path / "ds" / "scenes").glob("*/scene.json"))  # nothing was ingested
     dataset = ingest([image], tmp_path / "ds", labels=labels, config=config)  # the corrected run proceeds
-    assert len(dataset["scenes"]) == 1 and dataset["scenes"][0]["labels"]
+    assert len(dataset.scenes) == 1 and dataset.dataset["scenes"][0]["labels"]
     assert json.loads((tmp_path / "ds" / "ingest_settings.json").read_text())["labels"] == labels.name
 
 
@@ -141,21 +126,10 @@ def test_explain_with_a_missing_input_creates_no_output_folder(checkpoint, tmp_p
 
 
 def test_failed_resume_writes_nothing(dataset, tmp_path):
-    from landcover.config import load_config
     from landcover.training.train import TrainConfig, train
 
     def cfg(*overrides: str) -> TrainConfig:
-        return load_config(
-            TrainConfig,
-            ROOT / "configs" / "tiny.yaml",
-            [
-                f"data.dataset={dataset}",
-                "trainer.max_epochs=1",
-                "trainer.limit_train_batches=1",
-                "trainer.limit_val_batches=1",
-                *overrides,
-            ],
-        )
+        return tiny_config(dataset, *ONE_BATCH, *overrides)
 
     train(cfg(), tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -253,12 +227,11 @@ def test_sigterm_stops_the_demo_with_143(tmp_path):
 
 
 def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
-    from landcover.config import load_config
     from landcover.errors import DatasetError
-    from landcover.training.train import TrainConfig, train
+    from landcover.training.train import train
 
     small = make_learnable_dataset(tmp_path / "small", size=256)  # too small for a val block
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={small}"])
+    cfg = tiny_config(small)
     with pytest.raises(DatasetError, match=r"split .* is empty"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -267,21 +240,7 @@ def test_train_on_a_dataset_with_an_empty_split_creates_no_run_folder(tmp_path):
 def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
     image, labels = make_learnable_scene(tmp_path / "raw", size=2048)
     out = tmp_path / "ds"
-    args = [
-        *CLI,
-        "ingest",
-        str(image),
-        "--labels",
-        str(labels),
-        "--out",
-        str(out),
-        "--nomenclature",
-        "level1",
-        "--tile-size",
-        "32",
-        "--set",
-        "split.min_valid_fraction=0",
-    ]
+    args = [*CLI, *ingest_command(image, labels, out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.time() + 120
     while not list((out / "scenes").glob(".*partial*")) and proc.poll() is None and time.time() < end:
@@ -299,8 +258,7 @@ def test_sigterm_during_ingest_exits_143_and_the_rerun_completes(tmp_path):
 
 def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, tmp_path, monkeypatch):
     """metrics.json marks a finished run (a sweep skips such variants): it must never exist half-written."""
-    from landcover.config import load_config
-    from landcover.training.train import TrainConfig, train
+    from landcover.training.train import train
 
     real = Path.write_text
 
@@ -311,16 +269,7 @@ def test_training_killed_while_writing_metrics_leaves_no_metrics_file(dataset, t
         return real(self, text, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", killed_midway)
-    cfg = load_config(
-        TrainConfig,
-        ROOT / "configs" / "tiny.yaml",
-        [
-            f"data.dataset={dataset}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1",
-        ],
-    )
+    cfg = tiny_config(dataset, *ONE_BATCH)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
     assert not [p.name for p in (tmp_path / "run").iterdir() if "metrics.json" in p.name]
@@ -380,23 +329,13 @@ def interrupted_sweep(dataset: Path, tmp_path: Path, signum: signal.Signals, cod
 def test_resume_auto_starts_a_run_that_was_killed_before_its_first_checkpoint(dataset, tmp_path):
     """A kill between the first best.ckpt and last.ckpt (or while the first one was written) leaves
     checkpoints/ without last.ckpt: --resume auto must start the run, not refuse it."""
-    from landcover.config import load_config
-    from landcover.training.train import TrainConfig, train
+    from landcover.training.train import train
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    cfg = load_config(
-        TrainConfig,
-        ROOT / "configs" / "tiny.yaml",
-        [
-            f"data.dataset={dataset}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1",
-        ],
-    )
+    cfg = tiny_config(dataset, *ONE_BATCH)
     metrics = train(cfg, run, resume="auto")
-    assert metrics["stopped_epoch"] >= 0 and (run / "checkpoints" / "last.ckpt").exists()
+    assert metrics.stopped_epoch >= 0 and (run / "checkpoints" / "last.ckpt").exists()
 
 
 def test_predict_into_a_new_folder_with_an_unusable_input_creates_no_folder(tmp_path):

@@ -101,5 +101,5 @@ def test_training_on_the_gpu_in_mixed_precision(tmp_path):
     torch.cuda.reset_peak_memory_stats()
     metrics = train(cfg, tmp_path / "run")
     assert torch.cuda.max_memory_allocated() > 0
-    assert metrics["val/miou"] > 0.8, metrics  # the learnable dataset is learnt on the GPU too
+    assert metrics.metrics["val/miou"] > 0.8, metrics  # the learnable dataset is learnt on the GPU too
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_samples_per_second"] > 0

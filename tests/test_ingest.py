@@ -50,7 +50,7 @@ def band_path(product, band):
 def test_l2a_offset_applied_once_and_baselines_share_one_scale(tmp_path, clc):
     new = make_safe(tmp_path / "a", baseline="04.00", seed=3)
     old = make_safe(tmp_path / "b", baseline="02.14", sensing="20210115T101021", seed=3)
-    ds = ingest([new, old], tmp_path / "ds", labels=clc, config=SMALL)
+    ds = ingest([new, old], tmp_path / "ds", labels=clc, config=SMALL).dataset
     scenes = {s["provenance"]["processing_baseline"]: s for s in ds["scenes"]}
     img_new = read(tmp_path / "ds" / scenes["04.00"]["image"])
     img_old = read(tmp_path / "ds" / scenes["02.14"]["image"])
@@ -65,7 +65,7 @@ def test_l2a_offset_applied_once_and_baselines_share_one_scale(tmp_path, clc):
 
 def test_resampled_bands_equal_an_independent_rasterio_resampling(tmp_path, clc):
     safe = make_safe(tmp_path, baseline="02.14", all_resolutions=False)
-    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL)
+    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL).dataset
     image = read(tmp_path / "ds" / ds["scenes"][0]["image"])
     bands = ds["bands"]
     with rasterio.open(tmp_path / "ds" / ds["scenes"][0]["image"]) as stack:
@@ -87,7 +87,7 @@ def test_resampled_bands_equal_an_independent_rasterio_resampling(tmp_path, clc)
 
 def test_scl_invalid_pixels_are_ignored(tmp_path, clc):
     safe = make_safe(tmp_path, baseline="04.00")
-    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL)
+    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL).dataset
     labels = read(tmp_path / "ds" / ds["scenes"][0]["labels"], 1)
     scl_path = open_product(safe).scl.path
     with rasterio.open(tmp_path / "ds" / ds["scenes"][0]["labels"]) as lab, rasterio.open(scl_path) as scl:
@@ -104,7 +104,7 @@ def test_scl_invalid_pixels_are_ignored(tmp_path, clc):
 
 def test_catalog_matches_rasters_and_splits_do_not_touch(tmp_path, clc):
     safe = make_safe(tmp_path, level="L1C", baseline="02.07", size=128)
-    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL)
+    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL).dataset
     labels = read(tmp_path / "ds" / ds["scenes"][0]["labels"], 1)
     cat = read_catalog(tmp_path / "ds", include_buffer=True)
     assert len(cat) == (128 // 16) ** 2
@@ -126,7 +126,7 @@ def test_catalog_matches_rasters_and_splits_do_not_touch(tmp_path, clc):
 
 def test_band_statistics_come_from_train_tiles_only(tmp_path, clc):
     safe = make_safe(tmp_path, baseline="04.00", size=128, with_scl=False)
-    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL)
+    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL).dataset
     image = read(tmp_path / "ds" / ds["scenes"][0]["image"]).astype(np.float64)
     train = read_catalog(tmp_path / "ds", split="train")
     assert 0 < len(train) < len(read_catalog(tmp_path / "ds", include_buffer=True))
@@ -182,7 +182,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, clc):
 
 def test_safe_without_metadata_is_ingested_with_a_warning(tmp_path, clc):
     safe = make_safe(tmp_path, baseline="04.00", with_mtd=False)
-    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL)
+    ds = ingest([safe], tmp_path / "ds", labels=clc, config=SMALL).dataset
     prov = ds["scenes"][0]["provenance"]
     assert prov["warnings"], "a SAFE without MTD xml must record a warning"
 
@@ -225,7 +225,7 @@ def test_real_jp2_clip_with_osm_labels(tmp_path):
         labels={"code_column": "fclass", "mapping": str(catalog_dir() / "osm_fclass_to_clc_level1.csv")},
         split={"block_size_m": 2560, "min_valid_fraction": 0.0},
     )
-    ds = ingest([folder / "IMG_DATA"], tmp_path / "ds", labels=next(folder.glob("gis_osm*.gpkg")), config=cfg)
+    ds = ingest([folder / "IMG_DATA"], tmp_path / "ds", labels=next(folder.glob("gis_osm*.gpkg")), config=cfg).dataset
     scene = ds["scenes"][0]
     assert len(ds["bands"]) == 13 and scene["grid"]["width"] == 1536 and scene["grid"]["height"] == 768
     image = read(tmp_path / "ds" / scene["image"])

@@ -93,8 +93,8 @@ def test_predict_refuses_a_scene_of_another_level_and_writes_nothing(tmp_path):
 def test_level_mismatch_allowed_is_warned_and_tagged(tmp_path):
     l1c = make_safe(tmp_path / "raw", level="L1C", size=32, bands=BANDS)
     summary = predict_scene(lm_of("L2A"), l1c, tmp_path / "map.tif", allow_level_mismatch=True, quicklook=False)
-    assert summary["processing_level"] == {"checkpoint": "L2A", "scene": "L1C"}
-    assert any("L2A" in w and "L1C" in w for w in summary["warnings"])
+    assert summary.processing_level == {"checkpoint": "L2A", "scene": "L1C"}
+    assert any("L2A" in w and "L1C" in w for w in summary.warnings)
     with rasterio.open(tmp_path / "map.tif") as ds:
         tags = ds.tags()
     assert tags["PROCESSING_LEVEL"] == "L1C" and tags["CHECKPOINT_PROCESSING_LEVEL"] == "L2A"
@@ -106,7 +106,7 @@ def test_unknown_levels_are_not_refused_and_say_unknown(tmp_path):
     predict_scene(lm_of("L2A"), stack, tmp_path / "a.tif", quicklook=False)
     l1c = make_safe(tmp_path / "raw", level="L1C", size=32, bands=BANDS)
     summary = predict_scene(lm_of(None), l1c, tmp_path / "b.tif", quicklook=False)  # an older checkpoint
-    assert summary["warnings"] == []
+    assert summary.warnings == []
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         assert a.tags()["PROCESSING_LEVEL"] == "unknown" and a.tags()["CHECKPOINT_PROCESSING_LEVEL"] == "L2A"
         assert b.tags()["PROCESSING_LEVEL"] == "L1C" and b.tags()["CHECKPOINT_PROCESSING_LEVEL"] == "unknown"
@@ -118,7 +118,7 @@ def test_an_ingested_stack_keeps_its_level_and_the_dataset_records_it(tmp_path):
     from landcover.sources.s2meta import dataset_level
 
     l1c = make_safe(tmp_path / "raw", level="L1C", size=64, bands=BANDS)
-    dataset = ingest([l1c], tmp_path / "ds", config=IngestConfig(bands=BANDS, tile_size=32))
+    dataset = ingest([l1c], tmp_path / "ds", config=IngestConfig(bands=BANDS, tile_size=32)).dataset
     assert dataset["processing_level"] == "L1C" == dataset_level(dataset["scenes"])
     (stack,) = (tmp_path / "ds" / "scenes").glob("*/image.tif")
     with pytest.raises(ConfigError, match="L1C"):
@@ -171,7 +171,7 @@ def test_explain_refuses_a_scene_of_another_level(l2a_checkpoint, tmp_path):
 def test_predict_of_an_all_no_data_scene_writes_the_map_but_warns(tmp_path):
     stack = write_stack(tmp_path / "in" / "s.tif", np.zeros((len(BANDS), 40, 40), np.uint16))
     summary = predict_scene(lm_of(None), stack, tmp_path / "map.tif", quicklook=False)
-    assert summary["valid_fraction"] == 0.0 and any("no data" in w for w in summary["warnings"])
+    assert summary.valid_fraction == 0.0 and any("no data" in w for w in summary.warnings)
     with rasterio.open(tmp_path / "map.tif") as ds:
         assert (ds.read(1) == 255).all()
         tags = ds.tags()
@@ -182,7 +182,7 @@ def test_the_valid_fraction_is_always_tagged(tmp_path):
     image = scene(40, 40)
     image[:, :10] = 0  # a quarter of the scene has no data
     summary = predict_scene(lm_of(None), write_stack(tmp_path / "s.tif", image), tmp_path / "map.tif", quicklook=False)
-    assert summary["valid_fraction"] == pytest.approx(0.75) and summary["warnings"] == []
+    assert summary.valid_fraction == pytest.approx(0.75) and summary.warnings == []
     with rasterio.open(tmp_path / "map.tif") as ds:
         assert float(ds.tags()["VALID_FRACTION"]) == pytest.approx(0.75) and ds.tags()["WARNINGS"] == "none"
 

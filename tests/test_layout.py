@@ -125,5 +125,7 @@ def test_public_api_resolves_lazily():
     assert heavy == []  # `import landcover` stays light: the stages load on first use
     for name in ("ingest", "train", "predict_scene", "evaluate_maps", "get_nomenclature", "load_config"):
         assert kinds[name] == "function", name
-    for name in ("Nomenclature", "TrainConfig", "IngestConfig", "LandcoverError"):
+    for name in ("Nomenclature", "TrainConfig", "IngestConfig", "LandcoverError", "IngestResult", "TrainResult"):
+        assert kinds[name] == "class", name
+    for name in ("PredictResult", "EvaluationResult"):
         assert kinds[name] == "class", name

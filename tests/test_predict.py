@@ -170,8 +170,8 @@ def test_grid_equals_input_and_nodata_is_exactly_255(big):
         ids = dst.read(1)
     nodata = ~image.any(axis=0)
     assert (ids[nodata] == 255).all() and (ids[~nodata] < K).all()
-    assert summary["windows_skipped"] > 0 and summary["windows_run"] > 0
-    assert summary["overlap"] == 16 and summary["tile"] == 64
+    assert summary.windows_skipped > 0 and summary.windows_run > 0
+    assert summary.overlap == 16 and summary.tile == 64
 
 
 def test_blending_reproduces_a_pixelwise_model_exactly(big):
@@ -223,7 +223,7 @@ def test_outputs_are_styled_cogs_with_provenance(big):
         "map_confidence.tif",
         "map_probabilities.tif",
     ]
-    assert summary["out"]["map"] == str(out / "map.tif")
+    assert summary.out["map"] == str(out / "map.tif")
 
 
 @settings(max_examples=60, deadline=None)
@@ -293,7 +293,7 @@ def test_classification_checkpoint_predicts_one_class_per_tile(tmp_path):
     summary = predict_scene(lm, stack, tmp_path / "c.tif", quicklook=False)
     with rasterio.open(tmp_path / "c.tif") as ds:
         ids = ds.read(1)
-    assert summary["windows_skipped"] == 1 and summary["windows_run"] == 8
+    assert summary.windows_skipped == 1 and summary.windows_run == 8
     padded = np.pad(image, ((0, 0), (0, 96 - 70), (0, 96 - 90)), mode="reflect")
     x = (padded.astype(np.float32) - MEAN) / STD
     x[:, ~padded.any(axis=0)] = 0
@@ -314,14 +314,14 @@ def test_resume_skips_finished_scenes(tmp_path):
     ]
     model = Conv1x1()
     first = predict_many(loaded(model), stacks, tmp_path / "out", quicklook=False)
-    assert model.calls > 0 and [s["skipped"] for s in first] == [False, False]
+    assert model.calls > 0 and [s.skipped for s in first] == [False, False]
     model.calls = 0
     (tmp_path / "out" / "B.tif").unlink()  # as if the run had stopped before B finished
     again = predict_many(loaded(model), stacks, tmp_path / "out", quicklook=False)
-    assert [s["skipped"] for s in again] == [True, False] and model.calls > 0
+    assert [s.skipped for s in again] == [True, False] and model.calls > 0
     model.calls = 0
     third = predict_many(loaded(model), stacks, tmp_path / "out", quicklook=False)
-    assert all(s["skipped"] for s in third) and model.calls == 0
+    assert all(s.skipped for s in third) and model.calls == 0
     with pytest.raises(OutputExistsError, match="--overwrite"):
         predict_scene(loaded(model), stacks[0], tmp_path / "out" / "A.tif")
 
@@ -352,7 +352,7 @@ def test_safe_product_and_its_ingested_stack_give_the_same_map(tmp_path):
     model = Conv1x1(c=len(bands))
     a = predict_scene(loaded(model, bands=bands), safe, tmp_path / "safe.tif", quicklook=False)
     b = predict_scene(loaded(model, bands=bands), stack, tmp_path / "stack.tif", quicklook=False)
-    assert a["grid"] == b["grid"] and a["product_id"] == b["product_id"]
+    assert a.grid == b.grid and a.product_id == b.product_id
     with rasterio.open(tmp_path / "safe.tif") as x, rasterio.open(tmp_path / "stack.tif") as y:
         assert (x.read(1) == y.read(1)).all() and x.tags()["PROCESSING_BASELINE"] == "04.00"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from landcover.cli import app
-from landcover.config import load_config
 from landcover.errors import ModelError
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
-from landcover.training.train import TrainConfig, train
+from landcover.training.train import train
+from tests.helpers import CLI, ONE_BATCH, tiny_config, train_command
 from tests.learnable import make_learnable_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -68,19 +66,7 @@ def test_train_resume_from_a_poisoned_checkpoint_is_refused_before_any_run_folde
     evil = poison(tmp_path / "evil.ckpt", marker)
     out = tmp_path / "run"
     dataset = make_learnable_dataset(tmp_path / "ds")  # a real one: a missing dataset is reported first
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--resume",
-            str(evil),
-        ],
-    )
+    result = runner.invoke(app, [*train_command(dataset, out), "--resume", str(evil)])
     assert result.exit_code == 2, result.output
     assert_refused(result.output, marker)
     assert not out.exists()
@@ -90,7 +76,7 @@ def test_train_resume_auto_with_a_poisoned_last_checkpoint_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     out = tmp_path / "run"
     poison(out / "checkpoints" / "last.ckpt", marker)
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={tmp_path / 'ds'}"])
+    cfg = tiny_config(tmp_path / "ds")
     with pytest.raises(ModelError) as err:
         train(cfg, out, resume="auto")
     assert_refused(str(err.value), marker)
@@ -100,16 +86,7 @@ def test_train_resume_auto_with_a_poisoned_last_checkpoint_is_refused(tmp_path):
 def test_train_resume_auto_never_runs_a_poisoned_best_checkpoint(tmp_path):
     """A finished run whose best.ckpt was swapped for a pickle: resuming must not evaluate it unsafely."""
     dataset = make_learnable_dataset(tmp_path / "ds")
-    cfg = load_config(
-        TrainConfig,
-        ROOT / "configs" / "tiny.yaml",
-        [
-            f"data.dataset={dataset}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1",
-        ],
-    )
+    cfg = tiny_config(dataset, *ONE_BATCH)
     out = tmp_path / "run"
     train(cfg, out)
     marker = tmp_path / "pwned"
@@ -151,23 +128,7 @@ def test_torch_override_variable_does_not_unlock_unsafe_loading(tmp_path):
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     dataset = make_learnable_dataset(tmp_path / "ds")  # a real one: a missing dataset is reported first
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "landcover.cli",
-            "train",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--resume",
-            "auto",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        [*CLI, *train_command(dataset, out), "--resume", "auto"], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert_refused(proc.stderr, marker)
@@ -176,7 +137,7 @@ def test_torch_override_variable_does_not_unlock_unsafe_loading(tmp_path):
 def test_no_run_folder_is_created_for_a_dataset_that_does_not_exist(tmp_path):
     from landcover.errors import DatasetError
 
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={tmp_path / 'nothing'}"])
+    cfg = tiny_config(tmp_path / "nothing")
     with pytest.raises(DatasetError):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

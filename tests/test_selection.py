@@ -34,6 +34,6 @@ def test_best_checkpoint_is_the_best_smoothed_epoch(tmp_path: Path) -> None:
     logged = log.dropna(subset=["val/miou_smooth"])["val/miou_smooth"].to_numpy()
     assert logged == pytest.approx(smooth, abs=1e-6)
     best = int(pd.Series(smooth, index=raw.index).idxmax())
-    assert metrics["best_epoch"] == best
+    assert metrics is not None and metrics.best_epoch == best
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert any("SmoothedMonitor" in k for k in ckpt["callbacks"])  # a resumed run continues the same average

@@ -134,7 +134,7 @@ def two_zones(tmp_path):
     a = write_scene(tmp_path / "a", "EPSG:32632", origin_in("EPSG:32632", (-2400, 2400)), size, 0)
     b = write_scene(tmp_path / "b", "EPSG:32633", origin_in("EPSG:32633", (-2400, 2400)), size, 10)
     out = tmp_path / "ds"
-    dataset = ingest([a, b], out, config=CFG)
+    dataset = ingest([a, b], out, config=CFG).dataset
     return out, dataset
 
 
@@ -221,7 +221,7 @@ def test_ingest_resumes_a_dataset_of_the_old_scheme_and_resplits_it(tmp_path, tw
     del meta["split_scheme"]
     (out / "dataset.json").write_text(json.dumps(meta))
     inputs = sorted((tmp_path / d / f) for d in ("a", "b") for f in [p.name for p in (tmp_path / d).iterdir()])
-    dataset = ingest(inputs, out, config=CFG)  # same settings: resumed (nothing re-read), re-split
+    dataset = ingest(inputs, out, config=CFG).dataset  # same settings: resumed (nothing re-read), re-split
     assert dataset["split_scheme"]["version"] == SCHEME_VERSION
     assert leaks(catalog_rows(out), 0.99 * 320.0)[0] == 0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from landcover.config import load_config
 from landcover.errors import ConfigError
 from landcover.evaluation.confusion import scores_from_confusion
 from landcover.training.datamodule import LandcoverDataModule
-from landcover.training.train import TrainConfig, evaluate_checkpoint, train
+from landcover.training.train import evaluate_checkpoint, train
+from tests.helpers import CLI, tiny_config, train_command
 from tests.learnable import make_learnable_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +27,7 @@ def dataset(tmp_path_factory) -> Path:
     return make_learnable_dataset(tmp_path_factory.mktemp("learnable"))
 
 
-def tiny(dataset: Path, *overrides: str) -> TrainConfig:
-    return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"data.dataset={dataset}", *overrides])
+tiny = tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +39,11 @@ def segmentation_run(dataset, tmp_path_factory):
 
 def test_segmentation_learns_a_learnable_dataset(segmentation_run):
     out, metrics = segmentation_run
-    assert metrics["val/miou"] >= 0.9, metrics
-    assert len(metrics["per_class_iou"]) == 5 and len(metrics["confusion_matrix"]) == 5
+    assert metrics.metrics["val/miou"] >= 0.9, metrics
+    assert len(metrics.metrics["per_class_iou"]) == 5 and len(metrics.metrics["confusion_matrix"]) == 5
     # no path of the user's machine in the run's record: the checkpoint is named inside the run folder
-    assert metrics["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert metrics.best_checkpoint == "checkpoints/best.ckpt"
+    assert (out / "metrics.json").read_text() == metrics.to_json()  # the result is what the run wrote
     assert str(out.parent) not in (out / "metrics.json").read_text()
     for name in (
         "config.yaml",
@@ -85,8 +84,8 @@ def test_checkpoint_is_self_contained_and_reproduces_validation(segmentation_run
 def test_classification_multilabel_learns(dataset, tmp_path):
     cfg = tiny(dataset, "model.task=classification", "trainer.max_epochs=10", "trainer.patience=4")
     metrics = train(cfg, tmp_path / "cls")
-    assert metrics["val/f1_macro"] >= 0.9, metrics
-    assert metrics["monitor"] == "val/map_macro"
+    assert metrics.metrics["val/f1_macro"] >= 0.9, metrics
+    assert metrics.monitor == "val/map_macro"
 
 
 def test_early_stopping_stops_a_stalled_run(dataset, tmp_path):
@@ -100,7 +99,7 @@ def test_early_stopping_stops_a_stalled_run(dataset, tmp_path):
         "trainer.limit_train_batches=2",
     )
     metrics = train(cfg, tmp_path / "stalled")
-    assert metrics["early_stopped"] and metrics["stopped_epoch"] <= 5, metrics["stopped_epoch"]
+    assert metrics.early_stopped and metrics.stopped_epoch <= 5, metrics.stopped_epoch
 
 
 def test_resume_continues_from_last_checkpoint(dataset, tmp_path):
@@ -122,25 +121,16 @@ def test_ddp_two_cpu_processes_agree(dataset, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "landcover.cli",
-            "train",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--set",
-            "trainer.strategy=ddp",
-            "--set",
-            "trainer.devices=2",
-            "--set",
-            "trainer.max_epochs=1",
-            "--set",
-            "trainer.limit_train_batches=3",
-            "--set",
-            "trainer.limit_val_batches=2",
+            *CLI,
+            *train_command(
+                dataset,
+                out,
+                "trainer.strategy=ddp",
+                "trainer.devices=2",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=3",
+                "trainer.limit_val_batches=2",
+            ),
         ],
         capture_output=True,
         text=True,
@@ -171,7 +161,7 @@ def test_real_bigearthnet_patches_train_a_classifier(tmp_path):
         "data.split_column=official_split",
     )
     metrics = train(cfg, tmp_path / "run")
-    assert 0.0 <= metrics["val/map_macro"] <= 1.0 and 0.0 <= metrics["val/f1_micro"] <= 1.0
+    assert 0.0 <= metrics.metrics["val/map_macro"] <= 1.0 and 0.0 <= metrics.metrics["val/f1_micro"] <= 1.0
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
     assert ckpt["landcover"]["nomenclature"]["name"] == "ben19" and len(ckpt["landcover"]["bands"]) == 12
     log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
@@ -219,7 +209,7 @@ def test_single_label_classifier_trains_on_the_real_sample_with_unlabelled_crops
     labels = torch.cat([batch["label"] for batch in data.train_dataloader()])
     assert (labels == 255).any() and (labels != 255).any()  # the case this test is about
     metrics = train(cfg, tmp_path / "run")
-    assert metrics["monitor"] == "val/f1_macro" and 0.0 <= metrics["val/accuracy"] <= 1.0
+    assert metrics.monitor == "val/f1_macro" and 0.0 <= metrics.metrics["val/accuracy"] <= 1.0
 
 
 def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path):
@@ -235,23 +225,15 @@ def test_ddp_draws_the_tile_cap_and_scores_every_val_tile_once(dataset, tmp_path
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "landcover.cli",
-            "train",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--set",
-            "trainer.strategy=ddp",
-            "--set",
-            "trainer.devices=2",
-            "--set",
-            "trainer.max_epochs=1",
-            "--set",
-            "data.max_train_tiles_per_epoch=48",
+            *CLI,
+            *train_command(
+                dataset,
+                out,
+                "trainer.strategy=ddp",
+                "trainer.devices=2",
+                "trainer.max_epochs=1",
+                "data.max_train_tiles_per_epoch=48",
+            ),
         ],
         capture_output=True,
         text=True,

@@ -7,17 +7,15 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from landcover.cli import app
+from tests.helpers import CLI, ONE_BATCH, ingest_command, train_command
 from tests.learnable import make_learnable_dataset, make_learnable_scene, write_unet_checkpoint
 
-CLI = [sys.executable, "-m", "landcover.cli"]
-ROOT = Path(__file__).resolve().parents[1]
 # root ignores permission bits unless it gives up the capabilities that bypass them
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
 
@@ -78,20 +76,7 @@ def commands(scene: tuple[Path, Path], checkpoint: Path, out: Path) -> dict[str,
     image, labels = scene
     return {
         "labels": ["labels", str(labels), "--like", str(image), "--out", str(out / "labels.tif")],
-        "ingest": [
-            "ingest",
-            str(image),
-            "--labels",
-            str(labels),
-            "--out",
-            str(out / "ds"),
-            "--nomenclature",
-            "level1",
-            "--tile-size",
-            "32",
-            "--set",
-            "split.min_valid_fraction=0",
-        ],
+        "ingest": ingest_command(image, labels, out / "ds"),
         "predict": ["predict", str(checkpoint), str(image), "--out", str(out / "map.tif"), "--device", "cpu"],
         "predict-probabilities": [
             "predict",
@@ -150,20 +135,7 @@ def test_read_only_output_folder_is_one_line_and_exit_2(command, scene, checkpoi
 
 
 def train_args(dataset: Path, out: Path) -> list[str]:
-    return [
-        "train",
-        str(ROOT / "configs" / "tiny.yaml"),
-        "--dataset",
-        str(dataset),
-        "--out",
-        str(out),
-        "--max-epochs",
-        "1",
-        "--set",
-        "trainer.limit_train_batches=1",
-        "--set",
-        "trainer.limit_val_batches=1",
-    ]
+    return train_command(dataset, out, *ONE_BATCH)
 
 
 def test_read_only_run_folder_of_train_is_one_line_and_exit_2(dataset, tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,9 @@ from landcover.cli.common import (
     out,
     progress_bars,
 )
+
+if TYPE_CHECKING:
+    from landcover.dataset.ingest import IngestResult
 
 
 @app.command()
@@ -137,16 +140,16 @@ def ingest(
         dataset = run_ingest(
             items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update, shard=part
         )
-    if part is not None and not dataset.get("finalized", True):
+    if part is not None and not dataset.finalized:
         _report_shard(out_dir, dataset, part)
         return
     _report(out_dir, dataset)
 
 
-def _report_shard(out_dir: Path, dataset: dict[str, Any], part: tuple[int, int]) -> None:
+def _report_shard(out_dir: Path, dataset: IngestResult, part: tuple[int, int]) -> None:
     """One line for a shard of a sharded ingest: its scenes, and the --finalize step still to run."""
     out.print(
-        f"shard {part[0]}/{part[1]}: {len(dataset['scenes'])} of {dataset['total_scenes']} scene(s) in "
+        f"shard {part[0]}/{part[1]}: {len(dataset.scenes)} of {dataset.total_scenes} scene(s) in "
         f"{out_dir}; run `landcover ingest --finalize --out {out_dir}` when every shard is done"
     )
 
@@ -188,14 +191,13 @@ def _finalize(out_dir: Path, resplit: list[str]) -> None:
     out.print(f"dataset {out_dir}: finalized {len(dataset['scenes'])} scene(s); catalog {out_dir / 'catalog.parquet'}")
 
 
-def _report(out_dir: Path, dataset: dict[str, Any]) -> None:
+def _report(out_dir: Path, dataset: IngestResult) -> None:
     """The warnings of an ingest (scenes' and split's) and a one-line summary of the dataset."""
-    norm = dataset["normalization"]
-    warnings = {w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}
-    for warning in sorted(warnings) + dataset["split_scheme"].get("warnings", []):
+    norm = dataset.dataset["normalization"]
+    for warning in dataset.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(
-        f"dataset {out_dir}: {len(dataset['scenes'])} scene(s), bands {','.join(dataset['bands'])}, "
-        f"{dataset['nomenclature']['name']}; catalog {out_dir / 'catalog.parquet'}, "
+        f"dataset {out_dir}: {len(dataset.scenes)} scene(s), bands {','.join(dataset.bands)}, "
+        f"{dataset.nomenclature}; catalog {out_dir / 'catalog.parquet'}, "
         f"splits {out_dir / 'splits.gpkg'}; train pixels for band statistics: {norm.get('count', 0)}"
     )

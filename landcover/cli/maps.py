@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from landcover.cli.common import (
     out,
     progress_bars,
 )
+
+if TYPE_CHECKING:
+    from landcover.inference.predict import PredictResult
 
 
 @app.command()
@@ -82,7 +85,7 @@ def evaluate(
             overwrite=overwrite,
             progress=lambda done, total: update("evaluate", done, total),
         )
-    _report_evaluation(metrics, out_dir)
+    _report_evaluation(metrics.metrics, out_dir)
 
 
 def _report_evaluation(metrics: dict[str, Any], out_dir: Path) -> None:
@@ -225,18 +228,18 @@ def _shard_scenes(items: list[Path], part: tuple[int, int], out_path: Path) -> l
     return items
 
 
-def _report_maps(summaries: list[dict[str, Any]]) -> None:
+def _report_maps(summaries: list[PredictResult]) -> None:
     """The warnings of a prediction (each once) and one line per scene: written or skipped."""
-    for warning in dict.fromkeys(w for s in summaries for w in s.get("warnings", [])):  # each once
+    for warning in dict.fromkeys(w for s in summaries for w in s.warnings):  # each once
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for s in summaries:
-        if s["skipped"]:
-            out.print(f"skipped {s['input']}: {s['out']['map']} is complete (pass --overwrite to redo it)")
+        if s.skipped:
+            out.print(f"skipped {s.input}: {s.out['map']} is complete (pass --overwrite to redo it)")
             continue
-        extra = ", ".join(Path(p).name for name, p in s["out"].items() if name != "map")
+        extra = ", ".join(Path(p).name for name, p in s.out.items() if name != "map")
         out.print(
-            f"wrote {s['out']['map']} ({s['grid']['width']} x {s['grid']['height']} px, {s['windows_run']} windows, "
-            f"{s['windows_skipped']} empty skipped, {s['seconds']:.1f} s on {s['device']}; {extra})"
+            f"wrote {s.out['map']} ({s.grid['width']} x {s.grid['height']} px, {s.windows_run} windows, "
+            f"{s.windows_skipped} empty skipped, {s.seconds:.1f} s on {s.device}; {extra})"
         )
 
 

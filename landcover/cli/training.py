@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,8 +28,17 @@ def train(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            min=3,
+            help="Spatial k-fold cross-validation: one run per fold in OUT/fold-k, scored on its test blocks; "
+            "OUT/crossval.json holds every fold's scores, their mean and sd.",
+        ),
+    ] = None,
 ) -> None:
-    """Train a U-Net segmentation or ResNet classification model on an ingested dataset."""
+    """Train a U-Net segmentation or ResNet classification model (or the LightGBM pixel baseline) on an ingested
+    dataset."""
     from landcover.preflight import check_output_path
     from landcover.training.config import check_train_arguments
 
@@ -49,14 +58,32 @@ def train(
         f"{out_dir / 'checkpoints' / 'last.ckpt'}, if there is one)"
     )
     quiet_lightning()
-    metrics = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
-    if not metrics:  # a non-zero DDP rank
+    if folds is not None:
+        _cross_validate(cfg, out_dir, folds, resume, overwrite)
         return
-    monitor = metrics["monitor"]
+    result = run_train(cfg, out_dir, resume=resume, overwrite=overwrite)
+    if result is None:  # a non-zero DDP rank
+        return
+    curves = out_dir / "curves.png"
     out.print(
-        f"best {monitor} = {metrics.get(monitor, float('nan')):.3f} at epoch {metrics['best_epoch']}; "
-        f"checkpoint {out_dir / metrics['best_checkpoint']}; metrics {out_dir / 'metrics.json'}; curves {out_dir / 'curves.png'}"
+        f"best {result.monitor} = {result.best_score:.3f} at epoch {result.best_epoch}; "
+        f"checkpoint {out_dir / result.best_checkpoint}; metrics {out_dir / 'metrics.json'}"
+        + (f"; curves {curves}" if curves.exists() else "")
     )
+
+
+def _cross_validate(cfg: Any, out_dir: Path, folds: int, resume: str | None, overwrite: bool) -> None:
+    """``train --folds K``: the folds' test scores, their mean and sd."""
+    from landcover.errors import ConfigError
+    from landcover.training.crossval import cross_validate
+
+    if resume is not None or overwrite:
+        raise ConfigError("--folds keeps finished folds and continues the others by itself; drop --resume/--overwrite")
+    summary = cross_validate(cfg, out_dir, folds)
+    for key, mean in summary["mean"].items():
+        if mean is not None:
+            out.print(f"{key}: {mean:.3f} +- {summary['sd'][key]:.3f} (mean +- sd over {folds} folds)")
+    out.print(f"per fold: {out_dir / 'crossval.json'}")
 
 
 def parse_parallel(value: str | None) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,47 @@ from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs
 from landcover.sources.s2meta import dataset_level
 from landcover.sources.sentinel2 import Product
 from landcover.version import __version__
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What :func:`ingest` returns. A finalized dataset: its scenes, bands, nomenclature, warnings (the
+    scenes' and the split's) and ``dataset``, the content of dataset.json. A shard of a sharded ingest
+    (``finalized`` False): the shard's scenes out of ``total_scenes``; ``dataset`` is then empty."""
+
+    finalized: bool
+    scenes: list[str]  # scene ids
+    total_scenes: int
+    bands: list[str] = field(default_factory=list)
+    nomenclature: str = ""
+    warnings: list[str] = field(default_factory=list)
+    shard: tuple[int, int] | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_dataset(cls, dataset: dict[str, Any]) -> IngestResult:
+        """The result of a finalized dataset, from its dataset.json content."""
+        scene_warnings = {w for scene in dataset["scenes"] for w in scene["provenance"]["warnings"]}
+        return cls(
+            finalized=True,
+            scenes=[scene["scene_id"] for scene in dataset["scenes"]],
+            total_scenes=len(dataset["scenes"]),
+            bands=list(dataset["bands"]),
+            nomenclature=dataset["nomenclature"]["name"],
+            warnings=sorted(scene_warnings) + list(dataset["split_scheme"].get("warnings", [])),
+            dataset=dataset,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """dataset.json's content; for a shard, the shard, its scenes and the scenes of all shards."""
+        if self.finalized:
+            return self.dataset
+        shard = list(self.shard) if self.shard is not None else None
+        return {"shard": shard, "scenes": list(self.scenes), "total_scenes": self.total_scenes, "finalized": False}
+
+    def to_json(self) -> str:
+        """The text of dataset.json (for a shard, of its summary, in the same format)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
 def _dataset_bands(products: list[Product], cfg: IngestConfig) -> list[str]:
@@ -166,7 +208,7 @@ def ingest(
     overwrite: bool = False,
     progress: Progress | None = None,
     shard: Shard | None = None,
-) -> dict[str, Any]:
+) -> IngestResult:
     """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it.
 
     BigEarthNet patches and folders of them become one scene per product (tile and date) and group
@@ -216,10 +258,7 @@ def ingest(
         if not sharded:
             _check_some_tile(out, cfg, existed)
     if shard is not None and sharded:
-        return {
-            "shard": list(shard),
-            "scenes": [scene_id for _, scene_id in todo],
-            "total_scenes": len(ids),
-            "finalized": False,
-        }
-    return finalize(out, progress)
+        return IngestResult(
+            finalized=False, scenes=[scene_id for _, scene_id in todo], total_scenes=len(ids), shard=shard
+        )
+    return IngestResult.of_dataset(finalize(out, progress))

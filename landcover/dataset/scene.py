@@ -8,11 +8,10 @@ complete, so an interrupted run leaves only finished scenes.
 
 from __future__ import annotations
 
+import glob
 import json
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from rasterio.windows import Window
 
 from landcover.dataset.catalog import tile_record, write_scene_part
 from landcover.dataset.settings import IngestConfig
-from landcover.io.failures import check_written, writing
+from landcover.io.failures import check_written
 from landcover.io.grid import GDAL_ENV, Grid
+from landcover.io.outputs import atomic_folder
 from landcover.io.style import class_map_profile, style_class_map, write_qgis_style
 from landcover.nomenclature import IGNORE, nomenclature, sentinel2_bands
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, patch_fields
@@ -48,9 +48,12 @@ def scene_id_of(product: Product) -> str:
 
 
 def clean_partials(out: Path, scene_id: str) -> None:
-    """Remove what an interrupted run left of one scene (only its own shard ever writes it)."""
-    for stale in (out / "scenes").glob(f".{scene_id}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """Remove what an interrupted run left of one scene (only its own shard ever writes it): the temporary
+    folders of :func:`~landcover.io.outputs.atomic_folder`, ``.<scene_id>.<8 hex>.partial``."""
+    own = re.compile(rf"\.{re.escape(scene_id)}\.[0-9a-f]{{8}}\.partial")
+    for stale in (out / "scenes").glob(f".{glob.escape(scene_id)}.*.partial"):
+        if own.fullmatch(stale.name):  # not the folder of scene "<scene_id>.x"
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _image_profile(grid: Grid, count: int, cfg: IngestConfig) -> dict[str, object]:
@@ -97,23 +100,21 @@ def ingest_scene(
     nom = nomenclature(cfg.nomenclature)
     scene_id = scene_id_of(product)
     final = out / "scenes" / scene_id
-    tmp = out / "scenes" / f".{scene_id}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        with (
-            writing(final, temporaries=[tmp]) as guard,
-            rasterio.Env(**GDAL_ENV),
-            SceneReader(
-                product,
-                bands,
-                resolution=cfg.resolution,
-                resampling=cfg.resampling,
-                harmonize=cfg.harmonize,
-                scl_invalid=cfg.scl_invalid,
-            ) as reader,
-        ):
-            tmp.mkdir(parents=True)
-            grid = reader.grid
-            guard.needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
+    with (
+        rasterio.Env(**GDAL_ENV),
+        SceneReader(
+            product,
+            bands,
+            resolution=cfg.resolution,
+            resampling=cfg.resampling,
+            harmonize=cfg.harmonize,
+            scl_invalid=cfg.scl_invalid,
+        ) as reader,
+    ):
+        grid = reader.grid
+        needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
+        # a folder left without scene.json (incomplete) is replaced; a complete one is never rebuilt (ingest skips it)
+        with atomic_folder(final, replace=True, needed=needed) as tmp:
             source = _label_source(product, labels, grid, cfg)
             records, usable = _write_rasters(tmp, scene_id, product, reader, source, cfg, bands, progress)
             write_qgis_style(tmp / "labels.tif", nom)
@@ -131,10 +132,6 @@ def ingest_scene(
             }
             (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
             check_written()
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,46 @@ def _confusion(
     return pred, nom, description, conf
 
 
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate_maps` returns: the headline scores as fields, and ``metrics``, the content of
+    metrics.json (every score, per class and per tile, the inputs and options)."""
+
+    miou: float
+    overall_accuracy: float
+    kappa: float | None
+    evaluated_pixels: int
+    total_pixels: int
+    nomenclature: str
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> EvaluationResult:
+        s, px = record["scores"], record["pixels"]
+        return cls(
+            miou=s["miou"],
+            overall_accuracy=s["overall_accuracy"],
+            kappa=s["kappa"],
+            evaluated_pixels=px["evaluated"],
+            total_pixels=px["total"],
+            nomenclature=record["nomenclature"]["name"],
+            metrics=record,
+        )
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """metrics.json's ``scores``: mIoU, accuracy, kappa, per-class rows..."""
+        return self.metrics["scores"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of metrics.json."""
+        return self.metrics
+
+    def to_json(self) -> str:
+        """The text of metrics.json."""
+        return json.dumps(self.metrics, indent=2)
+
+
 # --- the evaluate command --------------------------------------------------------------------
 
 
@@ -202,13 +243,13 @@ def evaluate_maps(
     block_size: int | None = None,
     replicates: int = 2000,
     compare: str | Path | None = None,
-) -> dict:
+) -> EvaluationResult:
     """Score a class map against CORINE labels (or a class map on the same grid); write a report.
 
     ``REPORT_DIR`` gets metrics.json, report.md, confusion_matrix.png, iou_per_class.png and
-    tiles_iou.gpkg. Returns the content of metrics.json. ``progress``: optional ``(done, total)``.
-    Scores get 95 % block-bootstrap intervals over the tiles (blocks of ``block_size`` px, default
-    4 tiles); ``compare``: another class map on the same grid, scored against the same reference
+    tiles_iou.gpkg. Returns the scores, with the content of metrics.json as ``metrics``. ``progress``: optional
+    ``(done, total)``. Scores get 95 % block-bootstrap intervals over the tiles (blocks of ``block_size`` px,
+    default 4 tiles); ``compare``: another class map on the same grid, scored against the same reference
     with a paired bootstrap (this map minus that one).
     """
     prediction, labels, out_dir = Path(prediction), Path(labels), Path(out_dir)
@@ -261,7 +302,7 @@ def evaluate_maps(
         plot_iou(scores, nom, tmp / "iou_per_class.png")
         write_markdown(metrics, tmp / "report.md")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    return metrics
+    return EvaluationResult.of(metrics)
 
 
 def _check_same_grid(compare: Path, grid: Grid, prediction: Path) -> None:
@@ -336,4 +377,4 @@ def _metrics_record(
     }
 
 
-__all__ = ["ClassMapReader", "evaluate_maps"]
+__all__ = ["ClassMapReader", "EvaluationResult", "evaluate_maps"]

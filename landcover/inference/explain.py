@@ -246,7 +246,7 @@ def _segmentation(
         shutil.rmtree(work, ignore_errors=True)
     finals: dict[str, Path] = {}
     for name, path in gtiffs.items():
-        _tag_uncertainty(path, name, lm, input, summary["product_id"])
+        _tag_uncertainty(path, name, lm, input, summary.product_id)
         finals[name] = tmp(out_dir / name)
         to_cog(path, finals[name], "AVERAGE", None)
     with rasterio.open(finals["entropy.tif"]) as ds:
@@ -259,15 +259,15 @@ def _segmentation(
         None,
         heat,
         "magma",
-        f"Normalised entropy on {summary['product_id']}",
+        f"Normalised entropy on {summary.product_id}",
         "entropy (0 = certain, 1 = uniform)",
     )
     return {
         "method": "entropy-margin",
-        "product_id": summary["product_id"],
+        "product_id": summary.product_id,
         "grid": grid.to_dict(),
-        "tile": summary["tile"],
-        "overlap": summary["overlap"],
+        "tile": summary.tile,
+        "overlap": summary.overlap,
         "classes": [],
         "nodata": NODATA,
         "files": [*gtiffs, "overlay.png"],

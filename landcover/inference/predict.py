@@ -30,6 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,36 @@ SEGMENTATION_WINDOW = 256  # default smallest window side of a segmentation CNN 
 BASELINE_WINDOW = 512  # default window side of a per-pixel baseline
 
 
+@dataclass(frozen=True)
+class PredictResult:
+    """One scene of ``landcover predict``: the files written (``out``: role -> path; ``map`` always), the grid,
+    the window geometry and how long it took. ``skipped``: the scene's outputs were complete already
+    (:func:`predict_many` without ``overwrite``); only ``input`` and ``out["map"]`` are then known."""
+
+    input: str
+    out: dict[str, str]
+    grid: dict[str, Any] = field(default_factory=dict)
+    product_id: str = ""
+    tile: int = 0
+    overlap: int = 0
+    device: str = ""
+    windows_run: int = 0
+    windows_skipped: int = 0
+    seconds: float = 0.0
+    valid_fraction: float = 0.0
+    processing_level: dict[str, str | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.skipped:
+            return {"input": self.input, "out": dict(self.out), "skipped": True}
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
 def predict_scene(
     checkpoint_or_loaded_model: str | Path | LoadedModel,
     input: str | Path,
@@ -73,8 +104,8 @@ def predict_scene(
     mask_clouds: bool = False,
     allow_level_mismatch: bool = False,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Predict one scene into the COG ``out`` (and its side files); return a summary.
+) -> PredictResult:
+    """Predict one scene into the COG ``out`` (and its side files); return what was written.
 
     A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
     with a ConfigError unless ``allow_level_mismatch``; the summary's ``warnings`` then say so, as do
@@ -116,22 +147,21 @@ def predict_scene(
             warnings.append(_no_data_warning(input, mask_clouds))
         _tag_outputs(gtiffs, nom, _map_tags(lm, source, input, t, o, valid_fraction, warnings))
         _publish(gtiffs, paths, tmp, nom, nodata, f"{source.product_id} ({nom.name})")
-    return {
-        "input": str(input),
-        "out": {name: str(p) for name, p in paths.items()},
-        "grid": grid.to_dict(),
-        "product_id": source.product_id,
-        "tile": t,
-        "overlap": o,
-        "device": str(dev),
-        "windows_run": run,
-        "windows_skipped": skipped,
-        "seconds": round(time.perf_counter() - started, 3),
-        "valid_fraction": valid_fraction,
-        "processing_level": {"checkpoint": lm.level, "scene": source.level},
-        "warnings": warnings,
-        "skipped": False,
-    }
+    return PredictResult(
+        input=str(input),
+        out={name: str(p) for name, p in paths.items()},
+        grid=grid.to_dict(),
+        product_id=source.product_id,
+        tile=t,
+        overlap=o,
+        device=str(dev),
+        windows_run=run,
+        windows_skipped=skipped,
+        seconds=round(time.perf_counter() - started, 3),
+        valid_fraction=valid_fraction,
+        processing_level={"checkpoint": lm.level, "scene": source.level},
+        warnings=warnings,
+    )
 
 
 def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
@@ -313,7 +343,7 @@ def predict_many(
     overwrite: bool = False,
     progress: Progress | None = None,
     **options: Any,
-) -> list[dict[str, Any]]:
+) -> list[PredictResult]:
     """Predict each input into ``out_dir/<scene>.tif``, skipping scenes whose outputs are complete."""
     if not inputs:
         raise ConfigError("no input given: pass Sentinel-2 products, ingested image.tif files, or --from-list FILE")
@@ -323,13 +353,13 @@ def predict_many(
     check_inputs_exist(inputs)  # before any output is created
     lm = checkpoint_or_loaded_model  # loaded when a scene needs it: a finished batch costs nothing
     flags = {k: options[k] for k in ("probabilities", "confidence", "quicklook") if k in options}
-    summaries = []
+    summaries: list[PredictResult] = []
     for i, (path, name) in enumerate(zip(inputs, names, strict=True)):
         target = Path(out_dir) / f"{name}.tif"
         if progress:
             progress("scenes", i, len(inputs))
         if not overwrite and all(p.exists() for p in output_paths(target, **flags).values()):
-            summaries.append({"input": str(path), "out": {"map": str(target)}, "skipped": True})
+            summaries.append(PredictResult(input=str(path), out={"map": str(target)}, skipped=True))
             continue
         lm = loaded(lm)
         summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))

@@ -96,19 +96,20 @@ def temporaries(output: Path | None = None) -> Iterator[Callable[[Path], Path]]:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | Path, replace: bool = False) -> Iterator[Path]:
+def atomic_folder(path: str | Path, replace: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder that becomes ``path`` when the block completes.
 
     An existing ``path`` is an :class:`~landcover.errors.OutputExistsError` unless ``replace``: then it is
     swapped out after the block and removed, so a reader sees the old folder or the new one, never a mix.
-    An error or interruption removes the temporary folder; a write failure is an OutputError naming ``path``.
+    An error or interruption removes the temporary folder; a write failure is an OutputError naming ``path``
+    (``needed``: bytes, rough, told with a full disk).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     tmp = path.with_name(f".{path.name}.{tag}.partial")
     try:
-        with writing(path, temporaries=[tmp]):
+        with writing(path, needed, [tmp]):
             tmp.mkdir()
             yield tmp
             if path.exists() and not replace:

@@ -67,6 +67,56 @@ class _Task(pl.LightningModule):
         """The torchmetrics object of ``stage`` (a ModuleDict entry, typed as such for type checkers)."""
         return metrics[stage]
 
+    # --- what each task defines -----------------------------------------------------------
+
+    def _target(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What the loss and the metrics compare the logits with."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _update_metrics(self, logits: torch.Tensor, target: torch.Tensor, stage: str) -> None:
+        """Accumulate a batch into the metrics of ``stage`` (val or test)."""
+        raise NotImplementedError
+
+    def _log_epoch_scores(self, stage: str) -> None:
+        """Compute, log and reset the metrics of ``stage`` at the end of an epoch."""
+        raise NotImplementedError
+
+    # --- the steps, shared ----------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), self._target(batch))
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_epoch=True,
+            on_step=False,
+            batch_size=len(batch["image"]),
+            sync_dist=True,
+        )
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        logits = self(batch["image"])
+        target = self._target(batch)
+        self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, batch_size=len(logits), sync_dist=True)
+        self._update_metrics(logits, target, stage)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_scores("test")
+
     # --- optimisation ---------------------------------------------------------------------
 
     def configure_optimizers(self):
@@ -170,37 +220,13 @@ class SegmentationTask(_Task):
             total = total + self.focal(logits, mask)
         return total
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_epoch=True,
-            on_step=False,
-            batch_size=len(batch["image"]),
-            sync_dist=True,
-        )
-        return loss
+    def _target(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["mask"]
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        logits = self(batch["image"])
-        self.log(
-            f"{stage}/loss",
-            self.loss(logits, batch["mask"]),
-            on_epoch=True,
-            batch_size=len(batch["image"]),
-            sync_dist=True,
-        )
-        self._metric(self.cm, stage).update(logits.argmax(1), batch["mask"])
+    def _update_metrics(self, logits: torch.Tensor, target: torch.Tensor, stage: str) -> None:
+        self._metric(self.cm, stage).update(logits.argmax(1), target)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, stage: str) -> None:
+    def _log_epoch_scores(self, stage: str) -> None:
         cm = self._metric(self.cm, stage).compute()  # synchronised across ranks by torchmetrics
         self._metric(self.cm, stage).reset()
         # the one definition of the scores, shared with `landcover evaluate` (0 when nothing was scored)
@@ -213,12 +239,6 @@ class SegmentationTask(_Task):
             if row["iou"] is not None:  # the class occurred
                 self.log(f"{stage}/iou/{row['name']}", row["iou"], sync_dist=True)
         self.last_confusion = cm.cpu()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
 
 class ClassificationTask(_Task):
@@ -265,33 +285,11 @@ class ClassificationTask(_Task):
             return logits.sum() * 0.0  # (keeps the graph; cross-entropy would give NaN)
         return self.criterion(logits, target)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), self._target(batch))
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_epoch=True,
-            on_step=False,
-            batch_size=len(batch["image"]),
-            sync_dist=True,
-        )
-        return loss
-
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        logits = self(batch["image"])
-        target = self._target(batch)
-        self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, batch_size=len(logits), sync_dist=True)
+    def _update_metrics(self, logits: torch.Tensor, target: torch.Tensor, stage: str) -> None:
         preds = torch.sigmoid(logits) if self.label_mode == "multilabel" else logits
         self._metric(self.metrics, stage).update(preds, target.long())
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, stage: str) -> None:
+    def _log_epoch_scores(self, stage: str) -> None:
         values = self._metric(self.metrics, stage).compute()
         self._metric(self.metrics, stage).reset()
         per_class = values.pop("f1")
@@ -299,12 +297,6 @@ class ClassificationTask(_Task):
             self.log(f"{stage}/{name}", float(value), prog_bar=name in ("map_macro", "f1_macro"), sync_dist=True)
         for name, value in zip(self.hparams["class_names"], per_class.tolist(), strict=True):
             self.log(f"{stage}/f1/{name}", value, sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
 
 def task_class(name: str) -> type[_Task]:

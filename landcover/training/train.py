@@ -35,6 +35,7 @@ from landcover.models.safeload import load_torch_file
 from landcover.sources.s2meta import dataset_level
 from landcover.training.config import TrainConfig
 from landcover.training.datamodule import LandcoverDataModule
+from landcover.training.results import FACT_KEYS, TrainResult
 from landcover.training.task import task_class
 from landcover.version import __version__
 
@@ -103,8 +104,10 @@ def _atomic_checkpoints() -> Any:
 
 def train(
     cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False
-) -> dict[str, Any]:
-    """Train ``cfg`` into the run folder ``out``; return the best epoch's metrics.
+) -> TrainResult | None:
+    """Train ``cfg`` into the run folder ``out``; return the best checkpoint's scores and the run's facts.
+
+    Under DDP only rank 0 scores the run: the other ranks return None.
 
     ``resume``: a checkpoint to continue from, or ``"auto"``: continue the run in ``out`` if it has
     one (the checkpoint Lightning saved on SLURM's pre-emption signal, else ``last.ckpt``), else
@@ -151,8 +154,8 @@ def train(
         trainer.strategy.barrier()
         if dist.is_initialized():
             dist.destroy_process_group()
-    if trainer.global_rank != 0:
-        return {}
+    if trainer.global_rank != 0:  # only rank 0 scores the run and writes metrics.json
+        return None
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / "checkpoints" / "last.ckpt"
     metrics = evaluate_checkpoint(
         best,
@@ -160,30 +163,29 @@ def train(
         trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
         counts_path=out / "val_counts.npz",
     )
-    metrics.update(
-        {
-            "best_checkpoint": best.resolve().relative_to(out.resolve()).as_posix(),  # in the run folder
-            "best_epoch": int(_epoch_of(best)),
-            "stopped_epoch": int(trainer.current_epoch),
-            "early_stopped": bool(early.stopped_epoch),
-            "parameters": count_parameters(task.model),
-            "monitor": task.monitor,
-            "train_seconds": round(fit_seconds, 2),
-            "world_size": int(trainer.world_size),
-            # training samples per second over the whole fit (validation and checkpoints included)
-            "train_samples_per_second": round(
-                trainer.global_step * cfg.data.batch_size * trainer.world_size / max(fit_seconds, 1e-9), 2
-            ),
-        }
+    result = TrainResult(
+        best_checkpoint=best.resolve().relative_to(out.resolve()).as_posix(),  # in the run folder
+        best_epoch=int(_epoch_of(best)),
+        stopped_epoch=int(trainer.current_epoch),
+        early_stopped=bool(early.stopped_epoch),
+        parameters=count_parameters(task.model),
+        monitor=task.monitor,
+        train_seconds=round(fit_seconds, 2),
+        world_size=int(trainer.world_size),
+        # training samples per second over the whole fit (validation and checkpoints included)
+        train_samples_per_second=round(
+            trainer.global_step * cfg.data.batch_size * trainer.world_size / max(fit_seconds, 1e-9), 2
+        ),
+        metrics=metrics,
     )
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:  # it marks a finished run: never half-written
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.write_text(result.to_json())
     if (Path(csv_logger.log_dir) / "metrics.csv").exists():
         _plot_curves(out / "logs", out / "curves.png", task.monitor)
-    return metrics
+    return result
 
 
-def _train_baseline(cfg: TrainConfig, out: Path, *, resume: str | Path | None, overwrite: bool) -> dict[str, Any]:
+def _train_baseline(cfg: TrainConfig, out: Path, *, resume: str | Path | None, overwrite: bool) -> TrainResult:
     """``model.arch: lightgbm``: fit the per-pixel baseline in one go (a resumed run is fitted again, to the
     same booster), in a run folder laid out like a CNN's."""
     from landcover.training.baseline import fit_baseline
@@ -199,9 +201,10 @@ def _train_baseline(cfg: TrainConfig, out: Path, *, resume: str | Path | None, o
     out.mkdir(parents=True, exist_ok=True)
     _write_run_inputs(out, cfg, data)
     metrics = fit_baseline(cfg, out, data, meta)
+    result = TrainResult(**{key: metrics.pop(key) for key in FACT_KEYS}, metrics=metrics)
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+        tmp.write_text(result.to_json())
+    return result
 
 
 def _data(cfg: TrainConfig) -> LandcoverDataModule:
