@@ -61,9 +61,9 @@ def tile_units(pred, ref, tile, block):
 def test_intervals_are_a_block_bootstrap_of_the_tiles(tmp_path, maps):
     pred_path, ref_path, _, pred, ref, _ = maps
     m = evaluate_maps(pred_path, ref_path, tmp_path / "r", tile_size=50, block_size=100, replicates=300)
-    s, iv = m["scores"], m["scores"]["intervals"]
+    s, iv = m.metrics["scores"], m.metrics["scores"]["intervals"]
     assert iv["unit"] == "block" and iv["n_units"] == 23 and iv["n_blocks"] == 6  # 24 tiles, one unlabelled
-    assert iv["block_size"] == 100 and iv["tile_size"] == 50 and m["options"]["block_size"] == 100
+    assert iv["block_size"] == 100 and iv["tile_size"] == 50 and m.metrics["options"]["block_size"] == 100
     counts, groups = tile_units(pred, ref, 50, 100)
     want = bootstrap_scores(
         counts, groups, replicates=300, seed=0, class_names=list(nomenclature("level2").class_names)
@@ -85,10 +85,10 @@ def test_compare_is_a_paired_bootstrap_on_the_same_tiles(tmp_path, maps):
         better_path, ref_path, tmp_path / "r", tile_size=50, block_size=100, replicates=300, compare=pred_path
     )
     alone = evaluate_maps(pred_path, ref_path, tmp_path / "a", tile_size=50, replicates=10)
-    cmp = m["scores"]["comparison"]
+    cmp = m.metrics["scores"]["comparison"]
     assert cmp["a"] == "pred.tif" and cmp["b"] == "better.tif" and cmp["difference"] == "b - a"
-    assert cmp["miou"]["estimate"] == pytest.approx(m["scores"]["miou"] - alone["scores"]["miou"], abs=1e-12)
-    assert cmp["a_scores"]["miou"] == pytest.approx(alone["scores"]["miou"], abs=1e-12)
+    assert cmp["miou"]["estimate"] == pytest.approx(m.miou - alone.miou, abs=1e-12)
+    assert cmp["a_scores"]["miou"] == pytest.approx(alone.miou, abs=1e-12)
     assert cmp["miou"]["low"] > 0 and cmp["overall_accuracy"]["share_b_better"] == 1.0
     # the paired bootstrap of independent per-tile counts: units where either map is evaluated
     ca, ga = tile_units(pred, ref, 50, 100)

@@ -28,7 +28,9 @@ def run(tmp_path_factory):
         [f"data.dataset={dataset}", "trainer.max_epochs=2", "trainer.limit_train_batches=4"],
     )
     out = tmp_path_factory.mktemp("seg") / "run"
-    return out, train(cfg, out), cfg
+    result = train(cfg, out)
+    assert result is not None
+    return out, result.metrics, cfg
 
 
 def independent_blocks(tiles, scheme):
