@@ -71,7 +71,9 @@ def test_a_classification_run_reports_present_class_scores(tmp_path):
             "trainer.limit_train_batches=2",
         ],
     )
-    metrics = train(cfg, tmp_path / "cls")
+    result = train(cfg, tmp_path / "cls")
+    assert result is not None
+    metrics = result.metrics
     assert isinstance(metrics["val/map_macro_present"], float)
     assert metrics["val/classes_present"] == len(metrics["val/ap_present"]) >= 1
     assert metrics["val/classes_present"] + len(metrics["val/absent_classes"]) == len(
