@@ -139,5 +139,20 @@ def test_baseline_map_does_not_depend_on_the_window_grid(baseline_run: tuple[Pat
         labels = src.read(1)
     keep = labels != IGNORE
     assert (ma[keep] == labels[keep]).mean() > 0.85
+    # the map is the model the test scores describe: on the test tiles, the map's confusion matrix is exactly
+    # the one evaluate_checkpoint computed from the dataset's tiles
+    cfg = load_config(TrainConfig, run / "config.yaml")
+    data = LandcoverDataModule(cfg.data)
+    test = evaluate_checkpoint(ckpt, data, split="test")
+    k = data.num_classes
+    matrix = np.zeros((k, k), np.int64)
+    for t in data.split_tiles("test").itertuples():
+        ref, pred = (
+            labels[t.row : t.row + t.height, t.col : t.col + t.width],
+            ma[t.row : t.row + t.height, t.col : t.col + t.width],
+        )
+        ok = (ref != IGNORE) & (pred != IGNORE)
+        matrix += np.bincount(ref[ok].astype(np.int64) * k + pred[ok], minlength=k * k).reshape(k, k)
+    assert matrix.tolist() == test["confusion_matrix"]
     with pytest.raises(ConfigError, match="even --overlap of at least 20"):
         predict_scene(ckpt, stack, tmp_path / "c.tif", overlap=8, quicklook=False)

@@ -145,7 +145,9 @@ def best_test_line(best: str, test: dict[str, Any]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"  # e.g. no learning rate: the LightGBM baseline
+    return str(value)
 
 
 def _plot(table, path: Path) -> None:
