@@ -146,7 +146,8 @@ def segmentation_demo(out: Path, say: Say, max_epochs: int | None = None) -> dic
 
 def classification_demo(out: Path, say: Say, max_epochs: int | None = None) -> dict[str, Any]:
     from landcover.training.datamodule import LandcoverDataModule
-    from landcover.training.train import TrainConfig, evaluate_checkpoint, train
+    from landcover.training.scoring import evaluate_checkpoint
+    from landcover.training.train import TrainConfig, train
 
     say("1/3 ingest: BigEarthNet v2 patches of T33UUP with their official 19-class labels")
     root = SAMPLES / "bigearthnet"

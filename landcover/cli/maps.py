@@ -113,6 +113,12 @@ def _report_evaluation(metrics: dict[str, Any], out_dir: Path) -> None:
         )
 
 
+OVERLAP_HELP = "Window overlap in pixels (default: tile / 4; a lightgbm baseline: twice its features' context)."
+TILE_HELP = (
+    "Window side in pixels (default: segmentation max(256, the checkpoint's tile size); classification its tile size)."
+)
+
+
 @app.command()
 @handles_errors
 def predict(
@@ -135,20 +141,8 @@ def predict(
         bool, typer.Option(help="Also write OUT_probabilities.tif (uint8 x 255 per class).")
     ] = False,
     confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
-    overlap: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="Window overlap in pixels (default: tile / 4; a lightgbm baseline: twice its features' context).",
-        ),
-    ] = None,
-    tile: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Window side in pixels (default: segmentation max(256, the checkpoint's tile size); classification its tile size).",
-        ),
-    ] = None,
+    overlap: Annotated[int | None, typer.Option(min=0, help=OVERLAP_HELP)] = None,
+    tile: Annotated[int | None, typer.Option(min=1, help=TILE_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
     device: DeviceOption = "auto",
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,

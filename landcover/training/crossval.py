@@ -43,7 +43,8 @@ def fold_dataset(dataset: Path, folder: Path, folds: int, fold: int) -> Path:
 def cross_validate(cfg: TrainConfig, out: str | Path, folds: int) -> dict[str, Any]:
     """Train ``cfg`` on each of ``folds`` spatial folds of its dataset; return (and write) the summary."""
     from landcover.training.datamodule import LandcoverDataModule
-    from landcover.training.train import evaluate_checkpoint, train
+    from landcover.training.scoring import evaluate_checkpoint
+    from landcover.training.train import train
 
     if folds < 3:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 3 folds (test, val and train blocks)")

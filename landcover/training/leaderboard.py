@@ -205,7 +205,8 @@ def _test_once(best: Path, dataset: str | Path | None) -> dict[str, Any]:
     if done.exists():
         return json.loads(done.read_text())
     from landcover.training.datamodule import LandcoverDataModule
-    from landcover.training.train import TrainConfig, evaluate_checkpoint
+    from landcover.training.scoring import evaluate_checkpoint
+    from landcover.training.train import TrainConfig
 
     config = yaml.safe_load((best / "variant.yaml").read_text())
     if dataset is not None:

@@ -27,7 +27,6 @@ import yaml
 
 from landcover.cluster import check_slurm_training
 from landcover.errors import ConfigError, ModelError, OutputExistsError
-from landcover.evaluation.confusion import scores_from_confusion
 from landcover.io.outputs import atomic_output
 from landcover.models.encoders import count_parameters
 from landcover.models.input_transform import declared_input_transform
@@ -36,6 +35,7 @@ from landcover.sources.s2meta import dataset_level
 from landcover.training.config import TrainConfig
 from landcover.training.datamodule import LandcoverDataModule
 from landcover.training.results import FACT_KEYS, TrainResult
+from landcover.training.scoring import evaluate_checkpoint
 from landcover.training.task import task_class
 from landcover.version import __version__
 
@@ -105,9 +105,8 @@ def _atomic_checkpoints() -> Any:
 def train(
     cfg: TrainConfig, out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False
 ) -> TrainResult | None:
-    """Train ``cfg`` into the run folder ``out``; return the best checkpoint's scores and the run's facts.
-
-    Under DDP only rank 0 scores the run: the other ranks return None.
+    """Train ``cfg`` into the run folder ``out``; return the best checkpoint's scores and the run's facts
+    (None on DDP ranks other than 0: rank 0 alone scores the run).
 
     ``resume``: a checkpoint to continue from, or ``"auto"``: continue the run in ``out`` if it has
     one (the checkpoint Lightning saved on SLURM's pre-emption signal, else ``last.ckpt``), else
@@ -384,61 +383,3 @@ def _check_checkpoints(paths: list[Path]) -> None:
 
 def _epoch_of(path: Path) -> int:
     return int(load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`").get("epoch", -1))
-
-
-def evaluate_checkpoint(
-    path: str | Path,
-    data: LandcoverDataModule,
-    *,
-    split: str = "val",
-    trainer_kwargs: dict[str, Any] | None = None,
-    counts_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Reload a checkpoint alone and score it on a split (val or test) of ``data``.
-
-    Segmentation scores get block-bootstrap intervals over the split's tiles (``{split}/intervals``);
-    ``counts_path``: where to save the per-tile counts (``{split}_counts.npz``) for paired comparisons.
-    """
-    import lightning.pytorch as pl
-
-    from landcover.training.tile_counts import PatchOutputs, TileCounts, present_class_scores, split_intervals
-
-    raw = load_torch_file(path, "checkpoint", "evaluate a checkpoint of `landcover train`")
-    if ((raw.get("landcover") or {}).get("model") or {}).get("arch") == "lightgbm":
-        from landcover.training.baseline import evaluate_baseline
-
-        return evaluate_baseline(raw, data, split, counts_path)
-    task = task_class(raw["landcover"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    data.use_normalization(raw["landcover"].get("normalization") or {})  # the inputs it was trained on
-    collect: TileCounts | PatchOutputs = (
-        TileCounts(task.num_classes) if task.task_name == "segmentation" else PatchOutputs()
-    )
-    trainer = pl.Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[collect],
-        **(trainer_kwargs or {"accelerator": "cpu", "devices": 1}),
-    )
-    data.setup("validate" if split == "val" else "test")
-    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
-    if split == "val":
-        results = trainer.validate(task, dataloaders=loader, verbose=False)[0]
-    else:
-        results = trainer.test(task, dataloaders=loader, verbose=False)[0]
-    metrics: dict[str, Any] = {"split": split, **{k: float(v) for k, v in results.items()}}
-    if task.last_confusion is not None:
-        cm = task.last_confusion
-        metrics["confusion_matrix"] = cm.tolist()
-        scores = scores_from_confusion(cm.numpy(), class_names=task.hparams["class_names"])
-        metrics["per_class_iou"] = {row["name"]: row["iou"] for row in scores["per_class"]}
-        metrics[f"{split}/miou_reference"] = scores["miou_reference"]
-    names = list(task.hparams["class_names"])
-    if isinstance(collect, TileCounts):
-        scheme = data.info.get("split_scheme") or {}
-        metrics[f"{split}/intervals"] = split_intervals(collect, data.split_tiles(split), scheme, names, counts_path)
-    else:
-        metrics |= present_class_scores(
-            collect, split, names, multilabel=getattr(task, "label_mode", "") == "multilabel"
-        )
-    return metrics
