@@ -41,7 +41,7 @@ def test_stack_tags_hold_no_literal_none(tmp_path):
     dataset = ingest(
         [image], tmp_path / "ds", config=IngestConfig(tile_size=32, overviews=False, split={"by_scene": True})
     )
-    with rasterio.open(tmp_path / "ds" / dataset["scenes"][0]["image"]) as src:
+    with rasterio.open(tmp_path / "ds" / dataset.dataset["scenes"][0]["image"]) as src:
         tags = src.tags()
     assert tags["PROCESSING_BASELINE"] == "unknown"
     assert "None" not in tags.values()
