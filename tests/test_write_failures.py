@@ -198,20 +198,7 @@ def no_space(*names: str):
 
 def test_full_disk_while_ingest_writes_a_scene_is_one_line_and_the_rerun_completes(scene, tmp_path, monkeypatch):
     image, labels = scene
-    args = [
-        "ingest",
-        str(image),
-        "--labels",
-        str(labels),
-        "--out",
-        str(tmp_path / "ds"),
-        "--nomenclature",
-        "level1",
-        "--tile-size",
-        "32",
-        "--set",
-        "split.min_valid_fraction=0",
-    ]
+    args = ingest_command(image, labels, tmp_path / "ds")
     with monkeypatch.context() as m:
         m.setattr(Path, "write_text", no_space("scene.json"))
         result = CliRunner().invoke(app, args)
