@@ -21,8 +21,6 @@ from torch import nn
 from landcover.models.config import FeatureRecipe, LightGBMConfig
 from landcover.models.pixel_features import compute_features
 
-REFLECTANCE_SCALE = 10000.0  # ingested stacks: reflectance x 10000; the baseline reads x / 10000
-
 
 def lightgbm_params(cfg: LightGBMConfig, num_classes: int, seed: int) -> dict[str, Any]:
     """LightGBM's parameters for a multi-class booster of ``cfg``."""
@@ -87,4 +85,4 @@ def baseline_from_checkpoint(model_text: str, meta: dict[str, Any]) -> PixelBase
     return PixelBaseline(model_text, [str(b) for b in meta["bands"]], len(meta["nomenclature"]["classes"]), recipe)
 
 
-__all__ = ["REFLECTANCE_SCALE", "LightGBMConfig", "PixelBaseline", "baseline_from_checkpoint", "lightgbm_params"]
+__all__ = ["PixelBaseline", "baseline_from_checkpoint", "lightgbm_params"]

@@ -17,7 +17,9 @@ from scipy.ndimage import uniform_filter1d
 
 from landcover.models.config import INDICES, FeatureRecipe
 
-SCALE = 10000.0  # reflectance and indices are summed as integers of this scale
+REFLECTANCE_SCALE = (
+    10000.0  # ingested stacks hold reflectance x 10000; bands and indices are summed as integers of this scale
+)
 
 
 def compute_features(
@@ -32,13 +34,13 @@ def compute_features(
     """
     if reflectance.shape[0] != len(bands):
         raise ValueError(f"{reflectance.shape[0]} bands given for the {len(bands)} names {list(bands)}")
-    x = np.rint(reflectance.astype(np.float64) * SCALE)
+    x = np.rint(reflectance.astype(np.float64) * REFLECTANCE_SCALE)
     x[:, ~valid] = 0.0
     base = [x[i] for i in range(len(bands))]
     for name in recipe.index_names(bands):
         a, b = (x[list(bands).index(n)] for n in INDICES[name])
         with np.errstate(invalid="ignore", divide="ignore"):
-            base.append(np.rint(np.where(a + b > 0, (a - b) / (a + b), 0.0) * SCALE) * valid)
+            base.append(np.rint(np.where(a + b > 0, (a - b) / (a + b), 0.0) * REFLECTANCE_SCALE) * valid)
     stack = np.stack(base)
     out = [stack]
     v = valid.astype(np.float64)
@@ -48,7 +50,7 @@ def compute_features(
         mean = _local_mean(stack, v, recipe.std_scale)
         square = _local_mean(stack * stack, v, recipe.std_scale)
         out.append(np.sqrt(np.maximum(square - mean * mean, 0.0)))
-    return (np.concatenate(out) / SCALE).astype(np.float32)
+    return (np.concatenate(out) / REFLECTANCE_SCALE).astype(np.float32)
 
 
 def _local_mean(stack: np.ndarray, valid: np.ndarray, side: int) -> np.ndarray:
@@ -66,4 +68,4 @@ def _box_sum(layers: np.ndarray, side: int) -> np.ndarray:
     return np.rint(uniform_filter1d(rows, size=side, axis=-2, mode="constant") * side)
 
 
-__all__ = ["INDICES", "FeatureRecipe", "compute_features"]
+__all__ = ["INDICES", "REFLECTANCE_SCALE", "FeatureRecipe", "compute_features"]

@@ -25,8 +25,8 @@ from landcover.evaluation.confusion import scores_from_confusion
 from landcover.io.grid import GDAL_ENV, read_reflected
 from landcover.io.outputs import atomic_output
 from landcover.models.config import CHECKPOINT_FORMAT, LightGBMConfig
-from landcover.models.pixel_baseline import REFLECTANCE_SCALE, baseline_from_checkpoint, lightgbm_params
-from landcover.models.pixel_features import compute_features
+from landcover.models.pixel_baseline import baseline_from_checkpoint, lightgbm_params
+from landcover.models.pixel_features import REFLECTANCE_SCALE, compute_features
 from landcover.nomenclature import IGNORE
 from landcover.training.tiles import TileDataset
 
@@ -50,17 +50,19 @@ def tile_pixels(
         crop_size=data.eval_size,
         num_classes=data.num_classes,
     )
-    halo, handles = cfg.features.halo, {}
+    halo, handles = cfg.features.halo, {}  # scene id -> (image, labels, band indexes)
     try:
         with rasterio.Env(**GDAL_ENV):
             for i, t in enumerate(tiles.itertuples(index=False)):
                 scene = data.dataset_dir / "scenes" / str(t.scene_id)
-                if t.scene_id not in handles:
-                    handles[t.scene_id] = (rasterio.open(scene / "image.tif"), rasterio.open(scene / "labels.tif"))
-                image_ds, labels_ds = handles[t.scene_id]
+                if t.scene_id not in handles:  # each scene's files and band order, once
+                    image = rasterio.open(scene / "image.tif")
+                    names = [d or "" for d in image.descriptions]
+                    indexes = [names.index(b) + 1 for b in data.bands]
+                    handles[t.scene_id] = (image, rasterio.open(scene / "labels.tif"), indexes)
+                image_ds, labels_ds, indexes = handles[t.scene_id]
                 window = windows.window(i)
-                names = [d or "" for d in image_ds.descriptions]
-                raw = read_reflected(image_ds, window, halo, [names.index(b) + 1 for b in data.bands])
+                raw = read_reflected(image_ds, window, halo, indexes)
                 valid = np.asarray(raw.any(axis=0), dtype=bool)
                 feats = compute_features(raw.astype(np.float32) / REFLECTANCE_SCALE, valid, data.bands, cfg.features)
                 inner = (slice(halo, halo + int(window.height)), slice(halo, halo + int(window.width)))
@@ -68,9 +70,9 @@ def tile_pixels(
                 labels[~valid[inner]] = IGNORE
                 yield str(t.tile_id), feats[:, inner[0], inner[1]], labels
     finally:
-        for pair in handles.values():
-            for ds in pair:
-                ds.close()
+        for image_ds, labels_ds, _ in handles.values():
+            image_ds.close()
+            labels_ds.close()
 
 
 def sample_pixels(
