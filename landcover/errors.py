@@ -75,3 +75,11 @@ class TrainingError(LandcoverError):
 
 class OutputError(LandcoverError):
     """An output cannot be written: permission denied, a read-only file system, no space left."""
+
+
+class RemoteReadError(LandcoverError):
+    """A remote file (http(s)://, s3://) cannot be read: the server refused it or the network failed."""
+
+
+class AOIError(LandcoverError):
+    """An area of interest cannot be used: unreadable, empty, or outside every input."""

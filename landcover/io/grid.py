@@ -14,8 +14,9 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from landcover.errors import CorruptFileError
+from landcover.io.remote import NETWORK_ENV
 
-GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 512, "CHECK_DISK_FREE_SPACE": "FALSE"}
+GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 512, "CHECK_DISK_FREE_SPACE": "FALSE", **NETWORK_ENV}
 """GDAL options for landcover's own I/O, applied through ``rasterio.Env(**GDAL_ENV)``."""
 
 
