@@ -8,11 +8,14 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from landcover.io.aoi import AOI
 
 from landcover.errors import LandcoverError
 from landcover.version import __version__
@@ -230,6 +233,29 @@ CheckpointArgument = Annotated[
     Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+AOIOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--aoi",
+        help="Area of interest: a vector file of polygons (any format and CRS); only the scene grid's window over it is processed, pixels outside the polygons are no data.",
+    ),
+]
+BBoxOption = Annotated[
+    str | None,
+    typer.Option(
+        "--bbox",
+        help="Area of interest as minx,miny,maxx,maxy[,CRS] (default CRS EPSG:4326, lon/lat); instead of --aoi.",
+    ),
+]
+
+
+def read_aoi_options(aoi: Path | None, bbox: str | None) -> AOI | None:
+    """The AOI of ``--aoi``/``--bbox`` (checked before anything heavy is imported)."""
+    from landcover.io.aoi import aoi_option
+
+    return aoi_option(aoi, bbox)
+
+
 CodeColumnOption = Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")]
 
 

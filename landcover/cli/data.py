@@ -10,6 +10,8 @@ import typer
 from landcover.cli.common import (
     NOMENCLATURE_HELP,
     SHARD_HELP,
+    AOIOption,
+    BBoxOption,
     CodeColumnOption,
     FromListOption,
     app,
@@ -18,6 +20,7 @@ from landcover.cli.common import (
     input_list,
     out,
     progress_bars,
+    read_aoi_options,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +103,8 @@ def ingest(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset made with other settings.")] = False,
     from_list: FromListOption = None,
+    aoi: AOIOption = None,
+    bbox: BBoxOption = None,
     shard: Annotated[
         str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")
     ] = None,
@@ -135,6 +140,9 @@ def ingest(
     settings = _option_settings(
         bands, nomenclature, tile_size, bigearthnet_metadata, code_column, mapping, block_size, split_by_scene, seed
     )
+    area = read_aoi_options(aoi, bbox)
+    if area is not None:
+        settings["aoi"] = area.to_setting()
     cfg = load_config(IngestConfig, config, set_, **settings)
     with progress_bars() as update:
         dataset = run_ingest(

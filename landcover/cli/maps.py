@@ -9,6 +9,8 @@ import typer
 
 from landcover.cli.common import (
     SHARD_HELP,
+    AOIOption,
+    BBoxOption,
     CheckpointArgument,
     CodeColumnOption,
     DeviceOption,
@@ -19,6 +21,7 @@ from landcover.cli.common import (
     input_list,
     out,
     progress_bars,
+    read_aoi_options,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ def evaluate(
         str, typer.Option(help="For CORINE rasters: 'codes' (111..523), 'indices' (1..44) or 'auto'.")
     ] = "auto",
     all_touched: Annotated[bool, typer.Option(help="Vector labels: burn every pixel a polygon touches.")] = False,
+    aoi: AOIOption = None,
+    bbox: BBoxOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
 ) -> None:
     """Score a land-cover map against CORINE labels: IoU, kappa, confusion matrix, per-tile error map."""
@@ -67,6 +72,7 @@ def evaluate(
 
     check_inputs_exist([prediction, labels_path, *([compare] if compare else [])])
     check_output_path(out_dir)
+    area = read_aoi_options(aoi, bbox)
     from landcover.evaluation.evaluate import evaluate_maps
 
     with progress_bars() as update:
@@ -83,6 +89,7 @@ def evaluate(
             raster_values=raster_values,
             all_touched=all_touched,
             overwrite=overwrite,
+            aoi=area,
             progress=lambda done, total: update("evaluate", done, total),
         )
     _report_evaluation(metrics.metrics, out_dir)
@@ -156,6 +163,18 @@ def predict(
             "training data (refused by default: results are degraded); warned and recorded in the map's tags.",
         ),
     ] = False,
+    aoi: AOIOption = None,
+    bbox: BBoxOption = None,
+    mosaic: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --aoi/--bbox: also mosaic the scenes' maps into this one COG (per pixel the most "
+            "confident valid map; implies --confidence)."
+        ),
+    ] = None,
+    mosaic_crs: Annotated[
+        str | None, typer.Option(help="CRS of the --mosaic, e.g. EPSG:32631 (default: the AOI's UTM zone).")
+    ] = None,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.errors import ConfigError
@@ -163,6 +182,8 @@ def predict(
 
     check_device(device)
     check_output_path(out_path, folder=out_path.suffix.lower() not in (".tif", ".tiff"))
+    area = read_aoi_options(aoi, bbox)
+    _check_mosaic_options(area is not None, mosaic, mosaic_crs)
     items, part = _predict_inputs(checkpoint, inputs, from_list, shard)
 
     from landcover.inference.predict import predict_many, predict_scene
@@ -178,8 +199,9 @@ def predict(
         batch_size=batch_size,
         device=device,
         probabilities=probabilities,
-        confidence=confidence,
+        confidence=confidence or mosaic is not None,
         quicklook=quicklook,
+        aoi=area,
         mask_clouds=mask_clouds,
         allow_level_mismatch=allow_level_mismatch,
     )
@@ -192,6 +214,35 @@ def predict(
         else:
             summaries = predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
     _report_maps(summaries)
+    if mosaic is not None and area is not None:
+        from landcover.inference.mosaic import mosaic_maps
+
+        done = [Path(s.out["map"]) for s in summaries if not s.outside_aoi]
+        result = mosaic_maps(done, area, mosaic, crs=mosaic_crs)
+        g = result.grid
+        out.print(
+            f"wrote {result.out} (mosaic of {len(done)} map(s), {g['width']} x {g['height']} px in {g['crs']}, "
+            f"{result.valid_fraction:.1%} with a class)"
+        )
+
+
+def _check_mosaic_options(has_aoi: bool, mosaic: Path | None, mosaic_crs: str | None) -> None:
+    """--mosaic needs an AOI; --mosaic-crs needs --mosaic and a CRS pyproj knows (checked before torch is imported)."""
+    from landcover.errors import ConfigError
+
+    if mosaic is not None and not has_aoi:
+        raise ConfigError("--mosaic needs an area of interest: pass --aoi FILE or --bbox minx,miny,maxx,maxy")
+    if mosaic_crs is not None and mosaic is None:
+        raise ConfigError("--mosaic-crs is the CRS of the --mosaic; pass --mosaic OUT.tif too")
+    if mosaic is not None and mosaic.suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"--mosaic {mosaic} must be a .tif file name")
+    if mosaic_crs is not None:
+        from pyproj import CRS
+
+        try:
+            CRS.from_user_input(mosaic_crs)
+        except Exception:
+            raise ConfigError(f"--mosaic-crs {mosaic_crs!r} is not a CRS; give it as EPSG:32631 or similar") from None
 
 
 def _predict_inputs(
@@ -227,6 +278,9 @@ def _report_maps(summaries: list[PredictResult]) -> None:
     for warning in dict.fromkeys(w for s in summaries for w in s.warnings):  # each once
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for s in summaries:
+        if s.outside_aoi:
+            out.print(f"skipped {s.input}: it does not overlap the area of interest")
+            continue
         if s.skipped:
             out.print(f"skipped {s.input}: {s.out['map']} is complete (pass --overwrite to redo it)")
             continue

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,13 @@ from landcover.dataset.settings import (
 )
 from landcover.dataset.splits import check_block_size, grid_area_warning, split_scheme
 from landcover.errors import ConfigError, DatasetError
+from landcover.io.aoi import aoi_window, no_overlap
+from landcover.io.grid import Grid
 from landcover.io.outputs import atomic_output
 from landcover.nomenclature import default_bands, nomenclature, sentinel2_bands
 from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs
+from landcover.sources.reader import target_grid
 from landcover.sources.s2meta import dataset_level
 from landcover.sources.sentinel2 import Product
 from landcover.version import __version__
@@ -241,6 +244,7 @@ def ingest(
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
+        products, ids, outside = _in_aoi(products, ids, cfg)
         existed = out.exists()
         prepare_dataset_folder(out, cfg, label_path, overwrite)
         todo = shard_items(list(zip(products, ids, strict=True)), shard, key=lambda item: item[1])
@@ -261,4 +265,25 @@ def ingest(
         return IngestResult(
             finalized=False, scenes=[scene_id for _, scene_id in todo], total_scenes=len(ids), shard=shard
         )
-    return IngestResult.of_dataset(finalize(out, progress))
+    result = IngestResult.of_dataset(finalize(out, progress))
+    return replace(result, warnings=[*outside, *result.warnings]) if outside else result
+
+
+def _in_aoi(products: list[Product], ids: list[str], cfg: IngestConfig) -> tuple[list[Product], list[str], list[str]]:
+    """The products that overlap the AOI of ``cfg`` (all without one), their ids, and a note per product left out.
+    Raises :class:`AOIError` naming both extents when none overlaps."""
+    if cfg.aoi is None:
+        return products, ids, []
+    aoi = cfg.aoi.to_aoi()
+    kept: list[tuple[Product, str]] = []
+    outside: list[tuple[str, Grid]] = []
+    for product, scene_id in zip(products, ids, strict=True):
+        grid = target_grid(product, list(product.bands), cfg.resolution)
+        if aoi_window(grid, aoi) is None:
+            outside.append((scene_id, grid))
+        else:
+            kept.append((product, scene_id))
+    if not kept:
+        raise no_overlap(aoi, outside)
+    notes = [f"{scene_id} does not overlap the area of interest {aoi.source}: skipped" for scene_id, _ in outside]
+    return [p for p, _ in kept], [i for _, i in kept], notes

@@ -109,6 +109,7 @@ def ingest_scene(
             resampling=cfg.resampling,
             harmonize=cfg.harmonize,
             scl_invalid=cfg.scl_invalid,
+            aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
         ) as reader,
     ):
         grid = reader.grid

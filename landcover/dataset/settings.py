@@ -16,11 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import shapely
+import shapely.errors
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from landcover.config import apply_override
 from landcover.dataset.catalog import SplitConfig
 from landcover.errors import ConfigError, DatasetError, OutputExistsError
+from landcover.io.aoi import AOI
 from landcover.io.outputs import atomic_output
 from landcover.nomenclature import nomenclature, normalize_band_name
 from landcover.sources.bigearthnet import PATCH_PIXELS
@@ -28,6 +31,26 @@ from landcover.version import __version__
 
 SETTINGS_FILE = "ingest_settings.json"
 DATASET_FILES = ("scenes", "catalog.parquet", "splits.gpkg", "dataset.json", SETTINGS_FILE)
+
+
+class AOISettings(BaseModel):
+    """An area of interest as settings record it: where it came from, its CRS and its polygons as WKT."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="The --aoi file's name or the --bbox given")
+    crs: str = Field(description="CRS of the WKT, e.g. EPSG:4326")
+    wkt: str = Field(description="The polygons (one geometry) as WKT")
+
+    @classmethod
+    def of(cls, aoi: AOI) -> AOISettings:
+        return cls.model_validate(aoi.to_setting())
+
+    def to_aoi(self) -> AOI:
+        try:
+            geometry = shapely.from_wkt(self.wkt)
+        except shapely.errors.GEOSException as exc:
+            raise ConfigError(f"aoi.wkt is not valid WKT ({exc}); fix it or pass --aoi/--bbox") from exc
+        return AOI(geometry, self.crs, self.source)
 
 
 class LabelOptions(BaseModel):
@@ -65,6 +88,7 @@ class IngestConfig(BaseModel):
     )
     labels: LabelOptions = LabelOptions()
     split: SplitConfig = SplitConfig()
+    aoi: AOISettings | None = Field(None, description="Only the part of each scene over these polygons (--aoi/--bbox)")
     bigearthnet_metadata: Path | None = Field(
         None,
         description="BigEarthNet v2 metadata.parquet (patch labels, official split); default: one above the patches",

@@ -38,6 +38,7 @@ from landcover.evaluation.report import (
     write_markdown,
     write_tiles,
 )
+from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
 from landcover.io.grid import GDAL_ENV, Grid, open_raster
 from landcover.nomenclature import IGNORE, Nomenclature, nomenclature
 from landcover.sources.labels import RASTER_SUFFIXES, open_label_source
@@ -155,8 +156,10 @@ def _confusion(
     raster_values: str,
     all_touched: bool,
     window_size: int,
-) -> tuple[ClassMapReader, Nomenclature, str, Confusion]:
-    """Open the class map and the reference on its grid; stream the confusion matrix (and per-tile counts)."""
+    aoi: AOI | None = None,
+) -> tuple[ClassMapReader, Nomenclature, str, Confusion, Grid]:
+    """Open the class map and the reference on its grid (its window over ``aoi``, pixels outside the polygons
+    ignored); stream the confusion matrix (and per-tile counts). Also returns the grid scored."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         pred = ClassMapReader(prediction, None, "prediction")
@@ -172,16 +175,36 @@ def _confusion(
             labels, pred.grid, nom, code_column=code_column, all_touched=all_touched, raster_values=raster_values
         )
         stack.callback(close)
+        grid, read_pred, read_ref = _in_aoi(pred.grid, pred.read, read_ref, aoi, prediction)
         conf = confusion_matrix_streaming(
-            pred.read,
-            read_ref,
-            pred.grid,
-            nom.num_classes,
-            window_size=window_size,
-            tile_size=tile_size,
-            progress=progress,
+            read_pred, read_ref, grid, nom.num_classes, window_size=window_size, tile_size=tile_size, progress=progress
         )
-    return pred, nom, description, conf
+    return pred, nom, description, conf, grid
+
+
+def _in_aoi(
+    grid: Grid, read_pred: Reader, read_ref: Reader, aoi: AOI | None, prediction: Path
+) -> tuple[Grid, Reader, Reader]:
+    """The grid to score (the map's, or its window over ``aoi``) and the readers of both maps on it (255 outside
+    the AOI's polygons)."""
+    if aoi is None:
+        return grid, read_pred, read_ref
+    window = aoi_window(grid, aoi)
+    if window is None:
+        raise no_overlap(aoi, [(prediction.name, grid)])
+    sub = sub_grid(grid, window)
+    mask = AOIMask(aoi, sub)
+    c0, r0 = int(window.col_off), int(window.row_off)
+
+    def clipped(read: Reader) -> Reader:
+        def read_window(w: Window) -> np.ndarray:
+            ids = read(Window(w.col_off + c0, w.row_off + r0, w.width, w.height))
+            ids[~mask.inside(w)] = IGNORE
+            return ids
+
+        return read_window
+
+    return sub, clipped(read_pred), clipped(read_ref)
 
 
 @dataclass(frozen=True)
@@ -243,6 +266,7 @@ def evaluate_maps(
     block_size: int | None = None,
     replicates: int = 2000,
     compare: str | Path | None = None,
+    aoi: AOI | None = None,
 ) -> EvaluationResult:
     """Score a class map against CORINE labels (or a class map on the same grid); write a report.
 
@@ -250,7 +274,8 @@ def evaluate_maps(
     tiles_iou.gpkg. Returns the scores, with the content of metrics.json as ``metrics``. ``progress``: optional
     ``(done, total)``. Scores get 95 % block-bootstrap intervals over the tiles (blocks of ``block_size`` px,
     default 4 tiles); ``compare``: another class map on the same grid, scored against the same reference
-    with a paired bootstrap (this map minus that one).
+    with a paired bootstrap (this map minus that one). ``aoi``: score only the map's window over it, pixels
+    inside its polygons.
     """
     prediction, labels, out_dir = Path(prediction), Path(labels), Path(out_dir)
     if not isinstance(tile_size, int) or tile_size < 1 or window_size < 1:
@@ -259,12 +284,11 @@ def evaluate_maps(
     _check_bootstrap_options(tile_size, block_size, replicates)
     check_report_dir(out_dir, overwrite, (prediction, labels, *([Path(compare)] if compare else [])))
     args = (labels, nomenclature_name, code_column, tile_size, progress, raster_values, all_touched, window_size)
-    pred, nom, description, conf = _confusion(prediction, *args)
-    grid = pred.grid
+    pred, nom, description, conf, grid = _confusion(prediction, *args, aoi)
     other = None
     if compare is not None:
-        _check_same_grid(Path(compare), grid, prediction)
-        other = _confusion(Path(compare), labels, nom.name, *args[2:])[3]
+        _check_same_grid(Path(compare), pred.grid, prediction)
+        other = _confusion(Path(compare), labels, nom.name, *args[2:], aoi)[3]
     if conf.pixels["evaluated"] == 0:
         raise NoOverlapError(
             f"no pixel of {prediction} has both a prediction and a label from {labels} "
@@ -291,6 +315,7 @@ def evaluate_maps(
         "block_size": block_size,
         "replicates": replicates,
         "compare": Path(compare).name if compare else None,
+        "aoi": None if aoi is None else aoi.to_setting(),
     }
     scores |= _uncertainty(conf, other, grid.width, block_size, replicates, nom)
     if other is not None:

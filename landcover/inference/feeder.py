@@ -16,6 +16,7 @@ from rasterio.windows import Window
 
 from landcover.errors import InputFormatError, MissingBandError
 from landcover.inference.sliding import Plan
+from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
 from landcover.io.grid import Grid, open_raster, reflect_index
 from landcover.sources.s2meta import parse_name
 
@@ -29,7 +30,7 @@ STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/
 class StackSource:
     """An ingested stack: band descriptions name the bands, values are already harmonised."""
 
-    def __init__(self, path: Path, lm: LoadedModel):
+    def __init__(self, path: Path, lm: LoadedModel, aoi: AOI | None = None):
         self.ds = open_raster(path)
         names, tags = [d or "" for d in self.ds.descriptions], self.ds.tags()
         if missing := [b for b in lm.bands if b not in names]:
@@ -47,14 +48,26 @@ class StackSource:
             )
         self.indexes = [names.index(b) + 1 for b in lm.bands]
         self.grid = Grid(self.ds.crs, self.ds.transform, self.ds.width, self.ds.height)
+        self.window, self._inside = None, None
+        if aoi is not None:  # the stack's window over the AOI
+            self.window = aoi_window(self.grid, aoi)
+            if self.window is None:
+                self.ds.close()
+                raise no_overlap(aoi, [(path.name, self.grid)])
+            self.grid = sub_grid(self.grid, self.window)
+            self._inside = AOIMask(aoi, self.grid)
         self.product_id = tags.get("PRODUCT_ID", path.parent.name)
         self.baseline = tags.get("PROCESSING_BASELINE")
         named = parse_name(self.product_id)  # stacks ingested before PROCESSING_LEVEL was tagged
         self.level = tags.get("PROCESSING_LEVEL") or (named.level if named and named.level else "unknown")
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        image = self.ds.read(self.indexes, window=Window(0, r0, self.grid.width, r1 - r0))
-        return image, image.any(axis=0), None
+        c, r = (0, 0) if self.window is None else (int(self.window.col_off), int(self.window.row_off))
+        image = self.ds.read(self.indexes, window=Window(c, r0 + r, self.grid.width, r1 - r0))
+        valid = image.any(axis=0)
+        if self._inside is not None:
+            valid &= self._inside.inside(Window(0, r0, self.grid.width, r1 - r0))
+        return image, valid, None
 
     def close(self) -> None:
         self.ds.close()
@@ -63,7 +76,7 @@ class StackSource:
 class ProductSource:
     """Any input open_product accepts, read like ingest reads it (SceneReader)."""
 
-    def __init__(self, path: Path, lm: LoadedModel):
+    def __init__(self, path: Path, lm: LoadedModel, aoi: AOI | None = None):
         from landcover.sources.reader import SceneReader
         from landcover.sources.sentinel2 import open_product
 
@@ -84,8 +97,8 @@ class ProductSource:
                 "or ingest it with `landcover ingest --bands ...` and predict the ingested "
                 "scenes/<id>/image.tif"
             ) from exc
-        self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, **lm.reader)
-        self.grid, self.product_id = self.reader.grid, product.product_id
+        self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, aoi=aoi, **lm.reader)
+        self.grid, self.window, self.product_id = self.reader.grid, self.reader.window, product.product_id
         self.baseline = product.processing_baseline
         self.level = product.level
 
@@ -106,10 +119,11 @@ def is_ingested_stack(path: Path) -> bool:
     return False
 
 
-def open_source(path: Path, lm: LoadedModel) -> StackSource | ProductSource:
+def open_source(path: Path, lm: LoadedModel, aoi: AOI | None = None) -> StackSource | ProductSource:
+    """The scene at ``path`` (an ingested stack or any product), on its grid's window over ``aoi`` if given."""
     if not path.exists():
         raise InputFormatError(f"{path} does not exist; check the path")
-    return StackSource(path, lm) if is_ingested_stack(path) else ProductSource(path, lm)
+    return StackSource(path, lm, aoi) if is_ingested_stack(path) else ProductSource(path, lm, aoi)
 
 
 @dataclass

@@ -44,7 +44,8 @@ from landcover.inference.feeder import Feeder, ProductSource, StackSource, is_in
 from landcover.inference.sliding import make_plan
 from landcover.inference.stream import stream_windows
 from landcover.inference.writers import block_writers, output_paths
-from landcover.io.grid import GDAL_ENV
+from landcover.io.aoi import AOI, AOIOutsideError, no_overlap
+from landcover.io.grid import GDAL_ENV, Grid
 from landcover.io.outputs import remove_stale_temporaries, temporaries
 from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_quicklook
 from landcover.nomenclature import IGNORE, Nomenclature
@@ -78,10 +79,11 @@ class PredictResult:
     processing_level: dict[str, str | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     skipped: bool = False
+    outside_aoi: bool = False  # skipped because the scene does not overlap the area of interest
 
     def to_dict(self) -> dict[str, Any]:
         if self.skipped:
-            return {"input": self.input, "out": dict(self.out), "skipped": True}
+            return {"input": self.input, "out": dict(self.out), "skipped": True, "outside_aoi": self.outside_aoi}
         return asdict(self)
 
     def to_json(self) -> str:
@@ -103,6 +105,7 @@ def predict_scene(
     overwrite: bool = False,
     mask_clouds: bool = False,
     allow_level_mismatch: bool = False,
+    aoi: AOI | None = None,
     progress: Progress | None = None,
 ) -> PredictResult:
     """Predict one scene into the COG ``out`` (and its side files); return what was written.
@@ -110,6 +113,10 @@ def predict_scene(
     A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
     with a ConfigError unless ``allow_level_mismatch``; the summary's ``warnings`` then say so, as do
     they for a scene without any valid pixel (the map is written, all no data).
+
+    With ``aoi`` the map covers the scene grid's window over the AOI's bounds (whole pixels of the scene grid,
+    no resampling), pixels outside its polygons are no data; a scene outside the AOI raises
+    :class:`~landcover.io.aoi.AOIOutsideError` before anything is written.
     """
     started = time.perf_counter()
     input, out = Path(input), Path(out)
@@ -124,7 +131,7 @@ def predict_scene(
     lm.model.to(dev).eval()
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
-    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm)) as source:
+    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm, aoi)) as source:
         warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
         out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands, level...): only now
         for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
@@ -145,7 +152,11 @@ def predict_scene(
         valid_fraction = valid_px / max(1, grid.width * grid.height)
         if valid_px == 0:
             warnings.append(_no_data_warning(input, mask_clouds))
-        _tag_outputs(gtiffs, nom, _map_tags(lm, source, input, t, o, valid_fraction, warnings))
+        tags = _map_tags(lm, source, input, t, o, valid_fraction, warnings)
+        if aoi is not None and source.window is not None:
+            w = source.window
+            tags |= {"AOI": aoi.source, "AOI_WINDOW": f"{w.col_off},{w.row_off},{w.width},{w.height}"}
+        _tag_outputs(gtiffs, nom, tags)
         _publish(gtiffs, paths, tmp, nom, nodata, f"{source.product_id} ({nom.name})")
     return PredictResult(
         input=str(input),
@@ -354,6 +365,7 @@ def predict_many(
     lm = checkpoint_or_loaded_model  # loaded when a scene needs it: a finished batch costs nothing
     flags = {k: options[k] for k in ("probabilities", "confidence", "quicklook") if k in options}
     summaries: list[PredictResult] = []
+    outside: list[tuple[str, Grid]] = []
     for i, (path, name) in enumerate(zip(inputs, names, strict=True)):
         target = Path(out_dir) / f"{name}.tif"
         if progress:
@@ -362,7 +374,13 @@ def predict_many(
             summaries.append(PredictResult(input=str(path), out={"map": str(target)}, skipped=True))
             continue
         lm = loaded(lm)
-        summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))
+        try:
+            summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))
+        except AOIOutsideError as exc:  # a scene beside the AOI: noted, not an error (unless every scene is)
+            outside += exc.extents
+            summaries.append(PredictResult(str(path), {"map": str(target)}, skipped=True, outside_aoi=True))
     if progress:
         progress("scenes", len(inputs), len(inputs))
+    if summaries and all(s.outside_aoi for s in summaries):
+        raise no_overlap(options["aoi"], outside)
     return summaries

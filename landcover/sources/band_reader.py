@@ -32,6 +32,33 @@ def _chunk_rows(block_rows: int) -> int:
     return block_rows * max(1, math.ceil(256 / max(block_rows, 1)))
 
 
+def _aligned_offset(src: rasterio.io.DatasetReader, grid: Grid) -> tuple[int, int] | None:
+    """(column, row) of the grid's origin in the file when the grid is a window of the file's own grid
+    (same CRS and pixel size, whole-pixel shift, inside the file); None when the band must be resampled."""
+    st, gt = src.transform, grid.transform
+    if not (st.b == st.d == gt.b == gt.d == 0 and math.isclose(st.a, gt.a) and math.isclose(st.e, gt.e)):
+        return None
+    dc, dr = (gt.c - st.c) / st.a, (gt.f - st.f) / st.e
+    col, row = round(dc), round(dr)
+    tol = 1e-6
+    if abs(dc - col) > tol or abs(dr - row) > tol or col < 0 or row < 0:
+        return None
+    if col + grid.width > src.width or row + grid.height > src.height:
+        return None
+    return col, row
+
+
+def _source_columns(src: rasterio.io.DatasetReader, grid: Grid, margin: int) -> tuple[int, int]:
+    """The file's columns under the grid's columns, grown by the kernel ``margin`` (all of them for a grid
+    over the whole file)."""
+    st, gt = src.transform, grid.transform
+    if st.a <= 0 or st.b or st.d or gt.b or gt.d:
+        return 0, src.width
+    left = (gt.c - st.c) / st.a
+    right = (gt.c + grid.width * gt.a - st.c) / st.a
+    return max(0, math.floor(left) - margin), min(src.width, math.ceil(right) + margin)
+
+
 class BandReader:
     """One band file, positioned on the target grid (direct read or resampled).
 
@@ -67,8 +94,8 @@ class BandReader:
                 f"{self.band.path} is in {src.crs} but the scene grid is in {grid.crs}: "
                 "bands of different products were mixed; ingest each product separately"
             )
-        same_grid = src.transform.almost_equals(grid.transform) and (src.width, src.height) == (grid.width, grid.height)
-        self.warped = same_grid is False
+        self._offset = _aligned_offset(src, grid)
+        self.warped = self._offset is None
         self.dtype = src.dtypes[self.band.index - 1]
         self.src_nodata = self.nodata if self.nodata is not None else src.nodata
         st, gt = src.transform, grid.transform
@@ -79,6 +106,7 @@ class BandReader:
         self._chunks: dict[int, np.ndarray] = {}  # on the target grid: decoded rows by chunk
         self._loaded: dict[int, bool] = {}  # resampled: chunks copied to self._mem -> has no-data
         self._margin = _KERNEL_RADIUS.get(self.resampling, 3) + 2
+        self._cols = _source_columns(src, grid, self._margin)  # source columns under the grid (an AOI: a part)
         # Without no-data pixels, GDAL's faster unmasked bilinear kernel gives the masked kernel's
         # values exactly when its weights are dyadic (coarse pixels of 1, 2, 4 or 8 target pixels,
         # aligned origins), e.g. 20 m -> 10 m. Other ratios (60 m -> 10 m) round differently, and
@@ -127,11 +155,14 @@ class BandReader:
     def read_into(self, window: Window, out: np.ndarray) -> None:
         full_width = int(window.col_off) == 0 and int(window.width) == self.grid.width
         if not (self._cacheable and full_width):
-            out[...] = self.dataset.read(self.band.index, window=window)
+            dc, dr = self._offset or (0, 0)  # a window of the grid is this window of the file
+            out[...] = self.dataset.read(
+                self.band.index, window=Window(window.col_off + dc, window.row_off + dr, window.width, window.height)
+            )
             return
         r0, r1 = int(window.row_off), int(window.row_off) + int(window.height)
-        if not self.warped:
-            out[...] = self._rows(r0, r1)
+        if self._offset is not None:
+            out[...] = self._rows(r0 + self._offset[1], r1 + self._offset[1])
             return
         # source rows under the window, plus a margin for the resampling kernel
         st, gt = self.src.transform, self.grid.transform
@@ -171,9 +202,10 @@ class BandReader:
         """Copy source rows ``s0:s1`` into the in-memory band; whether they hold no-data pixels."""
         assert self._mem is not None
         ch, has_nodata = self._chunk, False
+        c0, c1 = self._cols
         for k in range(s0 // ch, (s1 - 1) // ch + 1):
             if k not in self._loaded:
-                block = Window(0, k * ch, self.src.width, min(ch, self.src.height - k * ch))
+                block = Window(c0, k * ch, c1 - c0, min(ch, self.src.height - k * ch))
                 rows = self.src.read(self.band.index, window=block)
                 self._loaded[k] = self.src_nodata is not None and bool((rows == self.src_nodata).any())
                 self._mem.write(rows, 1, window=block)
@@ -181,15 +213,16 @@ class BandReader:
         return has_nodata
 
     def _rows(self, r0: int, r1: int) -> np.ndarray:
-        """Source rows ``r0:r1`` (full width), decoding the blocks they need once."""
-        ch = self._chunk
+        """Source rows ``r0:r1`` under the grid (the whole width of a grid on the file's own), decoding the
+        blocks they need once."""
+        ch, dc = self._chunk, (self._offset or (0, 0))[0]
         k0, k1 = r0 // ch, (r1 - 1) // ch
         for k in [k for k in self._chunks if k < k0 or k > k1]:
             del self._chunks[k]
         for k in range(k0, k1 + 1):
             if k not in self._chunks:
                 height = min(ch, self.src.height - k * ch)
-                self._chunks[k] = self.src.read(self.band.index, window=Window(0, k * ch, self.src.width, height))
+                self._chunks[k] = self.src.read(self.band.index, window=Window(dc, k * ch, self.grid.width, height))
         parts = [self._chunks[k] for k in range(k0, k1 + 1)]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return block[r0 - k0 * ch : r1 - k0 * ch]

@@ -7,8 +7,11 @@
   the product's ``BOA_ADD_OFFSET``/``RADIO_ADD_OFFSET`` (-1000 from processing baseline 04.00 on,
   0 before), so scenes of every baseline share one reflectance x 10000 scale. DN 0 stays 0
   (no data); valid pixels are clipped to >= 1 so they never become no-data.
-* ``valid`` marks pixels where every band has data; ``cloud`` marks SCL classes of the invalid set
-  (or a cloud mask's non-zero pixels).
+* ``valid`` marks pixels where every band has data (and, with an area of interest, whose centre lies in its
+  polygons); ``cloud`` marks SCL classes of the invalid set (or a cloud mask's non-zero pixels).
+* With an area of interest (``aoi``) the grid is the scene grid's window over the AOI's bounds (whole
+  pixels, :func:`landcover.io.aoi.aoi_window`): only the source blocks under it are read. Pixels outside
+  the polygons keep their values (a model sees them as context) but are not ``valid``.
 * Reading full-width strips top to bottom (what ingest does) decodes every JPEG 2000 tile once, on
   all cores (bands in parallel, GDAL's tile threads within a band), and reads the next strip in the
   background while the caller writes the current one. Memory: two strips, one row of source blocks
@@ -35,6 +38,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from landcover.errors import ProductMismatchError
+from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
 from landcover.io.grid import Grid, open_raster
 from landcover.nomenclature import default_scl_invalid
 from landcover.sources.band_reader import BandReader
@@ -103,10 +107,18 @@ class SceneReader:
         scl_invalid: Sequence[int] | None = None,
         threads: int | None = None,
         prefetch: bool = True,
+        aoi: AOI | None = None,
     ):
         self.product = product
         self.bands = list(bands)
-        self.grid = target_grid(product, self.bands, resolution)
+        self.scene_grid = target_grid(product, self.bands, resolution)
+        self.grid, self.window, self._inside = self.scene_grid, None, None
+        if aoi is not None:  # the scene grid's window over the AOI: the scene's own pixels, a part of them
+            self.window = aoi_window(self.scene_grid, aoi)
+            if self.window is None:
+                raise no_overlap(aoi, [(product.product_id, self.scene_grid)])
+            self.grid = sub_grid(self.scene_grid, self.window)
+            self._inside = AOIMask(aoi, self.grid)
         method = RESAMPLING[resampling]
         self._readers: list[BandReader] = []
         self._mask_reader: BandReader | None = None
@@ -147,6 +159,7 @@ class SceneReader:
             "resampled_bands": [r.band.band for r in self._readers if r.warped],
             "mask": None if self._mask_reader is None else ("SCL" if self._mask_is_scl else "cloud_mask"),
             "warnings": list(self.product.warnings),
+            **({} if self.window is None else {"aoi_window": _key(self.window)}),
         }
 
     def read(self, window: Window) -> SceneWindow:
@@ -212,6 +225,8 @@ class SceneReader:
             cloud, scl_data = masked.result()
             if scl_data is not None:
                 valid &= scl_data
+        if self._inside is not None:  # outside the AOI's polygons: not valid, but the pixels stay (context)
+            valid &= self._inside.inside(window)
         return SceneWindow(image, valid, cloud)
 
     def close(self) -> None:
