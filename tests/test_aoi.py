@@ -258,6 +258,19 @@ def test_cli_ingest_predict_evaluate_on_a_bbox(tmp_path):
     (scene_dir,) = (tmp_path / "ds" / "scenes").iterdir()
     with rasterio.open(scene_dir / "image.tif") as img:
         assert (img.width, img.height) == (70, 64) and img.transform.c == ORIGIN[0] + 200
+    far = make_band_folder(
+        tmp_path / "far", ("B02", "B03", "B04", "B08"), size=96, seed=2, origin=(600_000, 5_400_000), tile="T33UVP"
+    )
+    res = runner.invoke(
+        app,
+        ["ingest", str(folder), str(far), "--labels", str(labels), "--out", str(tmp_path / "ds3"), "--bbox", bbox,
+         "--tile-size", "16", "--nomenclature", "level1", "--split-by-scene"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        "does not overlap the area of interest" in res.output
+        and len(list((tmp_path / "ds3" / "scenes").iterdir())) == 1
+    )
     res = runner.invoke(
         app, ["ingest", str(folder), "--out", str(tmp_path / "ds2"), "--bbox", "2,2,3,3", "--nomenclature", "level1"]
     )
@@ -286,7 +299,9 @@ def test_evaluate_on_an_aoi_scores_only_its_pixels(tmp_path):
     assert metrics["options"]["aoi"]["crs"] == "EPSG:32633"
     res = runner.invoke(app, ["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "ref.tif"), "--out",
                               str(tmp_path / "r2"), "--tile-size", "16", "--replicates", "50"])  # fmt: skip
-    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["scores"]["overall_accuracy"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["scores"]["overall_accuracy"] == pytest.approx(
+        0.5
+    )
 
 
 def test_torch_is_not_needed_for_aoi_and_mosaic():
