@@ -137,12 +137,10 @@ def ingest(
     items = input_list(inputs, from_list, "Sentinel-2 products or --from-list FILE")
     part = parse_shard(shard)
 
+    area = read_aoi_options(aoi, bbox)
     settings = _option_settings(
         bands, nomenclature, tile_size, bigearthnet_metadata, code_column, mapping, block_size, split_by_scene, seed
-    )
-    area = read_aoi_options(aoi, bbox)
-    if area is not None:
-        settings["aoi"] = area.to_setting()
+    ) | {"aoi": None if area is None else area.to_setting()}
     cfg = load_config(IngestConfig, config, set_, **settings)
     with progress_bars() as update:
         dataset = run_ingest(

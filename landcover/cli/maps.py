@@ -26,6 +26,7 @@ from landcover.cli.common import (
 
 if TYPE_CHECKING:
     from landcover.inference.predict import PredictResult
+    from landcover.io.aoi import AOI
 
 
 @app.command()
@@ -177,7 +178,6 @@ def predict(
     ] = None,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
-    from landcover.errors import ConfigError
     from landcover.preflight import check_device, check_output_path
 
     check_device(device)
@@ -185,8 +185,6 @@ def predict(
     area = read_aoi_options(aoi, bbox)
     _check_mosaic_options(area is not None, mosaic, mosaic_crs)
     items, part = _predict_inputs(checkpoint, inputs, from_list, shard)
-
-    from landcover.inference.predict import predict_many, predict_scene
 
     if part is not None and part[1] > 1:
         items = _shard_scenes(items, part, out_path)
@@ -205,25 +203,39 @@ def predict(
         mask_clouds=mask_clouds,
         allow_level_mismatch=allow_level_mismatch,
     )
+    summaries = _run_predict(checkpoint, items, out_path, batch, overwrite, options)
+    _report_maps(summaries)
+    if mosaic is not None and area is not None:
+        _write_mosaic(summaries, area, mosaic, mosaic_crs)
+
+
+def _run_predict(
+    checkpoint: Path, items: list[Path], out_path: Path, batch: bool, overwrite: bool, options: dict[str, Any]
+) -> list[PredictResult]:
+    """One scene into the file ``out_path``, or each scene into the folder ``out_path``."""
+    from landcover.errors import ConfigError
+    from landcover.inference.predict import predict_many, predict_scene
+
     single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"--out {out_path} is a file name but there are {len(items)} inputs; pass a folder")
     with progress_bars() as update:
         if single:
-            summaries = [predict_scene(checkpoint, items[0], out_path, overwrite=overwrite, progress=update, **options)]
-        else:
-            summaries = predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
-    _report_maps(summaries)
-    if mosaic is not None and area is not None:
-        from landcover.inference.mosaic import mosaic_maps
+            return [predict_scene(checkpoint, items[0], out_path, overwrite=overwrite, progress=update, **options)]
+        return predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
 
-        done = [Path(s.out["map"]) for s in summaries if not s.outside_aoi]
-        result = mosaic_maps(done, area, mosaic, crs=mosaic_crs)
-        g = result.grid
-        out.print(
-            f"wrote {result.out} (mosaic of {len(done)} map(s), {g['width']} x {g['height']} px in {g['crs']}, "
-            f"{result.valid_fraction:.1%} with a class)"
-        )
+
+def _write_mosaic(summaries: list[PredictResult], area: AOI, mosaic: Path, crs: str | None) -> None:
+    """``--mosaic``: the maps of the scenes over the AOI merged into one COG, and its line."""
+    from landcover.inference.mosaic import mosaic_maps
+
+    done = [Path(s.out["map"]) for s in summaries if not s.outside_aoi]
+    result = mosaic_maps(done, area, mosaic, crs=crs)
+    g = result.grid
+    out.print(
+        f"wrote {result.out} (mosaic of {len(done)} map(s), {g['width']} x {g['height']} px in {g['crs']}, "
+        f"{result.valid_fraction:.1%} with a class)"
+    )
 
 
 def _check_mosaic_options(has_aoi: bool, mosaic: Path | None, mosaic_crs: str | None) -> None:

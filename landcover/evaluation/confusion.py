@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.windows import Window
 
+from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
 from landcover.io.grid import Grid
 from landcover.nomenclature import IGNORE
 
@@ -218,3 +219,28 @@ def pixel_area_m2(grid: Grid) -> float | None:
         return None
     t = grid.transform
     return abs(t.a * t.e - t.b * t.d) * factor**2
+
+
+def clip_to_aoi(
+    grid: Grid, read_pred: Reader, read_ref: Reader, aoi: AOI | None, name: str
+) -> tuple[Grid, Reader, Reader]:
+    """The grid to score (the map's, or its window over ``aoi``) and the readers of both maps on it (255 outside
+    the AOI's polygons)."""
+    if aoi is None:
+        return grid, read_pred, read_ref
+    window = aoi_window(grid, aoi)
+    if window is None:
+        raise no_overlap(aoi, [(name, grid)])
+    sub = sub_grid(grid, window)
+    mask = AOIMask(aoi, sub)
+    c0, r0 = int(window.col_off), int(window.row_off)
+
+    def clipped(read: Reader) -> Reader:
+        def read_window(w: Window) -> np.ndarray:
+            ids = read(Window(w.col_off + c0, w.row_off + r0, w.width, w.height))
+            ids[~mask.inside(w)] = IGNORE
+            return ids
+
+        return read_window
+
+    return sub, clipped(read_pred), clipped(read_ref)

@@ -26,6 +26,7 @@ from landcover.evaluation.confusion import (
     WINDOW_SIZE,
     Confusion,
     Reader,
+    clip_to_aoi,
     confusion_matrix_streaming,
     pixel_area_m2,
     scores_from_confusion,
@@ -38,7 +39,7 @@ from landcover.evaluation.report import (
     write_markdown,
     write_tiles,
 )
-from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
+from landcover.io.aoi import AOI
 from landcover.io.grid import GDAL_ENV, Grid, open_raster
 from landcover.nomenclature import IGNORE, Nomenclature, nomenclature
 from landcover.sources.labels import RASTER_SUFFIXES, open_label_source
@@ -175,36 +176,11 @@ def _confusion(
             labels, pred.grid, nom, code_column=code_column, all_touched=all_touched, raster_values=raster_values
         )
         stack.callback(close)
-        grid, read_pred, read_ref = _in_aoi(pred.grid, pred.read, read_ref, aoi, prediction)
+        grid, read_pred, read_ref = clip_to_aoi(pred.grid, pred.read, read_ref, aoi, prediction.name)
         conf = confusion_matrix_streaming(
             read_pred, read_ref, grid, nom.num_classes, window_size=window_size, tile_size=tile_size, progress=progress
         )
     return pred, nom, description, conf, grid
-
-
-def _in_aoi(
-    grid: Grid, read_pred: Reader, read_ref: Reader, aoi: AOI | None, prediction: Path
-) -> tuple[Grid, Reader, Reader]:
-    """The grid to score (the map's, or its window over ``aoi``) and the readers of both maps on it (255 outside
-    the AOI's polygons)."""
-    if aoi is None:
-        return grid, read_pred, read_ref
-    window = aoi_window(grid, aoi)
-    if window is None:
-        raise no_overlap(aoi, [(prediction.name, grid)])
-    sub = sub_grid(grid, window)
-    mask = AOIMask(aoi, sub)
-    c0, r0 = int(window.col_off), int(window.row_off)
-
-    def clipped(read: Reader) -> Reader:
-        def read_window(w: Window) -> np.ndarray:
-            ids = read(Window(w.col_off + c0, w.row_off + r0, w.width, w.height))
-            ids[~mask.inside(w)] = IGNORE
-            return ids
-
-        return read_window
-
-    return sub, clipped(read_pred), clipped(read_ref)
 
 
 @dataclass(frozen=True)

@@ -152,11 +152,7 @@ def predict_scene(
         valid_fraction = valid_px / max(1, grid.width * grid.height)
         if valid_px == 0:
             warnings.append(_no_data_warning(input, mask_clouds))
-        tags = _map_tags(lm, source, input, t, o, valid_fraction, warnings)
-        if aoi is not None and source.window is not None:
-            w = source.window
-            tags |= {"AOI": aoi.source, "AOI_WINDOW": f"{w.col_off},{w.row_off},{w.width},{w.height}"}
-        _tag_outputs(gtiffs, nom, tags)
+        _tag_outputs(gtiffs, nom, _map_tags(lm, source, input, t, o, valid_fraction, warnings, aoi))
         _publish(gtiffs, paths, tmp, nom, nodata, f"{source.product_id} ({nom.name})")
     return PredictResult(
         input=str(input),
@@ -241,9 +237,15 @@ def _map_tags(
     overlap: int,
     valid_fraction: float,
     warnings: list[str],
+    aoi: AOI | None = None,
 ) -> dict[str, str]:
-    """The GeoTIFF tags of every output: provenance, window geometry, software, valid fraction, warnings."""
-    return {
+    """The GeoTIFF tags of every output: provenance, window geometry, software, valid fraction, warnings, and the
+    area of interest and the scene grid's window over it."""
+    area = {}
+    if aoi is not None and source.window is not None:
+        w = source.window
+        area = {"AOI": aoi.source, "AOI_WINDOW": f"{w.col_off},{w.row_off},{w.width},{w.height}"}
+    return area | {
         **provenance_tags(lm, source, input),
         "TASK": lm.task,
         "TILE_SIZE": str(tile),
