@@ -13,6 +13,7 @@ from landcover.cli.common import (
     CodeColumnOption,
     DeviceOption,
     FromListOption,
+    SignOption,
     app,
     err,
     handles_errors,
@@ -132,7 +133,8 @@ def predict(
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif."
+            help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF), STAC documents (one map per item, "
+            "named after it; doc.json#<item id> for one) or ingested scenes/<id>/image.tif."
         ),
     ] = None,
     from_list: FromListOption = None,
@@ -156,12 +158,15 @@ def predict(
             "training data (refused by default: results are degraded); warned and recorded in the map's tags.",
         ),
     ] = False,
+    sign: SignOption = None,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.errors import ConfigError
     from landcover.preflight import check_device, check_output_path
+    from landcover.sources.stac_refs import sign_hook
 
     check_device(device)
+    hook = sign_hook(sign)
     check_output_path(out_path, folder=out_path.suffix.lower() not in (".tif", ".tiff"))
     items, part = _predict_inputs(checkpoint, inputs, from_list, shard)
 
@@ -182,6 +187,7 @@ def predict(
         quicklook=quicklook,
         mask_clouds=mask_clouds,
         allow_level_mismatch=allow_level_mismatch,
+        sign=hook,
     )
     single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
@@ -205,7 +211,9 @@ def _predict_inputs(
     part = parse_shard(shard)
     check_checkpoint_exists(checkpoint)  # before torch is imported
     check_inputs_exist(items)
-    return items, part
+    from landcover.sources.stac import expand_references
+
+    return [Path(p) for p in expand_references(items)], part
 
 
 def _shard_scenes(items: list[Path], part: tuple[int, int], out_path: Path) -> list[Path]:

@@ -147,6 +147,7 @@ class SceneReader:
             "resampled_bands": [r.band.band for r in self._readers if r.warped],
             "mask": None if self._mask_reader is None else ("SCL" if self._mask_is_scl else "cloud_mask"),
             "warnings": list(self.product.warnings),
+            **({"radiometry": self.product.radiometry} if self.product.radiometry else {}),
         }
 
     def read(self, window: Window) -> SceneWindow:
