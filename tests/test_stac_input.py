@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -30,6 +31,7 @@ from landcover.sources.band_files import BandFile
 from landcover.sources.reader import SceneReader
 from landcover.sources.sentinel2 import open_product
 from landcover.sources.stac import expand_references, open_stac, read_items
+from landcover.sources.stac_assets import band_assets
 from landcover.sources.stac_refs import sign_hook
 from tests.s2_fixtures import L2A_BANDS, ORIGIN, pixels, write_s2_raster
 
@@ -101,6 +103,24 @@ def test_provider_items_open_to_esa_bands_with_their_offsets(tmp_path, name, off
     assert product.bands["B02"].path.endswith(native_b02) and Path(product.bands["B02"].path).is_absolute()
     assert product.bands["B02"].resolution == 10 and product.bands["B05"].resolution == 20
     assert product.radiometry["dn_offsets_applied"] == dict.fromkeys(L2A_BANDS, offset)
+
+
+def test_unknown_provider_bands_from_eo_bands_names_and_common_names():
+    cog, jp2 = "image/tiff; application=geotiff; profile=cloud-optimized", "image/jp2"
+    assets = {
+        "band_2": ("/d/b2.tif", {"type": cog, "eo:bands": [{"name": "band 2", "common_name": "blue"}]}),
+        "band_2_jp2": ("/d/b2.jp2?token=1", {"type": jp2, "eo:bands": [{"common_name": "blue"}]}),
+        "re1": ("/d/re1.tif", {"bands": [{"name": "B05", "eo:common_name": "rededge"}]}),
+        "re_unnamed": ("/d/re.tif", {"bands": [{"eo:common_name": "rededge"}]}),  # which red edge? not read
+        "rgb": ("/d/rgb.tif", {"eo:bands": [{"common_name": c} for c in ("red", "green", "blue")]}),
+        "swir16": ("/d/s16.tif", {}),
+        "cloud_mask_scl": ("/d/scl.tif", {"eo:bands": [{"name": "SCL"}]}),
+        "tci": ("/d/tci.tif", {"roles": ["visual"]}),
+    }
+    chosen = band_assets(assets)
+    assert {b: a.key for b, a in chosen.items()} == {
+        "B02": "band_2", "B05": "re1", "B11": "swir16", "SCL": "cloud_mask_scl"
+    }  # fmt: skip
 
 
 def test_earth_search_offset_applied_is_not_applied_twice(tmp_path):
@@ -255,6 +275,7 @@ def test_sign_hook_rewrites_http_hrefs_only(tmp_path, monkeypatch):
     assert product.scl is not None and product.scl.path == "/vsis3/bucket/SCL.tif"  # s3: not an http URL, unsigned
     assert len(seen) == 13 and sum("sig=abc" in p for p in seen) == 12
     assert sign_hook("tests.test_stac_input:append_token") is append_token
+    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # as if not installed: import fails
     with pytest.raises(ConfigError, match="pip install planetary-computer"):
         sign_hook("planetary-computer")
     with pytest.raises(ConfigError, match="module:function"):
@@ -300,7 +321,7 @@ def test_cli_ingest_of_an_item_collection(tmp_path, clc):
         ({"foo": {"href": "foo.tif"}, "bar": {"href": "bar.tif"}}, "no Sentinel-2 band asset (assets: bar, foo)"),
     ],
 )
-def test_cli_bad_item_is_one_line_exit_2(tmp_path, assets, message):
+def test_cli_bad_item_is_one_line_exit_2(tmp_path, assets, message, monkeypatch):
     item = item_dict("earth_search_l2a.json")
     item["assets"] = assets
     doc = tmp_path / "bad.json"
@@ -308,6 +329,10 @@ def test_cli_bad_item_is_one_line_exit_2(tmp_path, assets, message):
     result = CliRunner().invoke(app, ["ingest", str(doc), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    result = CliRunner().invoke(
+        app, ["ingest", str(doc), "--out", str(tmp_path / "ds"), "--sign", "planetary-computer"]
+    )
+    assert result.exit_code == 2 and "pip install planetary-computer" in result.output
     (tmp_path / "junk.json").write_text('{"type": "Nothing"}')
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "junk.json"), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2 and "is not a STAC Item" in result.output

@@ -109,8 +109,12 @@ def band_assets(assets: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str
     chosen = {}
     for band in [*tables.sentinel2_bands(), "SCL"]:
         if group := found.get(band):
-            chosen[band] = min(group, key=lambda a: (not a.listed, a.href.lower().endswith(".jp2"), a.key))
+            chosen[band] = min(group, key=lambda a: (not a.listed, _is_jp2(a), a.key))
     return chosen
+
+
+def _is_jp2(asset: BandAsset) -> bool:
+    return asset.href.split("?")[0].lower().endswith(".jp2") or "jp2" in str(asset.fields.get("type", ""))
 
 
 def declared(fields: Mapping[str, Any]) -> tuple[float | None, float | None]:
