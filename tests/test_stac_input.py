@@ -220,6 +220,20 @@ def test_item_collection_geoparquet_and_catalog_give_the_single_items_products(t
         open_product(f"{collection}#nope")
 
 
+def test_a_document_is_parsed_once_for_all_its_items_until_it_changes(tmp_path, monkeypatch):
+    items = two_items(tmp_path)
+    doc = tmp_path / "items.json"
+    doc.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    calls = []
+    parse = pystac.ItemCollection.from_file
+    monkeypatch.setattr(pystac.ItemCollection, "from_file", lambda *a, **k: calls.append(a) or parse(*a, **k))
+    refs = expand_references([doc])
+    products = [open_product(ref) for ref in refs]  # what predict does: one open per item reference
+    assert [p.path for p in products] == [str(r) for r in refs] and len(calls) == 1
+    doc.write_text(json.dumps({"type": "FeatureCollection", "features": items[:1]}))
+    assert len(expand_references([doc])) == 1 and len(calls) == 2
+
+
 def test_relative_absolute_and_file_hrefs_open_the_same_files(tmp_path):
     item = item_dict("earth_search_l2a.json")
     expected = summary([open_product(save(item, tmp_path / "data"))])

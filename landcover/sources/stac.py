@@ -16,6 +16,7 @@ before it is used.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -50,20 +51,30 @@ def _bad_document(path: Path, exc: Exception | str) -> InputFormatError:
 
 
 def read_items(path: str | Path) -> list[pystac.Item]:
-    """The items of the STAC document at ``path`` (every item of a catalog, recursively)."""
-    import pystac
+    """The items of the STAC document at ``path`` (every item of a catalog, recursively).
 
+    The last documents read are kept (until they change on disk): predict opens a document once per item.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputFormatError(f"{path} does not exist; check the path of the STAC document")
     if path.suffix.lower() not in STAC_SUFFIXES:
         raise _bad_document(path, f"suffix {path.suffix or 'none'}, not one of {', '.join(STAC_SUFFIXES)}")
+    stat = path.stat()
+    return list(_read_items(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_items(path: Path, mtime_ns: int, size: int) -> tuple[pystac.Item, ...]:
+    """The items of ``path`` as last modified at ``mtime_ns`` (the cache key: a changed file is read again)."""
+    import pystac
+
     try:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
             from stac_geoparquet.arrow import stac_table_to_items
 
-            return [pystac.Item.from_dict(d) for d in stac_table_to_items(pq.read_table(path))]
+            return tuple(pystac.Item.from_dict(d) for d in stac_table_to_items(pq.read_table(path)))
         try:
             obj: Any = pystac.read_file(str(path))
         except pystac.STACTypeError:
@@ -71,11 +82,11 @@ def read_items(path: str | Path) -> list[pystac.Item]:
     except Exception as exc:  # pystac, pyarrow and json raise many kinds for a file that is not STAC
         raise _bad_document(path, f"{type(exc).__name__}: {exc}") from exc
     if isinstance(obj, pystac.Item):
-        return [obj]
+        return (obj,)
     if isinstance(obj, pystac.Catalog):  # a Collection is a Catalog
-        return list(obj.get_items(recursive=True))
+        return tuple(obj.get_items(recursive=True))
     if isinstance(obj, pystac.ItemCollection):
-        return list(obj.items)
+        return tuple(obj.items)
     raise _bad_document(path, type(obj).__name__)
 
 
