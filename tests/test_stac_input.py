@@ -281,13 +281,15 @@ def test_sign_hook_rewrites_http_hrefs_only(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(stac_mod, "_read_grid", fake_grid)
-    product = open_product(doc, sign=append_token)
+    signed: list[str] = []
+    product = open_product(doc, sign=lambda href: signed.append(href) or append_token(href))
     assert product.bands["B02"].path == (
         "/vsicurl/https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/"
         "GRANULE/L2A_T33UUP_A030593_20230115T101021/IMG_DATA/R10m/T33UUP_20230115T101021_B02_10m.tif?st=2023&sig=abc"
     )
     assert product.scl is not None and product.scl.path == "/vsis3/bucket/SCL.tif"  # s3: not an http URL, unsigned
     assert len(seen) == 13 and sum("sig=abc" in p for p in seen) == 12
+    assert len(signed) == 12  # the band assets only: not the previews, metadata, AOT or true-colour image
     assert sign_hook("tests.test_stac_input:append_token") is append_token
     monkeypatch.setitem(sys.modules, "planetary_computer", None)  # as if not installed: import fails
     with pytest.raises(ConfigError, match="pip install planetary-computer"):

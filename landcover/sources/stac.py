@@ -118,9 +118,8 @@ def open_stac(ref: str | Path, *, sign: Sign | None = None) -> list[Product]:
     return [item_product(item, doc, sign=sign) for item in items]
 
 
-def _href(asset: pystac.Asset, doc: Path, sign: Sign | None) -> str:
-    """The GDAL path of ``asset``: signed if http(s), relative hrefs against the item's (else the document's) folder."""
-    href = asset.get_absolute_href() or asset.href
+def _gdal_path(href: str, doc: Path, sign: Sign | None) -> str:
+    """The GDAL path of an asset's href: signed if http(s); relative to the document's folder if still relative."""
     if sign is not None and urlparse(href).scheme in ("http", "https"):
         href = sign(href)
     return gdal_path(href, doc.resolve().parent)
@@ -134,8 +133,9 @@ def _read_grid(band: str, path: str) -> BandFile:
 def item_product(item: pystac.Item, doc: Path, *, sign: Sign | None = None) -> Product:
     """One STAC item as a product (band files opened once for their grids)."""
     where = reference(doc, item.id)
-    assets = {key: (_href(a, doc, sign), a.to_dict()) for key, a in item.assets.items()}
-    chosen = band_assets(assets)
+    # hrefs relative to the item's own location when it has one (pystac), else to the document's folder
+    assets = {key: (a.get_absolute_href() or a.href, a.to_dict()) for key, a in item.assets.items()}
+    chosen = band_assets(assets)  # only the band assets are signed and opened
     if not [b for b in chosen if b != "SCL"]:
         listing = ", ".join(sorted(item.assets)[:15]) or "none"
         raise InputFormatError(
@@ -143,7 +143,7 @@ def item_product(item: pystac.Item, doc: Path, *, sign: Sign | None = None) -> P
             "of data_catalog/stac_assets.csv and assets whose eo:bands/bands name a band (B02, blue, ...)"
         )
     with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), os.cpu_count() or 1))) as pool:
-        futures = {b: pool.submit(_read_grid, b, a.href) for b, a in chosen.items()}
+        futures = {b: pool.submit(_read_grid, b, _gdal_path(a.href, doc, sign)) for b, a in chosen.items()}
         files = {b: f.result() for b, f in futures.items()}
     if len(crss := {f.crs for f in files.values()}) > 1:
         raise ProductMismatchError(
