@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from landcover.errors import ConfigError, DatasetError, InputFormatError, ModelError
+from landcover.sources.stac_refs import split_reference
 
 
 def check_checkpoint_exists(path: str | Path) -> None:
@@ -51,8 +52,8 @@ def check_device(device: str) -> None:
 
 
 def check_inputs_exist(inputs: Sequence[str | Path]) -> None:
-    """Every input exists (checked before any output is created)."""
-    missing = [str(p) for p in inputs if not Path(p).exists()]
+    """Every input exists (checked before any output is created); ``doc.json#<item id>`` needs its document."""
+    missing = [str(p) for p in inputs if not split_reference(p)[0].exists()]
     if len(inputs) == 1 and missing:
         raise InputFormatError(f"{missing[0]} does not exist; check the path")
     if missing:

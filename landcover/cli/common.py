@@ -257,6 +257,13 @@ def read_aoi_options(aoi: Path | None, bbox: str | None) -> AOI | None:
 
 
 CodeColumnOption = Annotated[str | None, typer.Option(help="Label attribute (default CODE_18, ...).")]
+SignOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Sign the http(s) hrefs of STAC items: planetary-computer (needs `pip install planetary-computer`) "
+        "or module:function (your function href -> href)."
+    ),
+]
 
 
 def input_list(inputs: list[Path] | None, from_list: Path | None, what: str) -> list[Path]:

@@ -14,6 +14,7 @@ from landcover.cli.common import (
     BBoxOption,
     CodeColumnOption,
     FromListOption,
+    SignOption,
     app,
     err,
     handles_errors,
@@ -76,7 +77,8 @@ def ingest(
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; BigEarthNet patch folders or a folder of them."
+            help="Sentinel-2 products: SAFE dir/zip, band folder, GeoTIFF; STAC documents (Item, ItemCollection, "
+            "catalog.json, .parquet; one scene per item); BigEarthNet patch folders or a folder of them."
         ),
     ] = None,
     labels_path: Annotated[
@@ -117,6 +119,7 @@ def ingest(
             "--set split.KEY=VALUE it re-splits the dataset without reading its imagery.",
         ),
     ] = False,
+    sign: SignOption = None,
 ) -> None:
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""
     from landcover.cluster import parse_shard
@@ -125,8 +128,10 @@ def ingest(
     from landcover.dataset.settings import IngestConfig
     from landcover.errors import ConfigError
     from landcover.preflight import check_inputs_exist, check_output_path
+    from landcover.sources.stac_refs import sign_hook
 
     check_output_path(out_dir)
+    hook = sign_hook(sign)
     check_inputs_exist([p for p in (labels_path, mapping, bigearthnet_metadata) if p is not None])
     if finalize:
         if inputs or from_list:
@@ -144,7 +149,7 @@ def ingest(
     cfg = load_config(IngestConfig, config, set_, **settings)
     with progress_bars() as update:
         dataset = run_ingest(
-            items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update, shard=part
+            items, out_dir, labels=labels_path, config=cfg, overwrite=overwrite, progress=update, shard=part, sign=hook
         )
     if part is not None and not dataset.finalized:
         _report_shard(out_dir, dataset, part)

@@ -15,6 +15,7 @@ from landcover.cli.common import (
     CodeColumnOption,
     DeviceOption,
     FromListOption,
+    SignOption,
     app,
     err,
     handles_errors,
@@ -140,7 +141,8 @@ def predict(
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF) or ingested scenes/<id>/image.tif."
+            help="Sentinel-2 products (SAFE dir/zip, band folder, GeoTIFF), STAC documents (one map per item, "
+            "named after it; doc.json#<item id> for one) or ingested scenes/<id>/image.tif."
         ),
     ] = None,
     from_list: FromListOption = None,
@@ -176,11 +178,14 @@ def predict(
     mosaic_crs: Annotated[
         str | None, typer.Option(help="CRS of the --mosaic, e.g. EPSG:32631 (default: the AOI's UTM zone).")
     ] = None,
+    sign: SignOption = None,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
     from landcover.preflight import check_device, check_output_path
+    from landcover.sources.stac_refs import sign_hook
 
     check_device(device)
+    hook = sign_hook(sign)
     check_output_path(out_path, folder=out_path.suffix.lower() not in (".tif", ".tiff"))
     area = read_aoi_options(aoi, bbox)
     _check_mosaic_options(area is not None, mosaic, mosaic_crs)
@@ -202,6 +207,7 @@ def predict(
         aoi=area,
         mask_clouds=mask_clouds,
         allow_level_mismatch=allow_level_mismatch,
+        sign=hook,
     )
     summaries = _run_predict(checkpoint, items, out_path, batch, overwrite, options)
     _report_maps(summaries)
@@ -268,7 +274,9 @@ def _predict_inputs(
     part = parse_shard(shard)
     check_checkpoint_exists(checkpoint)  # before torch is imported
     check_inputs_exist(items)
-    return items, part
+    from landcover.sources.stac import expand_references
+
+    return [Path(p) for p in expand_references(items)], part
 
 
 def _shard_scenes(items: list[Path], part: tuple[int, int], out_path: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -211,8 +211,11 @@ def ingest(
     overwrite: bool = False,
     progress: Progress | None = None,
     shard: Shard | None = None,
+    sign: Callable[[str], str] | None = None,
 ) -> IngestResult:
     """Ingest ``inputs`` into the dataset folder ``out`` (resuming a previous run) and finalize it.
+
+    A STAC document is one scene per item (``sign`` rewrites its http(s) hrefs, e.g. ``planetary_computer.sign``).
 
     BigEarthNet patches and folders of them become one scene per product (tile and date) and group
     of touching patches, see :mod:`landcover.sources.bigearthnet_scenes`; when every input is BigEarthNet,
@@ -233,7 +236,9 @@ def ingest(
     label_path = Path(labels) if labels is not None else None
     if not inputs:
         raise ConfigError("no input given: pass one or more Sentinel-2 products")
-    with open_inputs(inputs, cfg.bands, nomenclature=cfg.nomenclature, metadata=cfg.bigearthnet_metadata) as products:
+    with open_inputs(
+        inputs, cfg.bands, nomenclature=cfg.nomenclature, metadata=cfg.bigearthnet_metadata, sign=sign
+    ) as products:
         if "tile_size" not in cfg.model_fields_set and all(isinstance(p, BigEarthNetProduct) for p in products):
             cfg = cfg.model_copy(update={"tile_size": PATCH_PIXELS})
         if not cfg.split.by_scene:

@@ -4,6 +4,7 @@ reflection, normalised with the checkpoint's statistics, read in a background th
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from landcover.inference.sliding import Plan
 from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
 from landcover.io.grid import Grid, open_raster, reflect_index
 from landcover.sources.s2meta import parse_name
+from landcover.sources.stac_refs import is_stac_input, split_reference
 
 if TYPE_CHECKING:
     from landcover.inference.checkpoint import LoadedModel
@@ -76,12 +78,14 @@ class StackSource:
 class ProductSource:
     """Any input open_product accepts, read like ingest reads it (SceneReader)."""
 
-    def __init__(self, path: Path, lm: LoadedModel, aoi: AOI | None = None):
+    def __init__(
+        self, path: Path | str, lm: LoadedModel, aoi: AOI | None = None, sign: Callable[[str], str] | None = None
+    ):
         from landcover.sources.reader import SceneReader
         from landcover.sources.sentinel2 import open_product
 
         try:
-            product = open_product(path)
+            product = open_product(path, sign=sign)
             if missing := [b for b in lm.bands if b not in product.bands]:  # a message without ingest's --bands
                 raise MissingBandError(
                     f"{path} lacks band(s) {','.join(missing)} that the checkpoint needs (it has "
@@ -119,11 +123,16 @@ def is_ingested_stack(path: Path) -> bool:
     return False
 
 
-def open_source(path: Path, lm: LoadedModel, aoi: AOI | None = None) -> StackSource | ProductSource:
-    """The scene at ``path`` (an ingested stack or any product), on its grid's window over ``aoi`` if given."""
-    if not path.exists():
+def open_source(
+    path: Path | str, lm: LoadedModel, aoi: AOI | None = None, *, sign: Callable[[str], str] | None = None
+) -> StackSource | ProductSource:
+    """The scene at ``path``: an ingested stack, any product, or a STAC item ``doc.json#<item id>`` (``sign``
+    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given."""
+    if not split_reference(path)[0].exists():
         raise InputFormatError(f"{path} does not exist; check the path")
-    return StackSource(path, lm, aoi) if is_ingested_stack(path) else ProductSource(path, lm, aoi)
+    if is_stac_input(path):
+        return ProductSource(path, lm, aoi, sign)
+    return StackSource(Path(path), lm, aoi) if is_ingested_stack(Path(path)) else ProductSource(path, lm, aoi, sign)
 
 
 @dataclass

@@ -51,6 +51,7 @@ from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_
 from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
 from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch
+from landcover.sources.stac_refs import split_reference
 from landcover.version import __version__
 
 Progress = Callable[[str, int, int], None]
@@ -107,8 +108,11 @@ def predict_scene(
     allow_level_mismatch: bool = False,
     aoi: AOI | None = None,
     progress: Progress | None = None,
+    sign: Callable[[str], str] | None = None,
 ) -> PredictResult:
     """Predict one scene into the COG ``out`` (and its side files); return what was written.
+
+    ``input`` may be a STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs).
 
     A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
     with a ConfigError unless ``allow_level_mismatch``; the summary's ``warnings`` then say so, as do
@@ -131,7 +135,11 @@ def predict_scene(
     lm.model.to(dev).eval()
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
-    with rasterio.Env(**GDAL_ENV), temporaries() as tmp, contextlib.closing(open_source(input, lm, aoi)) as source:
+    with (
+        rasterio.Env(**GDAL_ENV),
+        temporaries() as tmp,
+        contextlib.closing(open_source(input, lm, aoi, sign=sign)) as source,
+    ):
         warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
         out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands, level...): only now
         for path in paths.values():  # what a killed earlier run (e.g. a requeued array task) left of this scene
@@ -338,7 +346,11 @@ def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input:
 
 
 def scene_name(path: str | Path) -> str:
-    """Output name of an input: the scene folder of an ingested image.tif, else the product's name."""
+    """Output name of an input: the item id of a STAC item ``doc.json#<item id>``, the scene folder of an
+    ingested image.tif, else the product's name."""
+    _, item_id = split_reference(path)
+    if item_id is not None:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", item_id).strip("._") or "scene"
     p = Path(path)
     while p.name.upper() in ("IMG_DATA", "R10M", "R20M", "R60M") and p.parent != p:
         p = p.parent  # a band folder inside a product: name it after the product folder

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from landcover.sources.bigearthnet import (
 )
 from landcover.sources.mosaic import raster_header, write_mosaic_vrt
 from landcover.sources.sentinel2 import BEN_PATCH_RE, Product, is_bigearthnet_patch, open_product, product_grid_band
+from landcover.sources.stac import open_stac
+from landcover.sources.stac_refs import is_stac_input
 
 _TILE_PREFIX = re.compile(r"_T\d{2}[A-Z]{3}$", re.I)  # v2 prefixes name the tile; v1 ones do not
 
@@ -215,15 +217,20 @@ def open_inputs(
     *,
     nomenclature: str = "level3",
     metadata: str | Path | None = None,
+    sign: Callable[[str], str] | None = None,
 ) -> Iterator[list[Product]]:
-    """Products for ingest ``inputs``: Sentinel-2 products as they are, BigEarthNet patches and
-    folders of patches (any mix) as scenes (:func:`open_bigearthnet`), after the other inputs.
+    """Products for ingest ``inputs``: Sentinel-2 products as they are, a STAC document as one product per
+    item (``sign`` rewrites its http(s) hrefs, :func:`landcover.sources.stac.open_stac`), BigEarthNet
+    patches and folders of patches (any mix) as scenes (:func:`open_bigearthnet`), after the other inputs.
 
     Mosaic VRTs live in a temporary folder that is removed when the block ends.
     """
     products: list[Product] = []
     patches: list[Path] = []
     for item in inputs:
+        if is_stac_input(item):
+            products += [p if bands is None else p.select(bands) for p in open_stac(item, sign=sign)]
+            continue
         path = Path(item).expanduser()
         found = _patches_in(path)
         if found:

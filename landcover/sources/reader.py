@@ -160,6 +160,7 @@ class SceneReader:
             "mask": None if self._mask_reader is None else ("SCL" if self._mask_is_scl else "cloud_mask"),
             "warnings": list(self.product.warnings),
             **({} if self.window is None else {"aoi_window": _key(self.window)}),
+            **({"radiometry": self.product.radiometry} if self.product.radiometry else {}),
         }
 
     def read(self, window: Window) -> SceneWindow:

@@ -2,7 +2,8 @@
 
 :func:`open_product` accepts a SAFE product (folder or ``.zip``), a folder of per-band files
 (ESA names, Major-TOM ``B04.tif``, ``*.jp2.TIF`` exports), one multi-band GeoTIFF, or a
-BigEarthNet patch folder. It returns a :class:`Product`: one
+BigEarthNet patch folder, or a STAC item (:mod:`landcover.sources.stac`). It returns a
+:class:`~landcover.sources.product.Product`: one
 :class:`~landcover.sources.band_files.BandFile` per spectral band (a GDAL path, band index, native
 grid), the SCL or cloud mask, and the radiometric metadata (processing baseline, additive offset,
 quantification). Each raster is opened once, for its header and its last pixel (which catches
@@ -16,14 +17,14 @@ import json
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import rasterio
 from rasterio.errors import RasterioError
 
 from landcover import nomenclature as tables
-from landcover.errors import CorruptFileError, InputFormatError, MissingBandError, ProductMismatchError
+from landcover.errors import CorruptFileError, InputFormatError, ProductMismatchError
 from landcover.sources.band_files import (
     DATE_RE,
     MASKS,
@@ -36,66 +37,16 @@ from landcover.sources.band_files import (
     token_band,
     walk_files,
 )
+from landcover.sources.product import Product as Product  # re-exported: the type lives in product.py
+from landcover.sources.product import product_grid_band as product_grid_band
 from landcover.sources.s2meta import Meta, iso_time, needs_offset, parse_mtd, parse_name
+from landcover.sources.stac_refs import is_stac_input
 
 BASELINE_OFFSET = -1000.0
 """DN offset of processing baseline >= 04.00 (from 25 January 2022): reflectance = (DN + offset) / 10000."""
 
 BEN_PATCH_RE = re.compile(r"(S2[A-D]_MSIL2A_\d{8}T\d{5,6}(?:_N\d{4}_R\d{3}_T\d{2}[A-Z]{3})?)_(\d+)_(\d+)")
 """A BigEarthNet patch name: ``<product prefix>_<row>_<col>`` (v1 prefixes lack baseline and tile)."""
-
-
-@dataclass
-class Product:
-    """A Sentinel-2 input: band files in ESA order, masks, and radiometric metadata."""
-
-    path: str
-    product_id: str
-    kind: str  # 'safe' | 'folder' | 'multiband' | 'bigearthnet'
-    level: str  # 'L1C' | 'L2A' | 'unknown'
-    bands: dict[str, BandFile]
-    scl: BandFile | None = None
-    cloud_mask: BandFile | None = None
-    tile: str | None = None
-    sensing_time: str | None = None
-    processing_baseline: str | None = None
-    offsets: dict[str, float] = field(default_factory=dict)
-    quantification: float = 10000.0
-    metadata_source: str = "none"
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def band_names(self) -> tuple[str, ...]:
-        return tuple(self.bands)
-
-    def select(self, bands: Sequence[str] | None) -> Product:
-        """This product with only ``bands``, in that order.
-
-        ``None`` means the level's default bands (13 for L1C, 12 for L2A; every band found when
-        the level is unknown). Raises :class:`MissingBandError` naming missing and found bands.
-        """
-        if bands is None and self.level == "unknown":
-            wanted = list(self.bands)
-        elif bands is None:
-            wanted = list(tables.default_bands(self.level))
-        else:
-            wanted = list(dict.fromkeys(tables.normalize_band_name(b) for b in bands))
-        if missing := [b for b in wanted if b not in self.bands]:
-            found = ",".join(self.bands)
-            raise MissingBandError(
-                f"band(s) {', '.join(missing)} not in {self.path} ({self.level} {self.kind} input "
-                f"with bands {found}); pass --bands {found} (or a subset), or use a product that has them"
-            )
-        offsets = {b: v for b, v in self.offsets.items() if b in wanted}
-        bands_ = {b: self.bands[b] for b in wanted}
-        return replace(self, bands=bands_, offsets=offsets, warnings=list(self.warnings))
-
-
-def product_grid_band(product: Product) -> BandFile:
-    """The finest-resolution band (the first one on ties): it defines the 10 m output grid."""
-    if not product.bands:
-        raise MissingBandError(f"{product.path} has no spectral band; point at a Sentinel-2 product")
-    return min(product.bands.values(), key=lambda b: b.resolution)
 
 
 # --- kinds ---------------------------------------------------------------------------------------
@@ -248,13 +199,22 @@ def _open_multiband(path: Path, bands: Sequence[str] | None) -> tuple[Product, b
     return _finish(path, "multiband", files, meta, False), by_order
 
 
-def open_product(path: str | Path, bands: Sequence[str] | None = None) -> Product:
-    """Discover the Sentinel-2 input at ``path`` (SAFE folder or zip, band folder, raster, patch).
+def open_product(
+    path: str | Path, bands: Sequence[str] | None = None, *, sign: Callable[[str], str] | None = None
+) -> Product:
+    """Discover the Sentinel-2 input at ``path`` (SAFE folder or zip, band folder, raster, patch, STAC item).
+
+    A STAC document holding one item, or ``doc.json#<item id>``, is read by
+    :func:`landcover.sources.stac.open_stac` (``sign`` rewrites its http(s) hrefs); a document of several
+    items is an error here (ingest and predict expand documents into their items).
 
     With ``bands`` the product is restricted to them (:meth:`Product.select`); for a multi-band
     file without band names, ``bands`` names every band in file order. Without ``bands`` every
     band found is kept: ``product.select(None)`` then requires the level's default bands.
     """
+    if is_stac_input(path):
+        product = _open_stac_item(path, sign)
+        return product if bands is None else product.select(bands)
     user_path = Path(path).expanduser()
     if not user_path.exists():
         raise InputFormatError(
@@ -283,6 +243,19 @@ def open_product(path: str | Path, bands: Sequence[str] | None = None) -> Produc
     else:
         product = _open_dir(p, user_path)
     return product if bands is None else product.select(bands)
+
+
+def _open_stac_item(path: str | Path, sign: Callable[[str], str] | None) -> Product:
+    from landcover.sources.stac import open_stac
+
+    products = open_stac(path, sign=sign)
+    if len(products) > 1:
+        ids = ", ".join(p.path.rpartition("#")[2] for p in products[:3])
+        raise InputFormatError(
+            f"{path} holds {len(products)} STAC items ({ids}, ...); name one as {path}#<item id>, "
+            "or give the document to ingest/predict, which take every item"
+        )
+    return products[0]
 
 
 # --- BigEarthNet ---------------------------------------------------------------------------------
