@@ -132,12 +132,12 @@ def test_earth_search_offset_applied_is_not_applied_twice(tmp_path):
     assert np.array_equal(stack(new), stack(old))
 
 
-def test_flag_wins_over_raster_bands_with_a_warning_and_baseline_wins_over_both(tmp_path):
-    """Decision: a true flag wins over raster:bands (Earth Search writes one raster:bands on every item), and a
-    baseline < 04.00 wins over both (no offset existed). Each disagreement is a warning in the provenance."""
+def test_flag_wins_over_raster_bands_and_baseline_wins_over_both(tmp_path):
+    """Decision: a true flag wins over raster:bands (Earth Search writes one raster:bands on every item: recorded
+    in the rule, no warning on every item), and a baseline < 04.00 wins over both (no offset existed: a warning)."""
     product = open_product(save(item_dict("earth_search_l2a.json", **{"s2:processing_baseline": "05.10"}), tmp_path))
-    assert product.offsets == {}
-    assert any("earthsearch:boa_offset_applied is true" in w and "applied 0" in w for w in product.warnings)
+    assert product.offsets == {} and not product.warnings
+    assert "raster:bands declares offset -0.1" in product.radiometry["rule"]
     with SceneReader(product, ["B02"], prefetch=False) as reader:
         prov = reader.provenance()
     assert prov["offsets_applied"] == {"B02": 0.0}
@@ -148,8 +148,9 @@ def test_flag_wins_over_raster_bands_with_a_warning_and_baseline_wins_over_both(
     assert product.offsets == {} and "< 04.00" in product.radiometry["rule"]
     assert any("< 04.00 has no offset" in w for w in product.warnings)
     not_applied = item_dict("earth_search_l2a.json", **{FLAG: False})
-    product = open_product(save(not_applied, tmp_path / "raw"))
+    product = open_product(save(not_applied, tmp_path / "raw", dn_offset=1000))  # raw DNs of baseline 05.10
     assert product.offsets == dict.fromkeys(L2A_BANDS, -1000.0) and not product.warnings
+    assert product.radiometry["pixel_check"]["share_below_offset"] == 0.0
 
 
 def test_pre_and_post_0400_items_of_one_scene_ingest_to_identical_pixels(tmp_path):
@@ -281,6 +282,7 @@ def test_sign_hook_rewrites_http_hrefs_only(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(stac_mod, "_read_grid", fake_grid)
+    monkeypatch.setattr(stac_mod, "check_offset", lambda product: product)  # it would read pixels: no network
     signed: list[str] = []
     product = open_product(doc, sign=lambda href: signed.append(href) or append_token(href))
     assert product.bands["B02"].path == (

@@ -34,6 +34,7 @@ from landcover.sources.band_files import BandFile, read_band
 from landcover.sources.product import Product
 from landcover.sources.s2meta import parse_name
 from landcover.sources.stac_assets import FLAG, band_assets, radiometry
+from landcover.sources.stac_pixels import check_offset
 from landcover.sources.stac_refs import STAC_SUFFIXES, reference, split_reference
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def item_product(item: pystac.Item, doc: Path, *, sign: Sign | None = None) -> P
     offsets, quantification, record, warnings = radiometry(chosen, baseline, flag if isinstance(flag, bool) else None)
     record["assets"] = {b: a.key for b, a in chosen.items()}
     scl = files.pop("SCL", None)
-    return Product(
+    product = Product(
         path=where,
         product_id=product_id,
         kind="stac",
@@ -174,6 +175,7 @@ def item_product(item: pystac.Item, doc: Path, *, sign: Sign | None = None) -> P
         warnings=[f"{item.id}: {w}" for w in warnings],
         radiometry=record,
     )
+    return check_offset(product)  # an offset the metadata asks for but the pixels already have: not applied
 
 
 def _product_id(item: pystac.Item) -> str:

@@ -13,7 +13,8 @@ and says which rule decided it and why. The rules, in order:
    with baseline 04.00, January 2022);
 2. ``earthsearch:boa_offset_applied`` true: offset 0 (Element 84 subtracted the offset when writing the
    COGs). Earth Search writes the same ``raster:bands`` (offset -0.1) on every item whatever its pixels,
-   so the per-item flag wins over it; the disagreement is recorded as a warning;
+   so the per-item flag wins over it (the record says so; no warning: it is on every such item); a flag
+   that is false on COGs that have the offset applied is caught by :mod:`landcover.sources.stac_pixels`;
 3. an offset declared by ``raster:bands``: ``offset / scale`` DN (-0.1 / 0.0001 = -1000);
 4. baseline >= 04.00 without a declared offset: ESA's documented -1000;
 5. nothing known: offset 0, with a warning.
@@ -151,11 +152,8 @@ def radiometry(
             warnings.append(f"{claim} but processing baseline {baseline} < 04.00 has no offset: applied 0")
     elif flag:
         rule, offsets = f"{FLAG} is true: the provider already applied the offset", dict.fromkeys(spectral, 0.0)
-        if said:
-            warnings.append(
-                f"{text} but {FLAG} is true: applied 0, not {said[0]:g} (the per-item flag wins; Earth "
-                "Search writes the same raster:bands on every item whatever its pixels)"
-            )
+        if said:  # Earth Search's template: the same raster:bands on every item; recorded, not warned about
+            rule += f" ({text}, as on every Earth Search item whatever its pixels: the per-item flag wins)"
     elif dn:
         rule = "offset declared by raster:bands (DN offset = offset / scale)"
         offsets = {b: float(dn.get(b, 0.0)) for b in spectral}
