@@ -215,3 +215,12 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert check_dates("2023-06-01/..") == "2023-06-01/.."
     result = runner.invoke(app, ["search", "--out", str(tmp_path / "i.json")])
     assert result.exit_code == 2 and "--bbox" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_the_cli_imports_pystac_client_only_inside_the_search_command():
+    code = "import sys, landcover.cli; print(sorted(m for m in ('pystac_client', 'pystac') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert proc.stdout.strip() == "[]"
+    from landcover.cli import stac as cli_stac
+
+    assert cli_stac.EARTH_SEARCH == EARTH_SEARCH  # the command's default is the library's
