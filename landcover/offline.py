@@ -8,7 +8,8 @@ When the variable is set (any value but empty, 0, false, no, off):
   (127.0.0.0/8, ::1) and unix sockets with :class:`~landcover.errors.OfflineError` (also a
   ``ConnectionRefusedError``), at once, so a library that tries the network fails with this message
   instead of waiting for a timeout;
-* ``HF_HUB_OFFLINE=1`` is set for huggingface_hub (timm, smp) unless already set.
+* ``HF_HUB_OFFLINE=1`` is set for huggingface_hub (timm, smp) unless already set;
+* :func:`check_url` refuses a URL beyond this machine before any name lookup (``landcover search``).
 
 tests/conftest.py sets it for the test session; subprocesses inherit it.
 """
@@ -19,6 +20,7 @@ import ipaddress
 import os
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from landcover.errors import OfflineError
 
@@ -78,3 +80,25 @@ def guard_network() -> None:
     for name, fn in guarded.items():
         fn._landcover_offline = True
         setattr(cls, name, fn)
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`~landcover.errors.OfflineError` at once for a URL beyond this machine when offline.
+
+    No name is looked up (that could wait for a DNS timeout): only ``localhost`` and loopback addresses pass.
+    """
+    parts = urlsplit(url)
+    if not is_offline() or not parts.netloc:  # a local path or file:// URL
+        return
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        literal = True
+    except ValueError:
+        literal = False
+    if host == "localhost" or (literal and _is_loopback(host)):
+        return
+    raise OfflineError(
+        f"{urlsplit(url).hostname or url} is beyond this machine and {ENV} is set, so landcover stays on this machine; "
+        f"unset {ENV} to reach it"
+    )

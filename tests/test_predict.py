@@ -219,6 +219,7 @@ def test_outputs_are_styled_cogs_with_provenance(big):
     assert sorted(p.name for p in out.iterdir()) == [
         "map.png",
         "map.qml",
+        "map.stac.json",
         "map.tif",
         "map_confidence.tif",
         "map_probabilities.tif",

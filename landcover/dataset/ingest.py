@@ -8,6 +8,7 @@ Layout of a dataset folder::
     scenes/<scene_id>/tiles.parquet  the scene's part of the catalog
     scenes/<scene_id>/scene.json  provenance; written last: its presence means 'scene complete'
     catalog.parquet, splits.gpkg, dataset.json   merged by :func:`finalize`
+    collection.json, scenes/<scene_id>/item.json  a STAC Collection of the scenes, by :func:`finalize`
 
 Each scene is built in a hidden temporary folder and renamed when complete (:mod:`landcover.dataset.scene`),
 so an interrupted run leaves only finished scenes, and the next run picks up where it stopped if its
@@ -37,6 +38,7 @@ from landcover.dataset.settings import (
     resplit_settings,
 )
 from landcover.dataset.splits import check_block_size, grid_area_warning, split_scheme
+from landcover.dataset.stac_collection import write_scenes_collection
 from landcover.errors import ConfigError, DatasetError
 from landcover.io.aoi import aoi_window, no_overlap
 from landcover.io.grid import Grid
@@ -170,6 +172,7 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
     }
     with atomic_output(out / "dataset.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
+    write_scenes_collection(out)  # collection.json + scenes/<id>/item.json (STAC)
     return dataset
 
 

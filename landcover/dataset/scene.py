@@ -124,6 +124,7 @@ def ingest_scene(
                 "scene_id": scene_id,
                 "input": Path(product.path).name,  # no path of the user's machine
                 "kind": product.kind,
+                "sensing_time": product.sensing_time,
                 "bands": list(bands),
                 "grid": grid.to_dict(),
                 "labels": None if source is None else source.description,
@@ -242,6 +243,7 @@ def _describe_image(img: Any, product: Product, bands: Sequence[str], reader: Sc
         SCALE="reflectance x 10000",
         PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
         PROCESSING_LEVEL=str(product.level or "unknown"),
+        SENSING_TIME=str(product.sensing_time or "unknown"),
         OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
         SOFTWARE=f"landcover {__version__}",
     )

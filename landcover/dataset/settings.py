@@ -30,7 +30,7 @@ from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.version import __version__
 
 SETTINGS_FILE = "ingest_settings.json"
-DATASET_FILES = ("scenes", "catalog.parquet", "splits.gpkg", "dataset.json", SETTINGS_FILE)
+DATASET_FILES = ("scenes", "catalog.parquet", "splits.gpkg", "dataset.json", "collection.json", SETTINGS_FILE)
 
 
 class AOISettings(BaseModel):

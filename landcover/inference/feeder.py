@@ -62,6 +62,8 @@ class StackSource:
         self.baseline = tags.get("PROCESSING_BASELINE")
         named = parse_name(self.product_id)  # stacks ingested before PROCESSING_LEVEL was tagged
         self.level = tags.get("PROCESSING_LEVEL") or (named.level if named and named.level else "unknown")
+        sensing = tags.get("SENSING_TIME", "unknown")  # stacks ingested before it was tagged: the product name's
+        self.sensing_time = sensing if sensing != "unknown" else (named.sensing_time if named else None)
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         c, r = (0, 0) if self.window is None else (int(self.window.col_off), int(self.window.row_off))
@@ -105,6 +107,7 @@ class ProductSource:
         self.grid, self.window, self.product_id = self.reader.grid, self.reader.window, product.product_id
         self.baseline = product.processing_baseline
         self.level = product.level
+        self.sensing_time = product.sensing_time
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         win = self.reader.read(Window(0, r0, self.grid.width, r1 - r0))

@@ -17,9 +17,9 @@ Classification checkpoints predict non-overlapping tiles (each tile gets its mos
 
 Outputs: ``OUT.tif`` (COG, uint8 class ids, 255 = no data, colour table, class names, provenance
 tags), ``OUT.qml``, optional ``OUT_probabilities.tif`` (uint8 probability x 255 per class),
-``OUT_confidence.tif`` (max probability x 255) and ``OUT.png`` (quick look with a legend). All are
-written under temporary names and renamed at the end, the class map last: when ``OUT.tif`` exists,
-the scene is complete.
+``OUT_confidence.tif`` (max probability x 255), ``OUT.png`` (quick look with a legend) and ``OUT.stac.json``
+(the map's STAC Item, :mod:`landcover.io.stac_items`). All are written under temporary names and renamed at
+the end, the class map last: when ``OUT.tif`` exists, the scene is complete.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from landcover.inference.writers import block_writers, output_paths
 from landcover.io.aoi import AOI, AOIOutsideError, no_overlap
 from landcover.io.grid import GDAL_ENV, Grid
 from landcover.io.outputs import remove_stale_temporaries, temporaries
+from landcover.io.stac_items import write_map_item
 from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_quicklook
 from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
@@ -295,7 +296,7 @@ def _publish(
 ) -> None:
     """COGs (and the quick-look) under temporary names, then renamed: the class map last, since its
     final name means 'complete'."""
-    finals = {name: tmp(paths[name]) for name in paths if name != "qml"}
+    finals = {name: tmp(paths[name]) for name in paths if name not in ("qml", "stac")}
     for name in ("probabilities", "confidence"):
         if name in gtiffs:
             to_cog(gtiffs[name], finals[name], "AVERAGE", None)
@@ -306,6 +307,8 @@ def _publish(
         if name != "map":
             os.replace(finals[name], paths[name])
     write_qgis_style(paths["map"], nom)
+    sidecars = {name: path for name, path in paths.items() if name not in ("map", "stac")}
+    write_map_item(paths["map"], nom, raster=finals["map"], sidecars=sidecars)  # <map stem>.stac.json
     os.replace(finals["map"], paths["map"])
 
 
@@ -337,6 +340,7 @@ def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input:
         "PRODUCT_ID": source.product_id,
         "PROCESSING_BASELINE": str(source.baseline or "unknown"),
         "PROCESSING_LEVEL": source.level or "unknown",
+        "SENSING_TIME": source.sensing_time or "unknown",
         "CHECKPOINT_PROCESSING_LEVEL": lm.level,
         "INPUT": input.name,
         "CHECKPOINT": Path(lm.path).name if lm.path else "in-memory model",

@@ -15,6 +15,7 @@ from rasterio.windows import Window
 
 from landcover.io.grid import Grid
 from landcover.io.outputs import EXPECTED
+from landcover.io.stac_items import item_path
 
 if TYPE_CHECKING:
     pass
@@ -74,8 +75,8 @@ class BlockWriter:
 def output_paths(
     out: Path, *, probabilities: bool = False, confidence: bool = False, quicklook: bool = True
 ) -> dict[str, Path]:
-    """The files of one prediction; ``map`` is written last."""
-    paths = {"map": out, "qml": out.with_suffix(".qml")}
+    """The files of one prediction; ``map`` is written last; ``stac`` is its STAC Item (``OUT.stac.json``)."""
+    paths = {"map": out, "qml": out.with_suffix(".qml"), "stac": item_path(out)}
     if probabilities:
         paths["probabilities"] = out.with_name(f"{out.stem}_probabilities.tif")
     if confidence:
