@@ -7,6 +7,7 @@ import json
 
 import geopandas as gpd
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import shapely
@@ -216,6 +217,8 @@ def test_two_zone_mosaic_takes_the_most_confident_valid_map(tmp_path):
         grid = Grid(m.crs, m.transform, m.width, m.height)
     assert result.valid_fraction > 0.8  # the lon/lat box is a little rotated on the UTM grid
     assert (tmp_path / "mosaic.qml").exists()
+    item = pystac.Item.from_file(tmp_path / "mosaic.stac.json")
+    assert item.properties["proj:shape"] == [grid.height, grid.width] and "map" in item.assets
     layers = []
     for path in (east, west):
         with rasterio.open(path) as src, rasterio.open(path.with_name(path.stem + "_confidence.tif")) as conf:

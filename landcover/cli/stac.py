@@ -39,18 +39,18 @@ def search(
     from landcover.errors import ConfigError
     from landcover.preflight import check_inputs_exist, check_output_path
 
-    if (bbox is None) == (aoi is None):
-        raise ConfigError("give the area to search: --bbox minx,miny,maxx,maxy or --aoi FILE (one of them)")
     check_output_path(out_path, folder=False)
-    from landcover.io.stac_search import aoi_bounds, parse_bbox
+    from landcover.io.aoi import WGS84, aoi_option
     from landcover.io.stac_search import search as run_search
 
     if aoi is not None:
         check_inputs_exist([aoi])
-    area = parse_bbox(bbox) if bbox is not None else aoi_bounds(aoi) if aoi is not None else ()
+    area = aoi_option(aoi, bbox)  # both given: an error
+    if area is None:
+        raise ConfigError("give the area to search: --bbox minx,miny,maxx,maxy or --aoi FILE (one of them)")
     result = run_search(
         out_path,
-        bbox=area,
+        bbox=area.in_crs(WGS84).bounds,
         dates=dates,
         max_cloud=max_cloud,
         collection=collection,

@@ -5,7 +5,7 @@ multiples of the maps' pixel size, so a map already in that CRS lands pixel on p
 on multiples of 10 m). Block by block, each map (and its confidence raster) is warped onto the block with
 nearest neighbour; each pixel takes the valid class of the map whose confidence is highest (the first map on
 ties), pixels outside the AOI's polygons stay no data. Written under a temporary name, then a COG with
-overviews, colour table, class names and a QGIS style like any map of ``landcover predict``.
+overviews, colour table, class names, a QGIS style and a STAC Item like any map of ``landcover predict``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from landcover.errors import ConfigError, InputFormatError
 from landcover.io.aoi import AOI, AOIMask
 from landcover.io.grid import GDAL_ENV, Grid
 from landcover.io.outputs import temporaries
+from landcover.io.stac_items import write_map_item
 from landcover.io.style import class_map_profile, style_class_map, to_cog, write_qgis_style
 from landcover.nomenclature import IGNORE, nomenclature
 from landcover.version import __version__
@@ -127,6 +128,7 @@ def mosaic_maps(maps: Sequence[str | Path], aoi: AOI, out: str | Path, *, crs: s
         final = tmp(out)
         to_cog(gtiff, final, "MODE", nom)
         write_qgis_style(out, nom)
+        write_map_item(out, nom, raster=final, sidecars={"qml": out.with_suffix(".qml")})  # <stem>.stac.json
         os.replace(final, out)
     fraction = valid_px / max(1, grid.width * grid.height)
     return MosaicResult(str(out), grid.to_dict(), [str(p) for p in paths], round(fraction, 6))

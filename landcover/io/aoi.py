@@ -120,6 +120,8 @@ def parse_bbox(text: str) -> AOI:
         raise AOIError(f"--bbox {text!r}: unknown CRS {parts[4]!r}; give it as EPSG:32631 or similar") from None
     if not (minx < maxx and miny < maxy):
         raise AOIError(f"--bbox {text!r} is empty: it needs minx < maxx and miny < maxy")
+    if crs == WGS84 and (minx < -180 or maxx > 180 or miny < -90 or maxy > 90):
+        raise AOIError(f"--bbox {text!r} is outside -180..180, -90..90: give WGS84 degrees or add the CRS (,EPSG:...)")
     return AOI(box(minx, miny, maxx, maxy), crs, f"--bbox {','.join(parts[:4])}")
 
 

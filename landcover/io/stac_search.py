@@ -25,7 +25,7 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3 import Retry
 
-from landcover.errors import AOIError, ConfigError, LandcoverError, OfflineError, OutputExistsError, RemoteReadError
+from landcover.errors import ConfigError, LandcoverError, OfflineError, OutputExistsError, RemoteReadError
 from landcover.io.outputs import write_text_atomic
 from landcover.offline import check_url
 
@@ -43,51 +43,6 @@ class SearchResult:
     items: list[str]
     catalog: str
     parameters: dict[str, Any]
-
-
-def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """``minx,miny,maxx,maxy`` in WGS84 degrees, or ``minx,miny,maxx,maxy,CRS`` (bounds in that CRS, made WGS84)."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [float(p) for p in parts[:4]]
-    except ValueError:
-        values = []
-    if len(parts) not in (4, 5) or len(values) != 4:
-        raise ConfigError(f"--bbox {text!r}: give minx,miny,maxx,maxy (WGS84 degrees) or minx,miny,maxx,maxy,CRS")
-    if values[0] >= values[2] or values[1] >= values[3]:
-        raise ConfigError(f"--bbox {text!r}: minx must be below maxx and miny below maxy")
-    if len(parts) == 5:
-        from rasterio.crs import CRS
-        from rasterio.errors import CRSError
-        from rasterio.warp import transform_bounds
-
-        try:
-            crs = CRS.from_user_input(parts[4])
-        except CRSError as exc:
-            raise ConfigError(f"--bbox {text!r}: unknown CRS {parts[4]!r}; give e.g. EPSG:32633") from exc
-        values = list(transform_bounds(crs, "EPSG:4326", *values, densify_pts=21))
-    if values[0] < -180 or values[2] > 180 or values[1] < -90 or values[3] > 90:
-        raise ConfigError(f"--bbox {text!r} is outside -180..180, -90..90; give WGS84 degrees or add the CRS")
-    return (values[0], values[1], values[2], values[3])
-
-
-def aoi_bounds(path: str | Path) -> tuple[float, float, float, float]:
-    """The WGS84 bounds of every geometry of a vector file (any format and CRS geopandas reads)."""
-    import geopandas as gpd
-
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:  # pyogrio's errors: not a vector file, unreadable
-        raise AOIError(
-            f"cannot read the area of interest {path} ({exc}); give a vector file (GeoPackage, ...)"
-        ) from exc
-    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
-    if frame.empty:
-        raise AOIError(f"the area of interest {path} has no geometry; draw at least one polygon")
-    if frame.crs is None:
-        raise AOIError(f"the area of interest {path} has no CRS; save it with one (e.g. EPSG:4326)")
-    minx, miny, maxx, maxy = (float(v) for v in frame.to_crs(4326).total_bounds)
-    return (minx, miny, maxx, maxy)
 
 
 def check_dates(text: str) -> str:
