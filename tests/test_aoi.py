@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import AOIError
+from landcover.inference.batch import predict_many
 from landcover.inference.mosaic import mosaic_maps
-from landcover.inference.predict import predict_many, predict_scene
+from landcover.inference.predict import predict_scene
 from landcover.io.aoi import AOI, AOIMask, aoi_window, parse_bbox, read_aoi, sub_grid
 from landcover.io.grid import GDAL_ENV, Grid
 from landcover.io.style import class_map_profile, style_class_map

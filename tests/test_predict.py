@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import ConfigError, MissingBandError, ModelError, OutputExistsError
+from landcover.inference.batch import predict_many
 from landcover.inference.checkpoint import LoadedModel, load_checkpoint
-from landcover.inference.predict import predict_many, predict_scene, window_geometry
+from landcover.inference.predict import predict_scene, window_geometry
 from landcover.inference.sliding import blend_weights, make_plan
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig

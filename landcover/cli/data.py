@@ -70,6 +70,20 @@ def labels(
     )
 
 
+IngestShardOption = Annotated[
+    str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")
+]
+FinalizeOption = Annotated[
+    bool,
+    typer.Option(
+        "--finalize",
+        help="Only merge the finished scenes' catalogs into catalog.parquet, splits.gpkg and "
+        "dataset.json (after all shards; safe to run twice). With --seed, --block-size, --split-by-scene or "
+        "--set split.KEY=VALUE it re-splits the dataset without reading its imagery.",
+    ),
+]
+
+
 @app.command()
 @handles_errors
 def ingest(
@@ -107,18 +121,8 @@ def ingest(
     from_list: FromListOption = None,
     aoi: AOIOption = None,
     bbox: BBoxOption = None,
-    shard: Annotated[
-        str | None, typer.Option(help=SHARD_HELP + " Sharded runs leave --finalize to a last step.")
-    ] = None,
-    finalize: Annotated[
-        bool,
-        typer.Option(
-            "--finalize",
-            help="Only merge the finished scenes' catalogs into catalog.parquet, splits.gpkg and "
-            "dataset.json (after all shards; safe to run twice). With --seed, --block-size, --split-by-scene or "
-            "--set split.KEY=VALUE it re-splits the dataset without reading its imagery.",
-        ),
-    ] = False,
+    shard: IngestShardOption = None,
+    finalize: FinalizeOption = False,
     sign: SignOption = None,
 ) -> None:
     """Turn Sentinel-2 products and CORINE labels into an analysis-ready tile dataset."""

@@ -128,6 +128,18 @@ TILE_HELP = (
 )
 
 
+MosaicOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --aoi/--bbox: also mosaic the scenes' maps into this one COG (per pixel the most "
+        "confident valid map; implies --confidence)."
+    ),
+]
+MosaicCrsOption = Annotated[
+    str | None, typer.Option(help="CRS of the --mosaic, e.g. EPSG:32631 (default: the AOI's UTM zone).")
+]
+
+
 @app.command()
 @handles_errors
 def predict(
@@ -168,16 +180,8 @@ def predict(
     ] = False,
     aoi: AOIOption = None,
     bbox: BBoxOption = None,
-    mosaic: Annotated[
-        Path | None,
-        typer.Option(
-            help="With --aoi/--bbox: also mosaic the scenes' maps into this one COG (per pixel the most "
-            "confident valid map; implies --confidence)."
-        ),
-    ] = None,
-    mosaic_crs: Annotated[
-        str | None, typer.Option(help="CRS of the --mosaic, e.g. EPSG:32631 (default: the AOI's UTM zone).")
-    ] = None,
+    mosaic: MosaicOption = None,
+    mosaic_crs: MosaicCrsOption = None,
     sign: SignOption = None,
 ) -> None:
     """Predict land-cover maps (Cloud-Optimized GeoTIFFs with palette and class names) for scenes."""
@@ -220,7 +224,8 @@ def _run_predict(
 ) -> list[PredictResult]:
     """One scene into the file ``out_path``, or each scene into the folder ``out_path``."""
     from landcover.errors import ConfigError
-    from landcover.inference.predict import predict_many, predict_scene
+    from landcover.inference.batch import predict_many
+    from landcover.inference.predict import predict_scene
 
     single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
     if not single and out_path.suffix.lower() in (".tif", ".tiff"):
@@ -283,7 +288,7 @@ def _shard_scenes(items: list[Path], part: tuple[int, int], out_path: Path) -> l
     """This shard's share of the scenes (by scene name); says so when it has none."""
     from landcover.cluster import shard_items
     from landcover.errors import ConfigError
-    from landcover.inference.predict import scene_name
+    from landcover.inference.batch import scene_name
 
     if out_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"--out {out_path} is a file name but --shard splits a batch; pass a folder")

@@ -27,9 +27,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,19 +39,18 @@ import torch
 
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.inference.checkpoint import LoadedModel, load_checkpoint, resolve_device
-from landcover.inference.feeder import Feeder, ProductSource, StackSource, is_ingested_stack, open_source
+from landcover.inference.feeder import Feeder, ProductSource, StackSource, open_source
 from landcover.inference.sliding import make_plan
 from landcover.inference.stream import stream_windows
 from landcover.inference.writers import block_writers, output_paths
-from landcover.io.aoi import AOI, AOIOutsideError, no_overlap
-from landcover.io.grid import GDAL_ENV, Grid
+from landcover.io.aoi import AOI
+from landcover.io.grid import GDAL_ENV
 from landcover.io.outputs import remove_stale_temporaries, temporaries
 from landcover.io.stac_items import write_map_item
 from landcover.io.style import style_class_map, to_cog, write_qgis_style, write_quicklook
 from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
 from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch
-from landcover.sources.stac_refs import split_reference
 from landcover.version import __version__
 
 Progress = Callable[[str, int, int], None]
@@ -111,17 +109,15 @@ def predict_scene(
     progress: Progress | None = None,
     sign: Callable[[str], str] | None = None,
 ) -> PredictResult:
-    """Predict one scene into the COG ``out`` (and its side files); return what was written.
-
-    ``input`` may be a STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs).
+    """Predict one scene into the COG ``out`` (and its side files); return what was written. ``input`` may be a
+    STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs).
 
     A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
     with a ConfigError unless ``allow_level_mismatch``; the summary's ``warnings`` then say so, as do
     they for a scene without any valid pixel (the map is written, all no data).
 
-    With ``aoi`` the map covers the scene grid's window over the AOI's bounds (whole pixels of the scene grid,
-    no resampling), pixels outside its polygons are no data; a scene outside the AOI raises
-    :class:`~landcover.io.aoi.AOIOutsideError` before anything is written.
+    With ``aoi`` the map covers the scene grid's window over the AOI's bounds (whole pixels, no resampling), pixels
+    outside its polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`.
     """
     started = time.perf_counter()
     input, out = Path(input), Path(out)
@@ -129,11 +125,7 @@ def predict_scene(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     check_inputs_exist([input])
-    lm = loaded(checkpoint_or_loaded_model)
-    t, o = window_geometry(lm, tile, overlap, batch_size)
-    dev = resolve_device(device)
-    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
-    lm.model.to(dev).eval()
+    lm, t, o, dev, amp = _model_on_device(checkpoint_or_loaded_model, tile, overlap, batch_size, device)
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
     with (
@@ -178,6 +170,22 @@ def predict_scene(
         processing_level={"checkpoint": lm.level, "scene": source.level},
         warnings=warnings,
     )
+
+
+def _model_on_device(
+    checkpoint_or_loaded_model: str | Path | LoadedModel,
+    tile: int | None,
+    overlap: int | None,
+    batch_size: int,
+    device: str,
+) -> tuple[LoadedModel, int, int, torch.device, torch.dtype | None]:
+    """The model in eval mode on its device, the window side and overlap, and the autocast dtype (CUDA only)."""
+    lm = loaded(checkpoint_or_loaded_model)
+    t, o = window_geometry(lm, tile, overlap, batch_size)
+    dev = resolve_device(device)
+    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
+    lm.model.to(dev).eval()
+    return lm, t, o, dev, amp
 
 
 def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
@@ -347,58 +355,3 @@ def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input:
         "CHECKPOINT_SHA256": lm.sha256 or "none",
         "BANDS": json.dumps(lm.bands),
     }
-
-
-def scene_name(path: str | Path) -> str:
-    """Output name of an input: the item id of a STAC item ``doc.json#<item id>``, the scene folder of an
-    ingested image.tif, else the product's name."""
-    _, item_id = split_reference(path)
-    if item_id is not None:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", item_id).strip("._") or "scene"
-    p = Path(path)
-    while p.name.upper() in ("IMG_DATA", "R10M", "R20M", "R60M") and p.parent != p:
-        p = p.parent  # a band folder inside a product: name it after the product folder
-    name = p.parent.name if p.name == "image.tif" and is_ingested_stack(p) else p.name
-    for suffix in (".zip", ".SAFE", ".tiff", ".tif", ".jp2"):
-        name = name[: -len(suffix)] if name.lower().endswith(suffix.lower()) else name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "scene"
-
-
-def predict_many(
-    checkpoint_or_loaded_model: str | Path | LoadedModel,
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    **options: Any,
-) -> list[PredictResult]:
-    """Predict each input into ``out_dir/<scene>.tif``, skipping scenes whose outputs are complete."""
-    if not inputs:
-        raise ConfigError("no input given: pass Sentinel-2 products, ingested image.tif files, or --from-list FILE")
-    names = [scene_name(p) for p in inputs]
-    if dup := sorted({n for n in names if names.count(n) > 1}):
-        raise ConfigError(f"inputs repeat a scene ({', '.join(dup)}); give each scene once")
-    check_inputs_exist(inputs)  # before any output is created
-    lm = checkpoint_or_loaded_model  # loaded when a scene needs it: a finished batch costs nothing
-    flags = {k: options[k] for k in ("probabilities", "confidence", "quicklook") if k in options}
-    summaries: list[PredictResult] = []
-    outside: list[tuple[str, Grid]] = []
-    for i, (path, name) in enumerate(zip(inputs, names, strict=True)):
-        target = Path(out_dir) / f"{name}.tif"
-        if progress:
-            progress("scenes", i, len(inputs))
-        if not overwrite and all(p.exists() for p in output_paths(target, **flags).values()):
-            summaries.append(PredictResult(input=str(path), out={"map": str(target)}, skipped=True))
-            continue
-        lm = loaded(lm)
-        try:
-            summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))
-        except AOIOutsideError as exc:  # a scene beside the AOI: noted, not an error (unless every scene is)
-            outside += exc.extents
-            summaries.append(PredictResult(str(path), {"map": str(target)}, skipped=True, outside_aoi=True))
-    if progress:
-        progress("scenes", len(inputs), len(inputs))
-    if summaries and all(s.outside_aoi for s in summaries):
-        raise no_overlap(options["aoi"], outside)
-    return summaries
