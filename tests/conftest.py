@@ -64,7 +64,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def cog_server(tmp_path: Path, request: pytest.FixtureRequest):
     """A :class:`tests.http_server.CogServer` serving ``tmp_path / "served"`` on 127.0.0.1, inside a
-    ``rasterio.Env`` of landcover's GDAL options with quick retries (0.05 s, doubled each time).
+    ``rasterio.Env`` of landcover's GDAL options with quick retries (3, after 0.05 s, doubled each time).
 
     Only for tests marked ``@pytest.mark.allow_hosts(["127.0.0.1"])`` (pytest-socket then lets sockets connect
     to 127.0.0.1 and nowhere else). GDAL's libcurl is not guarded by pytest-socket: give GDAL only the URLs of
@@ -77,6 +77,12 @@ def cog_server(tmp_path: Path, request: pytest.FixtureRequest):
         pytest.fail('a test using cog_server must be marked @pytest.mark.allow_hosts(["127.0.0.1"])')
     root = tmp_path / "served"
     root.mkdir()
-    options = {**GDAL_ENV, "GDAL_HTTP_RETRY_DELAY": 0.05, "GDAL_HTTP_TIMEOUT": 10, "GDAL_HTTP_CONNECTTIMEOUT": 5}
+    options = {
+        **GDAL_ENV,
+        "GDAL_HTTP_MAX_RETRY": 3,
+        "GDAL_HTTP_RETRY_DELAY": 0.05,
+        "GDAL_HTTP_TIMEOUT": 10,
+        "GDAL_HTTP_CONNECTTIMEOUT": 5,
+    }
     with CogServer(root) as server, rasterio.Env(**options):
         yield server

@@ -6,6 +6,7 @@ Every test that talks HTTP uses the ``cog_server`` fixture (tests/conftest.py): 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,53 @@ def test_range_headers_are_parsed_like_rfc_7233() -> None:
     assert parse_ranges("bytes=0-1,50-199", 100) == [(0, 1), (50, 99)]
     assert parse_ranges("bytes=100-", 100) == []
     assert parse_ranges("items=0-1", 100) is None
+
+
+@LOCALHOST
+def test_a_remote_scene_ingests_like_the_local_one_and_a_failure_leaves_nothing(
+    cog_server: CogServer, tmp_path: Path
+) -> None:
+    from landcover.dataset.scene import ingest_scene
+    from landcover.dataset.settings import IngestConfig
+
+    names = per_band_files(cog_server.root, size=512)
+    cfg = IngestConfig(tile_size=64, nomenclature="level1")
+    prods = {}
+    for where, path_of in (("local", lambda n: str(cog_server.root / n)), ("http", cog_server.vsicurl)):
+        files = assemble([c for n in names if (c := classify(n, path_of(n)))], where)
+        prods[where] = product({b: (f.path, 1) for b, f in files.items()})
+    bands = list(prods["local"].bands)
+    cog_server.fail(names[1], 404)  # B03, after the product was opened
+    with pytest.raises(RemoteReadError, match=rf"{names[1]} \(HTTP 404\)"):
+        ingest_scene(prods["http"], None, tmp_path / "failed", cfg, bands)
+    assert not (tmp_path / "failed" / "scenes").exists() or not any((tmp_path / "failed" / "scenes").iterdir())
+    cog_server.heal(names[1])
+    scenes = {w: ingest_scene(prods[w], None, tmp_path / w, cfg, bands) for w in ("local", "http")}
+    for name in ("image.tif",):
+        with rasterio.open(scenes["local"] / name) as a, rasterio.open(scenes["http"] / name) as b:
+            assert a.read().tobytes() == b.read().tobytes()
+
+
+def test_a_failed_band_read_raises_only_once_no_read_of_the_window_is_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raising while other bands of the window are still being read let ingest close its output under them: with
+    remote files GDAL then stalled those reads until GDAL_HTTP_TIMEOUT (60 s, twice) before the error came out."""
+    names = per_band_files(tmp_path, size=64)
+    files = assemble([c for n in names if (c := classify(n, str(tmp_path / n)))], "local")
+    prod = product({b: (f.path, 1) for b, f in files.items()})
+    finished: list[str] = []
+    read_into = BandReader.read_into
+
+    def slow_or_failing(self: BandReader, window: Window, out: np.ndarray) -> None:
+        if self.band.band == "B02":
+            raise RemoteReadError("cannot read B02 (HTTP 404)")
+        time.sleep(0.3)
+        read_into(self, window, out)
+        finished.append(self.band.band)
+
+    monkeypatch.setattr(BandReader, "read_into", slow_or_failing)
+    with SceneReader(prod, list(prod.bands), threads=4, prefetch=False) as reader:
+        with pytest.raises(RemoteReadError):
+            reader.read(Window(0, 0, 64, 64))
+        assert sorted(finished) == sorted([*(b for b in prod.bands if b != "B02"), "SCL"])  # and the mask
