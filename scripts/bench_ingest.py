@@ -137,8 +137,8 @@ def band_shape(res: float, size: int) -> tuple[int, int]:
     return (n, n)
 
 
-def _write_band(args: tuple[str, Path, int, int]) -> str:
-    band, path, size, seed = args
+def band_pixels(band: str, size: int, seed: int) -> np.ndarray:
+    """The synthetic pixels of ``band`` (or SCL) at its native resolution, for a ``size``-pixel 10 m tile."""
     res = NATIVE[band]
     n = band_shape(res, size)[0]
     scape = Landscape(size * 10.0, seed)
@@ -160,6 +160,14 @@ def _write_band(args: tuple[str, Path, int, int]) -> str:
             value += 1000 * np.clip(cloud - 1.2, 0, None)  # clouds are bright in every band
             value += rng.normal(0, 25, value.shape).astype(np.float32)
             data[rows] = np.clip(value + 1000, 1001, 65535).astype(np.uint16)  # baseline 04.00: DN + 1000
+    return data
+
+
+def _write_band(args: tuple[str, Path, int, int]) -> str:
+    band, path, size, seed = args
+    res = NATIVE[band]
+    data = band_pixels(band, size, seed)
+    n = data.shape[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = {"driver": "JP2OpenJPEG", "width": n, "height": n, "count": 1, "dtype": data.dtype.name,
                "crs": CRS, "transform": from_origin(*ORIGIN, res, res)}  # fmt: skip

@@ -59,3 +59,30 @@ def utm_grid(tmp_path: Path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(42)
+
+
+@pytest.fixture
+def cog_server(tmp_path: Path, request: pytest.FixtureRequest):
+    """A :class:`tests.http_server.CogServer` serving ``tmp_path / "served"`` on 127.0.0.1, inside a
+    ``rasterio.Env`` of landcover's GDAL options with quick retries (3, after 0.05 s, doubled each time).
+
+    Only for tests marked ``@pytest.mark.allow_hosts(["127.0.0.1"])`` (pytest-socket then lets sockets connect
+    to 127.0.0.1 and nowhere else). GDAL's libcurl is not guarded by pytest-socket: give GDAL only the URLs of
+    this server (``server.url(name)``, ``server.vsicurl(name)``)."""
+    from landcover.io.grid import GDAL_ENV
+    from tests.http_server import CogServer
+
+    marker = request.node.get_closest_marker("allow_hosts")
+    if marker is None or list(marker.args[0]) != ["127.0.0.1"]:
+        pytest.fail('a test using cog_server must be marked @pytest.mark.allow_hosts(["127.0.0.1"])')
+    root = tmp_path / "served"
+    root.mkdir()
+    options = {
+        **GDAL_ENV,
+        "GDAL_HTTP_MAX_RETRY": 3,
+        "GDAL_HTTP_RETRY_DELAY": 0.05,
+        "GDAL_HTTP_TIMEOUT": 10,
+        "GDAL_HTTP_CONNECTTIMEOUT": 5,
+    }
+    with CogServer(root) as server, rasterio.Env(**options):
+        yield server

@@ -14,9 +14,15 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from landcover.errors import CorruptFileError
-from landcover.io.remote import NETWORK_ENV
+from landcover.io.remote import NETWORK_ENV, is_remote, remote_error, s3_env
 
-GDAL_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 512, "CHECK_DISK_FREE_SPACE": "FALSE", **NETWORK_ENV}
+GDAL_ENV = {
+    "GDAL_NUM_THREADS": "ALL_CPUS",
+    "GDAL_CACHEMAX": 512,
+    "CHECK_DISK_FREE_SPACE": "FALSE",
+    **NETWORK_ENV,
+    **s3_env(),
+}
 """GDAL options for landcover's own I/O, applied through ``rasterio.Env(**GDAL_ENV)``."""
 
 
@@ -68,10 +74,13 @@ def _bounds(transform: Affine, width: int, height: int) -> tuple[float, float, f
 
 
 def open_raster(path: str | Path, mode: str = "r") -> rasterio.DatasetReader:
-    """``rasterio.open`` that turns unreadable files into :class:`CorruptFileError`."""
+    """``rasterio.open`` that turns unreadable files into :class:`CorruptFileError`, and remote files that
+    cannot be fetched into :class:`~landcover.errors.RemoteReadError`."""
     try:
         return rasterio.open(path, mode)
     except RasterioIOError as exc:
+        if is_remote(str(path)):
+            raise remote_error(str(path), exc) from None
         if not str(path).startswith("/vsi") and not Path(path).exists():
             raise CorruptFileError(f"{path} does not exist; check the path") from exc
         raise CorruptFileError(

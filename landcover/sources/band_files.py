@@ -23,6 +23,7 @@ from rasterio.windows import Window
 
 from landcover import nomenclature as tables
 from landcover.errors import CorruptFileError, InputFormatError, LandcoverError, ProductMismatchError
+from landcover.io.remote import is_remote, remote_error
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 MASKS = ("SCL", "CLOUD")  # pseudo band names of the L2A scene classification / Major-TOM cloud mask
@@ -102,6 +103,8 @@ def read_band(band: str, path: str, index: int = 1) -> BandFile:
             grid = (float(ds.res[0]), crs, ds.width, ds.height, tuple(ds.bounds))
             return BandFile(band, path, index, *grid, ds.dtypes[index - 1], ds.nodata)
     except RasterioError as exc:
+        if is_remote(path):
+            raise remote_error(path, exc) from None
         raise CorruptFileError(
             f"cannot read {path} ({exc}); the file is truncated or not a raster: re-download it"
         ) from exc

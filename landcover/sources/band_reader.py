@@ -12,6 +12,7 @@ import math
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetWriter
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
@@ -19,6 +20,7 @@ from rasterio.windows import Window
 
 from landcover.errors import ProductMismatchError
 from landcover.io.grid import Grid, open_raster
+from landcover.io.remote import is_remote, remote_error
 from landcover.sources.band_files import BandFile
 
 _KERNEL_RADIUS = {Resampling.nearest: 1, Resampling.bilinear: 1, Resampling.cubic: 2}
@@ -153,6 +155,14 @@ class BandReader:
         return out
 
     def read_into(self, window: Window, out: np.ndarray) -> None:
+        try:
+            self._read_into(window, out)
+        except RasterioError as exc:
+            if is_remote(self.band.path):
+                raise remote_error(self.band.path, exc) from None
+            raise
+
+    def _read_into(self, window: Window, out: np.ndarray) -> None:
         full_width = int(window.col_off) == 0 and int(window.width) == self.grid.width
         if not (self._cacheable and full_width):
             dc, dr = self._offset or (0, 0)  # a window of the grid is this window of the file

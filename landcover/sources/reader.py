@@ -214,6 +214,7 @@ class SceneReader:
         image = np.empty((len(self._readers), int(window.height), int(window.width)), dtype=np.uint16)
         bands = [self._submit(self._band, i, window, image[i]) for i in range(len(self._readers))]
         masked = self._submit(self._mask, window) if self._mask_reader is not None else None
+        wait([*bands, *([masked] if masked is not None else [])])  # a failed band raises once no read is in flight
         valid = np.ones(image.shape[1:], dtype=bool)
         for task in bands:
             has_data = task.result()

@@ -1,0 +1,176 @@
+"""Benchmark remote reads: a synthetic L2A tile as COGs over localhost HTTP against the same files on local disk.
+
+What it does, in one run:
+
+1. Writes (once; cached in ``--workdir``) the 12 L2A bands and SCL of the synthetic tile of
+   ``scripts/bench_ingest.py`` (same landscape and noise) as Cloud-Optimized GeoTIFFs at their native 10/20/60 m
+   resolutions: deflate with the horizontal predictor, 1024 px internal tiles, overviews, like Earth Search's
+   Sentinel-2 COGs, named ``T33UUP_<date>_<band>_<res>m.tif``.
+2. Serves that folder with ``tests/http_server.CogServer`` (Range requests on 127.0.0.1) in a child process, so
+   the server's Python threads do not compete with the reader for this process's GIL.
+3. Reads the whole scene through ``SceneReader`` in full-width strips, as ``landcover ingest`` does (12 bands
+   onto the 10 m grid, bilinear, SCL mask), from local disk, then over HTTP; prints both times and the ratio
+   (the bytes sent over HTTP, too).
+4. Reads one ``--window`` x ``--window`` px window (1000 = 10 x 10 km) in the middle of the tile over HTTP with a
+   cold cache (a fresh query string, so GDAL's /vsicurl/ cache does not answer) and prints the bytes sent
+   against the size of the files.
+
+Usage::
+
+    .venv/bin/python scripts/bench_remote.py [--size 10980] [--workdir DIR] [--window 1000] [--json FILE]
+
+The network options are landcover's (``landcover.io.grid.GDAL_ENV``). Localhost has no latency and no bandwidth
+limit: this measures the overhead of GDAL's HTTP path (requests, range merging, caching), not a real network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from bench_ingest import NATIVE, SENSING, TILE, band_pixels, bench_workdir, cpu_model  # noqa: E402
+
+from landcover.io.grid import GDAL_ENV  # noqa: E402
+from landcover.sources.band_files import assemble, classify  # noqa: E402
+from landcover.sources.reader import SceneReader, strips  # noqa: E402
+from landcover.sources.sentinel2 import Product, open_product  # noqa: E402
+from tests.http_server import CogServer  # noqa: E402
+from tests.s2_fixtures import CRS, ORIGIN  # noqa: E402
+
+GENERATOR_VERSION = "1"
+COG_OPTIONS = {"driver": "COG", "compress": "deflate", "predictor": 2, "blocksize": 1024, "num_threads": 1}
+BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+
+
+def _write_cog(args: tuple[str, Path, int]) -> str:
+    band, path, size = args
+    data = band_pixels(band, size, 7)
+    res = NATIVE[band]
+    profile = {"width": data.shape[1], "height": data.shape[0], "count": 1, "dtype": data.dtype.name,
+               "crs": CRS, "transform": from_origin(*ORIGIN, res, res), **COG_OPTIONS}  # fmt: skip
+    tmp = path.with_name(path.name + ".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data, 1)
+    os.replace(tmp, path)
+    return band
+
+
+def make_cogs(workdir: Path, size: int, jobs: int) -> Path:
+    """The folder of COGs for ``size`` (written once; reused when complete)."""
+    folder = workdir / f"cog-{size}-v{GENERATOR_VERSION}"
+    if (folder / "complete").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [(b, folder / f"{TILE}_{SENSING}_{b}_{NATIVE[b]}m.tif", size) for b in (*BANDS, "SCL")]
+    todo.sort(key=lambda t: NATIVE[t[0]])  # biggest first
+    with ProcessPoolExecutor(jobs) as pool:
+        list(pool.map(_write_cog, todo))
+    (folder / "complete").write_text(json.dumps({"size": size}) + "\n")
+    return folder
+
+
+def serve(root: str, conn: Connection) -> None:
+    """Child process: serve ``root``; answer 'stats', 'reset' and 'stop' on ``conn``."""
+    with CogServer(root) as server:
+        conn.send((server.port, server.prefix))
+        while (command := conn.recv()) != "stop":
+            if command == "reset":
+                server.reset_counts()
+                conn.send(None)
+            else:
+                conn.send((server.total_sent(), sum(server.requests.values())))
+
+
+def read_all(product: Product) -> float:
+    """Seconds to read the whole scene in full-width strips, as ingest does (32-px tiles, ~1024-row strips)."""
+    start = time.perf_counter()
+    with SceneReader(product, list(product.bands)) as reader:
+        for window in strips(reader.grid, 32):
+            reader.read(window)
+    return time.perf_counter() - start
+
+
+def remote_product(local: Product, url: str, query: str = "") -> Product:
+    """``local`` with every band read from ``url`` + its file name (+ ``query``, like a signed URL)."""
+    names = [Path(f.path).name for f in (*local.bands.values(), local.scl) if f is not None]
+    files = assemble([c for n in names if (c := classify(n, f"/vsicurl/{url}/{n}{query}"))], url)
+    scl = files.pop("SCL")
+    return dataclasses.replace(local, path=url, bands={b: files[b] for b in local.bands}, scl=scl)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=10980, help="10 m pixels per side (10980 = full tile)")
+    parser.add_argument("--workdir", type=Path, help="cache the COGs here (default: a temp folder)")
+    parser.add_argument("--window", type=int, default=1000, help="window side in 10 m pixels (1000 = 10 km)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    res: dict[str, object] = {"size": args.size, "cores": cores, "cpu": cpu_model(),
+                              "gdal": rasterio.__gdal_version__, "load_before": os.getloadavg()}  # fmt: skip
+    with bench_workdir(args.workdir, "bench-remote-") as workdir:
+        start = time.perf_counter()
+        folder = make_cogs(workdir, args.size, jobs=min(cores, 4))
+        files = sorted(folder.glob("*.tif"))
+        total = sum(f.stat().st_size for f in files)
+        print(f"COGs: {folder} ({len(files)} files, {total / 2**20:.0f} MiB; ready in "
+              f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        parent, child = mp.get_context("spawn").Pipe()
+        server = mp.get_context("spawn").Process(target=serve, args=(str(folder), child), daemon=True)
+        server.start()
+        try:
+            port, prefix = parent.recv()
+            url = f"http://127.0.0.1:{port}/{prefix}"
+            with rasterio.Env(**GDAL_ENV):
+                local = open_product(folder).select(BANDS)
+                remote = remote_product(local, url)
+                t_local = read_all(local)
+                print(f"whole scene from local disk: {t_local:.1f} s", flush=True)
+                t_remote = read_all(remote)
+                parent.send("stats")
+                sent, requests = parent.recv()
+                print(f"whole scene over HTTP: {t_remote:.1f} s ({sent / 2**20:.0f} MiB in {requests} requests); "
+                      f"ratio HTTP / local {t_remote / t_local:.2f}", flush=True)  # fmt: skip
+                parent.send("reset")
+                parent.recv()
+                side = min(args.window, args.size)
+                off = (args.size - side) // 2
+                window = Window(off, off, side, side)
+                cold = remote_product(local, url, "?run=window")  # another URL: GDAL's cache does not answer
+                start = time.perf_counter()
+                with SceneReader(cold, list(cold.bands)) as reader:
+                    reader.read(window)
+                t_window = time.perf_counter() - start
+                parent.send("stats")
+                w_sent, w_requests = parent.recv()
+            print(f"{side} x {side} px window over HTTP: {w_sent / 2**20:.1f} MiB in {w_requests} requests "
+                  f"of {total / 2**20:.0f} MiB in the files ({100 * w_sent / total:.2f} %), {t_window:.1f} s")  # fmt: skip
+        finally:
+            parent.send("stop")
+            server.join(10)
+    res.update(cog_mib=total / 2**20, local_s=t_local, http_s=t_remote, ratio=t_remote / t_local,
+               http_mib=sent / 2**20, http_requests=requests, window=side, window_mib=w_sent / 2**20,
+               window_requests=w_requests, window_fraction=w_sent / total, window_s=t_window,
+               load_after=os.getloadavg())  # fmt: skip
+    print(f"load average before {res['load_before']}, after {res['load_after']}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
