@@ -6,14 +6,14 @@ What it does, in one run:
    ``scripts/bench_ingest.py`` (same landscape and noise) as Cloud-Optimized GeoTIFFs at their native 10/20/60 m
    resolutions: deflate with the horizontal predictor, 1024 px internal tiles, overviews, like Earth Search's
    Sentinel-2 COGs, named ``T33UUP_<date>_<band>_<res>m.tif``.
-2. Serves that folder with ``tests/http_server.CogServer`` (Range requests on 127.0.0.1) in a child process, so
-   the server's Python threads do not compete with the reader for this process's GIL.
+2. Serves that folder with ``tests/http_server.ServerProcess`` (a ``CogServer``: Range requests on 127.0.0.1, in a
+   child process, so the server's Python threads do not compete with the reader for this process's GIL).
 3. Reads the whole scene through ``SceneReader`` in full-width strips, as ``landcover ingest`` does (12 bands
    onto the 10 m grid, bilinear, SCL mask), from local disk, then over HTTP; prints both times and the ratio
    (the bytes sent over HTTP, too).
-4. Reads one ``--window`` x ``--window`` px window (1000 = 10 x 10 km) in the middle of the tile over HTTP with a
-   cold cache (a fresh query string, so GDAL's /vsicurl/ cache does not answer) and prints the bytes sent
-   against the size of the files.
+4. Reads a ``--window`` x ``--window`` px area of interest (1000 = 10 x 10 km) in the middle of the tile over
+   HTTP as ``ingest --bbox`` does (``SceneReader(aoi=...)``, every band and SCL), with a cold cache (a fresh query
+   string, so GDAL's /vsicurl/ cache does not answer), and prints the bytes sent against the size of the files.
 
 Usage::
 
@@ -28,28 +28,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import rasterio
 from rasterio.transform import from_origin
-from rasterio.windows import Window
+from shapely.geometry import box
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from bench_ingest import NATIVE, SENSING, TILE, band_pixels, bench_workdir, cpu_model  # noqa: E402
 
+from landcover.io.aoi import AOI  # noqa: E402
 from landcover.io.grid import GDAL_ENV  # noqa: E402
 from landcover.sources.band_files import assemble, classify  # noqa: E402
-from landcover.sources.reader import SceneReader, strips  # noqa: E402
+from landcover.sources.reader import SceneReader, strips, target_grid  # noqa: E402
 from landcover.sources.sentinel2 import Product, open_product  # noqa: E402
-from tests.http_server import CogServer  # noqa: E402
+from tests.http_server import ServerProcess  # noqa: E402
 from tests.s2_fixtures import CRS, ORIGIN  # noqa: E402
 
 GENERATOR_VERSION = "1"
@@ -84,22 +83,23 @@ def make_cogs(workdir: Path, size: int, jobs: int) -> Path:
     return folder
 
 
-def serve(root: str, conn: Connection) -> None:
-    """Child process: serve ``root``; answer 'stats', 'reset' and 'stop' on ``conn``."""
-    with CogServer(root) as server:
-        conn.send((server.port, server.prefix))
-        while (command := conn.recv()) != "stop":
-            if command == "reset":
-                server.reset_counts()
-                conn.send(None)
-            else:
-                conn.send((server.total_sent(), sum(server.requests.values())))
-
-
 def read_all(product: Product) -> float:
     """Seconds to read the whole scene in full-width strips, as ingest does (32-px tiles, ~1024-row strips)."""
     start = time.perf_counter()
     with SceneReader(product, list(product.bands)) as reader:
+        for window in strips(reader.grid, 32):
+            reader.read(window)
+    return time.perf_counter() - start
+
+
+def read_aoi(product: Product, side: int) -> float:
+    """Seconds to read a ``side`` x ``side`` px area of interest in the middle of the scene, as ingest --bbox does."""
+    start = time.perf_counter()
+    grid = target_grid(product, list(product.bands), 10.0)
+    left, bottom, right, top = grid.bounds
+    cx, cy, half = (left + right) / 2, (bottom + top) / 2, side * 10 / 2
+    aoi = AOI(box(cx - half, cy - half, cx + half, cy + half), grid.crs.to_string(), "bench")
+    with SceneReader(product, list(product.bands), aoi=aoi) as reader:
         for window in strips(reader.grid, 32):
             reader.read(window)
     return time.perf_counter() - start
@@ -130,39 +130,23 @@ def main() -> None:
         total = sum(f.stat().st_size for f in files)
         print(f"COGs: {folder} ({len(files)} files, {total / 2**20:.0f} MiB; ready in "
               f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-        parent, child = mp.get_context("spawn").Pipe()
-        server = mp.get_context("spawn").Process(target=serve, args=(str(folder), child), daemon=True)
-        server.start()
-        try:
-            port, prefix = parent.recv()
-            url = f"http://127.0.0.1:{port}/{prefix}"
-            with rasterio.Env(**GDAL_ENV):
-                local = open_product(folder).select(BANDS)
-                remote = remote_product(local, url)
-                t_local = read_all(local)
-                print(f"whole scene from local disk: {t_local:.1f} s", flush=True)
-                t_remote = read_all(remote)
-                parent.send("stats")
-                sent, requests = parent.recv()
-                print(f"whole scene over HTTP: {t_remote:.1f} s ({sent / 2**20:.0f} MiB in {requests} requests); "
-                      f"ratio HTTP / local {t_remote / t_local:.2f}", flush=True)  # fmt: skip
-                parent.send("reset")
-                parent.recv()
-                side = min(args.window, args.size)
-                off = (args.size - side) // 2
-                window = Window(off, off, side, side)
-                cold = remote_product(local, url, "?run=window")  # another URL: GDAL's cache does not answer
-                start = time.perf_counter()
-                with SceneReader(cold, list(cold.bands)) as reader:
-                    reader.read(window)
-                t_window = time.perf_counter() - start
-                parent.send("stats")
-                w_sent, w_requests = parent.recv()
-            print(f"{side} x {side} px window over HTTP: {w_sent / 2**20:.1f} MiB in {w_requests} requests "
-                  f"of {total / 2**20:.0f} MiB in the files ({100 * w_sent / total:.2f} %), {t_window:.1f} s")  # fmt: skip
-        finally:
-            parent.send("stop")
-            server.join(10)
+        with ServerProcess(folder) as server, rasterio.Env(**GDAL_ENV):
+            url = f"http://127.0.0.1:{server.port}/{server.prefix}"
+            local = open_product(folder).select(BANDS)
+            remote = remote_product(local, url)
+            t_local = read_all(local)
+            print(f"whole scene from local disk: {t_local:.1f} s", flush=True)
+            t_remote = read_all(remote)
+            sent, requests = server.total_sent(), sum(server.requests.values())
+            print(f"whole scene over HTTP: {t_remote:.1f} s ({sent / 2**20:.0f} MiB in {requests} requests); "
+                  f"ratio HTTP / local {t_remote / t_local:.2f}", flush=True)  # fmt: skip
+            server.reset_counts()
+            side = min(args.window, args.size)
+            t_window = read_aoi(remote_product(local, url, "?run=aoi"), side)  # another URL: a cold GDAL cache
+            w_sent, w_requests = server.total_sent(), sum(server.requests.values())
+            print(f"{side} x {side} px AOI over HTTP ({side / 100:g} x {side / 100:g} km, ingest's reader): "
+                  f"{w_sent / 2**20:.1f} MiB in {w_requests} requests of {total / 2**20:.0f} MiB in the files "
+                  f"({100 * w_sent / total:.2f} %), {t_window:.1f} s")  # fmt: skip
     res.update(cog_mib=total / 2**20, local_s=t_local, http_s=t_remote, ratio=t_remote / t_local,
                http_mib=sent / 2**20, http_requests=requests, window=side, window_mib=w_sent / 2**20,
                window_requests=w_requests, window_fraction=w_sent / total, window_s=t_window,

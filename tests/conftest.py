@@ -63,14 +63,14 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture
 def cog_server(tmp_path: Path, request: pytest.FixtureRequest):
-    """A :class:`tests.http_server.CogServer` serving ``tmp_path / "served"`` on 127.0.0.1, inside a
+    """A :class:`tests.http_server.CogServer` (in a child process: :class:`~tests.http_server.ServerProcess`) serving ``tmp_path / "served"`` on 127.0.0.1, inside a
     ``rasterio.Env`` of landcover's GDAL options with quick retries (3, after 0.05 s, doubled each time).
 
     Only for tests marked ``@pytest.mark.allow_hosts(["127.0.0.1"])`` (pytest-socket then lets sockets connect
     to 127.0.0.1 and nowhere else). GDAL's libcurl is not guarded by pytest-socket: give GDAL only the URLs of
     this server (``server.url(name)``, ``server.vsicurl(name)``)."""
     from landcover.io.grid import GDAL_ENV
-    from tests.http_server import CogServer
+    from tests.http_server import ServerProcess
 
     marker = request.node.get_closest_marker("allow_hosts")
     if marker is None or list(marker.args[0]) != ["127.0.0.1"]:
@@ -84,5 +84,5 @@ def cog_server(tmp_path: Path, request: pytest.FixtureRequest):
         "GDAL_HTTP_TIMEOUT": 10,
         "GDAL_HTTP_CONNECTTIMEOUT": 5,
     }
-    with CogServer(root) as server, rasterio.Env(**options):
+    with ServerProcess(root) as server, rasterio.Env(**options):
         yield server

@@ -8,18 +8,23 @@ starts with a random prefix unique to the server (:meth:`CogServer.url`), so GDA
 file, and injects faults per file: an HTTP status ``times`` times (then serves) or always, or a dropped
 connection (:meth:`CogServer.fail`, :meth:`CogServer.drop`).
 
-Tests get one through the ``cog_server`` fixture (tests/conftest.py); ``scripts/bench_remote.py`` uses the class.
+Tests and ``scripts/bench_remote.py`` run it in a child process through :class:`ServerProcess` (the
+``cog_server`` fixture, tests/conftest.py): GDAL may hold Python's GIL during network I/O, which would stall a
+server running on a thread of the client's process.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import re
 import secrets
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 HOST = "127.0.0.1"
@@ -232,3 +237,83 @@ def _handler(server: CogServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
     return Handler
+
+
+def _serve_in_child(root: str, conn: Connection) -> None:
+    """Child process of :class:`ServerProcess`: a :class:`CogServer` driven by ``(method, args)`` messages."""
+    with CogServer(root) as server:
+        conn.send((server.port, server.prefix))
+        while (message := conn.recv()) is not None:
+            name, args = message
+            if name == "stats":
+                conn.send((dict(server.requests), dict(server.bytes_sent), list(server.log)))
+            else:
+                conn.send(getattr(server, name)(*args))
+
+
+class ServerProcess:
+    """A :class:`CogServer` in a child process, with the same methods and counters.
+
+    GDAL sometimes performs network I/O while holding Python's GIL (rasterio's mask-flag lookups read TIFF
+    directories, for instance); a server on a thread of the same process then cannot answer until curl times
+    out. A server in its own process never waits for the client's GIL. Methods are proxied over a pipe, so call
+    them from the test's thread, never while a read is in flight.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve_in_child, args=(str(self.root), child), daemon=True)
+        self._process.start()
+        self.port, self.prefix = self._conn.recv()
+
+    def _call(self, name: str, *args: object) -> Any:
+        self._conn.send((name, args))
+        return self._conn.recv()
+
+    def url(self, name: str, query: str = "") -> str:
+        return f"http://{HOST}:{self.port}/{self.prefix}/{name}" + (f"?{query}" if query else "")
+
+    def vsicurl(self, name: str, query: str = "") -> str:
+        return "/vsicurl/" + self.url(name, query)
+
+    def fail(self, name: str, status: int, times: int | None = None) -> None:
+        self._call("fail", name, status, times)
+
+    def drop(self, name: str, times: int | None = None) -> None:
+        self._call("drop", name, times)
+
+    def heal(self, name: str) -> None:
+        self._call("heal", name)
+
+    def total_sent(self, name: str | None = None) -> int:
+        return int(self._call("total_sent", name))
+
+    def reset_counts(self) -> None:
+        self._call("reset_counts")
+
+    @property
+    def requests(self) -> Counter[str]:
+        return Counter(self._call("stats")[0])
+
+    @property
+    def bytes_sent(self) -> Counter[str]:
+        return Counter(self._call("stats")[1])
+
+    @property
+    def log(self) -> list[Request]:
+        return list(self._call("stats")[2])
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._conn.send(None)
+            self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
