@@ -23,7 +23,7 @@ from landcover.sources.band_files import assemble, classify, read_band
 from landcover.sources.band_reader import BandReader
 from landcover.sources.reader import SceneReader, strips
 from landcover.sources.sentinel2 import Product
-from tests.http_server import CogServer, parse_ranges
+from tests.http_server import CogServer, ServerProcess, parse_ranges
 from tests.s2_fixtures import CRS, ORIGIN, pixels
 
 LOCALHOST = pytest.mark.allow_hosts(["127.0.0.1"])
@@ -86,7 +86,7 @@ def assert_same(a: list[tuple[np.ndarray, ...]], b: list[tuple[np.ndarray, ...]]
 
 
 @LOCALHOST
-def test_per_band_cogs_over_http_read_like_local_files(cog_server: CogServer) -> None:
+def test_per_band_cogs_over_http_read_like_local_files(cog_server: ServerProcess) -> None:
     names = per_band_files(cog_server.root)
     local = assemble([c for n in names if (c := classify(n, str(cog_server.root / n)))], "local")
     remote_files = assemble([c for n in names if (c := classify(n, cog_server.vsicurl(n)))], "http")
@@ -102,7 +102,7 @@ def test_per_band_cogs_over_http_read_like_local_files(cog_server: CogServer) ->
 
 
 @LOCALHOST
-def test_multiband_cog_over_http_reads_like_the_local_file(cog_server: CogServer) -> None:
+def test_multiband_cog_over_http_reads_like_the_local_file(cog_server: ServerProcess) -> None:
     data = np.stack([pixels((300, 300), seed, offset=1000) for seed in range(4)])
     write_cog(cog_server.root / "stack.tif", data, blocksize=128)
     bands = ("B02", "B03", "B04", "B08")
@@ -117,7 +117,7 @@ def test_multiband_cog_over_http_reads_like_the_local_file(cog_server: CogServer
 
 
 @pytest.fixture
-def large_cog(cog_server: CogServer) -> Path:
+def large_cog(cog_server: ServerProcess) -> Path:
     """4096 x 4096 uint16, 256 px tiles, deflate, overviews: about 25 MB of hard-to-compress pixels."""
     rng = np.random.default_rng(7)
     data = rng.integers(0, 4000, (4096, 4096), dtype=np.uint16)
@@ -125,7 +125,9 @@ def large_cog(cog_server: CogServer) -> Path:
 
 
 @LOCALHOST
-def test_a_small_window_of_a_large_remote_cog_fetches_a_small_fraction(cog_server: CogServer, large_cog: Path) -> None:
+def test_a_small_window_of_a_large_remote_cog_fetches_a_small_fraction(
+    cog_server: ServerProcess, large_cog: Path
+) -> None:
     size = large_cog.stat().st_size
     path = cog_server.vsicurl(large_cog.name)
     band = read_band("B04", path)
@@ -143,7 +145,7 @@ def test_a_small_window_of_a_large_remote_cog_fetches_a_small_fraction(cog_serve
 
 
 @LOCALHOST
-def test_a_downsampled_read_of_a_remote_cog_uses_its_overviews(cog_server: CogServer, large_cog: Path) -> None:
+def test_a_downsampled_read_of_a_remote_cog_uses_its_overviews(cog_server: ServerProcess, large_cog: Path) -> None:
     size = large_cog.stat().st_size
     with open_raster(cog_server.vsicurl(large_cog.name)) as ds:
         small = ds.read(1, out_shape=(256, 256), resampling=Resampling.average)
@@ -153,12 +155,7 @@ def test_a_downsampled_read_of_a_remote_cog_uses_its_overviews(cog_server: CogSe
 
 
 @LOCALHOST
-@pytest.mark.xfail(
-    strict=True,
-    reason="BandReader downsamples through a WarpedVRT, which warps from the full-resolution band and never "
-    "from the COG's overviews (a coarse-resolution ingest of remote COGs fetches whole bands)",
-)
-def test_a_downsampled_band_reader_uses_the_overviews(cog_server: CogServer, large_cog: Path) -> None:
+def test_a_downsampled_band_reader_uses_the_overviews(cog_server: ServerProcess, large_cog: Path) -> None:
     size = large_cog.stat().st_size
     band = read_band("B04", cog_server.vsicurl(large_cog.name))
     coarse = Grid(rasterio.crs.CRS.from_string(CRS), from_origin(*ORIGIN, 160, 160), 256, 256)
@@ -177,7 +174,7 @@ def test_a_downsampled_band_reader_uses_the_overviews(cog_server: CogServer, lar
 
 
 @LOCALHOST
-def test_a_server_that_answers_503_twice_is_survived(cog_server: CogServer) -> None:
+def test_a_server_that_answers_503_twice_is_survived(cog_server: ServerProcess) -> None:
     data = pixels((1024, 1024), 3)
     write_cog(cog_server.root / "B04.tif", data)
     cog_server.fail("B04.tif", 503, times=2)
@@ -193,7 +190,7 @@ def test_a_server_that_answers_503_twice_is_survived(cog_server: CogServer) -> N
 
 
 @LOCALHOST
-def test_a_missing_remote_file_is_a_remote_read_error_naming_url_and_status(cog_server: CogServer) -> None:
+def test_a_missing_remote_file_is_a_remote_read_error_naming_url_and_status(cog_server: ServerProcess) -> None:
     with pytest.raises(RemoteReadError, match=r"cannot read http://127\.0\.0\.1:\d+/\w+/T33UUP_B04\.tif \(HTTP 404\)"):
         read_band("B04", cog_server.vsicurl("T33UUP_B04.tif"))
     with pytest.raises(RemoteReadError, match="HTTP 404"):
@@ -201,7 +198,7 @@ def test_a_missing_remote_file_is_a_remote_read_error_naming_url_and_status(cog_
 
 
 @LOCALHOST
-def test_a_file_that_disappears_while_a_scene_is_read_is_a_remote_read_error(cog_server: CogServer) -> None:
+def test_a_file_that_disappears_while_a_scene_is_read_is_a_remote_read_error(cog_server: ServerProcess) -> None:
     names = per_band_files(cog_server.root, size=1024)
     files = assemble([c for n in names if (c := classify(n, cog_server.vsicurl(n)))], "http")
     prod = product({b: (f.path, 1) for b, f in files.items()})
@@ -214,7 +211,7 @@ def test_a_file_that_disappears_while_a_scene_is_read_is_a_remote_read_error(cog
 
 @LOCALHOST
 @pytest.mark.parametrize("status", [403, 500])
-def test_a_signature_never_appears_in_the_error(cog_server: CogServer, status: int) -> None:
+def test_a_signature_never_appears_in_the_error(cog_server: ServerProcess, status: int) -> None:
     write_cog(cog_server.root / "B04.tif", pixels((1024, 1024), 4))
     signed = cog_server.vsicurl("B04.tif", "se=2026-12-02&sig=S3CR3T%2Btoken")
     cog_server.fail("B04.tif", status)
@@ -239,7 +236,9 @@ def test_a_signature_never_appears_in_the_error(cog_server: CogServer, status: i
 
 
 @LOCALHOST
-def test_a_refused_connection_and_a_dropped_one_are_remote_read_errors(cog_server: CogServer, tmp_path: Path) -> None:
+def test_a_refused_connection_and_a_dropped_one_are_remote_read_errors(
+    cog_server: ServerProcess, tmp_path: Path
+) -> None:
     with CogServer(tmp_path) as gone:
         url = gone.vsicurl("B04.tif")
     with pytest.raises(RemoteReadError, match="Could not connect"):
@@ -251,7 +250,7 @@ def test_a_refused_connection_and_a_dropped_one_are_remote_read_errors(cog_serve
 
 
 @LOCALHOST
-def test_a_remote_file_that_is_not_a_raster_is_a_corrupt_file_error(cog_server: CogServer) -> None:
+def test_a_remote_file_that_is_not_a_raster_is_a_corrupt_file_error(cog_server: ServerProcess) -> None:
     (cog_server.root / "B04.tif").write_bytes(b"<html>not a raster</html>" * 100)
     with pytest.raises(CorruptFileError, match=r"cannot read http://127\.0\.0\.1:\d+/\w+/B04\.tif as a raster"):
         read_band("B04", cog_server.vsicurl("B04.tif"))
@@ -293,7 +292,7 @@ def test_range_headers_are_parsed_like_rfc_7233() -> None:
 
 @LOCALHOST
 def test_a_remote_scene_ingests_like_the_local_one_and_a_failure_leaves_nothing(
-    cog_server: CogServer, tmp_path: Path
+    cog_server: ServerProcess, tmp_path: Path
 ) -> None:
     from landcover.dataset.scene import ingest_scene
     from landcover.dataset.settings import IngestConfig

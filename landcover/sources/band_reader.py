@@ -34,6 +34,11 @@ def _chunk_rows(block_rows: int) -> int:
     return block_rows * max(1, math.ceil(256 / max(block_rows, 1)))
 
 
+def open_raster_level(path: str, level: int) -> rasterio.io.DatasetReader:
+    """``path`` opened at overview ``level`` (0: the first overview), as its own dataset."""
+    return rasterio.open(path, overview_level=level)
+
+
 def _aligned_offset(src: rasterio.io.DatasetReader, grid: Grid) -> tuple[int, int] | None:
     """(column, row) of the grid's origin in the file when the grid is a window of the file's own grid
     (same CRS and pixel size, whole-pixel shift, inside the file); None when the band must be resampled."""
@@ -81,6 +86,7 @@ class BandReader:
         self.nodata = nodata
         self.src = open_raster(band.path)
         self._vrt: WarpedVRT | None = None
+        self._ovr: rasterio.io.DatasetReader | None = None
         self._mem: DatasetWriter | None = None
         self._targets: dict[int, DatasetWriter] = {}
         try:
@@ -138,7 +144,7 @@ class BandReader:
             return self.src
         if self._vrt is None:
             self._vrt = WarpedVRT(
-                self.src,
+                self._overview_source(),
                 crs=self.grid.crs,
                 transform=self.grid.transform,
                 width=self.grid.width,
@@ -148,6 +154,20 @@ class BandReader:
                 nodata=self.nodata,
             )
         return self._vrt
+
+    def _overview_source(self) -> rasterio.io.DatasetReader:
+        """What a downsampling warp reads: the coarsest overview (COG, JPEG 2000 resolution level) that is not
+        coarser than the grid, as gdalwarp picks by default, so a coarse grid over a remote COG fetches the
+        overview's tiles, not the whole band; the band itself when upsampling, for categorical bands (nearest:
+        an overview may have averaged classes) or without overviews."""
+        factor = self.grid.res[0] / abs(self.src.transform.a)
+        levels = self.src.overviews(self.band.index) if self.resampling != Resampling.nearest else []
+        usable = [i for i, f in enumerate(levels) if f <= factor * (1 + 1e-6)]
+        if not usable:
+            return self.src
+        if self._ovr is None:
+            self._ovr = open_raster_level(self.band.path, max(usable))
+        return self._ovr
 
     def read(self, window: Window) -> np.ndarray:
         out = np.empty((int(window.height), int(window.width)), dtype=self.dtype)
@@ -239,7 +259,7 @@ class BandReader:
 
     def close(self) -> None:
         self._chunks.clear()
-        for dataset in (*self._targets.values(), self._mem, self._vrt, self.src):
+        for dataset in (*self._targets.values(), self._mem, self._vrt, self._ovr, self.src):
             if dataset is not None:
                 dataset.close()
         self._targets.clear()
