@@ -78,10 +78,16 @@ def test_predict_result_keeps_the_summary_keys_and_a_skipped_scene_says_only_wha
         "processing_level",
         "warnings",
         "skipped",
+        "outside_aoi",
     ]
     assert json.loads(done.to_json()) == done.to_dict()
     skipped = PredictResult(input="s.tif", out={"map": "m.tif"}, skipped=True)
-    assert json.loads(skipped.to_json()) == {"input": "s.tif", "out": {"map": "m.tif"}, "skipped": True}
+    assert json.loads(skipped.to_json()) == {
+        "input": "s.tif",
+        "out": {"map": "m.tif"},
+        "skipped": True,
+        "outside_aoi": False,
+    }
 
 
 def test_ingest_result_of_a_shard():

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from landcover.cli import app
 from landcover.errors import AOIError, ConfigError, RemoteReadError
 from landcover.io.aoi import WGS84, parse_bbox
-from landcover.io.stac_search import EARTH_SEARCH, check_dates, search
+from landcover.sources.stac_search import EARTH_SEARCH, check_dates, search
 
 runner = CliRunner()
 CORE = "https://api.stacspec.org/v1.0.0/core"

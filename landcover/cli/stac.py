@@ -10,7 +10,7 @@ import typer
 
 from landcover.cli.common import app, handles_errors, out
 
-EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"  # the default of landcover.io.stac_search too
+EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"  # the default of landcover.sources.stac_search too
 
 
 @app.command()
@@ -41,7 +41,7 @@ def search(
 
     check_output_path(out_path, folder=False)
     from landcover.io.aoi import WGS84, aoi_option
-    from landcover.io.stac_search import search as run_search
+    from landcover.sources.stac_search import search as run_search
 
     if aoi is not None:
         check_inputs_exist([aoi])
