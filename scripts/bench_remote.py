@@ -11,13 +11,16 @@ What it does, in one run:
 3. Reads the whole scene through ``SceneReader`` in full-width strips, as ``landcover ingest`` does (12 bands
    onto the 10 m grid, bilinear, SCL mask), from local disk, then over HTTP; prints both times and the ratio
    (the bytes sent over HTTP, too).
-4. Reads a ``--window`` x ``--window`` px area of interest (1000 = 10 x 10 km) in the middle of the tile over
+4. With ``--ingest``: runs ``landcover ingest`` (default settings, the CORINE-like labels of
+   ``bench_ingest.make_clc``) of a STAC item of the COGs with local hrefs, then of one with HTTP hrefs, and prints
+   both times and the ratio.
+5. Reads a ``--window`` x ``--window`` px area of interest (1000 = 10 x 10 km) in the middle of the tile over
    HTTP as ``ingest --bbox`` does (``SceneReader(aoi=...)``, every band and SCL), with a cold cache (a fresh query
    string, so GDAL's /vsicurl/ cache does not answer), and prints the bytes sent against the size of the files.
 
 Usage::
 
-    .venv/bin/python scripts/bench_remote.py [--size 10980] [--workdir DIR] [--window 1000] [--json FILE]
+    .venv/bin/python scripts/bench_remote.py [--size 10980] [--workdir DIR] [--window 1000] [--ingest] [--json FILE]
 
 The network options are landcover's (``landcover.io.grid.GDAL_ENV``). Localhost has no latency and no bandwidth
 limit: this measures the overhead of GDAL's HTTP path (requests, range merging, caching), not a real network.
@@ -27,13 +30,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pystac
 import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import box
@@ -41,8 +48,10 @@ from shapely.geometry import box
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from bench_ingest import NATIVE, SENSING, TILE, band_pixels, bench_workdir, cpu_model  # noqa: E402
+from bench_ingest import NATIVE, SENSING, TILE, band_pixels, bench_workdir, cpu_model, make_clc  # noqa: E402
 
+from landcover.dataset.ingest import ingest  # noqa: E402
+from landcover.dataset.settings import IngestConfig  # noqa: E402
 from landcover.io.aoi import AOI  # noqa: E402
 from landcover.io.grid import GDAL_ENV  # noqa: E402
 from landcover.sources.band_files import assemble, classify  # noqa: E402
@@ -105,6 +114,30 @@ def read_aoi(product: Product, side: int) -> float:
     return time.perf_counter() - start
 
 
+def write_item(folder: Path, href: Callable[[str], str], out: Path) -> Path:
+    """A STAC item (Planetary-Computer-shaped: asset keys B02..SCL, baseline 05.09) of the COGs, hrefs by ``href``."""
+    item = pystac.Item(
+        id=f"S2B_MSIL2A_{SENSING}_N0509_R022_{TILE}_{SENSING[:8]}T120000",
+        geometry=None,
+        bbox=None,
+        datetime=datetime.datetime(2023, 1, 15, 10, 10, 21, tzinfo=datetime.UTC),
+        properties={"s2:processing_baseline": "05.09", "s2:mgrs_tile": TILE[1:]},
+    )
+    for path in sorted(folder.glob("*.tif")):
+        band = path.stem.split("_")[-2]
+        item.add_asset(band, pystac.Asset(href(path.name), media_type=pystac.MediaType.COG, roles=["data"]))
+    out.write_text(json.dumps(item.to_dict(include_self_link=False)))
+    return out
+
+
+def time_ingest(item: Path, labels: Path, out: Path) -> float:
+    """Seconds of ``landcover ingest`` of one item (default settings, CORINE-like labels)."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    ingest([item], out, labels=labels, config=IngestConfig())
+    return time.perf_counter() - start
+
+
 def remote_product(local: Product, url: str, query: str = "") -> Product:
     """``local`` with every band read from ``url`` + its file name (+ ``query``, like a signed URL)."""
     names = [Path(f.path).name for f in (*local.bands.values(), local.scl) if f is not None]
@@ -119,6 +152,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="cache the COGs here (default: a temp folder)")
     parser.add_argument("--window", type=int, default=1000, help="window side in 10 m pixels (1000 = 10 km)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--ingest", action="store_true", help="also time `landcover ingest` of a STAC item both ways")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     res: dict[str, object] = {"size": args.size, "cores": cores, "cpu": cpu_model(),
@@ -140,6 +174,16 @@ def main() -> None:
             sent, requests = server.total_sent(), sum(server.requests.values())
             print(f"whole scene over HTTP: {t_remote:.1f} s ({sent / 2**20:.0f} MiB in {requests} requests); "
                   f"ratio HTTP / local {t_remote / t_local:.2f}", flush=True)  # fmt: skip
+            if args.ingest:
+                labels = make_clc(workdir, args.size)
+                local_item = write_item(folder, lambda n: str(folder / n), workdir / "local_item.json")
+                remote_item = write_item(folder, lambda n: f"{url}/{n}?run=ingest", workdir / "remote_item.json")
+                t_ingest_local = time_ingest(local_item, labels, workdir / "ds_local")
+                print(f"ingest from local disk: {t_ingest_local:.1f} s", flush=True)
+                t_ingest_http = time_ingest(remote_item, labels, workdir / "ds_http")
+                print(f"ingest over HTTP: {t_ingest_http:.1f} s; ratio HTTP / local "
+                      f"{t_ingest_http / t_ingest_local:.2f}", flush=True)  # fmt: skip
+                res.update(ingest_local_s=t_ingest_local, ingest_http_s=t_ingest_http)
             server.reset_counts()
             side = min(args.window, args.size)
             t_window = read_aoi(remote_product(local, url, "?run=aoi"), side)  # another URL: a cold GDAL cache

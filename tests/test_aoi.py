@@ -315,3 +315,35 @@ def test_torch_is_not_needed_for_aoi_and_mosaic():
     code = "import landcover.io.aoi, landcover.inference.mosaic, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_cli_predict_with_a_bbox_and_a_mosaic(tmp_path):
+    """Two ingested stacks side by side, one --bbox over both: one map per scene on its window, and the mosaic
+    in the CRS asked for, with its STAC Item; both maps' valid pixels appear in it."""
+    import torch
+
+    from landcover.models.build import build_model
+    from landcover.models.config import ModelConfig
+    from tests.test_predict import BANDS, K, meta
+
+    model, _ = build_model(ModelConfig(), BANDS, K, load_weights=False)
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"landcover": meta(), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    a = _stack(tmp_path / "a", name="image.tif", seed=1)
+    b = _stack(tmp_path / "b", origin=(501_280, 5_300_000), name="image.tif", seed=2)
+    bbox = "500800,5299300,501800,5299900,EPSG:32633"
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(ckpt), str(a), str(b), "--out", str(tmp_path / "maps"), "--bbox", bbox, "--mosaic",
+         str(tmp_path / "mosaic.tif"), "--mosaic-crs", "EPSG:32633", "--no-quicklook"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "mosaic of 2 map(s), 100 x 60 px in EPSG:32633" in res.output
+    with rasterio.open(tmp_path / "mosaic.tif") as m:
+        mosaic = m.read(1)
+        assert m.transform.c == 500_800 and m.transform.f == 5_299_900
+    for name, cols in (("a", slice(0, 48)), ("b", slice(48, 100))):
+        with rasterio.open(tmp_path / "maps" / f"{name}.tif") as s:
+            part = s.read(1)
+        np.testing.assert_array_equal(mosaic[:, cols], part)  # each scene alone on its side
+    assert pystac.Item.from_file(tmp_path / "mosaic.stac.json").properties["proj:shape"] == [60, 100]
