@@ -387,3 +387,15 @@ def test_cli_predict_names_maps_after_the_items(tmp_path):
 def test_read_items_of_a_single_item_file(tmp_path):
     path = save(item_dict("copernicus_dataspace_l2a.json"), tmp_path)
     assert [i.id for i in read_items(path)] == ["S2B_MSIL2A_20230115T101021_N0509_R022_T33UUP_20230115T120000"]
+
+
+def test_a_resampled_copy_is_read_only_when_the_native_file_is_missing():
+    """Data Space items list ESA's resampled copies (B02_20m, B02_60m...) next to the native files: the native
+    file wins; without it the finest copy is read (never an upsampled copy over a native coarser file)."""
+    item = item_dict("copernicus_dataspace_l2a.json")
+    assets = {k: (v["href"], v) for k, v in item["assets"].items()}
+    chosen = band_assets(assets)
+    assert chosen["B02"].key == "B02_10m" and chosen["B01"].key == "B01_60m" and chosen["SCL"].key == "SCL_20m"
+    del assets["B02_10m"], assets["SCL_20m"]
+    chosen = band_assets(assets)
+    assert chosen["B02"].key == "B02_20m" and chosen["SCL"].key == "SCL_60m"

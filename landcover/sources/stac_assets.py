@@ -108,10 +108,23 @@ def band_assets(assets: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str
             continue
         found.setdefault(band, []).append(BandAsset(band, key, href, fields, listed))
     chosen = {}
+    native = {b.name: b.resolution for b in tables.sentinel2_bands().values()} | {"SCL": 20}
     for band in [*tables.sentinel2_bands(), "SCL"]:
         if group := found.get(band):
-            chosen[band] = min(group, key=lambda a: (not a.listed, _is_jp2(a), a.key))
+            # listed, a COG before a JPEG 2000, the band's native resolution, else the finest copy (the Data Space
+            # lists ESA's resampled copies, B02_60m...: used only when the item lacks the native file)
+            chosen[band] = min(
+                group, key=lambda a: (not a.listed, _is_jp2(a), _resolution(a) != native[band], _resolution(a), a.key)
+            )
     return chosen
+
+
+def _resolution(asset: BandAsset) -> float:
+    """The asset's pixel size in metres: its ``gsd``, else the ``_20m`` of its key, else 0 (unknown)."""
+    if isinstance(gsd := asset.fields.get("gsd"), int | float):
+        return float(gsd)
+    m = re.search(r"_(\d{2})m$", asset.key)
+    return float(m.group(1)) if m else 0.0
 
 
 def _is_jp2(asset: BandAsset) -> bool:
