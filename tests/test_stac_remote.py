@@ -168,3 +168,51 @@ def test_a_small_aoi_of_a_large_cog_reads_a_small_fraction_of_it(tmp_path, cog_s
     sent = cog_server.total_sent()
     print(f"AOI of {100 * 100} px: {sent:,} bytes sent of {total:,} ({sent / total:.2%})")
     assert 0 < sent < 0.05 * total
+
+
+def test_search_then_ingest_an_aoi_end_to_end(tmp_path, cog_server):
+    """The README's flow offline: `landcover search` against a STAC API on 127.0.0.1 that returns an item whose
+    COGs the COG server serves, then `landcover ingest items.json --bbox` of a part of it."""
+    import threading
+    from http.server import ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from tests.test_search import FakeApi
+
+    item = item_dict("planetary_computer_l2a.json")
+    save(item, tmp_path / "local", dn_offset=1000)
+    remote = json.loads(_served(item, tmp_path / "local", cog_server, "served.json").read_text())
+    remote["collection"] = "sentinel-2-l2a"
+    remote["links"] = []
+
+    class Api(FakeApi):
+        requests: list = []  # noqa: RUF012
+
+        def route(self, method, params):
+            if urlsplit(self.path).path.rstrip("/") == "/search":
+                self.requests.append((method, "/search", params))
+                self.answer({"type": "FeatureCollection", "features": [remote]})
+            else:
+                super().route(method, params)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        catalog = f"http://127.0.0.1:{server.server_address[1]}/"
+        res = CliRunner().invoke(app, ["search", "--bbox", "14.3,48.6,14.4,48.7", "--catalog", catalog,
+                                       "--out", str(tmp_path / "items.json")])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    finally:
+        server.shutdown()
+        server.server_close()
+    bbox = f"{ORIGIN[0] + 100},{ORIGIN[1] - 500},{ORIGIN[0] + 420},{ORIGIN[1] - 20},EPSG:32633"
+    res = CliRunner().invoke(
+        app,
+        ["ingest", str(tmp_path / "items.json"), "--labels", str(_labels(tmp_path / "labels.gpkg")), "--out",
+         str(tmp_path / "ds"), "--bbox", bbox, "--tile-size", "16", "--nomenclature", "level1", "--split-by-scene"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (scene,) = (tmp_path / "ds" / "scenes").iterdir()
+    with rasterio.open(scene / "image.tif") as img:
+        assert (img.width, img.height) == (32, 48) and img.transform.c == ORIGIN[0] + 100
+    assert cog_server.total_sent() > 0
