@@ -213,6 +213,7 @@ class Band:
     in_l1c: bool
     in_l2a: bool
     description: str
+    common_name: str  # STAC eo common name (blue, nir08, rededge, ...)
 
 
 @functools.cache
@@ -227,6 +228,7 @@ def sentinel2_bands() -> dict[str, Band]:
             r["l1c"] == "yes",
             r["l2a"] == "yes",
             r["name"],
+            r["common_name"],
         )
         for r in read_table("sentinel2_bands.csv")
     }

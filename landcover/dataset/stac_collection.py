@@ -36,22 +36,6 @@ COLLECTION_FILE = "collection.json"
 ITEM_FILE = "item.json"
 REFLECTANCE_SCALE = 0.0001  # image.tif holds reflectance x 10000
 
-COMMON_NAMES = {  # Sentinel-2 band -> eo:bands common name (EO extension v1.1)
-    "B01": "coastal",
-    "B02": "blue",
-    "B03": "green",
-    "B04": "red",
-    "B05": "rededge",
-    "B06": "rededge",
-    "B07": "rededge",
-    "B08": "nir",
-    "B8A": "nir08",
-    "B09": "nir09",
-    "B10": "cirrus",
-    "B11": "swir16",
-    "B12": "swir22",
-}
-
 
 class AtomicStacIO(DefaultStacIO):
     """pystac's file I/O, each file written under a temporary name and renamed when complete."""
@@ -65,7 +49,7 @@ def _eo_bands(bands: list[str]) -> list[Band]:
     return [
         Band.create(
             name=b,
-            common_name=COMMON_NAMES.get(b),
+            common_name=info[b].common_name,
             description=info[b].description,
             center_wavelength=info[b].wavelength_nm / 1000,
             full_width_half_max=info[b].bandwidth_nm / 1000,
