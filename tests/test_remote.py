@@ -124,19 +124,23 @@ def large_cog(cog_server: ServerProcess) -> Path:
     return write_cog(cog_server.root / "large.tif", data, overview_resampling="average")
 
 
+def read_through_band_reader(path: str, res: float, side: int, resampling: Resampling, window: Window) -> np.ndarray:
+    """``window`` of the B04 file at ``path`` read by a BandReader onto a ``side`` px grid of ``res`` m at ORIGIN."""
+    grid = Grid(rasterio.crs.CRS.from_string(CRS), from_origin(*ORIGIN, res, res), side, side)
+    reader = BandReader(read_band("B04", path), grid, resampling, None)
+    try:
+        return reader.read(window)
+    finally:
+        reader.close()
+
+
 @LOCALHOST
 def test_a_small_window_of_a_large_remote_cog_fetches_a_small_fraction(
     cog_server: ServerProcess, large_cog: Path
 ) -> None:
     size = large_cog.stat().st_size
     path = cog_server.vsicurl(large_cog.name)
-    band = read_band("B04", path)
-    grid = Grid(rasterio.crs.CRS.from_string(CRS), from_origin(*ORIGIN, 10, 10), 4096, 4096)
-    reader = BandReader(band, grid, Resampling.nearest, None)
-    try:
-        window = reader.read(Window(2000, 3000, 10, 10))
-    finally:
-        reader.close()
+    window = read_through_band_reader(path, 10, 4096, Resampling.nearest, Window(2000, 3000, 10, 10))
     with rasterio.open(large_cog) as ds:
         assert np.array_equal(window, ds.read(1, window=Window(2000, 3000, 10, 10)))
     sent = cog_server.total_sent()
@@ -157,13 +161,9 @@ def test_a_downsampled_read_of_a_remote_cog_uses_its_overviews(cog_server: Serve
 @LOCALHOST
 def test_a_downsampled_band_reader_uses_the_overviews(cog_server: ServerProcess, large_cog: Path) -> None:
     size = large_cog.stat().st_size
-    band = read_band("B04", cog_server.vsicurl(large_cog.name))
-    coarse = Grid(rasterio.crs.CRS.from_string(CRS), from_origin(*ORIGIN, 160, 160), 256, 256)
-    reader = BandReader(band, coarse, Resampling.average, None)
-    try:
-        small = reader.read(Window(0, 0, 256, 256))
-    finally:
-        reader.close()
+    small = read_through_band_reader(
+        cog_server.vsicurl(large_cog.name), 160, 256, Resampling.average, Window(0, 0, 256, 256)
+    )
     assert small.shape == (256, 256) and small.any()
     sent = cog_server.total_sent()
     print(f"whole band at 1/16: {sent} of {size} bytes sent ({100 * sent / size:.2f} %)")
