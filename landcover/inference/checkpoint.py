@@ -10,35 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from landcover.errors import ConfigError, ModelError
+from landcover.inference.model_info import ModelInfo
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from landcover.models.safeload import load_torch_file
-from landcover.nomenclature import NOMENCLATURES, Nomenclature, nomenclature
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(ModelInfo):
     """A model in eval mode and everything prediction needs from its checkpoint."""
 
-    model: nn.Module
-    task: str  # 'segmentation' | 'classification'
-    bands: list[str]
-    nomenclature: Nomenclature
-    tile_size: int
-    mean: np.ndarray
-    std: np.ndarray
-    resolution: float = 10.0
-    label_mode: str = "single"
-    reader: dict[str, Any] = field(default_factory=dict)  # ingest settings: resampling, harmonize, scl_invalid
-    sha256: str | None = None
-    path: str | None = None
-    level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
-    context: int = 0  # pixels a per-pixel baseline's features need on each side (0: a CNN)
+    model: nn.Module = field(default_factory=nn.Identity)
 
     @classmethod
     def from_meta(
@@ -51,49 +37,8 @@ class LoadedModel:
         path: str | None = None,
     ) -> LoadedModel:
         """Wrap ``model`` with a checkpoint's ``landcover`` section (raises ModelError if incomplete)."""
-        try:
-            classes = sorted(meta["nomenclature"]["classes"], key=lambda c: int(c["id"]))
-            name = str(meta["nomenclature"]["name"])
-            nom = Nomenclature(
-                name,
-                tuple(str(c["code"]) for c in classes),
-                tuple(str(c["name"]) for c in classes),
-                tuple((int(c["rgb"][0]), int(c["rgb"][1]), int(c["rgb"][2])) for c in classes),
-                nomenclature(name).lut if name in NOMENCLATURES else np.zeros(0, np.uint16),
-            )
-            bands = [str(b) for b in meta["bands"]]
-            norm = meta.get("normalization") or {}
-            mode = norm.get("mode") or ((meta.get("config") or {}).get("data") or {}).get("normalization")
-            # modes 'dataset' and 'weights' (a pretrained input transform) record the mean/std trained on
-            if mode == "none":  # x / 10000 (older checkpoints recorded the dataset's statistics here)
-                mean, std = np.zeros(len(bands), np.float32), np.full(len(bands), 10000.0, np.float32)
-            else:
-                mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-                std = np.where(std > 0, std, 1.0).astype(np.float32)
-            if mean.shape != (len(bands),) or std.shape != (len(bands),):
-                raise ValueError(f"normalization has {mean.size} values for {len(bands)} bands")
-            settings = meta.get("dataset_settings") or {}
-            reader = {k: settings[k] for k in ("resampling", "harmonize", "scl_invalid") if settings.get(k) is not None}
-            return cls(
-                model.eval(),
-                str(meta["task"]),
-                bands,
-                nom,
-                int(meta["tile_size"]),
-                mean,
-                std,
-                float(meta.get("resolution") or 10.0),
-                str(meta.get("label_mode") or "single"),
-                reader,
-                sha256,
-                path,
-                str(meta.get("processing_level") or "unknown"),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ModelError(
-                f"the landcover section of {where} is incomplete ({exc!r}); use a checkpoint "
-                "written by `landcover train` (RUN/checkpoints/best.ckpt)"
-            ) from exc
+        info = ModelInfo.parse(meta, where=where, sha256=sha256, path=path)
+        return cls(**{f: getattr(info, f) for f in ModelInfo.__dataclass_fields__}, model=model.eval())
 
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
