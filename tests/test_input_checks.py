@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import ConfigError
-from landcover.inference.predict import LoadedModel, predict_scene
+from landcover.inference.checkpoint import LoadedModel
+from landcover.inference.predict import predict_scene
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
 from tests.s2_fixtures import make_safe

@@ -71,6 +71,8 @@ def test_predict_result_keeps_the_summary_keys_and_a_skipped_scene_says_only_wha
         "tile",
         "overlap",
         "device",
+        "engine",
+        "precision",
         "windows_run",
         "windows_skipped",
         "seconds",

@@ -346,6 +346,7 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
     from landcover.inference.checkpoint import load_checkpoint
     from landcover.inference.feeder import Feeder, open_source
     from landcover.inference.sliding import make_plan
+    from landcover.inference.torch_engine import TorchEngine
 
     run, dataset = transform_run, learnable
     state, wbands, mean, std = run.state, run.wbands, run.mean, run.std
@@ -375,8 +376,10 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
     torch.testing.assert_close(features(tiles[0]["image"]), expected, rtol=0, atol=1e-5)  # training
     t = lm.tile_size
     with contextlib.closing(open_source(stack, lm)) as source:  # predict's reader and normalisation
-        feeder = Feeder(source, make_plan(source.grid.height, source.grid.width, t, 0), lm, 64, False, False)
-        window = {j: x[n] for cols, x in feeder(row // t).batches for n, j in enumerate(cols)}[col // t]
+        feeder = Feeder(source, make_plan(source.grid.height, source.grid.width, t, 0), lm, 64, False)
+        engine = TorchEngine(lm, torch.device("cpu"), "fp32")  # predict's normalisation is the engine's
+        batches = feeder.batches(feeder(row // t))
+        window = {j: engine.tensor(x)[n] for cols, x in batches for n, j in enumerate(cols)}[col // t]
     torch.testing.assert_close(features(window), expected, rtol=0, atol=1e-5)  # predict (and explain)
 
 

@@ -6,17 +6,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from landcover.errors import ConfigError
-from landcover.inference.checkpoint import LoadedModel
+from landcover.inference.engine import open_engine
 from landcover.inference.feeder import is_ingested_stack
-from landcover.inference.predict import PredictResult, Progress, loaded, predict_scene
+from landcover.inference.predict import PredictResult, Progress, predict_scene
 from landcover.inference.writers import output_paths
 from landcover.io.aoi import AOIOutsideError, no_overlap
 from landcover.io.grid import Grid
 from landcover.preflight import check_inputs_exist
 from landcover.sources.stac_refs import split_reference
+
+if TYPE_CHECKING:
+    from landcover.inference.checkpoint import LoadedModel
+    from landcover.inference.engine import Engine
 
 
 def scene_name(path: str | Path) -> str:
@@ -35,7 +39,7 @@ def scene_name(path: str | Path) -> str:
 
 
 def predict_many(
-    checkpoint_or_loaded_model: str | Path | LoadedModel,
+    checkpoint_or_loaded_model: str | Path | LoadedModel | Engine,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -61,7 +65,7 @@ def predict_many(
         if not overwrite and all(p.exists() for p in output_paths(target, **flags).values()):
             summaries.append(PredictResult(input=str(path), out={"map": str(target)}, skipped=True))
             continue
-        lm = loaded(lm)
+        lm = open_engine(lm, device=options.get("device", "auto"), precision=options.get("precision", "auto"))
         try:
             summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))
         except AOIOutsideError as exc:  # a scene beside the AOI: noted, not an error (unless every scene is)

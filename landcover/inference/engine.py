@@ -69,4 +69,4 @@ def open_engine(
         return OnnxEngine.load(Path(model), threads=threads)
     from landcover.inference.torch_engine import TorchEngine
 
-    return TorchEngine.load(model, device=device, precision=precision, threads=threads)  # type: ignore[arg-type]
+    return TorchEngine.load(model, device=device, precision=precision, threads=threads)

@@ -4,7 +4,7 @@ reflection, normalised with the checkpoint's statistics, read in a background th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import rasterio
 import rasterio.shutil
-import torch
 from rasterio.windows import Window
 
 from landcover.errors import InputFormatError, MissingBandError
@@ -23,7 +22,7 @@ from landcover.sources.s2meta import parse_name
 from landcover.sources.stac_refs import is_stac_input, split_reference
 
 if TYPE_CHECKING:
-    from landcover.inference.checkpoint import LoadedModel
+    from landcover.inference.model_info import ModelInfo
 
 
 STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
@@ -32,7 +31,7 @@ STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/
 class StackSource:
     """An ingested stack: band descriptions name the bands, values are already harmonised."""
 
-    def __init__(self, path: Path, lm: LoadedModel, aoi: AOI | None = None):
+    def __init__(self, path: Path, lm: ModelInfo, aoi: AOI | None = None):
         self.ds = open_raster(path)
         names, tags = [d or "" for d in self.ds.descriptions], self.ds.tags()
         if missing := [b for b in lm.bands if b not in names]:
@@ -81,7 +80,7 @@ class ProductSource:
     """Any input open_product accepts, read like ingest reads it (SceneReader)."""
 
     def __init__(
-        self, path: Path | str, lm: LoadedModel, aoi: AOI | None = None, sign: Callable[[str], str] | None = None
+        self, path: Path | str, lm: ModelInfo, aoi: AOI | None = None, sign: Callable[[str], str] | None = None
     ):
         from landcover.sources.reader import SceneReader
         from landcover.sources.sentinel2 import open_product
@@ -127,7 +126,7 @@ def is_ingested_stack(path: Path) -> bool:
 
 
 def open_source(
-    path: Path | str, lm: LoadedModel, aoi: AOI | None = None, *, sign: Callable[[str], str] | None = None
+    path: Path | str, lm: ModelInfo, aoi: AOI | None = None, *, sign: Callable[[str], str] | None = None
 ) -> StackSource | ProductSource:
     """The scene at ``path``: an ingested stack, any product, or a STAC item ``doc.json#<item id>`` (``sign``
     rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given."""
@@ -140,33 +139,33 @@ def open_source(
 
 @dataclass
 class Row:
+    """Row ``k`` of windows: the reflect-padded raw values under it and which pixels get a class."""
+
+    image: np.ndarray  # (C, tile, padded width) raw values (harmonised reflectance x 10000; 0 = no data)
     valid: np.ndarray  # (tile, padded width) bool: pixels that get a class
-    batches: list[tuple[list[int], torch.Tensor]]  # window columns, normalised (B, C, tile, tile)
+    todo: list[int]  # the columns of the windows that hold a valid pixel
     skipped: int
+    stride: int
+    tile: int
+
+    def windows(self, cols: list[int]) -> np.ndarray:
+        """(B, C, tile, tile) raw values of the windows at ``cols``."""
+        s, t = self.stride, self.tile
+        return np.stack([self.image[:, :, j * s : j * s + t] for j in cols])
 
 
 class Feeder:
-    """Prepares row ``k`` of windows: reflect-padded, normalised like training, batched.
-
-    With ``pin`` (CUDA) the windows travel raw (pinned) and :meth:`to_device` normalises them on
-    the GPU: the same float32 arithmetic, without the CPU passes that would make the reader thread,
-    not the model, set the pace.
-    """
+    """Prepares row ``k`` of windows: the raw values reflect-padded (an engine normalises them), with the pixels
+    that get a class. Only the raw row is held (uint16 for a stack): batches are cut from it when the model
+    needs them."""
 
     def __init__(
-        self,
-        source: StackSource | ProductSource,
-        plan: Plan,
-        lm: LoadedModel,
-        batch_size: int,
-        pin: bool,
-        mask_clouds: bool,
+        self, source: StackSource | ProductSource, plan: Plan, info: ModelInfo, batch_size: int, mask_clouds: bool
     ):
-        self.source, self.plan, self.batch_size, self.pin, self.mask_clouds = source, plan, batch_size, pin, mask_clouds
-        self.mean, self.std = lm.mean.reshape(1, -1, 1, 1), lm.std.reshape(1, -1, 1, 1)
+        self.source, self.plan, self.batch_size, self.mask_clouds = source, plan, batch_size, mask_clouds
+        self.mean, self.std = info.mean.reshape(1, -1, 1, 1), info.std.reshape(1, -1, 1, 1)
         self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
         self.cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None
-        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std on the device
 
     def _rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Scene rows lo..hi, reusing the rows of the previous call (windows overlap)."""
@@ -198,32 +197,19 @@ class Feeder:
         if self.mask_clouds and cloud is not None:
             valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
         todo = [j for j in range(p.cols) if valid[:, j * p.stride : j * p.stride + t].any()]
-        batches = []
-        data = None if self.pin else np.asarray(img.any(axis=0))  # training zeroes pixels that are 0 in every band
-        for i in range(0, len(todo), self.batch_size):
-            cols = todo[i : i + self.batch_size]
-            if data is None:  # raw values travel; to_device normalises them
-                raw = np.stack([img[:, :, j * p.stride : j * p.stride + t] for j in cols])
-                raw = raw.view(np.int16) if raw.dtype == np.uint16 else raw.astype(np.float32)
-                batches.append((cols, torch.from_numpy(raw).pin_memory()))
-                continue
-            x = np.stack([img[:, :, j * p.stride : j * p.stride + t] for j in cols]).astype(np.float32)
-            x -= self.mean
-            x /= self.std
-            x *= np.stack([data[:, j * p.stride : j * p.stride + t] for j in cols])[:, None]
-            tensor = torch.from_numpy(x)
-            batches.append((cols, tensor))
-        return Row(valid, batches, p.cols - len(todo))
+        return Row(img, valid, todo, p.cols - len(todo), p.stride, t)
 
-    def to_device(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
-        """A batch of :meth:`__call__` on ``dev``, normalised (on the device when it travelled raw)."""
-        x = x.to(dev, non_blocking=True)
-        if not self.pin:
-            return x
-        if x.dtype == torch.int16:  # uint16 viewed as int16 to travel (torch's uint16 support is partial)
-            x = x.to(torch.int32).bitwise_and_(0xFFFF)
-        x = x.float()
-        if self._stats is None:
-            self._stats = (torch.from_numpy(self.mean).to(dev), torch.from_numpy(self.std).to(dev))
-        mean, std = self._stats
-        return (x - mean) / std * (x != 0).any(dim=1, keepdim=True)
+    def batches(self, row: Row) -> Iterator[tuple[list[int], np.ndarray]]:
+        """The row's windows with a valid pixel, ``batch_size`` at a time: (columns, raw (B, C, tile, tile))."""
+        for i in range(0, len(row.todo), self.batch_size):
+            cols = row.todo[i : i + self.batch_size]
+            yield cols, row.windows(cols)
+
+    def normalised(self, raw: np.ndarray) -> np.ndarray:
+        """Raw windows normalised like training (numpy float32; 0 where a pixel is 0 in every band)."""
+        x = raw.astype(np.float32)
+        valid = raw.any(axis=1, keepdims=True)
+        x -= self.mean
+        x /= self.std
+        x *= valid
+        return x

@@ -127,10 +127,11 @@ def default_classes(lm: LoadedModel, input: Path, t: int, dev: torch.device, bat
     best = torch.zeros(lm.nomenclature.num_classes)
     with contextlib.closing(open_source(input, lm)) as source, torch.inference_mode():
         plan = make_plan(source.grid.height, source.grid.width, t, 0)
-        feeder = Feeder(source, plan, lm, batch_size, False, False)
+        feeder = Feeder(source, plan, lm, batch_size, False)
         for k in range(plan.rows):
-            for _, x in feeder(k).batches:
-                best = torch.maximum(best, probabilities(lm, x.to(dev), None).amax(0).cpu())
+            for _, raw in feeder.batches(feeder(k)):
+                x = torch.from_numpy(feeder.normalised(raw)).to(dev)
+                best = torch.maximum(best, probabilities(lm, x, None).amax(0).cpu())
     order = [int(i) for i in torch.argsort(best, descending=True)]
     return [i for i in order if best[i] >= 0.5][:MAX_DEFAULT_CLASSES] or order[:1]
 
@@ -159,6 +160,7 @@ def _rgb_bands(lm: LoadedModel) -> list[int]:
 def _cam_row(
     lm: LoadedModel,
     stage: nn.Module,
+    feeder: Feeder,
     row: Row,
     ids: list[int],
     t: int,
@@ -172,13 +174,13 @@ def _cam_row(
     total, tiles, best = stats
     cams = np.full((len(ids), t, width), NODATA, np.float32)
     rgb = np.zeros((3, t, width), np.float32)
-    for cols, x in row.batches:
+    for cols, raw in feeder.batches(row):
+        x = torch.from_numpy(feeder.normalised(raw))
         cam, probs = grad_cam(lm, stage, x.to(dev), ids)
         total, tiles, best = total + probs.sum(0).cpu(), tiles + len(cols), torch.maximum(best, probs.amax(0).cpu())
-        raw = x[:, rgb_idx].numpy() * lm.std[rgb_idx, None, None] + lm.mean[rgb_idx, None, None]
         for b, j in enumerate(cols):
             cams[:, :, j * t : (j + 1) * t] = cam[b].cpu().numpy()
-            rgb[:, :, j * t : (j + 1) * t] = raw[b]
+            rgb[:, :, j * t : (j + 1) * t] = raw[b, rgb_idx]
     return cams, rgb, (total, tiles, best)
 
 
@@ -199,7 +201,7 @@ def cam_rasters(
     with contextlib.closing(open_source(input, lm)) as source:
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, 0)
-        feeder = Feeder(source, plan, lm, batch_size, False, False)
+        feeder = Feeder(source, plan, lm, batch_size, False)
         f = max(1, math.ceil(max(grid.height, grid.width) / OVERLAY_SIDE))
         quick: list[np.ndarray] = []
         writers: list[BlockWriter] = []
@@ -208,7 +210,7 @@ def cam_rasters(
                 writers.append(BlockWriter(path, grid, 1, "float32", NODATA, False))
             for r in range(plan.rows):
                 row = feeder(r)
-                cams, rgb, stats = _cam_row(lm, stage, row, ids, t, plan.padded_width, dev, stats)
+                cams, rgb, stats = _cam_row(lm, stage, feeder, row, ids, t, plan.padded_width, dev, stats)
                 h, valid = min(t, grid.height - r * t), row.valid[:, : grid.width]
                 cams, valid = cams[:, :h, : grid.width], valid[:h]
                 cams[:, ~valid] = NODATA

@@ -28,18 +28,18 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rasterio
 import rasterio.shutil
-import torch
 
 from landcover.errors import ConfigError, OutputExistsError
-from landcover.inference.checkpoint import LoadedModel, load_checkpoint, resolve_device
+from landcover.inference.engine import Engine, open_engine
 from landcover.inference.feeder import Feeder, ProductSource, StackSource, open_source
+from landcover.inference.model_info import ModelInfo
 from landcover.inference.sliding import make_plan
 from landcover.inference.stream import stream_windows
 from landcover.inference.writers import block_writers, output_paths
@@ -52,6 +52,9 @@ from landcover.nomenclature import IGNORE, Nomenclature
 from landcover.preflight import check_inputs_exist
 from landcover.sources.s2meta import LEVEL_NAMES, level_mismatch
 from landcover.version import __version__
+
+if TYPE_CHECKING:
+    from landcover.inference.checkpoint import LoadedModel
 
 Progress = Callable[[str, int, int], None]
 MULTIPLE = 32  # U-Net input sides must be multiples of this
@@ -72,6 +75,8 @@ class PredictResult:
     tile: int = 0
     overlap: int = 0
     device: str = ""
+    engine: str = ""  # 'torch' or 'onnxruntime'
+    precision: str = ""  # 'fp32', 'bf16', 'fp16'
     windows_run: int = 0
     windows_skipped: int = 0
     seconds: float = 0.0
@@ -91,7 +96,7 @@ class PredictResult:
 
 
 def predict_scene(
-    checkpoint_or_loaded_model: str | Path | LoadedModel,
+    model: str | Path | LoadedModel | Engine,
     input: str | Path,
     out: str | Path,
     *,
@@ -99,6 +104,7 @@ def predict_scene(
     tile: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    precision: str = "auto",
     probabilities: bool = False,
     confidence: bool = False,
     quicklook: bool = True,
@@ -125,7 +131,9 @@ def predict_scene(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     check_inputs_exist([input])
-    lm, t, o, dev, amp = _model_on_device(checkpoint_or_loaded_model, tile, overlap, batch_size, device)
+    engine = open_engine(model, device=device, precision=precision)
+    lm = engine.info
+    t, o = window_geometry(lm, tile, overlap, batch_size)
     nom, k = lm.nomenclature, lm.nomenclature.num_classes
     dtype, nodata = ("uint8", IGNORE) if k <= 254 else ("uint16", 65535)
     with (
@@ -143,11 +151,10 @@ def predict_scene(
             name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths
         }
         with block_writers(gtiffs, grid, k, dtype, nodata) as writers:
-            feeder = Feeder(source, plan, lm, batch_size, dev.type == "cuda", mask_clouds)
-            with _gpu_memory(batch_size, t):
-                run, skipped, valid_px = stream_windows(
-                    lm, plan, feeder, writers, dev, amp, dtype, nodata, _row_progress(progress, out.stem, plan.rows)
-                )
+            feeder = Feeder(source, plan, lm, batch_size, mask_clouds)
+            run, skipped, valid_px = stream_windows(
+                engine, plan, feeder, writers, dtype, nodata, _row_progress(progress, out.stem, plan.rows)
+            )
         if progress:
             progress(f"{out.stem}: COG", 0, 1)
         valid_fraction = valid_px / max(1, grid.width * grid.height)
@@ -162,7 +169,9 @@ def predict_scene(
         product_id=source.product_id,
         tile=t,
         overlap=o,
-        device=str(dev),
+        device=engine.device,
+        engine=engine.name,
+        precision=engine.precision,
         windows_run=run,
         windows_skipped=skipped,
         seconds=round(time.perf_counter() - started, 3),
@@ -172,23 +181,7 @@ def predict_scene(
     )
 
 
-def _model_on_device(
-    checkpoint_or_loaded_model: str | Path | LoadedModel,
-    tile: int | None,
-    overlap: int | None,
-    batch_size: int,
-    device: str,
-) -> tuple[LoadedModel, int, int, torch.device, torch.dtype | None]:
-    """The model in eval mode on its device, the window side and overlap, and the autocast dtype (CUDA only)."""
-    lm = loaded(checkpoint_or_loaded_model)
-    t, o = window_geometry(lm, tile, overlap, batch_size)
-    dev = resolve_device(device)
-    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
-    lm.model.to(dev).eval()
-    return lm, t, o, dev, amp
-
-
-def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
+def window_geometry(lm: ModelInfo, tile: int | None, overlap: int | None, batch_size: int) -> tuple[int, int]:
     """The window side and overlap in pixels (checked). Segmentation: the checkpoint's tile size rounded down
     to a multiple of 32, at least 256 px (a U-Net is fully convolutional: a window larger than the training
     tile gives each pixel more context and the map fewer seams), a quarter-window overlap; a per-pixel
@@ -214,28 +207,9 @@ def window_geometry(lm: LoadedModel, tile: int | None, overlap: int | None, batc
     return t, (t // 4 if overlap is None else int(overlap)) if seg else 0
 
 
-def loaded(checkpoint_or_loaded_model: str | Path | LoadedModel) -> LoadedModel:
-    """The model itself, or the checkpoint loaded."""
-    if isinstance(checkpoint_or_loaded_model, LoadedModel):
-        return checkpoint_or_loaded_model
-    return load_checkpoint(checkpoint_or_loaded_model)
-
-
 def _row_progress(progress: Progress | None, stem: str, rows: int) -> Callable[[int], Any]:
     """``progress`` as the stream's callback of finished window rows."""
     return lambda done: progress and progress(f"{stem}: predict", done, rows)
-
-
-@contextlib.contextmanager
-def _gpu_memory(batch_size: int, tile: int) -> Iterator[None]:
-    """A GPU out of memory as a ConfigError naming the options that reduce it."""
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        raise ConfigError(
-            f"the GPU ran out of memory with --batch-size {batch_size} and {tile}-px windows; "
-            "pass a smaller --batch-size (or --tile)"
-        ) from exc
 
 
 def _no_data_warning(input: Path, mask_clouds: bool) -> str:
@@ -247,7 +221,7 @@ def _no_data_warning(input: Path, mask_clouds: bool) -> str:
 
 
 def _map_tags(
-    lm: LoadedModel,
+    lm: ModelInfo,
     source: StackSource | ProductSource,
     input: Path,
     tile: int,
@@ -320,7 +294,7 @@ def _publish(
     os.replace(finals["map"], paths["map"])
 
 
-def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) -> str | None:
+def check_level(lm: ModelInfo, level: str, input: Path, allow: bool | None) -> str | None:
     """Refuse (ConfigError) a scene whose processing level differs from the checkpoint's training data.
 
     ``allow``: the warning to record instead (predict's --allow-level-mismatch); None for a command without
@@ -341,7 +315,7 @@ def check_level(lm: LoadedModel, level: str, input: Path, allow: bool | None) ->
     )
 
 
-def provenance_tags(lm: LoadedModel, source: StackSource | ProductSource, input: Path) -> dict[str, str]:
+def provenance_tags(lm: ModelInfo, source: StackSource | ProductSource, input: Path) -> dict[str, str]:
     """Where a map comes from: product id, levels, the input's and the checkpoint's file names (no path of
     the user's machine) and the checkpoint's sha256."""
     return {

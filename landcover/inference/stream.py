@@ -1,5 +1,6 @@
-"""The streaming core of ``landcover predict``: rows of windows through the model, blended into a strip
-whose finished rows go to the block writers (see :mod:`landcover.inference.predict` for the geometry)."""
+"""The streaming core of ``landcover predict``: rows of windows through an engine, blended by a
+:class:`~landcover.inference.blend.Strip` that carries only the overlap; finished rows go to the block writers
+(see :mod:`landcover.inference.predict` for the geometry). Imports no torch: the torch engine brings its own."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 
-from landcover.inference.checkpoint import LoadedModel, probabilities
+from landcover.inference.blend import NumpyOps, Outputs, Strip, TorchOps
+from landcover.inference.engine import Engine
 from landcover.inference.feeder import Feeder
 from landcover.inference.sliding import Plan, blend_weights
 from landcover.inference.writers import BlockWriter
@@ -20,64 +21,48 @@ from landcover.sources.reader import stop_pool
 
 
 def stream_windows(
-    lm: LoadedModel,
+    engine: Engine,
     plan: Plan,
     feeder: Feeder,
     writers: dict[str, BlockWriter],
-    dev: torch.device,
-    amp: torch.dtype | None,
     dtype: str,
     nodata: int,
     progress: Callable[[int], Any],
 ) -> tuple[int, int, int]:
-    """Run the model row of windows by row, blend into a strip, hand finished rows to the writer.
+    """Run the engine row of windows by row, blend, hand finished rows to the writer thread.
 
     Returns the windows run and skipped, and the number of scene pixels that got a class."""
-    t, s, m, o, width = plan.tile, plan.stride, plan.margin, plan.overlap, plan.width
-    k = lm.nomenclature.num_classes
-    weights = torch.from_numpy(blend_weights(t, o, hard=lm.context > 0)).to(dev)
-    acc = torch.zeros((k, t, plan.padded_width), device=dev)
-    wsum = torch.zeros((t, plan.padded_width), device=dev)
+    ops = TorchOps(engine.device) if engine.backend == "torch" else NumpyOps()
+    weights = blend_weights(plan.tile, plan.overlap, hard=engine.info.context > 0)
+    strip = Strip(ops, engine.info.nomenclature.num_classes, plan, weights, feeder.batch_size)
+    strip.wanted = ("probabilities" in writers, "confidence" in writers)
     reader, writer = (ThreadPoolExecutor(1, initializer=_enter_env, initargs=(GDAL_ENV,)) for _ in range(2))
     pending: list[Future[None]] = []
     run = skipped = valid_px = 0
     try:
         ahead = reader.submit(feeder, 0)
-        with torch.inference_mode():
-            for i in range(plan.rows):
-                row = ahead.result()
-                if i + 1 < plan.rows:
-                    ahead = reader.submit(feeder, i + 1)  # read the next row while the model runs
-                skipped += row.skipped
-                for cols, x in row.batches:
-                    probs = probabilities(lm, feeder.to_device(x, dev), amp)
-                    if probs.ndim == 2:  # classification: one probability vector per tile
-                        probs = probs[:, :, None, None].expand(-1, -1, t, t)
-                    for b, j in enumerate(cols):
-                        acc[:, :, j * s : j * s + t].addcmul_(probs[b], weights)
-                        wsum[:, j * s : j * s + t].add_(weights)
-                    run += len(cols)
-                lo, hi = max(0, m - i * s), min(s, plan.height - (i * s - m))  # finished rows in the strip
-                if hi > lo:
-                    valid_px += int(row.valid[lo:hi, m : m + width].sum())
-                    outputs = _finish(
-                        acc[:, lo:hi, m : m + width],
-                        wsum[lo:hi, m : m + width],
-                        row.valid[lo:hi, m : m + width],
-                        dtype,
-                        nodata,
-                        "probabilities" in writers,
-                        "confidence" in writers,
-                    )
-                    pending.append(writer.submit(_write, writers, outputs))
-                    while len(pending) > 2 or (pending and pending[0].done()):
-                        pending.pop(0).result()
-                if o:  # move the strip down by one stride
-                    acc[:, :o].copy_(acc[:, s:])
-                    wsum[:o].copy_(wsum[s:])
-                acc[:, o:].zero_()
-                wsum[o:].zero_()
-                progress(i + 1)
+        for i in range(plan.rows):
+            row = ahead.result()
+            if i + 1 < plan.rows:
+                ahead = reader.submit(feeder, i + 1)  # read the next row while the model runs
+            skipped += row.skipped
+            m, s = plan.margin, plan.stride
+            lo, hi = max(0, m - i * s), min(s, plan.height - (i * s - m))  # finished rows in the scene
+            outputs = _row_outputs(plan, hi - lo, strip, dtype)
+            strip.start_row((lo, hi), _sink(outputs, plan))
+            for cols, raw in feeder.batches(row):
+                probs = engine.probabilities(raw)
+                for b, j in enumerate(cols):
+                    strip.add(j, probs[b])
+                run += len(cols)
+            strip.end_row()
+            if hi > lo:
+                valid = row.valid[lo:hi, m : m + plan.width]
+                valid_px += int(valid.sum())
+                pending.append(writer.submit(_write, writers, _mask(outputs, valid, nodata), valid))
+                while len(pending) > 2 or (pending and pending[0].done()):
+                    pending.pop(0).result()
+            progress(i + 1)
         for future in pending:
             future.result()
         for bw in writers.values():
@@ -88,37 +73,39 @@ def stream_windows(
     return run, skipped, valid_px
 
 
-def _finish(
-    acc: torch.Tensor,
-    wsum: torch.Tensor,
-    valid: np.ndarray,
-    dtype: str,
-    nodata: int,
-    probabilities: bool,
-    confidence: bool,
-    chunk: int = 1024,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Finished rows -> class ids (nodata outside ``valid``), optional probabilities and confidence x 255."""
-    parts: dict[str, list[np.ndarray]] = {"map": [], "probabilities": [], "confidence": []}
-    for c in range(0, acc.shape[2], chunk):  # column chunks keep the temporaries small
-        p = acc[:, :, c : c + chunk] / wsum[:, c : c + chunk].clamp_min(1e-12)
-        best, ids = p.max(dim=0)
-        parts["map"].append(ids.cpu().numpy().astype(dtype)[None])
-        if probabilities:
-            parts["probabilities"].append(p.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy())
-        if confidence:
-            parts["confidence"].append(best.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()[None])
-    result = {}
-    for name, arrays in parts.items():
-        if arrays:
-            data = np.concatenate(arrays, axis=2)
-            data[:, ~valid] = nodata if name == "map" else 0
-            result[name] = (data, valid)
-    return result
+def _row_outputs(plan: Plan, rows: int, strip: Strip, dtype: str) -> Outputs:
+    """Empty output rows of one row of windows (filled column block by column block)."""
+    out = {"map": np.zeros((rows, plan.width), dtype)}
+    if strip.wanted[0]:
+        out["probabilities"] = np.zeros((strip.k, rows, plan.width), np.uint8)
+    if strip.wanted[1]:
+        out["confidence"] = np.zeros((1, rows, plan.width), np.uint8)
+    return out
 
 
-def _write(writers: dict[str, BlockWriter], outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    for name, (data, valid) in outputs.items():
+def _sink(outputs: Outputs, plan: Plan) -> Callable[[int, int, Outputs], None]:
+    """Where the strip's finished padded columns a..b go: their scene columns of ``outputs``."""
+
+    def put(a: int, b: int, done: Outputs) -> None:
+        x0, x1 = max(a - plan.margin, 0), min(b - plan.margin, plan.width)
+        if x1 > x0:
+            for name, data in done.items():
+                outputs[name][..., x0:x1] = data[..., x0 + plan.margin - a : x1 + plan.margin - a]
+
+    return put
+
+
+def _mask(outputs: Outputs, valid: np.ndarray, nodata: int) -> Outputs:
+    """No data where a pixel gets no class: the map's nodata, 0 in the probability and confidence bands."""
+    for name, data in outputs.items():
+        data[..., ~valid] = nodata if name == "map" else 0
+        if name == "map":
+            outputs[name] = data[None]
+    return outputs
+
+
+def _write(writers: dict[str, BlockWriter], outputs: Outputs, valid: np.ndarray) -> None:
+    for name, data in outputs.items():
         writers[name].add(data, valid)
 
 
