@@ -1,43 +1,51 @@
-"""Benchmark `landcover predict` (streaming, blended, COG output) against the pure model and a peer.
+"""Benchmark `landcover predict` (each engine) against TerraTorch's `tiled_inference` on the same model and stacks.
 
-(a) end-to-end predict time on a synthetic 12-band ingested-style stack vs the pure model forward
-    over the same number of windows (same process, same model), in Mpx/s and as a ratio;
-(b) peak RSS of predict for several scene sizes, each in a child process;
-(c) the peer: a whole-scene approach (read the scene into memory, grid-sample windows like
-    torchgeo's GridGeoSampler, stitch probabilities into a full K x H x W array) on the same model
-    and scene: time and peak RSS.
+One run prints, per scene size: wall time, Mpx/s, windows, peak RSS (and RSS after loading, before any pixel) of
 
-Model: U-Net / ResNet-18, random weights, 12 bands, 44 classes (CORINE level 3), 256 px windows.
-Usage (defaults shown; about 2 minutes on 2 idle CPU cores)::
+* landcover ``predict_scene`` with each engine: ``torch`` (the default: float32, channels-last on CPU),
+  ``torch-nchw`` (the same without channels-last: predict before this lever), ``torch-bf16`` (``--precision bf16``),
+  ``onnx`` (the model exported by ``landcover export``, run by onnxruntime in a process that imports no torch);
+  each reads the stack, blends the windows and writes the COG map, its .qml and STAC item (no quick look);
+* the peer, TerraTorch 1.2.13 ``tiled_inference`` as its users call it: the scene read and normalised into one
+  tensor, ``crop=256, stride=192`` (the same windows: landcover's 256-px windows overlapping by 64), its default
+  ``delta=8``, blending and reflect padding, ``batch_size`` as landcover's, the probabilities of the whole scene in
+  memory, then argmax and a tiled GeoTIFF. TerraTorch needs torchgeo 0.9 (Python 3.12), so its package cannot be
+  installed here: the script executes ``terratorch/tasks/tiled_inference.py`` and the ``pad_images`` function of
+  ``terratorch/models/utils.py`` from the published wheel (``pip download --no-deps terratorch==1.2.13``), unchanged.
 
-    .venv/bin/python scripts/bench_predict.py --forward 2048x2048 --memory 2048x8192 --peer 2048x2048
+and the ratio of each to the peer (throughput: peer seconds / landcover seconds), plus the share of pixels whose
+class equals the default engine's map. Each run is a child process (its own peak RSS: VmHWM).
 
-docs/benchmarks.md uses larger scenes (about 5.5 and 7 minutes here)::
+Model: U-Net / ResNet-18, random weights, 12 bands, 44 classes (CORINE level 3), 256-px windows, overlap 64,
+batch 8, torch threads = cores. Usage::
 
-    .venv/bin/python scripts/bench_predict.py --forward 4096x4096 --memory 2048x2048 2048x8192 10980x1024 \
-        --peer 2048x2048 4096x4096
-    .venv/bin/python scripts/bench_predict.py --forward none --memory 10980x10980 --peer   # a whole tile
+    pip download --no-deps terratorch==1.2.13 -d /tmp/wheels
+    .venv/bin/python scripts/bench_predict.py --size 2048x2048 4096x4096 --terratorch-wheel /tmp/wheels/terratorch-1.2.13-py3-none-any.whl
+    .venv/bin/python scripts/bench_predict.py --size 10980x10980 --engines torch onnx --no-peer   # memory of a whole tile
+
+Without ``--terratorch-wheel`` the peer is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from landcover.models.build import build_model
-from landcover.models.config import ModelConfig
 from landcover.nomenclature import default_bands, nomenclature
 
 BANDS = list(default_bands("L2A"))  # 12 bands
@@ -86,6 +94,11 @@ def make_stack(path: Path, width: int, height: int) -> Path:
 
 
 def make_checkpoint(path: Path) -> Path:
+    import torch
+
+    from landcover.models.build import build_model
+    from landcover.models.config import ModelConfig
+
     torch.manual_seed(0)
     model, _ = build_model(ModelConfig(), BANDS, 44, load_weights=False)
     meta = {
@@ -98,78 +111,95 @@ def make_checkpoint(path: Path) -> Path:
         "label_mode": "single",
         "normalization": {"mean": [1500.0] * len(BANDS), "std": [1000.0] * len(BANDS)},
         "model": ModelConfig().model_dump(mode="json"),
+        "processing_level": "L2A",
     }
     torch.save({"landcover": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
 
 
-def child_predict(ckpt: Path, stack: Path, out: Path, forward_too: bool) -> dict:
-    from landcover.inference.checkpoint import load_checkpoint, predict_scene
-
-    lm = load_checkpoint(ckpt)
-    result: dict = {"rss_before_mb": peak_rss_mb()}
-    if forward_too:  # the pure model over as many windows as predict runs, same batch size
-        from landcover.inference.sliding import make_plan
-
-        with rasterio.open(stack) as src:
-            plan = make_plan(src.height, src.width, TILE, OVERLAP)
-        n = plan.rows * plan.cols
-        x = torch.randn(BATCH, len(BANDS), TILE, TILE)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            for i in range(0, n, BATCH):
-                lm.model(x[: min(BATCH, n - i)])
-        result.update(forward_s=time.perf_counter() - started, forward_windows=n)
-    summary = predict_scene(lm, stack, out, overlap=OVERLAP, batch_size=BATCH, overwrite=True)
-    result.update(
-        predict_s=summary.seconds,
-        windows_run=summary.windows_run,
-        width=summary.grid["width"],
-        height=summary.grid["height"],
-        peak_rss_mb=peak_rss_mb(),
-    )
-    return result
+ENGINES = ("torch", "torch-nchw", "torch-bf16", "onnx")
 
 
-def child_peer(ckpt: Path, stack: Path, out: Path) -> dict:
-    """Whole-scene prediction: the scene, its normalised copy and K x H x W probabilities in memory."""
+def child_landcover(engine_name: str, model: Path, stack: Path, out: Path, batch: int) -> dict:
+    from landcover.inference.engine import open_engine
+    from landcover.inference.predict import predict_scene
+
+    precision = "bf16" if engine_name == "torch-bf16" else "auto"
+    engine = open_engine(model, device="cpu", precision=precision)
+    if engine_name == "torch-nchw":  # predict before channels-last: the model and its input in NCHW
+        import torch
+
+        engine.channels_last = False  # type: ignore[attr-defined]
+        engine.lm.model.to(memory_format=torch.contiguous_format)  # type: ignore[attr-defined]
+    rss_before = peak_rss_mb()
+    started = time.perf_counter()
+    summary = predict_scene(engine, stack, out, overlap=OVERLAP, batch_size=batch, quicklook=False, overwrite=True)
+    return {
+        "seconds": time.perf_counter() - started,
+        "windows": summary.windows_run,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def load_tiled_inference(wheel: Path) -> types.ModuleType:
+    """TerraTorch's tiled_inference module and its pad_images helper, executed from the wheel as published."""
+    import torch
+    from torch import nn
+
+    z = zipfile.ZipFile(wheel)
+    utils_src = z.read("terratorch/models/utils.py").decode()
+    fn = next(n for n in ast.parse(utils_src).body if isinstance(n, ast.FunctionDef) and n.name == "pad_images")
+    utils = types.ModuleType("terratorch.models.utils")
+    utils.__dict__.update(torch=torch, nn=nn)
+    exec(compile(ast.get_source_segment(utils_src, fn) or "", "terratorch/models/utils.py", "exec"), utils.__dict__)
+    for name in ("terratorch", "terratorch.models", "terratorch.tasks"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["terratorch.models.utils"] = utils
+    module = types.ModuleType("terratorch.tasks.tiled_inference")
+    sys.modules[module.__name__] = module
+    source = z.read("terratorch/tasks/tiled_inference.py").decode()
+    exec(compile(source, "terratorch/tasks/tiled_inference.py", "exec"), module.__dict__)
+    return module
+
+
+def child_terratorch(wheel: Path, ckpt: Path, stack: Path, out: Path, batch: int) -> dict:
+    import torch
+
     from landcover.inference.checkpoint import load_checkpoint
 
+    tiled = load_tiled_inference(wheel)
     lm = load_checkpoint(ckpt)
     rss_before = peak_rss_mb()
+    calls = 0
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += len(x)
+        return lm.model(x)
+
     started = time.perf_counter()
     with rasterio.open(stack) as src:
         image = src.read()
         profile = src.profile
-    h, w = image.shape[1:]
     x = (image.astype(np.float32) - lm.mean[:, None, None]) / lm.std[:, None, None]
-    x[:, ~image.any(axis=0)] = 0
-    k = lm.nomenclature.num_classes
-    probs = np.zeros((k, h, w), np.float32)
-    counts = np.zeros((h, w), np.float32)
-    stride = TILE - OVERLAP
-    starts = lambda n: sorted({*range(0, max(n - TILE, 0) + 1, stride), max(n - TILE, 0)})  # noqa: E731
-    windows = [(r, q) for r in starts(h) for q in starts(w)]  # GridGeoSampler: last window flush with the edge
-    with torch.inference_mode():
-        for i in range(0, len(windows), BATCH):
-            chunk = windows[i : i + BATCH]
-            batch = torch.from_numpy(np.stack([x[:, r : r + TILE, q : q + TILE] for r, q in chunk]))
-            p = torch.softmax(lm.model(batch), 1).numpy()
-            for (r, q), pi in zip(chunk, p, strict=True):
-                probs[:, r : r + TILE, q : q + TILE] += pi
-                counts[r : r + TILE, q : q + TILE] += 1
-    probs /= counts  # in place; argmax along the class axis still makes a K x H x W copy
-    ids = probs.argmax(axis=0).astype(np.uint8)
+    x *= image.any(axis=0)
+    del image
+    with torch.no_grad():
+        probs = tiled.tiled_inference(
+            forward, torch.from_numpy(x)[None], crop=TILE, stride=TILE - OVERLAP, batch_size=batch, device="cpu"
+        )
+    ids = probs[0].argmax(dim=0).numpy().astype(np.uint8)
     profile.update(count=1, dtype="uint8", nodata=255, compress="deflate", predictor=1, interleave="band")
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(ids, 1)
     return {
-        "peer_s": time.perf_counter() - started,
-        "windows_run": len(windows),
-        "width": w,
-        "height": h,
+        "seconds": time.perf_counter() - started,
+        "windows": calls,
         "rss_before_mb": rss_before,
         "peak_rss_mb": peak_rss_mb(),
+        "torch_imported": True,
     }
 
 
@@ -180,67 +210,89 @@ def run_child(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def agreement(a: Path, b: Path) -> float:
+    with rasterio.open(a) as da, rasterio.open(b) as db:
+        return float((da.read(1) == db.read(1)).mean())
+
+
 def size(text: str) -> tuple[int, int]:
     w, _, h = text.partition("x")
     return int(w), int(h or w)
 
 
-def size_or_none(text: str) -> tuple[int, int] | None:
-    return None if text.lower() == "none" else size(text)
+def export(ckpt: Path, out: Path) -> Path:
+    from landcover.models.onnx_export import export_onnx
+
+    export_onnx(ckpt, out)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--forward", type=size_or_none, default=(2048, 2048), help="(a) WxH: predict vs pure forward ('none': skip)"
-    )
-    parser.add_argument(
-        "--memory", type=size, nargs="*", default=[(2048, 8192)], help="(b) more WxH scenes for predict's peak RSS"
-    )
-    parser.add_argument(
-        "--peer", type=size, nargs="*", default=[(2048, 2048)], help="(c) WxH scenes for the whole-scene peer"
-    )
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=size, nargs="+", default=[(2048, 2048)], help="WxH scenes")
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--terratorch-wheel", type=Path, help="terratorch-1.2.13-py3-none-any.whl (else no peer)")
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--workdir", type=Path, help="keep stacks and models here between runs")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, ckpt, stack, out = args.child
-        result = (
-            child_peer(Path(ckpt), Path(stack), Path(out))
-            if mode == "peer"
-            else child_predict(Path(ckpt), Path(stack), Path(out), forward_too=mode == "both")
-        )
+        kind, extra, model, stack, out, batch = args.child
+        if kind == "terratorch":
+            result = child_terratorch(Path(extra), Path(model), Path(stack), Path(out), int(batch))
+        else:
+            result = child_landcover(kind, Path(model), Path(stack), Path(out), int(batch))
         print(json.dumps(result))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA {torch.cuda.is_available()}", flush=True)
-    jobs = [
-        *([("both", args.forward)] if args.forward else []),
-        *[("predict", s) for s in args.memory],
-        *[("peer", s) for s in args.peer],
-    ]
-    rows = []
     with tempfile.TemporaryDirectory() as tmp_:
-        tmp = Path(tmp_)
-        ckpt = make_checkpoint(tmp / "bench.ckpt")
-        for mode, (w, h) in jobs:
-            stack = tmp / f"stack_{w}x{h}.tif"
+        work = args.workdir or Path(tmp_)
+        work.mkdir(parents=True, exist_ok=True)
+        ckpt = work / "bench.ckpt"
+        if not ckpt.exists():
+            make_checkpoint(ckpt)
+        onnx = (
+            export(ckpt, work / "bench.onnx")
+            if "onnx" in args.engines and not (work / "bench.onnx").exists()
+            else work / "bench.onnx"
+        )
+        print(f"{os.cpu_count()} cores, {_cpu()}; batch {args.batch}", flush=True)
+        rows = []
+        for w, h in args.size:
+            stack = work / f"stack_{w}x{h}.tif"
             if not stack.exists():
                 make_stack(stack, w, h)
-            res = run_child(mode, str(ckpt), str(stack), str(tmp / f"{mode}_{w}x{h}.tif"))
-            mpx, secs = w * h / 1e6, res.get("predict_s") or res["peer_s"]
-            name = "peer (whole scene)" if mode == "peer" else "predict"
-            line = (
-                f"{name} {w}x{h}: {secs:.1f} s ({mpx / secs:.3f} Mpx/s), {res['windows_run']} windows, peak RSS "
-                f"{res['peak_rss_mb']:.0f} MB (after loading the model {res['rss_before_mb']:.0f} MB)"
-            )
-            if mode == "both":
-                line += (
-                    f"; pure forward over {res['forward_windows']} windows {res['forward_s']:.1f} s "
-                    f"({mpx / res['forward_s']:.3f} Mpx/s) -> predict / forward = "
-                    f"{res['predict_s'] / res['forward_s']:.2f}"
+            runs = [(e, ckpt if e != "onnx" else onnx, "-") for e in args.engines]
+            if args.terratorch_wheel and not args.no_peer:
+                runs.append(("terratorch", ckpt, str(args.terratorch_wheel)))
+            results = {}
+            for kind, model, extra in runs:
+                out = work / f"{kind}_{w}x{h}.tif"
+                results[kind] = res = run_child(kind, extra, str(model), str(stack), str(out), str(args.batch))
+                res["agreement"] = agreement(out, work / f"{args.engines[0]}_{w}x{h}.tif")
+            peer = results.get("terratorch")
+            for kind, res in results.items():
+                mpx = w * h / 1e6
+                line = (
+                    f"{w}x{h} {kind:>11}: {res['seconds']:7.1f} s {mpx / res['seconds']:6.3f} Mpx/s "
+                    f"{res['windows']:5d} windows, peak RSS {res['peak_rss_mb']:6.0f} MB (before pixels "
+                    f"{res['rss_before_mb']:4.0f} MB), same class as {args.engines[0]}: {res['agreement']:.4%}"
                 )
-            print(line, flush=True)
-            rows.append({"mode": mode, **res})
-    print(json.dumps(rows))
+                if peer:
+                    line += f", throughput vs TerraTorch x{peer['seconds'] / res['seconds']:.2f}"
+                if kind == "onnx":
+                    line += f", torch imported: {res['torch_imported']}"
+                print(line, flush=True)
+                rows.append({"size": [w, h], "runner": kind, **res})
+        print(json.dumps(rows))
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
 
 
 if __name__ == "__main__":

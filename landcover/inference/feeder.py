@@ -139,9 +139,13 @@ def open_source(
 
 @dataclass
 class Row:
-    """Row ``k`` of windows: the reflect-padded raw values under it and which pixels get a class."""
+    """Row ``k`` of windows: the scene rows under it (raw values, unpadded), how the reflect-padded row maps onto
+    them, and which pixels get a class. Windows are cut from the scene rows when the model needs them, so the
+    padded row itself is never held."""
 
-    image: np.ndarray  # (C, tile, padded width) raw values (harmonised reflectance x 10000; 0 = no data)
+    source: np.ndarray  # (C, rows, width) raw scene rows (harmonised reflectance x 10000; 0 = no data)
+    rows: np.ndarray  # (tile,) the source row of each padded row
+    cols: np.ndarray  # (padded width,) the source column of each padded column
     valid: np.ndarray  # (tile, padded width) bool: pixels that get a class
     todo: list[int]  # the columns of the windows that hold a valid pixel
     skipped: int
@@ -151,7 +155,10 @@ class Row:
     def windows(self, cols: list[int]) -> np.ndarray:
         """(B, C, tile, tile) raw values of the windows at ``cols``."""
         s, t = self.stride, self.tile
-        return np.stack([self.image[:, :, j * s : j * s + t] for j in cols])
+        out = np.empty((len(cols), self.source.shape[0], t, t), self.source.dtype)
+        for b, j in enumerate(cols):
+            out[b] = self.source[:, self.rows[:, None], self.cols[None, j * s : j * s + t]]
+        return out
 
 
 class Feeder:
@@ -192,12 +199,11 @@ class Feeder:
         rows = reflect_index(np.arange(t) + k * p.stride - p.margin, p.height)
         lo = int(rows.min())
         img, valid, cloud = self._rows(lo, int(rows.max()) + 1)
-        img = img.take(rows - lo, axis=1).take(self.cols, axis=2)
         valid = valid.take(rows - lo, axis=0).take(self.cols, axis=1)
         if self.mask_clouds and cloud is not None:
             valid &= ~cloud.take(rows - lo, axis=0).take(self.cols, axis=1)
         todo = [j for j in range(p.cols) if valid[:, j * p.stride : j * p.stride + t].any()]
-        return Row(img, valid, todo, p.cols - len(todo), p.stride, t)
+        return Row(img, rows - lo, self.cols, valid, todo, p.cols - len(todo), p.stride, t)
 
     def batches(self, row: Row) -> Iterator[tuple[list[int], np.ndarray]]:
         """The row's windows with a valid pixel, ``batch_size`` at a time: (columns, raw (B, C, tile, tile))."""

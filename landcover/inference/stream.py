@@ -54,6 +54,7 @@ def stream_windows(
                 probs = engine.probabilities(raw)
                 for b, j in enumerate(cols):
                     strip.add(j, probs[b])
+                del probs  # before the next batch's probabilities exist (K x tile x tile x batch: 92 MB for 44 classes)
                 run += len(cols)
             strip.end_row()
             if hi > lo:
