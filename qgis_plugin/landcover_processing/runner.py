@@ -134,4 +134,5 @@ def run(
             log.append(line)
             on_line(line)
     returncode = proc.wait()
+    proc.stdout.close()
     return Outcome(returncode, canceled, error_line(log) if returncode else "", log)
