@@ -92,3 +92,18 @@ def test_the_executable_comes_from_the_setting_then_the_environment_then_path(tm
     with pytest.raises(runner.LandcoverNotFound, match="not an executable"):
         runner.find_executable(str(tmp_path / "missing"))
     assert os.access(mine, os.X_OK)
+
+
+def test_the_plugin_has_the_metadata_qgis_needs_and_compiles(tmp_path):
+    """QGIS's plugin manager and repository need these keys; qgis_process loads only plugins with a provider."""
+    import configparser
+    import py_compile
+
+    folder = Path(runner.__file__).parent
+    meta = configparser.ConfigParser()
+    meta.read(folder / "metadata.txt")
+    required = {"name", "qgisminimumversion", "description", "about", "version", "author", "email", "repository"}
+    assert required <= set(meta["general"]) and meta["general"]["hasProcessingProvider"] == "yes"
+    for source in folder.glob("*.py"):
+        py_compile.compile(str(source), cfile=str(tmp_path / f"{source.stem}.pyc"), doraise=True)
+    assert "def classFactory(iface)" in (folder / "__init__.py").read_text()
