@@ -76,9 +76,10 @@ def render(layer, png: str) -> None:
         raise OSError(f"could not save {png}")
 
 
-def run_in_project(runs: list[dict], plugin_path: str) -> list[dict]:
+def run_in_project(runs: list[dict], plugin_path: str) -> dict:
     """Run Processing algorithms as the Toolbox does (processing.runAndLoadResults: results loaded into the
-    project, post-processors applied) with the plugin in ``plugin_path``; the project's layers afterwards."""
+    project, post-processors applied) with the plugin in ``plugin_path``; their results and the project's layers
+    afterwards."""
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProject
 
     sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))
@@ -90,10 +91,13 @@ def run_in_project(runs: list[dict], plugin_path: str) -> list[dict]:
     Processing.initialize()
     plugin = classFactory(None)
     plugin.initProcessing()
+    results = []
     for run in runs:
         context = QgsProcessingContext()
         context.setProject(QgsProject.instance())
-        processing.runAndLoadResults(run["algorithm"], run["parameters"], QgsProcessingFeedback(), context)
+        results.append(
+            processing.runAndLoadResults(run["algorithm"], run["parameters"], QgsProcessingFeedback(), context)
+        )
     layers = []
     for layer in QgsProject.instance().mapLayers().values():
         renderer = layer.renderer()
@@ -103,14 +107,14 @@ def run_in_project(runs: list[dict], plugin_path: str) -> list[dict]:
         if renderer.type() == "graduatedSymbol":
             facts.update(attribute=renderer.classAttribute(), ranges=len(renderer.ranges()))
         layers.append(facts)
-    return layers
+    return {"results": results, "project": layers}
 
 
 def check(spec: dict) -> dict:
     from qgis.core import Qgis, QgsRasterLayer, QgsVectorLayer
 
     if "run" in spec:
-        return {"qgis_version": Qgis.QGIS_VERSION, "project": run_in_project(spec["run"], spec["plugin_path"])}
+        return {"qgis_version": Qgis.QGIS_VERSION, **run_in_project(spec["run"], spec["plugin_path"])}
     results = []
     for item in spec["layers"]:
         path = item["path"]

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
 LANDCOVER = str(Path(sys.executable).with_name("landcover"))
 # Debian's /usr/bin/qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 refuses: call the binary
+SIZE = 128  # px: one window of predict
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process") or "qgis_process"
 
 
@@ -62,7 +63,7 @@ def landcover(*args: str) -> None:
 def outputs(qgis_env, tmp_path_factory) -> dict[str, Path]:
     """What landcover writes for an analyst: ingest, predict (map, probabilities, confidence), evaluate."""
     root = tmp_path_factory.mktemp("outputs")
-    image, clc = make_learnable_scene(root / "raw", size=256)
+    image, clc = make_learnable_scene(root / "raw", size=SIZE)
     with rasterio.open(image, "r+") as ds:  # a no-data corner: 255 in the map, transparent in QGIS
         ds.write(np.zeros((ds.count, 24, 40), np.uint16), window=((0, 24), (0, 40)))
     config = IngestConfig(nomenclature="level1", tile_size=32, overviews=False, split={"block_size_m": 1920})
@@ -76,10 +77,19 @@ def outputs(qgis_env, tmp_path_factory) -> dict[str, Path]:
         str(root / "map" / "map.tif"),
         "--probabilities",
         "--confidence",
+        "--no-quicklook",
     )
     labels = root / "dataset" / "scenes" / image.stem / "labels.tif"
     landcover(
-        "evaluate", str(root / "map" / "map.tif"), str(labels), "--out", str(root / "report"), "--tile-size", "32"
+        "evaluate",
+        str(root / "map" / "map.tif"),
+        str(labels),
+        "--out",
+        str(root / "report"),
+        "--tile-size",
+        "32",
+        "--replicates",
+        "10",
     )
     return {
         "image": image,
@@ -213,7 +223,9 @@ def test_splits_and_tile_scores_load_as_polygon_layers(qgis_sees, outputs):
     assert splits["valid"] and splits["crs"] == "EPSG:4326" and splits["sublayers"] == ["splits", "tiles"]
     assert splits["geometry"] == "MultiPolygon" and "split" in splits["fields"] and splits["feature_count"] >= 1
     assert tiles["valid"] and tiles["crs"] == "EPSG:32633" and tiles["geometry"] == "Polygon"
-    assert tiles["feature_count"] == (256 // 32) ** 2 and {"miou", "accuracy", "dominant_class"} <= set(tiles["fields"])
+    assert tiles["feature_count"] == (SIZE // 32) ** 2 and {"miou", "accuracy", "dominant_class"} <= set(
+        tiles["fields"]
+    )
     with rasterio.open(outputs["map"]) as ds:
         assert tiles["extent"] == pytest.approx(list(ds.bounds), abs=1e-6)
 
@@ -247,16 +259,6 @@ def test_plugin_predict_equals_landcover_predict(plugin, outputs, tmp_path):
     assert out.with_suffix(".qml").read_text() == outputs["map"].with_suffix(".qml").read_text()
 
 
-def test_plugin_evaluate_reports_the_scores_of_landcover_evaluate(plugin, outputs, tmp_path):
-    params = [f"PREDICTION={outputs['map']}", f"LABELS={outputs['labels']}", "TILE_SIZE=32", f"OUTPUT={tmp_path}"]
-    proc = qgis_process(plugin, "--json", "run", "landcover:evaluate", "--", *params)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = json.loads(proc.stdout)["results"]
-    metrics = json.loads((outputs["tiles_iou"].parent / "metrics.json").read_text())["scores"]
-    assert results["MIOU"] == pytest.approx(metrics["miou"]) and Path(results["TILES_IOU"]).exists()
-    assert results["OVERALL_ACCURACY"] == pytest.approx(metrics["overall_accuracy"])
-
-
 def test_plugin_reports_landcover_s_error_in_one_line(plugin, outputs, tmp_path):
     params = [f"CHECKPOINT={outputs['labels']}", f"INPUT={outputs['image']}", f"OUTPUT={tmp_path / 'map.tif'}"]
     proc = qgis_process(plugin, "run", "landcover:predict", "--", *params)
@@ -266,7 +268,8 @@ def test_plugin_reports_landcover_s_error_in_one_line(plugin, outputs, tmp_path)
 
 def test_toolbox_runs_add_the_map_with_its_style_and_the_tile_scores_coloured_by_miou(qgis_env, outputs, tmp_path):
     """As the Processing Toolbox runs them (processing.runAndLoadResults): the results are added to the project,
-    the map with the classes' names of its .qml, the confidence in grey, tiles_iou.gpkg graduated by miou."""
+    the map with the classes' names of its .qml, the confidence in grey, tiles_iou.gpkg graduated by miou; the
+    evaluation's outputs are landcover evaluate's scores."""
     out = tmp_path / "map.tif"
     predict = {"CHECKPOINT": str(outputs["checkpoint"]), "INPUT": str(outputs["image"]), "OUTPUT": str(out)}
     evaluate = {"PREDICTION": str(out), "LABELS": str(outputs["labels"]), "OUTPUT": str(tmp_path / "report")}
@@ -274,8 +277,8 @@ def test_toolbox_runs_add_the_map_with_its_style_and_the_tile_scores_coloured_by
         {"algorithm": "landcover:predict", "parameters": {**predict, "CONFIDENCE": True}},
         {"algorithm": "landcover:evaluate", "parameters": {**evaluate, "TILE_SIZE": 32, "REPLICATES": 10}},
     ]
-    project = qgis_check({"run": runs, "plugin_path": str(ROOT / "qgis_plugin")}, qgis_env, tmp_path)["project"]
-    layers = {layer["name"]: layer for layer in project}
+    answer = qgis_check({"run": runs, "plugin_path": str(ROOT / "qgis_plugin")}, qgis_env, tmp_path)
+    layers = {layer["name"]: layer for layer in answer["project"]}
     assert sorted(layers) == ["IoU per tile", "Land-cover map", "map confidence"]
     nom = nomenclature("level1")
     assert layers["Land-cover map"]["source"] == str(out) and layers["Land-cover map"]["renderer"] == "paletted"
@@ -284,3 +287,9 @@ def test_toolbox_runs_add_the_map_with_its_style_and_the_tile_scores_coloured_by
     tiles = layers["IoU per tile"]
     assert tiles["source"].startswith(str(tmp_path / "report" / "tiles_iou.gpkg"))
     assert tiles["renderer"] == "graduatedSymbol" and tiles["attribute"] == "miou" and tiles["ranges"] == 5
+    # the same map as landcover predict's, so the same scores as landcover evaluate's
+    scores = json.loads((outputs["tiles_iou"].parent / "metrics.json").read_text())["scores"]
+    evaluated = answer["results"][1]
+    assert evaluated["MIOU"] == pytest.approx(scores["miou"])
+    assert evaluated["OVERALL_ACCURACY"] == pytest.approx(scores["overall_accuracy"])
+    assert evaluated["REPORT"] == str(tmp_path / "report" / "report.md")
