@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,6 +67,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+PROGRESS_ENV = "LANDCOVER_PROGRESS"  # lines: machine-readable progress on stderr (progress_lines)
 state: dict[str, Any] = {"debug": False, "signal": None, "resume_hint": None}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -197,9 +200,13 @@ def handles_errors(fn: F) -> F:
 @contextmanager
 def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
     """Rich progress bars driven by ``update(stage, done, total)``: one bar for the ``scenes``
-    stage, one for the current step (its description follows the stage)."""
+    stage, one for the current step (its description follows the stage). With ``LANDCOVER_PROGRESS=lines``
+    (the QGIS plugin sets it) instead one line ``progress: DONE/TOTAL STAGE`` on stderr per whole percent."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if os.environ.get(PROGRESS_ENV, "").strip().lower() == "lines":
+        yield progress_lines()
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -218,6 +225,20 @@ def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
             progress.update(tasks[key], completed=done, total=total, description=stage)
 
         yield update
+
+
+def progress_lines() -> Callable[[str, int, int], None]:
+    """``update(stage, done, total)`` printing ``progress: DONE/TOTAL STAGE`` when the whole percent or the
+    stage changes (a program reading stderr parses them)."""
+    last: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        percent = 100 * done // max(1, total)
+        if last.get(stage) != percent:
+            last[stage] = percent
+            print(f"progress: {done}/{total} {stage}", file=sys.stderr, flush=True)
+
+    return update
 
 
 FROM_LIST_HELP = "Text file with one input per line (# comments; relative paths are relative to the file)."
