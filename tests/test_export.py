@@ -88,7 +88,7 @@ def test_the_file_passes_onnx_checker_and_carries_the_models_facts(models):
     assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert meta["resolution_m"] == 10.0 and meta["overlap_px"] == 64
     # the Deepness QGIS plugin's keys, in its formats
-    assert meta["model_type"] == "Segmentor"
+    assert meta["model_type"] == "Segmentor" and meta["seg_thresh"] == 0.0 and meta["seg_small_segment"] == 0
     assert meta["class_names"] == {str(i): n for i, n in enumerate(lm.nomenclature.class_names)}
     assert meta["resolution"] == 1000  # cm per pixel
     assert meta["tile_size"] == meta["tiles_size"] == 256 and meta["tiles_overlap"] == 25  # px, percent

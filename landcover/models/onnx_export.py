@@ -232,8 +232,10 @@ def _add_metadata(proto: Any, section: dict[str, Any], lm: LoadedModel, window: 
         "landcover_version": __version__,
         "checkpoint_sha256": lm.sha256,
     }
-    if lm.task == "segmentation":
-        flat["model_type"] = "Segmentor"  # Deepness' model class for per-pixel class probabilities
+    if lm.task == "segmentation":  # Deepness' model class for per-pixel class probabilities, and its settings:
+        flat["model_type"] = "Segmentor"
+        flat["seg_thresh"] = 0.0  # it zeroes probabilities below this, then argmaxes: any other value mislabels
+        flat["seg_small_segment"] = 0  # its median filter of the class map: none (predict has none)
     for key, value in flat.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
