@@ -198,6 +198,12 @@ def test_the_baseline_is_refused_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "baseline.ckpt"]
 
 
+def test_opsets_below_18_are_refused_as_torch_would_silently_write_18(models, tmp_path):
+    with pytest.raises(ConfigError, match="opsets 18 to 23"):
+        export_onnx(models["classification"][0], tmp_path / "m.onnx", opset=17)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_exports_prints_json_and_refuses_an_existing_out(models, tmp_path):
     ckpt = models["classification"][0]
     runner = CliRunner()
@@ -206,6 +212,10 @@ def test_cli_exports_prints_json_and_refuses_an_existing_out(models, tmp_path):
     result = json.loads(done.stdout)
     assert result["sha256"] == hashlib.sha256((tmp_path / "m.onnx").read_bytes()).hexdigest()
     assert result["task"] == "classification" and result["max_abs_diff"] <= 1e-4 and result["sizes"] == [64, 96]
+    import onnx
+
+    opsets = {o.domain: o.version for o in onnx.load(tmp_path / "m.onnx").opset_import}
+    assert result["opset"] == opsets.get("", opsets.get("ai.onnx")) == 18
     again = runner.invoke(app, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx")])
     assert again.exit_code == 2 and "--overwrite" in again.output and len(again.output.strip().splitlines()) == 1
 

@@ -15,7 +15,7 @@ from landcover.cli.common import CheckpointArgument, app, handles_errors, out
 def export_model(
     checkpoint: CheckpointArgument,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset of the graph (17-23).")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset of the graph (18-23).")] = 18,
     check: Annotated[
         Path | None,
         typer.Option(

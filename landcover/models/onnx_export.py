@@ -101,8 +101,8 @@ def export_onnx(
         raise ConfigError(f"--out {out} must end in .onnx (e.g. {out.with_suffix('.onnx').name})")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
-    if not 17 <= opset <= 23:
-        raise ConfigError(f"--opset {opset}: the exporter writes ONNX opsets 17 to 23; pass one of them (default 18)")
+    if not 18 <= opset <= 23:  # torch's exporter implements 18 and later (17 would silently stay 18)
+        raise ConfigError(f"--opset {opset}: the exporter writes ONNX opsets 18 to 23; pass one of them (default 18)")
     section = _landcover_section(checkpoint)
     lm = load_checkpoint(checkpoint)
     window, overlap = window_geometry(lm, None, None, 1)
@@ -123,7 +123,7 @@ def export_onnx(
         label_mode=lm.label_mode,
         bands=tuple(lm.bands),
         classes=lm.nomenclature.num_classes,
-        opset=opset,
+        opset=next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         dynamic_spatial=dynamic,
         window=window,
         overlap=overlap,
