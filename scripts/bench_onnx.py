@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from landcover.inference.onnx_engine import OnnxEngine, session_options, usable_cores
+from landcover.inference.onnx_engine import OnnxEngine, usable_cores
 from landcover.inference.torch_engine import TorchEngine
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
@@ -47,18 +47,23 @@ def checkpoint(folder: Path) -> Path:
     return path
 
 
-def timed(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up (allocations, kernel choice)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def timed_round_robin(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, interleaved (one call of each per round) so that other processes on a shared
+    machine slow every setting alike; a warm-up call each first (allocations, kernel choice)."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - t)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def session(path: Path, level: str, threads: int, spinning: bool, nhwc: bool) -> ort.InferenceSession:
-    options = session_options(threads)
+    options = ort.SessionOptions()  # as the engine's session_options(), each setting here varied
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     disabled = [] if nhwc else ["NhwcTransformer"]
@@ -79,24 +84,16 @@ def main() -> None:
         print(f"exported {result.bytes / 1e6:.0f} MB, max abs diff {result.max_abs_diff:.1e}; {cores} usable cores")
         engine = OnnxEngine.load(onnx_path)
         raw = {b: synthetic_windows(engine.info, args.size, b) for b in {4, 8, 16, args.batch}}
-        rows: list[tuple[str, int, float]] = []
-
-        def record(label: str, batch: int, seconds: float) -> None:
-            rows.append((label, batch, seconds))
-            print(f"{label:<58} batch {batch:>2}: {seconds:6.3f} s/batch  {1000 * seconds / batch:6.1f} ms/window")
-
         torch.set_num_threads(cores)
         reference = TorchEngine.load(ckpt, device="cpu")
-        with torch.inference_mode():
-            record(
-                "pytorch channels-last fp32 (TorchEngine)",
-                args.batch,
-                timed(lambda: reference.probabilities(raw[args.batch]), args.repeats),
-            )
+        runs: dict[str, tuple[int, Callable[[], object]]] = {
+            "pytorch channels-last fp32 (TorchEngine)": (args.batch, lambda: reference.probabilities(raw[args.batch])),
+            "OnnxEngine (the engine as predict runs it)": (args.batch, lambda: engine.probabilities(raw[args.batch])),
+        }
         x = raw[args.batch].astype(np.float32)
         settings = [
-            ("ORT_ENABLE_ALL", cores, False, True),  # the engine's default (spinning off only here)
-            ("ORT_ENABLE_ALL", cores, True, True),
+            ("ORT_ENABLE_ALL", cores, True, True),  # onnxruntime's defaults (spinning) with every optimisation
+            ("ORT_ENABLE_ALL", cores, False, True),  # the engine's settings
             ("ORT_ENABLE_ALL", cores, True, False),
             ("ORT_ENABLE_LAYOUT", cores, True, True),
             ("ORT_ENABLE_EXTENDED", cores, True, True),
@@ -106,20 +103,19 @@ def main() -> None:
         for level, threads, spinning, nhwc in settings:
             s = session(onnx_path, level, threads, spinning, nhwc)
             label = f"onnxruntime {level} threads={threads} spinning={int(spinning)} nhwc={int(nhwc)}"
-            record(label, args.batch, timed(lambda s=s: s.run(None, {"image": x}), args.repeats))
+            runs[label] = (args.batch, lambda s=s: s.run(None, {"image": x}))
         default = session(onnx_path, "ORT_ENABLE_ALL", cores, True, True)
         for batch in sorted({4, 8, 16} - {args.batch}):
             xb = raw[batch].astype(np.float32)
-            record(
-                f"onnxruntime ORT_ENABLE_ALL threads={cores} (batch size)",
+            runs[f"onnxruntime ORT_ENABLE_ALL threads={cores} batch {batch}"] = (
                 batch,
-                timed(lambda xb=xb: default.run(None, {"image": xb}), args.repeats),
+                lambda xb=xb: default.run(None, {"image": xb}),
             )
-        record(
-            "OnnxEngine.load (the engine as predict runs it)",
-            args.batch,
-            timed(lambda: engine.probabilities(raw[args.batch]), args.repeats),
-        )
+        with torch.inference_mode():
+            medians = timed_round_robin({label: run for label, (_, run) in runs.items()}, args.repeats)
+        for label, seconds in medians.items():
+            batch = runs[label][0]
+            print(f"{label:<60} batch {batch:>2}: {seconds:6.3f} s/batch {1000 * seconds / batch:6.1f} ms/window")
 
 
 if __name__ == "__main__":

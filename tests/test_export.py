@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from landcover.cli import app
 from landcover.errors import ConfigError, ModelError
 from landcover.inference.checkpoint import load_checkpoint
 from landcover.inference.model_info import ModelInfo
-from landcover.inference.onnx_engine import OnnxEngine
+from landcover.inference.onnx_engine import OnnxEngine, session_options
 from landcover.inference.torch_engine import TorchEngine
 from landcover.models import onnx_export
 from landcover.models.build import build_model
@@ -145,6 +146,16 @@ def test_no_data_pixels_are_zeroed_inside_the_graph_like_the_torch_engine(models
         np.testing.assert_allclose(g, reference.probabilities(x).numpy(), atol=1e-4)
     assert engine.name == "onnxruntime" and engine.device == "cpu" and engine.backend == "numpy"
     assert engine.precision == "fp32" and engine.info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_session_options_use_every_optimisation_the_usable_cores_and_no_spinning():
+    import onnxruntime as ort
+
+    options = session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.intra_op_num_threads == len(os.sched_getaffinity(0)) and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(threads=3).intra_op_num_threads == 3
 
 
 def test_the_onnx_engine_runs_without_importing_torch(models):

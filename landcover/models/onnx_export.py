@@ -10,6 +10,12 @@ Every export is verified before anything is written: onnxruntime against predict
 probabilities above 1e-4 or an argmax agreement below 99.99 % refuses the export (ModelError). The file is
 written atomically and carries the checkpoint's ``landcover`` section and flat keys (including the Deepness
 QGIS plugin's) in its ``metadata_props``.
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; the TorchScript exporter is deprecated).
+Both exporters give the same probabilities as PyTorch to ~1e-5 for an smp U-Net with dynamic batch and spatial
+size *when the model is in eval mode*: a reference left in train mode normalises with each batch's own BatchNorm
+statistics while the exported graph uses the running ones (measured: max abs difference 0.40, argmax agreement
+12 %). The wrapper is exported in eval mode and compared with predict's engine, which runs eval mode too.
 """
 
 from __future__ import annotations
