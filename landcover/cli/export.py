@@ -50,10 +50,13 @@ def export_model(
         f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {result.opset}, {result.task}, "
         f"{len(result.bands)} bands -> {result.classes} classes; sha256 {result.sha256[:12]}...)",
         highlight=False,
+        soft_wrap=True,
     )
+    agreement = "decision (p > 0.5) agreement" if result.label_mode == "multilabel" else "argmax agreement"
     out.print(
         f"verified against PyTorch on {result.checked_on} ({'/'.join(map(str, result.sizes))} px, batch "
-        f"{'/'.join(map(str, result.batches))}): max abs difference {result.max_abs_diff:.1e}, argmax agreement "
+        f"{'/'.join(map(str, result.batches))}): max abs difference {result.max_abs_diff:.1e}, {agreement} "
         f"{result.argmax_agreement:.4%}",
         highlight=False,
+        soft_wrap=True,
     )
