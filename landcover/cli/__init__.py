@@ -4,7 +4,7 @@ geopandas) are imported inside the commands, so ``landcover --help`` stays fast.
 
 from __future__ import annotations
 
-from landcover.cli import data, demo, maps, stac, training  # noqa: F401  (they register their commands)
+from landcover.cli import data, demo, export, maps, stac, training  # noqa: F401  (they register their commands)
 from landcover.cli.common import app
 
 __all__ = ["app", "main"]
