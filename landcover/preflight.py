@@ -15,15 +15,20 @@ from landcover.errors import ConfigError, DatasetError, InputFormatError, ModelE
 from landcover.sources.stac_refs import split_reference
 
 
-def check_checkpoint_exists(path: str | Path) -> None:
+def check_checkpoint_exists(path: str | Path, *, onnx: bool = False) -> None:
     """``path`` is a file that looks like a torch checkpoint (a zip archive or a pickle), checked by its first
-    bytes so that a text file, an empty file or a folder is reported before torch is imported."""
+    bytes so that a text file, an empty file or a folder is reported before torch is imported. With ``onnx`` an
+    ``.onnx`` file passes too (the onnxruntime engine checks its contents)."""
     path = Path(path)
     hint = "point at RUN/checkpoints/best.ckpt of a `landcover train` run"
+    if onnx:
+        hint += " or at a model `landcover export` wrote (.onnx)"
     if path.is_dir():
         raise ModelError(f"checkpoint {path} is a folder; {hint}")
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; {hint}")
+    if onnx and path.suffix.lower() == ".onnx":
+        return
     with open(path, "rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save: a zip archive (or a legacy pickle)

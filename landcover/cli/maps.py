@@ -291,7 +291,7 @@ def _predict_inputs(
 
     items = input_list(inputs, from_list, "Sentinel-2 products or ingested image.tif files, or --from-list FILE")
     part = parse_shard(shard)
-    check_checkpoint_exists(checkpoint)  # before torch is imported
+    check_checkpoint_exists(checkpoint, onnx=True)  # before torch is imported
     check_inputs_exist(items)
     from landcover.sources.stac import expand_references
 
