@@ -22,10 +22,10 @@ import onnxruntime as ort
 import torch
 
 from landcover.inference.onnx_engine import OnnxEngine, usable_cores
+from landcover.inference.onnx_export import export_onnx, synthetic_windows
 from landcover.inference.torch_engine import TorchEngine
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
-from landcover.models.onnx_export import export_onnx, synthetic_windows
 from landcover.nomenclature import nomenclature
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]

@@ -221,7 +221,7 @@ def size(text: str) -> tuple[int, int]:
 
 
 def export(ckpt: Path, out: Path) -> Path:
-    from landcover.models.onnx_export import export_onnx
+    from landcover.inference.onnx_export import export_onnx
 
     export_onnx(ckpt, out)
     return out

@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 
 from landcover.cli import app
 from landcover.errors import ConfigError, ModelError
+from landcover.inference import onnx_export
 from landcover.inference.checkpoint import load_checkpoint
 from landcover.inference.model_info import ModelInfo
 from landcover.inference.onnx_engine import OnnxEngine, session_options
+from landcover.inference.onnx_export import compare, export_onnx, real_windows
 from landcover.inference.torch_engine import TorchEngine
-from landcover.models import onnx_export
 from landcover.models.build import build_model
 from landcover.models.config import ModelConfig
-from landcover.models.onnx_export import compare, export_onnx, real_windows
 from landcover.nomenclature import nomenclature
 from tests.conftest import shared_data
 from tests.helpers import CLI, ROOT

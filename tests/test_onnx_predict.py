@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from landcover.inference.onnx_export import export_onnx
 from landcover.inference.predict import predict_scene
-from landcover.models.onnx_export import export_onnx
 from tests.conftest import shared_data
 from tests.learnable import BANDS, write_unet_checkpoint
 from tests.test_predict import write_stack

@@ -38,7 +38,7 @@ def export_model(
     check_checkpoint_exists(checkpoint)  # before torch is imported
     if check is not None:
         check_inputs_exist([check])
-    from landcover.models.onnx_export import export_onnx
+    from landcover.inference.onnx_export import export_onnx
 
     result = export_onnx(checkpoint, out_path, opset=opset, check=check, overwrite=overwrite)
     if as_json:
