@@ -254,6 +254,20 @@ CheckpointArgument = Annotated[
     Path, typer.Argument(help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt).")
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt), or a model from landcover export "
+        "(MODEL.onnx: run by onnxruntime, without PyTorch)."
+    ),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (float32 on CPU, autocast on CUDA), fp32, or bf16 (a checkpoint on a CPU with bfloat16 "
+        "instructions: faster, maps may differ at a few pixels; see docs/benchmarks.md)."
+    ),
+]
 AOIOption = Annotated[
     Path | None,
     typer.Option(

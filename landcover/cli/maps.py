@@ -15,6 +15,8 @@ from landcover.cli.common import (
     CodeColumnOption,
     DeviceOption,
     FromListOption,
+    ModelArgument,
+    PrecisionOption,
     SignOption,
     app,
     err,
@@ -143,13 +145,7 @@ MosaicCrsOption = Annotated[
 @app.command()
 @handles_errors
 def predict(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(
-            help="Checkpoint from landcover train (RUN/checkpoints/best.ckpt), or a model from landcover export "
-            "(MODEL.onnx: run by onnxruntime, without PyTorch)."
-        ),
-    ],
+    checkpoint: ModelArgument,
     out_path: Annotated[
         Path,
         typer.Option(
@@ -173,13 +169,7 @@ def predict(
     tile: Annotated[int | None, typer.Option(min=1, help=TILE_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
     device: DeviceOption = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="auto (float32 on CPU, autocast on CUDA), fp32, or bf16 (a checkpoint on a CPU with bfloat16 "
-            "instructions: faster, maps may differ at a few pixels; see docs/benchmarks.md)."
-        ),
-    ] = "auto",
+    precision: PrecisionOption = "auto",
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
     quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,

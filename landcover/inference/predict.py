@@ -115,15 +115,12 @@ def predict_scene(
     progress: Progress | None = None,
     sign: Callable[[str], str] | None = None,
 ) -> PredictResult:
-    """Predict one scene into the COG ``out`` (and its side files); return what was written. ``input`` may be a
-    STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs).
-
-    A scene of another processing level than the checkpoint's training data (L1C vs L2A) is refused
-    with a ConfigError unless ``allow_level_mismatch``; the summary's ``warnings`` then say so, as do
-    they for a scene without any valid pixel (the map is written, all no data).
-
-    With ``aoi`` the map covers the scene grid's window over the AOI's bounds (whole pixels, no resampling), pixels
-    outside its polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`.
+    """Predict one scene into the COG ``out`` (and its side files) with a checkpoint, a loaded model, an engine or
+    an exported ``.onnx`` (:func:`~landcover.inference.engine.open_engine`); return what was written. ``input`` may
+    be a STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs). A scene of another processing level
+    than the training data (L1C vs L2A) is refused (ConfigError) unless ``allow_level_mismatch`` (then warned, as
+    is a scene without any valid pixel). With ``aoi`` the map covers the scene grid's window over the AOI's bounds,
+    pixels outside its polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`.
     """
     started = time.perf_counter()
     input, out = Path(input), Path(out)
@@ -147,9 +144,7 @@ def predict_scene(
             remove_stale_temporaries(path)
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, o)
-        gtiffs: dict[str, Path] = {
-            name: tmp(paths[name]) for name in ("map", "probabilities", "confidence") if name in paths
-        }
+        gtiffs: dict[str, Path] = {n: tmp(paths[n]) for n in ("map", "probabilities", "confidence") if n in paths}
         with block_writers(gtiffs, grid, k, dtype, nodata) as writers:
             feeder = Feeder(source, plan, lm, batch_size, mask_clouds)
             run, skipped, valid_px = stream_windows(
