@@ -108,3 +108,28 @@ def test_eval_batches_equal_the_per_sample_formula(dataset: Path) -> None:
     got = list(dm.val_dataloader())
     assert_same_batches(got, reference_batches(dm, "val", list(range(len(dm.split_tiles("val")))), None))
     assert (got[0]["mask"][1, 7:13, 3:8] == IGNORE).all() and (got[0]["image"][1, :, 7:13, 3:8] == 0).all()
+
+
+def test_worker_batches_equal_the_per_sample_formula(dataset: Path) -> None:
+    """Worker processes fill batches in shared memory: the main process gets the same tensors."""
+    dm = LandcoverDataModule(DataConfig(dataset=dataset, num_workers=2, batch_size=4), seed=2)
+    got = list(dm.val_dataloader())
+    assert_same_batches(got, reference_batches(dm, "val", list(range(len(dm.split_tiles("val")))), None))
+
+
+def test_batch_memory_is_reused_only_when_nothing_refers_to_it(dataset: Path) -> None:
+    """Batches come from a pool of arrays; one is filled again only when no batch, tensor or view of it lives."""
+    dm = LandcoverDataModule(DataConfig(dataset=dataset, num_workers=0, batch_size=2), seed=2)
+    loader = dm.val_dataloader()
+    expected = reference_batches(dm, "val", list(range(len(dm.split_tiles("val")))), None)
+    assert len(expected) >= 4
+    kept_image, kept_mask, pointers = None, None, []
+    for k, batch in enumerate(loader):
+        assert torch.equal(batch["image"], expected[k]["image"]) and torch.equal(batch["mask"], expected[k]["mask"])
+        pointers.append(batch["image"].data_ptr())
+        if k == 0:  # views of the first batch outlive it
+            kept_image, kept_mask = batch["image"][1], batch["mask"][2:]
+        del batch
+    assert torch.equal(kept_image, expected[0]["image"][1]) and torch.equal(kept_mask, expected[0]["mask"][2:])
+    assert pointers[0] not in pointers[1:]  # held through its views: never filled again
+    assert len(set(pointers[1:])) < len(pointers) - 1  # the others were reused
