@@ -22,7 +22,8 @@ from tests.learnable import make_learnable_dataset
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The learnable dataset with a block of no-data pixels in one train tile and one val tile."""
+    """The learnable dataset with a block of no-data pixels in one train tile and one val tile (and zeros in
+    single bands next to it)."""
     root = tmp_path_factory.mktemp("batches")
     dataset = make_learnable_dataset(root / "made", tile_size=64)
     copy = root / "dataset"
@@ -31,6 +32,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tile = read_catalog(copy, split).iloc[1]
         with rasterio.open(copy / "scenes" / tile.scene_id / "image.tif", "r+") as dst:
             dst.write(np.zeros((4, 6, 5), np.uint16), window=Window(tile.col + 3, tile.row + 7, 5, 6))
+            # zeros in some bands only are data
+            dst.write(np.zeros((3, 3), np.uint16), 1, window=Window(tile.col + 20, tile.row + 20, 3, 3))
+            dst.write(np.zeros((2, 2), np.uint16), 3, window=Window(tile.col + 30, tile.row + 21, 2, 2))
     return copy
 
 
@@ -108,6 +112,7 @@ def test_eval_batches_equal_the_per_sample_formula(dataset: Path) -> None:
     got = list(dm.val_dataloader())
     assert_same_batches(got, reference_batches(dm, "val", list(range(len(dm.split_tiles("val")))), None))
     assert (got[0]["mask"][1, 7:13, 3:8] == IGNORE).all() and (got[0]["image"][1, :, 7:13, 3:8] == 0).all()
+    assert (got[0]["mask"][1, 20:23, 20:23] != IGNORE).all() and (got[0]["image"][1, 1:, 20:23, 20:23] != 0).all()
 
 
 def test_worker_batches_equal_the_per_sample_formula(dataset: Path) -> None:

@@ -217,16 +217,18 @@ class TileDataset(Dataset):
             src, lab = self._open(scene_id, "image.tif"), self._open(scene_id, "labels.tif")
             raw = src.read(window=window, out=self._buffers.scratch("raw", (src.count, *mask.shape), src.dtypes[0]))
             labels = lab.read(window=window, out=self._buffers.scratch("labels", (1, *mask.shape), lab.dtypes[0]))[0]
-        # (raw.astype(float32) - mean) / std, the same float32 arithmetic band by band through a small array
-        # that stays in the CPU cache: one pass over the batch memory instead of three
-        band = self._buffers.scratch("band", mask.shape, np.float32)
-        for c in range(len(raw)):
-            np.subtract(raw[c], self.mean[c], out=band)
-            np.divide(band, self.std[c], out=image[c])
+        # (raw.astype(float32) - mean) / std, the same float32 arithmetic a few bands at a time through a small
+        # array that stays in the CPU cache (768 KiB): one pass over the batch memory instead of three
+        step = max(1, 3 * 2**18 // image[0].nbytes)
+        bands = self._buffers.scratch("bands", (step, *mask.shape), np.float32)
+        for c in range(0, len(raw), step):
+            part = bands[: len(raw[c : c + step])]
+            np.copyto(part, raw[c : c + step])  # the cast of raw.astype(float32)
+            np.subtract(part, self.mean[c : c + step], out=part)
+            np.divide(part, self.std[c : c + step], out=image[c : c + step])
         mask[...] = labels
-        # no data: 0 in every band (a bitwise or of integers takes half the time of any())
-        nodata = (np.bitwise_or.reduce(raw, axis=0) if raw.dtype.kind in "ui" else raw.any(axis=0)) == 0
-        if nodata.any():
+        if not raw[0].all():  # no data (0 in every band) needs a 0 in the first band: look closer
+            nodata = ~raw.any(axis=0)
             image[:, nodata] = 0.0
             mask[nodata] = IGNORE
         return self._target(mask, self.patch_labels[index])
