@@ -272,7 +272,7 @@ class Buffers:
     each batch (50 MB for 16 x 12 x 256 x 256 float32) costs more in page faults than filling it.
     """
 
-    POOL = 4  # batch arrays kept per process (a consumer holding more gets fresh ones)
+    POOL = 6  # arrays kept per process: image and mask of 3 batches (a consumer holding more gets fresh ones)
 
     def __init__(self) -> None:
         self._scratch: dict[str, np.ndarray] = {}
