@@ -1,13 +1,18 @@
-"""Benchmark training-tile reads: an ingested landcover dataset versus torchgeo over the JP2 files.
+"""Benchmark training-tile reads: raw reads, landcover's training loader and torchgeo, side by side.
 
-Both sides draw random 256 x 256 windows of all 12 L2A bands at 10 m from one synthetic Sentinel-2
-L2A product (the one ``scripts/bench_ingest.py`` builds, shared through ``--workdir``), in this
-process, without DataLoader workers, each sample ending as a float32 torch tensor (12, 256, 256):
+All draw 256 x 256 windows of all 12 L2A bands at 10 m from one synthetic Sentinel-2 L2A product (the
+one ``scripts/bench_ingest.py`` builds, shared through ``--workdir``), in this process, each sample
+ending as a float32 torch tensor (12, 256, 256); one run prints them in one table (samples/s):
 
-* **landcover**: ``scenes/*/image.tif`` of the dataset ``landcover ingest`` made with the default
-  settings (uint16, ZSTD, 256 x 256 blocks), opened once with rasterio; ``read(window=...)``. It also
-  runs for half the time with windows on its 256-px tile grid (one GeoTIFF block per window), the
-  way its catalog tiles are read.
+* **raw reads** (the floor): random windows of ``scenes/*/image.tif`` of the dataset ``landcover
+  ingest`` made with the default settings (uint16, ZSTD, 256 x 256 blocks), opened once with rasterio,
+  ``read(window=...)`` and ``astype(float32)``; then, for half the time, windows on its 256-px tile
+  grid (one GeoTIFF block per window), the way its catalog tiles are read.
+* **landcover DataModule**: ``LandcoverDataModule.train_dataloader()``, the batches the trainer gets, with
+  the default ``DataConfig`` (batches of 16 whole tiles: normalised image, int64 mask, targets) but
+  rare-class sampling with an epoch cap (one long epoch instead of a restart every few batches), once
+  with 0 workers and once with ``--workers`` processes; the rate counts from the first batch (worker
+  start-up left out). The "vs raw reads" column is its share of the floor.
 * **torchgeo** (the peer): ``torchgeo.datasets.Sentinel2(paths=<IMG_DATA>, bands=<12 bands>,
   res=10)``, a RasterDataset over the product's original JP2 files (R10m/R20m/R60m, resampled on
   the fly), sampled with ``torchgeo.samplers.RandomGeoSampler(size=256)``: ``dataset[query]``.
@@ -16,16 +21,15 @@ Each side runs for ``--seconds`` (or ``--samples``), starting from freshly opene
 decoded blocks in its cache (GDAL_CACHEMAX, by default 5 % of RAM, 1.2 GiB here): torchgeo decodes
 1024 x 1024 JPEG 2000 tiles on demand and gets faster as the cache fills ("last half" column);
 a decoded full tile (1.3 GiB) about fits that cache, a training set of many tiles never does. At
-``--size 4096`` both sides fit in the cache, so both measure warm-cache rates. The ratio uses the
-whole run of each side.
+``--size 4096`` all sides fit in the cache, so all measure warm-cache rates.
 
 Usage::
 
-    .venv/bin/python scripts/bench_tiles.py [--size 10980] [--workdir DIR] [--seconds 60]
+    .venv/bin/python scripts/bench_tiles.py [--size 10980] [--workdir DIR] [--seconds 60] [--workers 2]
 
-Time on the reference machine (2 cores, idle): about 3 min when ``--workdir`` holds the product and
-dataset that ``bench_ingest.py --size 10980`` left there; about 9 min from nothing (2.5 min to make
-the product, 4 min to ingest it); ``--size 4096`` about 3 min from nothing.
+Time on the reference machine (2 cores, idle): about 5 min when ``--workdir`` holds the product and
+dataset that ``bench_ingest.py --size 10980`` left there; about 11 min from nothing (2.5 min to make
+the product, 4 min to ingest it); ``--size 4096`` about 5 min from nothing.
 """
 
 from __future__ import annotations
@@ -114,6 +118,36 @@ def bench_landcover(dataset: Path, seconds: float, limit: int, seed: int, aligne
             src.close()
 
 
+def bench_datamodule(dataset: Path, seconds: float, limit: int, seed: int, workers: int) -> dict[str, float]:
+    """landcover's training loader as the trainer gets it: ``LandcoverDataModule.train_dataloader()`` batches
+    (images + masks + targets) with the default ``DataConfig`` (batch 16, whole tiles), ``workers`` processes;
+    rare-class sampling with an epoch cap of ``limit`` makes one long epoch (uniform sampling would restart
+    the loader every pass over the few train tiles of a small product). The rate counts from the first
+    batch (which pays for worker start-up) to the last; ``first_s`` is that start-up."""
+    import torch
+
+    from landcover.training.config import DataConfig
+    from landcover.training.datamodule import LandcoverDataModule
+
+    cfg = DataConfig(dataset=dataset, num_workers=workers, sampling="rare_classes", max_train_tiles_per_epoch=limit)
+    dm = LandcoverDataModule(cfg, task="segmentation", seed=seed)
+    dm.datasets["train"] = dm._dataset("train")  # the train split only: no validation tiles needed
+    start = time.perf_counter()
+    times, sizes = [], []
+    for batch in dm.train_dataloader():
+        image, mask = batch["image"], batch["mask"]
+        assert image.dtype == torch.float32 and mask.ndim == 3 and image.shape[1] == len(dm.bands), image.shape
+        times.append(time.perf_counter())
+        sizes.append(len(image))
+        if times[-1] - times[0] >= seconds or sum(sizes) >= limit:
+            break
+    n, half = sum(sizes[1:]), len(times) // 2
+    span = times[-1] - times[0]
+    warm = sum(sizes[half + 1 :]) / (times[-1] - times[half]) if times[-1] > times[half] else float("nan")
+    return {"samples": n, "seconds": span, "per_s": n / span if span > 0 else float("nan"),
+            "first_s": times[0] - start, "warm_per_s": warm, "batch": cfg.batch_size, "workers": workers}  # fmt: skip
+
+
 def bench_torchgeo(safe: Path, seconds: float, limit: int, seed: int) -> dict[str, float]:
     import torch
     from torchgeo.datasets import Sentinel2
@@ -141,6 +175,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="product and dataset cache (default: a temp folder)")
     parser.add_argument("--seconds", type=float, default=60.0, help="time per side")
     parser.add_argument("--samples", type=int, default=100_000, help="at most this many samples per side")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the second DataModule run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -149,33 +184,58 @@ def main() -> None:
         dataset = ingested(args.workdir, args.size)
         decoded_mib = sum(_pixels(f) for f in band_files(safe)) * 2 / 2**20
         load_before = os.getloadavg()
-        ours = bench_landcover(dataset, args.seconds, args.samples, args.seed)
-        print(f"landcover: {ours['per_s']:.1f} tiles/s ({ours['samples']} in {ours['seconds']:.1f} s)", flush=True)
-        grid = bench_landcover(dataset, args.seconds / 2, args.samples, args.seed, aligned=True)
-        print(f"landcover, tile-aligned: {grid['per_s']:.1f} tiles/s ({grid['samples']} in {grid['seconds']:.1f} s)",
-              flush=True)  # fmt: skip
-        peer = bench_torchgeo(safe, args.seconds, args.samples, args.seed)
-        print(f"torchgeo: {peer['per_s']:.2f} tiles/s ({peer['samples']} in {peer['seconds']:.1f} s; first "
-              f"sample {peer['first_s']:.1f} s; last half {peer['warm_per_s']:.2f}/s)", flush=True)  # fmt: skip
+        rows = run_sides(args, safe, dataset)
         load_after = os.getloadavg()
-        ratio = ours["per_s"] / peer["per_s"]
-        res = {"size": args.size, "cpu": cpu_model(), "cores": os.cpu_count(), "tile": TILE,
-               "bands": len(BANDS), "decoded_product_mib": decoded_mib, "landcover": ours, "landcover_aligned": grid,
-               "torchgeo": peer, "ratio": ratio, "warm_ratio": ours["warm_per_s"] / peer["warm_per_s"],
+        raw, peer = rows["raw"], rows["torchgeo"]
+        res = {"size": args.size, "cpu": cpu_model(), "cores": os.cpu_count(), "tile": TILE, "bands": len(BANDS),
+               "decoded_product_mib": decoded_mib, **rows, "ratio": raw["per_s"] / peer["per_s"],
+               "warm_ratio": raw["warm_per_s"] / peer["warm_per_s"],
+               "datamodule_vs_raw": rows["datamodule_0"]["per_s"] / raw["per_s"],
                "load_before": load_before, "load_after": load_after}  # fmt: skip
         load = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(load_before, load_after, strict=True))
         print(f"\nmachine: {os.cpu_count()} cores, {res['cpu']}; load average 1/5/15 min before/after: {load}")
         print(f"product {args.size} x {args.size} px at 10 m ({decoded_mib:.0f} MiB decoded; GDAL cache "
-              f"{_gdal_cache_mib():.0f} MiB); random {TILE} x {TILE} windows, {len(BANDS)} bands, float32 tensors")  # fmt: skip
-        print("| reader | tiles/s (whole run) | tiles/s (last half) | samples | ratio |\n|---|---|---|---|---|")
-        print(f"| landcover dataset (image.tif) | {ours['per_s']:.1f} | {ours['warm_per_s']:.1f} | "
-              f"{ours['samples']} | {ratio:.0f}x (aim >= 10x) |")  # fmt: skip
-        print(f"| landcover dataset, windows on the 256-px tile grid | {grid['per_s']:.1f} | {grid['warm_per_s']:.1f} | "
-              f"{grid['samples']} | {grid['per_s'] / peer['per_s']:.0f}x |")  # fmt: skip
-        print(f"| torchgeo Sentinel2 + RandomGeoSampler (JP2) | {peer['per_s']:.2f} | {peer['warm_per_s']:.2f} | "
-              f"{peer['samples']} | 1 |")  # fmt: skip
+              f"{_gdal_cache_mib():.0f} MiB); {TILE} x {TILE} windows, {len(BANDS)} bands, float32 tensors")  # fmt: skip
+        print_table(rows, args.workers)
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+def run_sides(args: argparse.Namespace, safe: Path, dataset: Path) -> dict[str, dict[str, float]]:
+    """Every reader in turn, each for ``--seconds`` (the tile-aligned reads for half of it)."""
+    rows: dict[str, dict[str, float]] = {}
+    runs = [
+        ("raw", "raw random windows", lambda: bench_landcover(dataset, args.seconds, args.samples, args.seed)),
+        ("aligned", "raw windows on the tile grid",
+         lambda: bench_landcover(dataset, args.seconds / 2, args.samples, args.seed, aligned=True)),
+        ("datamodule_0", "DataModule, 0 workers", lambda: bench_datamodule(dataset, args.seconds, args.samples,
+                                                                          args.seed, 0)),
+        ("datamodule_n", f"DataModule, {args.workers} workers",
+         lambda: bench_datamodule(dataset, args.seconds, args.samples, args.seed, args.workers)),
+        ("torchgeo", "torchgeo", lambda: bench_torchgeo(safe, args.seconds, args.samples, args.seed)),
+    ]  # fmt: skip
+    for key, name, run in runs:
+        rows[key] = row = run()
+        print(f"{name}: {row['per_s']:.1f} samples/s ({row['samples']} in {row['seconds']:.1f} s; first "
+              f"{row['first_s']:.2f} s; last half {row['warm_per_s']:.1f}/s)", flush=True)  # fmt: skip
+    return rows
+
+
+def print_table(rows: dict[str, dict[str, float]], workers: int) -> None:
+    raw, peer = rows["raw"]["per_s"], rows["torchgeo"]["per_s"]
+    names = {
+        "raw": "image.tif, random windows (`read` + float32; the floor)",
+        "aligned": "image.tif, windows on its 256-px tile grid (one block each)",
+        "datamodule_0": "landcover DataModule train loader, 0 workers (batches of 16: image, mask, label)",
+        "datamodule_n": f"landcover DataModule train loader, {workers} workers",
+        "torchgeo": "torchgeo `Sentinel2` + `RandomGeoSampler` (JP2), `dataset[query]`",
+    }
+    print("| reader | samples/s (whole run) | samples/s (last half) | samples | vs raw reads | vs torchgeo |")
+    print("|---|---|---|---|---|---|")
+    for key, name in names.items():
+        r = rows[key]
+        print(f"| {name} | {r['per_s']:.1f} | {r['warm_per_s']:.1f} | {r['samples']} | "
+              f"{r['per_s'] / raw:.2f} | {r['per_s'] / peer:.1f}x |")  # fmt: skip
 
 
 def _pixels(path: Path) -> int:

@@ -31,7 +31,14 @@ from landcover.models.input_transform import InputTransform, normalization_stati
 from landcover.training.augment import augment_batch
 from landcover.training.config import DataConfig
 from landcover.training.samplers import EpochSampler, ShardSampler, distributed_rank, rank_generator
-from landcover.training.tiles import Task, TileDataset, class_weights_from_tiles, rare_class_weights, seed_worker
+from landcover.training.tiles import (
+    Task,
+    TileDataset,
+    class_weights_from_tiles,
+    collate_tiles,
+    rare_class_weights,
+    seed_worker,
+)
 
 MULTIPLE = 32
 """Segmentation inputs must have sides divisible by this (encoder output stride)."""
@@ -279,6 +286,7 @@ class LandcoverDataModule(LightningDataModule):
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             shuffle=False,
+            collate_fn=collate_tiles,  # batches read into one array each (TileDataset.__getitems__)
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
