@@ -17,7 +17,7 @@ and the ratio of each to the peer (throughput: peer seconds / landcover seconds)
 class equals the default engine's map. Each run is a child process (its own peak RSS: VmHWM).
 
 Model: U-Net / ResNet-18, random weights, 12 bands, 44 classes (CORINE level 3), 256-px windows, overlap 64,
-batch 8, torch threads = cores. Usage::
+batch 4 (predict's CPU default; the peer gets the same), torch threads = cores. Usage::
 
     pip download --no-deps terratorch==1.2.13 -d /tmp/wheels
     .venv/bin/python scripts/bench_predict.py --size 2048x2048 4096x4096 --terratorch-wheel /tmp/wheels/terratorch-1.2.13-py3-none-any.whl
@@ -49,7 +49,7 @@ from rasterio.windows import Window
 from landcover.nomenclature import default_bands, nomenclature
 
 BANDS = list(default_bands("L2A"))  # 12 bands
-TILE, OVERLAP, BATCH = 256, 64, 8
+TILE, OVERLAP, BATCH = 256, 64, 4
 
 
 def peak_rss_mb() -> float:

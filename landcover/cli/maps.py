@@ -167,7 +167,9 @@ def predict(
     confidence: Annotated[bool, typer.Option(help="Also write OUT_confidence.tif (max probability x 255).")] = False,
     overlap: Annotated[int | None, typer.Option(min=0, help=OVERLAP_HELP)] = None,
     tile: Annotated[int | None, typer.Option(min=1, help=TILE_HELP)] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per model call.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Windows per model call (default 4 on a CPU, 8 on a GPU).")
+    ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
