@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,10 +33,13 @@ class TorchEngine:
         self.amp = _autocast_dtype(device, precision)
         self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.amp]
         lm.model.to(device).eval()
-        # channels-last: the same float32 convolutions, laid out for the CPU kernels (1.6x here; see benchmarks)
+        # on a CPU: batch norms folded into the convolutions before them, and channels-last memory format: the
+        # same float32 arithmetic up to rounding, laid out for the CPU kernels (docs/benchmarks.md: each lever)
         self.channels_last = device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in lm.model.modules())
         if self.channels_last:
-            lm.model.to(memory_format=torch.channels_last)
+            self.lm = dataclasses.replace(
+                lm, model=_fold_batch_norms(lm.model, len(lm.bands)).to(memory_format=torch.channels_last)
+            )
         self.mean = torch.from_numpy(lm.mean.reshape(1, -1, 1, 1)).to(device)
         self.std = torch.from_numpy(lm.std.reshape(1, -1, 1, 1)).to(device)
 
@@ -67,6 +71,24 @@ class TorchEngine:
     def probabilities(self, raw: np.ndarray) -> torch.Tensor:
         with torch.inference_mode(), _out_of_memory(len(raw), raw.shape[-1]):
             return probabilities(self.lm, self.tensor(raw), self.amp)
+
+
+def _fold_batch_norms(model: nn.Module, channels: int) -> nn.Module:
+    """``model`` with every batch norm that follows a convolution folded into it (torch.fx's inference fusion),
+    or ``model`` itself when it has no batch norm, cannot be traced (an untraceable architecture, a wrapper with
+    side effects), or the folded model disagrees with it on a probe window (more than float rounding)."""
+    import torch.fx.experimental.optimization as fx_optimization
+
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model
+    try:
+        fused = fx_optimization.fuse(model)
+        probe = torch.randn(2, channels, 64, 64, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            same = torch.allclose(fused(probe), model(probe), rtol=1e-3, atol=1e-3)
+    except Exception:  # fx raises many kinds of errors on untraceable code: run it unfused
+        return model
+    return fused if same else model
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
