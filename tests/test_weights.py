@@ -376,7 +376,7 @@ def test_declared_input_transform_feeds_the_encoder_in_training_and_predict(tran
     torch.testing.assert_close(features(tiles[0]["image"]), expected, rtol=0, atol=1e-5)  # training
     t = lm.tile_size
     with contextlib.closing(open_source(stack, lm)) as source:  # predict's reader and normalisation
-        feeder = Feeder(source, make_plan(source.grid.height, source.grid.width, t, 0), lm, 64, False)
+        feeder = Feeder(source, make_plan(source.grid.height, source.grid.width, t, 0), 64, False)
         engine = TorchEngine(lm, torch.device("cpu"), "fp32")  # predict's normalisation is the engine's
         batches = feeder.batches(feeder(row // t))
         window = {j: engine.tensor(x)[n] for cols, x in batches for n, j in enumerate(cols)}[col // t]

@@ -166,11 +166,8 @@ class Feeder:
     that get a class. Only the raw row is held (uint16 for a stack): batches are cut from it when the model
     needs them."""
 
-    def __init__(
-        self, source: StackSource | ProductSource, plan: Plan, info: ModelInfo, batch_size: int, mask_clouds: bool
-    ):
+    def __init__(self, source: StackSource | ProductSource, plan: Plan, batch_size: int, mask_clouds: bool):
         self.source, self.plan, self.batch_size, self.mask_clouds = source, plan, batch_size, mask_clouds
-        self.mean, self.std = info.mean.reshape(1, -1, 1, 1), info.std.reshape(1, -1, 1, 1)
         self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
         self.cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
@@ -210,12 +207,3 @@ class Feeder:
         for i in range(0, len(row.todo), self.batch_size):
             cols = row.todo[i : i + self.batch_size]
             yield cols, row.windows(cols)
-
-    def normalised(self, raw: np.ndarray) -> np.ndarray:
-        """Raw windows normalised like training (numpy float32; 0 where a pixel is 0 in every band)."""
-        x = raw.astype(np.float32)
-        valid = raw.any(axis=1, keepdims=True)
-        x -= self.mean
-        x /= self.std
-        x *= valid
-        return x

@@ -25,6 +25,7 @@ from landcover.inference.checkpoint import LoadedModel, probabilities
 from landcover.inference.feeder import Feeder, Row, open_source
 from landcover.inference.predict import Progress
 from landcover.inference.sliding import make_plan
+from landcover.inference.torch_engine import normalise
 from landcover.inference.writers import BlockWriter
 from landcover.io.grid import Grid
 from landcover.io.style import to_cog
@@ -127,10 +128,10 @@ def default_classes(lm: LoadedModel, input: Path, t: int, dev: torch.device, bat
     best = torch.zeros(lm.nomenclature.num_classes)
     with contextlib.closing(open_source(input, lm)) as source, torch.inference_mode():
         plan = make_plan(source.grid.height, source.grid.width, t, 0)
-        feeder = Feeder(source, plan, lm, batch_size, False)
+        feeder = Feeder(source, plan, batch_size, False)
         for k in range(plan.rows):
             for _, raw in feeder.batches(feeder(k)):
-                x = torch.from_numpy(feeder.normalised(raw)).to(dev)
+                x = _normalised(lm, raw).to(dev)
                 best = torch.maximum(best, probabilities(lm, x, None).amax(0).cpu())
     order = [int(i) for i in torch.argsort(best, descending=True)]
     return [i for i in order if best[i] >= 0.5][:MAX_DEFAULT_CLASSES] or order[:1]
@@ -149,6 +150,12 @@ class CamScene(NamedTuple):
 def cam_names(nom: Nomenclature, ids: list[int]) -> list[str]:
     """File names of the classes' CAMs: ``cam_<code>_<name>.tif``."""
     return [f"cam_{slug(nom.codes[c])}_{slug(nom.class_names[c])}.tif" for c in ids]
+
+
+def _normalised(lm: LoadedModel, raw: np.ndarray) -> torch.Tensor:
+    """Raw windows normalised as predict's engine normalises them (one function for both)."""
+    mean, std = (torch.from_numpy(a.reshape(1, -1, 1, 1)) for a in (lm.mean, lm.std))
+    return normalise(torch.from_numpy(raw.astype(np.float32)), mean, std)
 
 
 def _rgb_bands(lm: LoadedModel) -> list[int]:
@@ -175,7 +182,7 @@ def _cam_row(
     cams = np.full((len(ids), t, width), NODATA, np.float32)
     rgb = np.zeros((3, t, width), np.float32)
     for cols, raw in feeder.batches(row):
-        x = torch.from_numpy(feeder.normalised(raw))
+        x = _normalised(lm, raw)
         cam, probs = grad_cam(lm, stage, x.to(dev), ids)
         total, tiles, best = total + probs.sum(0).cpu(), tiles + len(cols), torch.maximum(best, probs.amax(0).cpu())
         for b, j in enumerate(cols):
@@ -201,7 +208,7 @@ def cam_rasters(
     with contextlib.closing(open_source(input, lm)) as source:
         grid = source.grid
         plan = make_plan(grid.height, grid.width, t, 0)
-        feeder = Feeder(source, plan, lm, batch_size, False)
+        feeder = Feeder(source, plan, batch_size, False)
         f = max(1, math.ceil(max(grid.height, grid.width) / OVERLAY_SIDE))
         quick: list[np.ndarray] = []
         writers: list[BlockWriter] = []

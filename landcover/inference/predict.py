@@ -147,7 +147,7 @@ def predict_scene(
         plan = make_plan(grid.height, grid.width, t, o)
         gtiffs: dict[str, Path] = {n: tmp(paths[n]) for n in ("map", "probabilities", "confidence") if n in paths}
         with block_writers(gtiffs, grid, k, dtype, nodata) as writers:
-            feeder = Feeder(source, plan, lm, batch_size, mask_clouds)
+            feeder = Feeder(source, plan, batch_size, mask_clouds)
             run, skipped, valid_px = stream_windows(
                 engine, plan, feeder, writers, dtype, nodata, _row_progress(progress, out.stem, plan.rows)
             )
