@@ -25,7 +25,9 @@ class WindowEngine:
     name, device, precision = "fake", "cpu", "fp32"
 
     def __init__(self, backend: str, task: str = "segmentation"):
-        self.backend, self.calls = backend, []
+        # 'torch-cl': channels-last probabilities, as the torch engine returns them on a CPU
+        self.classes_last = backend == "torch-cl" and task == "segmentation"
+        self.backend, self.calls = backend.removesuffix("-cl"), []
         self.info = ModelInfo.parse(meta(task=task))
         rng = np.random.default_rng(1)
         self.a, self.b = rng.normal(size=(K, len(BANDS))) / 1000, rng.normal(size=K)
@@ -48,6 +50,8 @@ class WindowEngine:
         if self.backend == "torch":
             import torch
 
+            if self.classes_last:
+                return torch.from_numpy(np.ascontiguousarray(p.transpose(0, 2, 3, 1))).permute(0, 3, 1, 2)
             return torch.from_numpy(p)
         return p
 
@@ -92,7 +96,7 @@ def scene_with_holes(h: int, w: int, seed: int) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-cl"])
 @pytest.mark.parametrize(("tile", "overlap", "batch"), [(32, 8, 1), (32, 8, 3), (64, 16, 8), (32, 0, 2), (64, 32, 5)])
 def test_strip_equals_whole_scene_accumulation(tmp_path, backend, tile, overlap, batch) -> None:
     image = scene_with_holes(150, 233, seed=tile + overlap + batch)
@@ -119,7 +123,7 @@ def test_strip_equals_whole_scene_accumulation(tmp_path, backend, tile, overlap,
         np.testing.assert_array_equal(ds.read(), prob)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-cl"])
 def test_classification_tiles_through_the_strip(tmp_path, backend) -> None:
     image = scene_with_holes(70, 97, seed=3)
     stack = write_stack(tmp_path / "image.tif", image)

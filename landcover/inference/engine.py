@@ -34,6 +34,7 @@ class Engine(Protocol):
     device: str  # 'cpu', 'cuda', ...
     backend: str  # the array library of probabilities(): 'torch' or 'numpy'
     precision: str  # 'fp32', 'bf16', 'fp16'
+    classes_last: bool  # probabilities() are (B, K, H, W) views of channels-last memory (classes the fastest axis)
 
     def probabilities(self, raw: np.ndarray) -> Any:
         """(B, C, H, W) raw windows -> (B, K, H, W) probabilities (segmentation) or (B, K) (classification),

@@ -51,6 +51,7 @@ class OnnxEngine:
     """An exported landcover model run by onnxruntime on the CPU (float32)."""
 
     name, device, backend, precision = "onnxruntime", "cpu", "numpy", "fp32"
+    classes_last = False
 
     def __init__(self, session: Any, info: ModelInfo):
         self.session, self.info = session, info

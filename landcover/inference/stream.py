@@ -32,7 +32,7 @@ def stream_windows(
     """Run the engine row of windows by row, blend, hand finished rows to the writer thread.
 
     Returns the windows run and skipped, and the number of scene pixels that got a class."""
-    ops = TorchOps(engine.device) if engine.backend == "torch" else NumpyOps()
+    ops = TorchOps(engine.device, engine.classes_last) if engine.backend == "torch" else NumpyOps()
     weights = blend_weights(plan.tile, plan.overlap, hard=engine.info.context > 0)
     strip = Strip(ops, engine.info.nomenclature.num_classes, plan, weights, feeder.batch_size)
     strip.wanted = ("probabilities" in writers, "confidence" in writers)

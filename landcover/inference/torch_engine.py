@@ -40,6 +40,7 @@ class TorchEngine:
             self.lm = dataclasses.replace(
                 lm, model=_fold_batch_norms(lm.model, len(lm.bands)).to(memory_format=torch.channels_last)
             )
+        self.classes_last = self.channels_last and lm.task == "segmentation"  # a layout hint for the strip
         self.mean = torch.from_numpy(lm.mean.reshape(1, -1, 1, 1)).to(device)
         self.std = torch.from_numpy(lm.std.reshape(1, -1, 1, 1)).to(device)
 
