@@ -23,6 +23,9 @@ batch 4 (predict's CPU default; the peer gets the same), torch threads = cores. 
     .venv/bin/python scripts/bench_predict.py --size 2048x2048 4096x4096 --terratorch-wheel /tmp/wheels/terratorch-1.2.13-py3-none-any.whl
     .venv/bin/python scripts/bench_predict.py --size 10980x10980 --engines torch onnx --no-peer   # memory of a whole tile
 
+``--repeat N`` runs every runner N times, rounds interleaved, and reports each one's median run (the rounds' times
+are printed too): on a shared 2-core VM single runs vary by 10-25 %.
+
 Without ``--terratorch-wheel`` the peer is skipped.
 """
 
@@ -234,6 +237,7 @@ def main() -> None:
     parser.add_argument("--terratorch-wheel", type=Path, help="terratorch-1.2.13-py3-none-any.whl (else no peer)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every runner; the median time is reported")
     parser.add_argument("--workdir", type=Path, help="keep stacks and models here between runs")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,11 +269,16 @@ def main() -> None:
             runs = [(e, ckpt if e != "onnx" else onnx, "-") for e in args.engines]
             if args.terratorch_wheel and not args.no_peer:
                 runs.append(("terratorch", ckpt, str(args.terratorch_wheel)))
+            rounds: dict[str, list[dict]] = {kind: [] for kind, _, _ in runs}
+            for _ in range(args.repeat):  # rounds interleave the runners, so a slow spell of the machine hits all
+                for kind, model, extra in runs:
+                    out = work / f"{kind}_{w}x{h}.tif"
+                    rounds[kind].append(run_child(kind, extra, str(model), str(stack), str(out), str(args.batch)))
             results = {}
-            for kind, model, extra in runs:
-                out = work / f"{kind}_{w}x{h}.tif"
-                results[kind] = res = run_child(kind, extra, str(model), str(stack), str(out), str(args.batch))
-                res["agreement"] = agreement(out, work / f"{args.engines[0]}_{w}x{h}.tif")
+            for kind, done in rounds.items():
+                results[kind] = res = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]  # the median run
+                res["all_seconds"] = [round(r["seconds"], 2) for r in done]
+                res["agreement"] = agreement(work / f"{kind}_{w}x{h}.tif", work / f"{args.engines[0]}_{w}x{h}.tif")
             peer = results.get("terratorch")
             for kind, res in results.items():
                 mpx = w * h / 1e6
@@ -282,6 +291,8 @@ def main() -> None:
                     line += f", throughput vs TerraTorch x{peer['seconds'] / res['seconds']:.2f}"
                 if kind == "onnx":
                     line += f", torch imported: {res['torch_imported']}"
+                if args.repeat > 1:
+                    line += f"; rounds {res['all_seconds']} s"
                 print(line, flush=True)
                 rows.append({"size": [w, h], "runner": kind, **res})
         print(json.dumps(rows))
