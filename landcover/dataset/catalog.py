@@ -86,6 +86,24 @@ they cannot be converted) and as BigEarthNet names, and its official split (trai
 """
 
 COLUMNS = tuple(SCHEMA.names)
+PERIOD_PREFIX = "valid_fraction@"
+"""Composites' parts and catalogs add one float64 column per period: ``valid_fraction@<period>``, the share of
+the tile's pixels with at least one valid observation in that period."""
+
+
+def period_column(period: str) -> str:
+    return PERIOD_PREFIX + period
+
+
+def part_schema(names: Sequence[str]) -> pa.Schema:
+    """:data:`SCHEMA` plus the per-period columns among ``names`` (in their order)."""
+    extra = [pa.field(n, pa.float64()) for n in names if n.startswith(PERIOD_PREFIX)]
+    return pa.schema([*SCHEMA, *extra])
+
+
+def _known_schema(schema: pa.Schema) -> bool:
+    """Whether ``schema`` is :data:`SCHEMA` (plus per-period float64 columns)."""
+    return schema.equals(part_schema(schema.names))
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -256,7 +274,8 @@ def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
                 else geometry,
             }
         )
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    names = list(dict.fromkeys(n for record in records for n in record))
+    return pa.Table.from_pylist(rows, schema=part_schema(names))
 
 
 def write_scene_part(records: list[dict[str, Any]], path: Path) -> None:
@@ -282,14 +301,14 @@ def _read_parts(part_paths: Sequence[Path]) -> pa.Table:
                 f"catalog part {path} cannot be read ({exc}); delete it and re-run "
                 "`landcover ingest` to process its scene again"
             ) from exc
-        if not table.schema.remove_metadata().equals(SCHEMA):
+        if not _known_schema(table.schema.remove_metadata()):
             raise DatasetError(
                 f"catalog part {path} has columns {table.schema.names}, expected "
                 f"{list(COLUMNS)} (written by another landcover version?); "
                 "re-run `landcover ingest --overwrite`"
             )
         tables.append(table.replace_schema_metadata(None))
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table()
     table = table.sort_by([("scene_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
     dupes = sorted(i for i, n in Counter(table.column("tile_id").to_pylist()).items() if n > 1)
     if dupes:

@@ -29,6 +29,7 @@ import rasterio
 from landcover.cluster import Shard, shard_items
 from landcover.dataset.catalog import SplitConfig, lonlat_bounds
 from landcover.dataset.catalog import finalize as finalize_catalog
+from landcover.dataset.composite_scene import composite_groups, composite_scene_id, ingest_composite_scene
 from landcover.dataset.scene import Progress, clean_partials, ingest_scene, scene_id_of
 from landcover.dataset.settings import (
     IngestConfig,
@@ -47,6 +48,7 @@ from landcover.nomenclature import default_bands, nomenclature, sentinel2_bands
 from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs
 from landcover.sources.reader import target_grid
+from landcover.sources.recipe import split_band
 from landcover.sources.s2meta import dataset_level
 from landcover.sources.sentinel2 import Product
 from landcover.version import __version__
@@ -139,14 +141,7 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
     dataset = {
         "format": "landcover-dataset/1",
         "bands": bands,
-        "band_info": [
-            {
-                "band": b,
-                "wavelength_nm": sentinel2_bands()[b].wavelength_nm,
-                "native_resolution_m": sentinel2_bands()[b].resolution,
-            }
-            for b in bands
-        ],
+        "band_info": [_band_info(b) for b in bands],
         "scale": "reflectance x 10000 (uint16), 0 = no data",
         "resolution": cfg.resolution,
         "tile_size": cfg.tile_size,
@@ -168,12 +163,21 @@ def finalize(out: Path, progress: Progress | None = None, split: SplitConfig | N
             for m in meta
         ],
         "config": settings["config"],
+        **({"composite": cfg.composite.model_dump(mode="json")} if cfg.composite is not None else {}),
         "software": {"landcover": __version__, "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__},
     }
     with atomic_output(out / "dataset.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
     write_scenes_collection(out)  # collection.json + scenes/<id>/item.json (STAC)
     return dataset
+
+
+def _band_info(name: str) -> dict[str, Any]:
+    """dataset.json's entry of a band (``B04``, or ``B04@spring`` of a composite: with its period)."""
+    band, period = split_band(name)
+    info = sentinel2_bands()[band]
+    entry: dict[str, Any] = {"band": name, "wavelength_nm": info.wavelength_nm, "native_resolution_m": info.resolution}
+    return entry if period is None else {**entry, "source_band": band, "period": period}
 
 
 def no_tiles_error(scenes: list[dict[str, Any]], cfg: IngestConfig) -> DatasetError:
@@ -253,10 +257,11 @@ def ingest(
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ConfigError(f"inputs repeat a product ({', '.join(dup)}); give each product once")
         products, ids, outside = _in_aoi(products, ids, cfg)
+        jobs = _scene_jobs(products, ids, cfg)
         existed = out.exists()
         prepare_dataset_folder(out, cfg, label_path, overwrite)
-        todo = shard_items(list(zip(products, ids, strict=True)), shard, key=lambda item: item[1])
-        for n, (product, scene_id) in enumerate(todo):
+        todo = shard_items(jobs, shard, key=lambda item: item[0])
+        for n, (scene_id, group) in enumerate(todo):
             if progress:
                 progress("scenes", n, len(todo))
             if (out / "scenes" / scene_id / "scene.json").exists():  # finished by an earlier run
@@ -264,17 +269,28 @@ def ingest(
                     progress(f"{scene_id}: done before, skipped", 1, 1)
                 continue
             clean_partials(out, scene_id)
-            ingest_scene(product, label_path, out, cfg, bands, progress)
+            if cfg.composite is None:
+                ingest_scene(group[0], label_path, out, cfg, bands, progress)
+            else:
+                ingest_composite_scene(group, label_path, out, cfg, bands, progress)
         if progress:
             progress("scenes", len(todo), len(todo))
         if not sharded:
             _check_some_tile(out, cfg, existed)
     if shard is not None and sharded:
         return IngestResult(
-            finalized=False, scenes=[scene_id for _, scene_id in todo], total_scenes=len(ids), shard=shard
+            finalized=False, scenes=[scene_id for scene_id, _ in todo], total_scenes=len(jobs), shard=shard
         )
     result = IngestResult.of_dataset(finalize(out, progress))
     return replace(result, warnings=[*outside, *result.warnings]) if outside else result
+
+
+def _scene_jobs(products: list[Product], ids: list[str], cfg: IngestConfig) -> list[tuple[str, list[Product]]]:
+    """(scene id, its products) of every scene to make: one per product, or one per composite group."""
+    if cfg.composite is None:
+        return [(scene_id, [product]) for product, scene_id in zip(products, ids, strict=True)]
+    jobs = [(composite_scene_id(g, cfg.composite), g) for g in composite_groups(products, cfg.composite)]
+    return [(scene_id, group) for scene_id, group in jobs]
 
 
 def _in_aoi(products: list[Product], ids: list[str], cfg: IngestConfig) -> tuple[list[Product], list[str], list[str]]:

@@ -8,11 +8,13 @@ complete, so an interrupted run leaves only finished scenes.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import re
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from landcover.dataset.catalog import tile_record, write_scene_part
+from landcover.dataset.catalog import period_column, tile_record, write_scene_part
 from landcover.dataset.settings import IngestConfig
 from landcover.io.failures import check_written
 from landcover.io.grid import GDAL_ENV, Grid
@@ -31,7 +33,8 @@ from landcover.nomenclature import IGNORE, nomenclature, sentinel2_bands
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, patch_fields
 from landcover.sources.label_files import load_label_mapping
 from landcover.sources.labels import LabelSource, RasterLabels, open_label_source
-from landcover.sources.reader import NODATA, SceneReader, SceneWindow, strips
+from landcover.sources.reader import NODATA, SceneReader, SceneWindow, StackReader, strips
+from landcover.sources.recipe import split_band
 from landcover.sources.sentinel2 import Product
 from landcover.version import __version__
 
@@ -97,9 +100,6 @@ def ingest_scene(
     progress: Progress | None = None,
 ) -> Path:
     """Build one scene folder under ``out/scenes`` and return it."""
-    nom = nomenclature(cfg.nomenclature)
-    scene_id = scene_id_of(product)
-    final = out / "scenes" / scene_id
     with (
         rasterio.Env(**GDAL_ENV),
         SceneReader(
@@ -112,28 +112,64 @@ def ingest_scene(
             aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
         ) as reader,
     ):
-        grid = reader.grid
-        needed = grid.width * grid.height * (2 * len(bands) + 1)  # uncompressed: at most
-        # a folder left without scene.json (incomplete) is replaced; a complete one is never rebuilt (ingest skips it)
-        with atomic_folder(final, replace=True, needed=needed) as tmp:
-            source = _label_source(product, labels, grid, cfg)
-            records, usable = _write_rasters(tmp, scene_id, product, reader, source, cfg, bands, progress)
-            write_qgis_style(tmp / "labels.tif", nom)
-            write_scene_part(records, tmp / "tiles.parquet")
-            scene = {
-                "scene_id": scene_id,
-                "input": Path(product.path).name,  # no path of the user's machine
-                "kind": product.kind,
-                "sensing_time": product.sensing_time,
-                "bands": list(bands),
-                "grid": grid.to_dict(),
-                "labels": None if source is None else source.description,
-                "tiles": len(records),
-                "valid_fraction": round(usable / max(1, grid.width * grid.height), 6),
-                "provenance": reader.provenance(),
-            }
-            (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
-            check_written()
+        about = SceneAbout(
+            scene_id=scene_id_of(product),
+            product=product,
+            input=Path(product.path).name,  # no path of the user's machine
+            sensing_time=product.sensing_time,
+            tags={
+                "PRODUCT_ID": product.product_id,
+                "PROCESSING_BASELINE": str(product.processing_baseline or "unknown"),
+                "PROCESSING_LEVEL": str(product.level or "unknown"),
+                "SENSING_TIME": str(product.sensing_time or "unknown"),
+                "OFFSETS_APPLIED": json.dumps(reader.provenance()["offsets_applied"]),
+            },
+        )
+        return write_scene(reader, about, labels, out, cfg, progress)
+
+
+@dataclass(frozen=True)
+class SceneAbout:
+    """What a scene folder says about its source: its id, the product whose grid and labels it has (a
+    composite's first product), scene.json's ``input`` and ``sensing_time``, image.tif's tags, and the
+    periods of a composite (the bands of counts.tif; empty for one product)."""
+
+    scene_id: str
+    product: Product
+    input: str
+    sensing_time: str | None
+    tags: dict[str, str]
+    periods: tuple[str, ...] = ()
+
+
+def write_scene(
+    reader: StackReader, about: SceneAbout, labels: Path | None, out: Path, cfg: IngestConfig, progress: Progress | None
+) -> Path:
+    """Write the scene folder of ``reader`` (a product's or a composite's stack) under ``out/scenes``."""
+    nom = nomenclature(cfg.nomenclature)
+    final = out / "scenes" / about.scene_id
+    grid = reader.grid
+    needed = grid.width * grid.height * (2 * len(reader.bands) + 1 + len(about.periods))  # uncompressed: at most
+    # a folder left without scene.json (incomplete) is replaced; a complete one is never rebuilt (ingest skips it)
+    with atomic_folder(final, replace=True, needed=needed) as tmp:
+        source = _label_source(about.product, labels, grid, cfg)
+        records, usable = _write_rasters(tmp, about, reader, source, cfg, progress)
+        write_qgis_style(tmp / "labels.tif", nom)
+        write_scene_part(records, tmp / "tiles.parquet")
+        scene = {
+            "scene_id": about.scene_id,
+            "input": about.input,
+            "kind": "composite" if about.periods else about.product.kind,
+            "sensing_time": about.sensing_time,
+            "bands": list(reader.bands),
+            "grid": grid.to_dict(),
+            "labels": None if source is None else source.description,
+            "tiles": len(records),
+            "valid_fraction": round(usable / max(1, grid.width * grid.height), 6),
+            "provenance": reader.provenance(),
+        }
+        (tmp / "scene.json").write_text(json.dumps(scene, indent=2, sort_keys=True) + "\n")
+        check_written()
     return final
 
 
@@ -157,25 +193,28 @@ def _label_source(product: Product, labels: Path | None, grid: Grid, cfg: Ingest
 
 def _write_rasters(
     tmp: Path,
-    scene_id: str,
-    product: Product,
-    reader: SceneReader,
+    about: SceneAbout,
+    reader: StackReader,
     source: LabelSource | None,
     cfg: IngestConfig,
-    bands: Sequence[str],
     progress: Progress | None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Write image.tif and labels.tif strip by strip; return the tiles' catalog rows and the usable pixels
-    (valid and cloud-free)."""
+    """Write image.tif and labels.tif (and a composite's counts.tif) strip by strip; return the tiles' catalog
+    rows and the usable pixels (valid and cloud-free)."""
     nom = nomenclature(cfg.nomenclature)
     grid = reader.grid
     records: list[dict[str, Any]] = []
     usable = 0
     windows = strips(grid, cfg.tile_size)
-    with (
-        rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img,
-        rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(cfg.tile_size))) as lab,
-    ):
+    with contextlib.ExitStack() as files:
+        img = files.enter_context(rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(reader.bands), cfg)))
+        lab = files.enter_context(
+            rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(cfg.tile_size)))
+        )
+        counts = None
+        if about.periods:
+            profile = {**_image_profile(grid, len(about.periods), cfg), "dtype": "uint8", "nodata": None}
+            counts = files.enter_context(rasterio.open(tmp / "counts.tif", "w", **profile))
         for done, strip in enumerate(windows, 1):
             win = reader.read(strip)
             if source is not None:
@@ -187,26 +226,40 @@ def _write_rasters(
             usable += int(invalid.size - np.count_nonzero(invalid))
             img.write(win.image, window=strip)
             lab.write(ids, 1, window=strip)
-            records += _strip_tiles(scene_id, product, grid, strip, win, ids, cfg)
+            if counts is not None and win.counts is not None:
+                counts.write(win.counts, window=strip)
+            records += _strip_tiles(about, grid, strip, win, ids, cfg)
             if progress:
-                progress(f"{scene_id}: stack + labels", done, len(windows))
-        _describe_image(img, product, bands, reader)
-        style_class_map(lab, nom, PRODUCT_ID=product.product_id, LABEL_SOURCE=source.description if source else "none")
-        factors = [f for f in (2, 4, 8, 16, 32) if min(grid.width, grid.height) // f >= 256]
-        if factors:
-            lab.build_overviews(factors, Resampling.mode)
-        if cfg.overviews and factors:
-            if progress:
-                progress(f"{scene_id}: overviews", 0, 1)
-            with rasterio.Env(**_level_option(cfg, "_OVERVIEW")):
-                img.build_overviews(factors, Resampling.average)
+                progress(f"{about.scene_id}: stack + labels", done, len(windows))
+        _describe_image(img, reader.bands, about)
+        if counts is not None:
+            for i, period in enumerate(about.periods, 1):
+                counts.set_band_description(i, period)
+            counts.update_tags(CONTENT="valid observations per period (composite)")
+        style_class_map(
+            lab, nom, PRODUCT_ID=about.tags.get("PRODUCT_ID", ""), LABEL_SOURCE=source.description if source else "none"
+        )
+        _overviews(img, lab, grid, cfg, about.scene_id, progress)
     return records, usable
 
 
+def _overviews(img: Any, lab: Any, grid: Grid, cfg: IngestConfig, scene_id: str, progress: Progress | None) -> None:
+    """Overviews of labels.tif (mode, always) and of image.tif (average, with ``cfg.overviews``)."""
+    factors = [f for f in (2, 4, 8, 16, 32) if min(grid.width, grid.height) // f >= 256]
+    if factors:
+        lab.build_overviews(factors, Resampling.mode)
+    if cfg.overviews and factors:
+        if progress:
+            progress(f"{scene_id}: overviews", 0, 1)
+        with rasterio.Env(**_level_option(cfg, "_OVERVIEW")):
+            img.build_overviews(factors, Resampling.average)
+
+
 def _strip_tiles(
-    scene_id: str, product: Product, grid: Grid, strip: Window, win: SceneWindow, ids: np.ndarray, cfg: IngestConfig
+    about: SceneAbout, grid: Grid, strip: Window, win: SceneWindow, ids: np.ndarray, cfg: IngestConfig
 ) -> list[dict[str, Any]]:
-    """The catalog rows of the whole tiles in a strip (a tile with too few usable pixels has none)."""
+    """The catalog rows of the whole tiles in a strip (a tile with too few usable pixels has none); a
+    composite's rows carry each period's valid fraction (``valid_fraction@<period>``)."""
     t = cfg.tile_size
     nom = nomenclature(cfg.nomenclature)
     records = []
@@ -215,7 +268,7 @@ def _strip_tiles(
             sl = np.s_[r0 : r0 + t, c0 : c0 + t]
             window = Window(c0, int(strip.row_off) + r0, t, t)
             record = tile_record(
-                scene_id=scene_id,
+                scene_id=about.scene_id,
                 grid=grid,
                 window=window,
                 labels=ids[sl],
@@ -225,25 +278,26 @@ def _strip_tiles(
                 nomenclature=nom,
                 split_cfg=cfg.split,
                 present_threshold=cfg.present_threshold,
-                **patch_fields(product, grid, window),
+                **patch_fields(about.product, grid, window),
             )
+            if record is not None and win.counts is not None:
+                for period, count in zip(about.periods, win.counts[(slice(None), *sl)], strict=True):
+                    record[period_column(period)] = float(np.count_nonzero(count)) / count.size
             if record is not None:
                 records.append(record)
     return records
 
 
-def _describe_image(img: Any, product: Product, bands: Sequence[str], reader: SceneReader) -> None:
-    """Band names, wavelengths and the product's provenance as tags of image.tif."""
-    for i, band in enumerate(bands, 1):
-        img.set_band_description(i, band)
+def _describe_image(img: Any, bands: Sequence[str], about: SceneAbout) -> None:
+    """Band names (``B04`` or ``B04@spring``), wavelengths and the source's provenance as tags of image.tif."""
+    for i, name in enumerate(bands, 1):
+        img.set_band_description(i, name)
+        band, period = split_band(name)
         info = sentinel2_bands()[band]
-        img.update_tags(i, WAVELENGTH_NM=str(info.wavelength_nm), RESOLUTION_M=str(info.resolution))
-    img.update_tags(
-        PRODUCT_ID=product.product_id,
-        SCALE="reflectance x 10000",
-        PROCESSING_BASELINE=str(product.processing_baseline or "unknown"),
-        PROCESSING_LEVEL=str(product.level or "unknown"),
-        SENSING_TIME=str(product.sensing_time or "unknown"),
-        OFFSETS_APPLIED=json.dumps(reader.provenance()["offsets_applied"]),
-        SOFTWARE=f"landcover {__version__}",
-    )
+        img.update_tags(
+            i,
+            WAVELENGTH_NM=str(info.wavelength_nm),
+            RESOLUTION_M=str(info.resolution),
+            **({"PERIOD": period} if period else {}),
+        )
+    img.update_tags(SCALE="reflectance x 10000", SOFTWARE=f"landcover {__version__}", **about.tags)

@@ -27,6 +27,7 @@ from landcover.io.aoi import AOI
 from landcover.io.outputs import atomic_output
 from landcover.nomenclature import nomenclature, normalize_band_name
 from landcover.sources.bigearthnet import PATCH_PIXELS
+from landcover.sources.recipe import CompositeRecipe
 from landcover.version import __version__
 
 SETTINGS_FILE = "ingest_settings.json"
@@ -92,6 +93,9 @@ class IngestConfig(BaseModel):
     bigearthnet_metadata: Path | None = Field(
         None,
         description="BigEarthNet v2 metadata.parquet (patch labels, official split); default: one above the patches",
+    )
+    composite: CompositeRecipe | None = Field(
+        None, description="Multi-date composites: periods, method, grouping (see landcover.sources.recipe)"
     )
 
     @field_validator("bands")

@@ -30,6 +30,7 @@ from landcover.errors import DatasetError
 from landcover.io.outputs import write_text_atomic
 from landcover.io.stac_items import add_platform, add_projection, classes, footprint, sensing_datetime, set_datetime
 from landcover.nomenclature import IGNORE, sentinel2_bands
+from landcover.sources.recipe import split_band
 from landcover.sources.s2meta import parse_name
 
 COLLECTION_FILE = "collection.json"
@@ -49,10 +50,10 @@ def _eo_bands(bands: list[str]) -> list[Band]:
     return [
         Band.create(
             name=b,
-            common_name=info[b].common_name,
-            description=info[b].description,
-            center_wavelength=info[b].wavelength_nm / 1000,
-            full_width_half_max=info[b].bandwidth_nm / 1000,
+            common_name=info[split_band(b)[0]].common_name,
+            description=info[split_band(b)[0]].description,
+            center_wavelength=info[split_band(b)[0]].wavelength_nm / 1000,
+            full_width_half_max=info[split_band(b)[0]].bandwidth_nm / 1000,
         )
         for b in bands
     ]

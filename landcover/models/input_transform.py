@@ -59,6 +59,7 @@ class InputTransform:
     def for_bands(self, data_bands: Sequence[str]) -> dict[str, Any]:
         """``{'mean', 'std'}`` per data band (None where the weights have no value) and ``source``."""
         from landcover.models.weight_files import band_key
+        from landcover.sources.recipe import split_band
 
         if len(self.mean) == 1:
             return {
@@ -76,7 +77,8 @@ class InputTransform:
                 )
             bands = tuple(data_bands)
         index = {band_key(b): i for i, b in enumerate(bands)}
-        picks = [index.get(band_key(b)) for b in data_bands]
+        # a composite's B04@spring takes the values of B04 when the weights are of single dates
+        picks = [index.get(band_key(b), index.get(band_key(split_band(b)[0]))) for b in data_bands]
         return {
             "mean": [None if i is None else self.mean[i] for i in picks],
             "std": [None if i is None else self.std[i] for i in picks],

@@ -33,6 +33,7 @@ from landcover.models.safeload import load_torch_file
 from landcover.nomenclature import normalize_band_name, sentinel2_bands
 from landcover.offline import ENV as OFFLINE_ENV
 from landcover.offline import is_offline
+from landcover.sources.recipe import period_band, split_band
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,14 @@ def l1c_bands() -> tuple[str, ...]:
 
 
 def band_key(name: str) -> str:
-    """Canonical band name for matching: Sentinel-2 names normalised ('B8a' -> 'B8A'), others upper."""
+    """Canonical band name for matching: Sentinel-2 names normalised ('B8a' -> 'B8A'), others upper; a
+    composite's period is kept as it is ('b4@spring' -> 'B04@spring')."""
+    band, period = split_band(name.strip())
     try:
-        return normalize_band_name(name)
+        key = normalize_band_name(band)
     except ConfigError:
-        return name.strip().upper()
+        key = band.strip().upper()
+    return key if period is None else period_band(key, period)
 
 
 @dataclass(frozen=True)

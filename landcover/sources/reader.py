@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import rasterio
@@ -53,6 +53,19 @@ class SceneWindow:
     image: np.ndarray  # (C, H, W) uint16 reflectance x 10000, 0 = no data
     valid: np.ndarray  # (H, W) bool: every band has data
     cloud: np.ndarray | None  # (H, W) bool: SCL-invalid / cloud-mask pixels, None without a mask
+    counts: np.ndarray | None = None  # (P, H, W) uint8 valid observations per period (composites only)
+    cloud_probability: np.ndarray | None = None  # (H, W) float32 0..1, None without a cloud detector
+
+
+class StackReader(Protocol):
+    """What ingest reads a stack through: :class:`SceneReader` (one product) or a composite's reader."""
+
+    grid: Grid
+    bands: list[str]
+
+    def read(self, window: Window) -> SceneWindow: ...
+
+    def provenance(self) -> dict[str, Any]: ...
 
 
 def target_grid(product: Product, bands: Sequence[str], resolution: float) -> Grid:
@@ -90,6 +103,9 @@ def _harmonise(band: np.ndarray, has_data: np.ndarray | None, offset: float, sca
 class SceneReader:
     """Windows of a product's bands on one grid, harmonised, with validity and cloud masks.
 
+    ``grid`` (default: the product's own grid at ``resolution``, cut to ``aoi``) reads the product onto
+    another grid, e.g. a product of another date or tile onto the grid of a composite (bands warp as needed).
+
     Bands are read in parallel (one task per band on ``threads`` threads). When ``prefetch`` is on
     and a full-width window is read, the window below it (same height) is read in the background
     while the caller works on this one, so reading strips top to bottom overlaps decoding with the
@@ -108,12 +124,15 @@ class SceneReader:
         threads: int | None = None,
         prefetch: bool = True,
         aoi: AOI | None = None,
+        grid: Grid | None = None,
     ):
         self.product = product
         self.bands = list(bands)
-        self.scene_grid = target_grid(product, self.bands, resolution)
+        self.scene_grid = target_grid(product, self.bands, resolution) if grid is None else grid
         self.grid, self.window, self._inside = self.scene_grid, None, None
-        if aoi is not None:  # the scene grid's window over the AOI: the scene's own pixels, a part of them
+        if grid is not None and aoi is not None:  # a given grid is used as it is; the AOI only masks
+            self._inside = AOIMask(aoi, grid)
+        elif aoi is not None:  # the scene grid's window over the AOI: the scene's own pixels, a part of them
             self.window = aoi_window(self.scene_grid, aoi)
             if self.window is None:
                 raise no_overlap(aoi, [(product.product_id, self.scene_grid)])
@@ -148,7 +167,7 @@ class SceneReader:
         self._invalid_lut = np.zeros(256, dtype=bool)
         self._invalid_lut[invalid] = True
 
-    def provenance(self) -> dict[str, object]:
+    def provenance(self) -> dict[str, Any]:
         return {
             "product_id": self.product.product_id,
             "level": self.product.level,
