@@ -125,6 +125,24 @@ def test_band_the_weights_lack_needs_adapt_channels(tmp_path: Path, l1c_state) -
     assert_encoder_equals(model, rgb)
 
 
+def test_composite_bands_repeat_the_single_date_kernels_scaled_per_period(tmp_path: Path, l1c_state) -> None:
+    """Issue 18: 13-band L1C weights on a 2-period composite of 4 bands: each period's B04 gets the file's B04
+    kernel, every kernel x 13/8 capped at 1 (8 data channels < 13 file kernels: kept as they are); on a 3-period
+    composite of all 13 bands every kernel is x 1/3."""
+    save(l1c_state, tmp_path, MOCO_FILE)
+    cfg = ModelConfig(encoder_weights=MOCO, weights_dir=tmp_path, allow_download=False)
+    bands = [f"{b}@{p}" for p in ("spring", "summer") for b in ("B04", "B03", "B02", "B08")]
+    model, prov = build_model(cfg, bands, num_classes=3)
+    file_conv = l1c_state["conv1.weight"]
+    assert torch.equal(encoder_of(model).conv1.weight, file_conv[:, [3, 2, 1, 7, 3, 2, 1, 7]])
+    assert prov["channel_map"]["B04@summer"] == 3 and prov["first_conv_scale"] == 1.0 and not prov["new_bands"]
+    three = [f"{b}@{p}" for p in ("p1", "p2", "p3") for b in L1C]
+    kernel, cmap, scale = adapt_first_conv(file_conv, L1C, three)
+    assert scale == pytest.approx(1 / 3) and cmap["B10@p3"] == L1C.index("B10")
+    assert torch.allclose(kernel[:, 13 * 2 + 4], file_conv[:, 4] / 3)
+    assert torch.allclose(kernel.reshape(64, 3, 13, 7, 7).sum(dim=1), file_conv)  # periods sum to the file's kernel
+
+
 def test_adapt_rule_keeps_kernels_when_data_has_fewer_channels() -> None:
     weight = torch.randn(8, 3, 7, 7)
     kernel, cmap, scale = adapt_first_conv(weight, ["B04", "B03", "B02"], ["B02", "NDVI"], adapt_channels=True)

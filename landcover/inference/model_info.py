@@ -30,6 +30,7 @@ class ModelInfo:
     path: str | None = None
     level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
     context: int = 0  # pixels a per-pixel baseline's features need on each side (0: a CNN)
+    composite: dict[str, Any] | None = None  # the compositing recipe of a multi-date model (ingest's `composite`)
 
     @classmethod
     def parse(
@@ -64,6 +65,7 @@ class ModelInfo:
                 path,
                 str(meta.get("processing_level") or "unknown"),
                 int(meta.get("context") or 0),
+                settings.get("composite"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(

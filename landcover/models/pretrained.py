@@ -12,6 +12,12 @@ kernels, and the pretrained layer summed ``n_file`` of them: if the data has mor
 the file, every kernel is multiplied by ``n_file / n_data`` (the timm/smp convention, e.g. x 3/12
 for RGB weights on 12 bands); otherwise kernels are kept as they are.
 
+Multi-date composites (bands ``B04@spring``, ``B04@summer``..., :mod:`landcover.sources.recipe`): single-date
+weights give every period's ``B04`` the file's ``B04`` kernel, so the kernels are repeated once per period and,
+by the rule above, multiplied by ``n_file / n_data`` (1/3 for 12-band weights on a 3-period composite of the
+same 12 bands): the first layer responds to a pixel whose periods agree as the pretrained one did to one date.
+Weights whose file names period bands themselves (a model trained on composites) are matched name for name.
+
 Verification: only tensors whose names and shapes match are loaded (``strict=False``); afterwards
 each must equal its file tensor, and at least 90 % of the encoder's tensors must have been loaded,
 else :class:`ModelError` (a ``strict=False`` load that silently loads nothing, torchgeo #4036).
@@ -40,6 +46,7 @@ from landcover.models.weight_files import (
     read_state_dict,
     resolve_weights,
 )
+from landcover.sources.recipe import split_band
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +86,9 @@ def adapt_first_conv(
             f"but {len(wkeys)} weight bands ({', '.join(wkeys)}); set model.weight_bands"
         )
     index = {b: i for i, b in enumerate(wkeys)}
-    dkeys = [band_key(b) for b in data_bands]
+    # a composite's B04@spring, B04@summer... start from the single-date kernel of B04 (repeated per period; the
+    # scale below divides by the number of periods, so the first layer's response keeps its size)
+    dkeys = [band_key(b) if band_key(b) in index else band_key(split_band(b)[0]) for b in data_bands]
     missing = [b for b in dkeys if b not in index]
     if missing and not adapt_channels:
         raise ModelError(
@@ -115,8 +124,11 @@ def _file_band_order(
         return list(source.bands), source.bands_from
     if stored_bands is not None:
         return [band_key(b) for b in stored_bands], "stored in the file"
+    single_dates = list(dict.fromkeys(band_key(split_band(b)[0]) for b in data_bands))  # a composite's bands
     if n_channels == len(data_bands):
         wbands, bands_from = [band_key(b) for b in data_bands], "assumed: same as the data"
+    elif n_channels == len(single_dates) < len(data_bands):
+        wbands, bands_from = single_dates, "assumed: the data's bands of one period"
     elif n_channels == 13:
         wbands, bands_from = list(l1c_bands()), "assumed: 13 L1C bands in ESA order"
     elif n_channels == 3:
@@ -218,7 +230,7 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, data_bands: Sequence[str
         getattr(model, head).load_state_dict({k[len(head) + 1 :]: prepared[k] for k in head_target})
         head_loaded = True
     loaded = _verified(encoder, to_load, total, path)
-    dkeys = {band_key(b) for b in data_bands}
+    dkeys = {band_key(b) for b in data_bands} | {band_key(split_band(b)[0]) for b in data_bands}
     return {
         "source": source.kind,
         "encoder_weights": source.spec,
