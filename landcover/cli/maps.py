@@ -233,12 +233,14 @@ def _run_predict(
     from landcover.inference.batch import predict_many
     from landcover.inference.predict import predict_scene
 
-    single = len(items) == 1 and not batch and out_path.suffix.lower() in (".tif", ".tiff")
-    if not single and out_path.suffix.lower() in (".tif", ".tiff"):
+    is_file = out_path.suffix.lower() in (".tif", ".tiff")
+    single = is_file and not batch
+    if batch and is_file:
         raise ConfigError(f"--out {out_path} is a file name but there are {len(items)} inputs; pass a folder")
     with progress_bars() as update:
-        if single:
-            return [predict_scene(checkpoint, items[0], out_path, overwrite=overwrite, progress=update, **options)]
+        if single:  # several inputs make one map only with a model of multi-date composites (else one line, exit 2)
+            scene = items[0] if len(items) == 1 else items
+            return [predict_scene(checkpoint, scene, out_path, overwrite=overwrite, progress=update, **options)]
         return predict_many(checkpoint, items, out_path, overwrite=overwrite, progress=update, **options)
 
 

@@ -47,32 +47,59 @@ def predict_many(
     progress: Progress | None = None,
     **options: Any,
 ) -> list[PredictResult]:
-    """Predict each input into ``out_dir/<scene>.tif``, skipping scenes whose outputs are complete."""
+    """Predict each input into ``out_dir/<scene>.tif``, skipping scenes whose outputs are complete. With a model
+    trained on multi-date composites, the raw products make one map per composite (per MGRS tile, or one of all:
+    the recipe's ``group``), named after the composite scene (``<tile>_<start>_<end>_composite``)."""
     if not inputs:
         raise ConfigError("no input given: pass Sentinel-2 products, ingested image.tif files, or --from-list FILE")
-    names = [scene_name(p) for p in inputs]
-    if dup := sorted({n for n in names if names.count(n) > 1}):
-        raise ConfigError(f"inputs repeat a scene ({', '.join(dup)}); give each scene once")
     check_inputs_exist(inputs)  # before any output is created
     lm = checkpoint_or_loaded_model  # loaded when a scene needs it: a finished batch costs nothing
+    jobs: list[tuple[str, Any]] = [(scene_name(p), p) for p in inputs]
+    if sum(not is_ingested_stack(Path(p)) for p in inputs) > 1:  # raw products: a composite model groups them
+        lm = open_engine(lm, device=options.get("device", "auto"), precision=options.get("precision", "auto"))
+        if lm.info.composite is not None:
+            jobs = composite_jobs(inputs, lm, options.get("sign"))
+    return _predict_jobs(lm, jobs, out_dir, overwrite, progress, options)
+
+
+def composite_jobs(inputs: Sequence[str | Path], engine: Engine, sign: Any) -> list[tuple[str, Any]]:
+    """(name, input) of each map a composite model makes: ingested stacks alone, raw products per composite."""
+    from landcover.inference.composite_source import composite_inputs
+
+    raw = [p for p in inputs if not is_ingested_stack(Path(p))]
+    stacks = [(scene_name(p), p) for p in inputs if is_ingested_stack(Path(p))]
+    return stacks + [(name, group) for name, group in composite_inputs(raw, engine.info, sign)]
+
+
+def _predict_jobs(
+    lm: Any, jobs: list[tuple[str, Any]], out_dir: str | Path, overwrite: bool, progress: Any, options: dict[str, Any]
+) -> list[PredictResult]:
+    names = [name for name, _ in jobs]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"inputs repeat a scene ({', '.join(dup)}); give each scene once")
     flags = {k: options[k] for k in ("probabilities", "confidence", "quicklook") if k in options}
     summaries: list[PredictResult] = []
     outside: list[tuple[str, Grid]] = []
-    for i, (path, name) in enumerate(zip(inputs, names, strict=True)):
+    for i, (name, path) in enumerate(jobs):
         target = Path(out_dir) / f"{name}.tif"
         if progress:
-            progress("scenes", i, len(inputs))
+            progress("scenes", i, len(jobs))
         if not overwrite and all(p.exists() for p in output_paths(target, **flags).values()):
-            summaries.append(PredictResult(input=str(path), out={"map": str(target)}, skipped=True))
+            summaries.append(PredictResult(input=_label(path), out={"map": str(target)}, skipped=True))
             continue
         lm = open_engine(lm, device=options.get("device", "auto"), precision=options.get("precision", "auto"))
         try:
             summaries.append(predict_scene(lm, path, target, overwrite=True, progress=progress, **options))
         except AOIOutsideError as exc:  # a scene beside the AOI: noted, not an error (unless every scene is)
             outside += exc.extents
-            summaries.append(PredictResult(str(path), {"map": str(target)}, skipped=True, outside_aoi=True))
+            summaries.append(PredictResult(_label(path), {"map": str(target)}, skipped=True, outside_aoi=True))
     if progress:
-        progress("scenes", len(inputs), len(inputs))
+        progress("scenes", len(jobs), len(jobs))
     if summaries and all(s.outside_aoi for s in summaries):
         raise no_overlap(options["aoi"], outside)
     return summaries
+
+
+def _label(path: str | Path | list[Path]) -> str:
+    """An input as PredictResult names it: its path, or the paths of a composite's products."""
+    return ", ".join(str(p) for p in path) if isinstance(path, list) else str(path)

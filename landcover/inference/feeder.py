@@ -4,10 +4,10 @@ reflection, normalised with the checkpoint's statistics, read in a background th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import rasterio
@@ -26,6 +26,23 @@ if TYPE_CHECKING:
 
 
 STACK_SCALE = "reflectance x 10000"  # the SCALE tag of an ingested scenes/<id>/image.tif
+
+
+class SceneSource(Protocol):
+    """What the feeder reads a scene from: an ingested stack, a product, or a composite of products."""
+
+    grid: Grid
+    window: Window | None  # the scene grid's window over the area of interest (None without one)
+    product_id: str
+    baseline: str | None
+    level: str
+    sensing_time: str | None
+
+    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Scene rows r0..r1: raw image (C, rows, width), valid (rows, width), cloud (rows, width) or None."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class StackSource:
@@ -126,10 +143,25 @@ def is_ingested_stack(path: Path) -> bool:
 
 
 def open_source(
-    path: Path | str, lm: ModelInfo, aoi: AOI | None = None, *, sign: Callable[[str], str] | None = None
-) -> StackSource | ProductSource:
+    path: Path | str | Sequence[Path | str],
+    lm: ModelInfo,
+    aoi: AOI | None = None,
+    *,
+    sign: Callable[[str], str] | None = None,
+) -> SceneSource:
     """The scene at ``path``: an ingested stack, any product, or a STAC item ``doc.json#<item id>`` (``sign``
-    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given."""
+    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given. For a model trained on multi-date
+    composites, ``path`` may be several products: the composite of the model's recipe is built from them."""
+    if not isinstance(path, (str, Path)) or (lm.composite is not None and not is_ingested_stack(Path(path))):
+        from landcover.inference.composite_source import CompositeSource
+
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        if lm.composite is None:
+            raise InputFormatError(
+                f"{len(paths)} inputs for one map, but the model was trained on single dates: predict each "
+                "product into its own map (pass a folder as --out)"
+            )
+        return CompositeSource(paths, lm, aoi, sign)
     if not split_reference(path)[0].exists():
         raise InputFormatError(f"{path} does not exist; check the path")
     if is_stac_input(path):
@@ -178,7 +210,7 @@ class Feeder:
     that get a class. Only the raw row is held (uint16 for a stack): batches are cut from it when the model
     needs them."""
 
-    def __init__(self, source: StackSource | ProductSource, plan: Plan, batch_size: int, mask_clouds: bool):
+    def __init__(self, source: SceneSource, plan: Plan, batch_size: int, mask_clouds: bool):
         self.source, self.plan, self.batch_size, self.mask_clouds = source, plan, batch_size, mask_clouds
         self.cols = reflect_index(np.arange(plan.padded_width) - plan.margin, plan.width)
         self.cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None

@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ import rasterio.shutil
 
 from landcover.errors import ConfigError, OutputExistsError
 from landcover.inference.engine import Engine, open_engine
-from landcover.inference.feeder import Feeder, ProductSource, StackSource, open_source
+from landcover.inference.feeder import Feeder, SceneSource, open_source
 from landcover.inference.model_info import ModelInfo
 from landcover.inference.sliding import make_plan
 from landcover.inference.stream import stream_windows
@@ -98,7 +98,7 @@ class PredictResult:
 
 def predict_scene(
     model: str | Path | LoadedModel | Engine,
-    input: str | Path,
+    input: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     overlap: int | None = None,
@@ -122,13 +122,16 @@ def predict_scene(
     than the training data (L1C vs L2A) is refused (ConfigError) unless ``allow_level_mismatch`` (then warned, as
     is a scene without any valid pixel). With ``aoi`` the map covers the scene grid's window over the AOI's bounds,
     pixels outside its polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`.
+    With a model trained on multi-date composites, ``input`` may be several products: the map of their composite
+    (:mod:`landcover.inference.composite_source`).
     """
     started = time.perf_counter()
-    input, out = Path(input), Path(out)
+    inputs = [Path(input)] if isinstance(input, (str, Path)) else [Path(p) for p in input]
+    input, out = inputs[0] if len(inputs) == 1 else Path(", ".join(p.name for p in inputs)), Path(out)
     paths = output_paths(out, probabilities=probabilities, confidence=confidence, quicklook=quicklook)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
-    check_inputs_exist([input])
+    check_inputs_exist(inputs)
     engine = open_engine(model, device=device, precision=precision)
     lm, batch_size = engine.info, batch_size or default_batch_size(engine.device)
     t, o = window_geometry(lm, tile, overlap, batch_size)
@@ -137,7 +140,7 @@ def predict_scene(
     with (
         rasterio.Env(**GDAL_ENV),
         temporaries() as tmp,
-        contextlib.closing(open_source(input, lm, aoi, sign=sign)) as source,
+        contextlib.closing(open_source(inputs[0] if len(inputs) == 1 else inputs, lm, aoi, sign=sign)) as source,
     ):
         warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
         out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands, level...): only now
@@ -224,7 +227,7 @@ def _no_data_warning(input: Path, mask_clouds: bool) -> str:
 
 def _map_tags(
     lm: ModelInfo,
-    source: StackSource | ProductSource,
+    source: SceneSource,
     input: Path,
     tile: int,
     overlap: int,
@@ -317,7 +320,7 @@ def check_level(lm: ModelInfo, level: str, input: Path, allow: bool | None) -> s
     )
 
 
-def provenance_tags(lm: ModelInfo, source: StackSource | ProductSource, input: Path) -> dict[str, str]:
+def provenance_tags(lm: ModelInfo, source: SceneSource, input: Path) -> dict[str, str]:
     """Where a map comes from: product id, levels, the input's and the checkpoint's file names (no path of
     the user's machine) and the checkpoint's sha256."""
     return {

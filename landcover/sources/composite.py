@@ -72,6 +72,7 @@ class CompositeReader:
             first = SceneReader(self.products[0], self.source_bands, **options)
             self._readers[id(self.products[0])] = first
             self.grid: Grid = first.grid
+            self.window = first.window  # the first product's grid window over the AOI (None without one)
             for product in self.products[1:]:
                 self._readers[id(product)] = SceneReader(product, self.source_bands, grid=self.grid, **options)
         except BaseException:

@@ -1,0 +1,122 @@
+"""Issue 18: a model trained on a multi-date composite predicts from the raw products: predict builds the composite
+of the recipe recorded with the checkpoint, and the map equals a prediction on the ingested composite stack."""
+
+from __future__ import annotations
+
+import shutil
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from shapely.geometry import box
+from typer.testing import CliRunner
+
+from landcover.cli import app
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
+from landcover.inference.checkpoint import load_checkpoint
+from landcover.inference.predict import predict_scene
+from landcover.training.train import train
+from tests.helpers import ONE_BATCH, tiny_config
+from tests.learnable import write_unet_checkpoint
+from tests.s2_fixtures import ORIGIN
+from tests.test_composite import BANDS, DATES, RECIPE, make_dated
+
+SEED = 1  # a split seed that gives this small scene train, val and test blocks
+SCENE = "T33UUP_20180301_20180831_composite"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Five dated products, their composite dataset (2 periods x 4 bands) and a model trained on it (1 batch)."""
+    root = tmp_path_factory.mktemp("composite_model")
+    products = [make_dated(root / f"d{i}", s, seed=i, size=384) for i, s in enumerate(DATES)]
+    x0, y0 = ORIGIN  # two CORINE polygons over the products (as tests/test_composite.py's clc fixture)
+    shapes = [box(x0 - 100, y0 - 4000, x0 + 1900, y0 + 100), box(x0 + 1900, y0 - 4000, x0 + 4000, y0 + 100)]
+    labels = root / "clc.gpkg"
+    gpd.GeoDataFrame({"CODE_18": ["311", "211"]}, geometry=shapes, crs="EPSG:32633").to_file(labels)
+    cfg = IngestConfig(
+        bands=list(BANDS),
+        tile_size=32,
+        nomenclature="level1",
+        composite=RECIPE,
+        split={"block_size_m": 1280, "min_valid_fraction": 0.0, "fractions": [0.4, 0.3, 0.3], "seed": SEED},
+    )
+    ingest(products, root / "ds", labels=labels, config=cfg)
+    torch.manual_seed(0)
+    train(tiny_config(root / "ds", *ONE_BATCH, "data.batch_size=2"), root / "run")
+    return root, products, root / "run" / "checkpoints" / "last.ckpt"
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.transform, ds.crs, ds.tags()
+
+
+def test_checkpoint_records_the_recipe_and_period_bands(trained):
+    _, _, ckpt = trained
+    lm = load_checkpoint(ckpt)
+    assert lm.bands == RECIPE.band_names(BANDS)
+    assert lm.composite == RECIPE.model_dump(mode="json")
+
+
+def test_map_from_raw_products_equals_map_from_the_ingested_composite(trained, tmp_path):
+    root, products, ckpt = trained
+    from_stack = predict_scene(ckpt, root / "ds" / "scenes" / SCENE / "image.tif", tmp_path / "stack.tif")
+    from_raw = predict_scene(ckpt, products, tmp_path / "raw.tif", quicklook=False)
+    a, b = read(tmp_path / "stack.tif"), read(tmp_path / "raw.tif")
+    assert a[1] == b[1] and a[2] == b[2]  # the same grid
+    assert np.array_equal(a[0], b[0])
+    assert (a[0] != 255).any() and (a[0] == 255).any()  # classes, and no data where no period has an observation
+    assert from_raw.product_id == SCENE and from_stack.valid_fraction == from_raw.valid_fraction
+    assert b[3]["INPUT"] == ", ".join(p.name for p in products)
+
+
+def test_cli_predicts_one_map_per_composite(trained, tmp_path):
+    _, products, ckpt = trained
+    runner = CliRunner()
+    args = ["predict", str(ckpt), *map(str, reversed(products)), "--no-quicklook"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "one.tif")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "maps")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*.tif")) == [f"{SCENE}.tif"]
+    assert np.array_equal(read(tmp_path / "one.tif")[0], read(tmp_path / "maps" / f"{SCENE}.tif")[0])
+    again = runner.invoke(app, [*args, "--out", str(tmp_path / "maps")])  # finished: skipped, not redone
+    assert again.exit_code == 0 and "skipped" in again.output.lower(), again.output
+
+
+def test_a_period_without_products_is_refused_naming_it(trained, tmp_path):
+    _, products, ckpt = trained
+    result = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, products[:2]), "--out", str(tmp_path / "m.tif")])
+    assert result.exit_code == 2
+    assert "summer (2018-06-01/2018-08-31)" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_several_products_for_one_map_need_a_composite_model(tmp_path):
+    dated = [make_dated(tmp_path / f"d{i}", s, seed=i) for i, s in enumerate(DATES[:2])]
+    ckpt = write_unet_checkpoint(tmp_path / "single.ckpt", bands=list(BANDS))
+    result = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, dated[:2]), "--out", str(tmp_path / "m.tif")])
+    assert result.exit_code == 2 and "trained on single dates" in result.output
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_products_of_two_tiles_make_two_maps(trained, tmp_path):
+    _, products, ckpt = trained
+    other = [shutil.copytree(p, tmp_path / f"o{i}") for i, p in enumerate(products)]
+    for folder in other:
+        for f in folder.iterdir():
+            f.rename(f.with_name(f.name.replace("T33UUP", "T33UUQ")))
+    result = CliRunner().invoke(
+        app, ["predict", str(ckpt), *map(str, products + other), "--out", str(tmp_path / "maps"), "--no-quicklook"]
+    )
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "maps").glob("*.tif"))
+    assert names == [f"{SCENE}.tif", f"{SCENE.replace('T33UUP', 'T33UUQ')}.tif"]
+    result = CliRunner().invoke(
+        app, ["predict", str(ckpt), *map(str, products + other), "--out", str(tmp_path / "m.tif")]
+    )
+    assert result.exit_code == 2 and "2 MGRS tiles" in result.output
