@@ -100,7 +100,9 @@ class CompositeSource:
         self.indexes = [self.reader.bands.index(b) for b in lm.bands]
         self.grid, self.window = self.reader.grid, self.reader.window
         self.product_id = composite_scene_id(products, recipe)
-        self.baseline: str | None = ",".join(sorted({str(p.processing_baseline or "unknown") for p in self.reader.products}))
+        self.baseline: str | None = ",".join(
+            sorted({str(p.processing_baseline or "unknown") for p in self.reader.products})
+        )
         self.level = str(self.reader.provenance()["level"])
         dates = sorted(p.sensing_time or "" for p in self.reader.products)
         self.sensing_time: str | None = f"{dates[0]}/{dates[-1]}"

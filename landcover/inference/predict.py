@@ -125,8 +125,7 @@ def predict_scene(
     With a model trained on multi-date composites, ``input`` may be several products: the map of their composite
     (:mod:`landcover.inference.composite_source`).
     """
-    started = time.perf_counter()
-    inputs = [Path(input)] if isinstance(input, (str, Path)) else [Path(p) for p in input]
+    started, inputs = time.perf_counter(), _input_paths(input)
     input, out = inputs[0] if len(inputs) == 1 else Path(", ".join(p.name for p in inputs)), Path(out)
     paths = output_paths(out, probabilities=probabilities, confidence=confidence, quicklook=quicklook)
     if out.exists() and not overwrite:
@@ -178,6 +177,10 @@ def predict_scene(
         processing_level={"checkpoint": lm.level, "scene": source.level},
         warnings=warnings,
     )
+
+
+def _input_paths(input: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(input)] if isinstance(input, (str, Path)) else [Path(p) for p in input]
 
 
 def default_batch_size(device: str) -> int:
