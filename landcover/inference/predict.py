@@ -122,8 +122,7 @@ def predict_scene(
     than the training data (L1C vs L2A) is refused (ConfigError) unless ``allow_level_mismatch`` (then warned, as
     is a scene without any valid pixel). With ``aoi`` the map covers the scene grid's window over the AOI's bounds,
     pixels outside its polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`.
-    With a model trained on multi-date composites, ``input`` may be several products: the map of their composite
-    (:mod:`landcover.inference.composite_source`).
+    A model of multi-date composites maps several products: their composite (:mod:`.composite_source`).
     """
     started, inputs = time.perf_counter(), _input_paths(input)
     input, out = inputs[0] if len(inputs) == 1 else Path(", ".join(p.name for p in inputs)), Path(out)
