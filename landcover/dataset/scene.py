@@ -8,11 +8,12 @@ complete, so an interrupted run leaves only finished scenes.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,7 @@ def ingest_scene(
             harmonize=cfg.harmonize,
             scl_invalid=cfg.scl_invalid,
             aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
+            clouds=cfg.clouds,
         ) as reader,
     ):
         grid = reader.grid
@@ -175,6 +177,7 @@ def _write_rasters(
     with (
         rasterio.open(tmp / "image.tif", "w", **_image_profile(grid, len(bands), cfg)) as img,
         rasterio.open(tmp / "labels.tif", "w", **class_map_profile(grid, blocksize=_block(cfg.tile_size))) as lab,
+        _probability_file(tmp, grid, reader, cfg) as prob,
     ):
         for done, strip in enumerate(windows, 1):
             win = reader.read(strip)
@@ -187,6 +190,8 @@ def _write_rasters(
             usable += int(invalid.size - np.count_nonzero(invalid))
             img.write(win.image, window=strip)
             lab.write(ids, 1, window=strip)
+            if prob is not None and win.cloud_probability is not None:
+                prob.write(probability_percent(win.cloud_probability, win.valid), 1, window=strip)
             records += _strip_tiles(scene_id, product, grid, strip, win, ids, cfg)
             if progress:
                 progress(f"{scene_id}: stack + labels", done, len(windows))
@@ -201,6 +206,30 @@ def _write_rasters(
             with rasterio.Env(**_level_option(cfg, "_OVERVIEW")):
                 img.build_overviews(factors, Resampling.average)
     return records, usable
+
+
+PROBABILITY_NODATA = 255
+
+
+def probability_percent(probability: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The detector's cloud probability (0..1) as uint8 percent; 255 (no data) where the window is not valid."""
+    out = np.rint(probability * 100.0).astype(np.uint8)
+    out[~valid] = PROBABILITY_NODATA
+    return out
+
+
+@contextlib.contextmanager
+def _probability_file(tmp: Path, grid: Grid, reader: SceneReader, cfg: IngestConfig) -> Iterator[Any]:
+    """cloud_probability.tif of the scene (in its temporary folder) when asked for and the detector runs, else None."""
+    if not (cfg.clouds.write_probability and reader.clouds is not None and reader.clouds.detector is not None):
+        yield None
+        return
+    block = _block(cfg.tile_size)
+    profile = {**class_map_profile(grid, blocksize=block), "dtype": "uint8", "nodata": PROBABILITY_NODATA}
+    with rasterio.open(tmp / "cloud_probability.tif", "w", **profile) as dst:
+        dst.set_band_description(1, "cloud_probability")
+        dst.update_tags(1, SCALE="percent (0..100)", DETECTOR=reader.clouds.detector.name)
+        yield dst
 
 
 def _strip_tiles(

@@ -82,6 +82,7 @@ class ProductSource:
     def __init__(
         self, path: Path | str, lm: ModelInfo, aoi: AOI | None = None, sign: Callable[[str], str] | None = None
     ):
+        from landcover.sources.clouds import CloudConfig, bands_to_read
         from landcover.sources.reader import SceneReader
         from landcover.sources.sentinel2 import open_product
 
@@ -93,7 +94,8 @@ class ProductSource:
                     f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
                     "with these bands or a checkpoint trained on its bands"
                 )
-            product = product.select(lm.bands)
+            clouds = CloudConfig.model_validate(lm.reader["clouds"]) if lm.reader.get("clouds") else None
+            product = product.select(bands_to_read(product, lm.bands, clouds))  # + the cloud detector's bands
         except InputFormatError as exc:
             if "without band names" not in str(exc):
                 raise

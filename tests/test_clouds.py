@@ -1,0 +1,225 @@
+"""Cloud masks where there is no SCL: the s2cloudless detector, window by window, in ingest and predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from pydantic import ValidationError
+from rasterio.windows import Window
+from s2cloudless import S2PixelCloudDetector
+from scipy import ndimage
+
+from landcover.config import load_config
+from landcover.dataset.ingest import ingest
+from landcover.dataset.settings import IngestConfig
+from landcover.errors import ConfigError, MissingBandError
+from landcover.inference.feeder import ProductSource
+from landcover.inference.model_info import ModelInfo
+from landcover.nomenclature import IGNORE, nomenclature
+from landcover.sources.clouds import CloudConfig, bands_to_read
+from landcover.sources.reader import SceneReader, strips
+from landcover.sources.sentinel2 import open_product
+from tests.s2_fixtures import ESA_BANDS, NATIVE, band_shape, make_safe, shared_data, write_s2_raster
+from tests.test_ingest import SMALL, clc  # noqa: F401  (the fixture)
+
+SIZE = 128
+CLOUDS = CloudConfig(detector="auto", write_probability=True)
+# TOA reflectance x 10000 of vegetated land and of a thick cloud (cirrus band B10 near 0 over clear land)
+LAND = dict(zip(ESA_BANDS, (1300, 1000, 800, 600, 900, 1800, 2200, 2600, 2700, 900, 20, 1700, 900), strict=True))
+CLOUD = dict(zip(ESA_BANDS, (6000, 6200, 6000, 6100, 6200, 6300, 6300, 6400, 6400, 3000, 400, 4500, 3500), strict=True))
+
+
+def cloudy_l1c(tmp_path, baseline="04.00"):
+    """A synthetic L1C SAFE product (128 x 128 px at 10 m): dark land with a bright, cirrus-bright blob."""
+    safe = make_safe(tmp_path, level="L1C", baseline=baseline, size=SIZE)
+    product = open_product(safe)
+    offset = 1000 if float(baseline) >= 4 else 0
+    rng = np.random.default_rng(7)
+    for band in ESA_BANDS:
+        res = NATIVE[band]
+        rows, cols = band_shape(res, SIZE)
+        y, x = np.ogrid[:rows, :cols]
+        cy, cx, r = rows * 0.35, cols * 0.6, rows * 0.22
+        blob = (y - cy) ** 2 + (x - cx) ** 2 <= r * r
+        land = LAND[band] + rng.integers(-50, 50, (rows, cols))
+        cloud = CLOUD[band] + rng.integers(-300, 300, (rows, cols))
+        data = (np.where(blob, cloud, land) + offset).astype(np.uint16)
+        write_s2_raster(Path(product.bands[band].path), data, res)
+    return safe
+
+
+def detector_reference(image13: np.ndarray, resolution: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """s2cloudless through its own API on all 13 bands (reflectance x 10000 -> / 10000), with the recommended
+    post-processing for the resolution: (probability, mask)."""
+    det = S2PixelCloudDetector(
+        threshold=0.4, all_bands=True, average_over=round(220 / resolution), dilation_size=round(110 / resolution)
+    )
+    data = (np.moveaxis(image13, 0, -1) / 10000.0)[np.newaxis].astype(np.float32)
+    probability = det.get_cloud_probability_maps(data)
+    return probability[0], det.get_mask_from_prob(probability)[0].astype(bool)
+
+
+def read_whole(product, bands, **kwargs):
+    with SceneReader(product, bands, prefetch=False, **kwargs) as reader:
+        g = reader.grid
+        return reader.read(Window(0, 0, g.width, g.height))
+
+
+def disk_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return ndimage.binary_dilation(mask, structure=x * x + y * y <= radius * radius)
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+def test_config_validation():
+    assert CloudConfig().detector == "none" and CloudConfig().threshold == 0.4 and CloudConfig().dilation_m == 0
+    with pytest.raises(ValidationError, match="extra"):
+        CloudConfig.model_validate({"detector": "auto", "buffer": 3})
+    with pytest.raises(ValidationError):
+        CloudConfig(detector="fmask")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        CloudConfig(threshold=1.0)
+    with pytest.raises(ValidationError):
+        CloudConfig(dilation_m=-10)
+    with pytest.raises(ValidationError, match="write_probability needs a detector"):
+        CloudConfig(write_probability=True)
+    cfg = IngestConfig.model_validate({"clouds": {"detector": "auto", "dilation_m": 30}})
+    assert cfg.clouds == CloudConfig(detector="auto", dilation_m=30)
+    with pytest.raises(ConfigError, match=r"clouds\.detector"):
+        load_config(IngestConfig, overrides=["clouds.detector=sen2cor"])
+
+
+def test_explicit_detector_on_l2a_names_the_missing_band(tmp_path):
+    product = open_product(make_safe(tmp_path, level="L2A"))  # L2A: no B10
+    with pytest.raises(MissingBandError, match=r"B10.*s2cloudless.*clouds\.detector"):
+        bands_to_read(product, ["B02"], CloudConfig(detector="s2cloudless"))
+    # auto: an L2A with an SCL keeps its SCL, reads no extra band
+    assert bands_to_read(product, ["B02"], CloudConfig(detector="auto")) == ["B02"]
+    win = read_whole(product.select(["B02"]), ["B02"], clouds=CloudConfig(detector="auto"))
+    assert win.cloud_probability is None and win.cloud is not None
+
+
+# --- window by window -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dilation_m", [0.0, 40.0])
+def test_strips_equal_the_whole_window(tmp_path, dilation_m):
+    product = open_product(cloudy_l1c(tmp_path))
+    cfg = CloudConfig(detector="auto", dilation_m=dilation_m)
+    bands = ["B02", "B03", "B04", "B08"]
+    product = product.select(bands_to_read(product, bands, cfg))
+    whole = read_whole(product, bands, clouds=cfg)
+    assert whole.image.shape == (4, SIZE, SIZE) and whole.cloud is not None and whole.cloud_probability is not None
+    assert 0.05 < whole.cloud.mean() < 0.95  # the blob is cloud, the land is not
+    with SceneReader(product, bands, clouds=cfg) as reader:  # 16-row strips, read ahead in the background
+        parts = [reader.read(w) for w in strips(reader.grid, 16, 16)]
+        provenance = reader.provenance()
+    assert np.array_equal(np.concatenate([p.cloud for p in parts]), whole.cloud)
+    assert np.array_equal(np.concatenate([p.cloud_probability for p in parts]), whole.cloud_probability)
+    assert np.array_equal(np.concatenate([p.image for p in parts], axis=1), whole.image)
+    assert np.array_equal(np.concatenate([p.valid for p in parts]), whole.valid)
+    # a window inside the scene (not full width): the same pixels again
+    with SceneReader(product, bands, clouds=cfg, prefetch=False) as reader:
+        part = reader.read(Window(37, 50, 41, 29))
+    assert np.array_equal(part.cloud, whole.cloud[50:79, 37:78])
+    clouds = provenance["clouds"]
+    assert clouds["detector"] == "s2cloudless" and clouds["version"] == "1.7.3" and clouds["threshold"] == 0.4
+    assert clouds["dilation_px"] == round(dilation_m / 10) and provenance["offsets_applied"].keys() == set(bands)
+
+
+def test_mask_equals_the_detector_api_and_dilation_grows_it(tmp_path):
+    product = open_product(cloudy_l1c(tmp_path))
+    reference = read_whole(product, list(ESA_BANDS))  # harmonised, no clouds: what the detector is given
+    probability, mask = detector_reference(reference.image)
+    cfg = CloudConfig(detector="s2cloudless", dilation_m=30)
+    ours = read_whole(product.select(bands_to_read(product, ["B04"], cfg)), ["B04"], clouds=cfg)
+    assert np.array_equal(ours.cloud_probability, probability)
+    assert np.array_equal(ours.cloud, disk_dilation(mask, 3))
+    assert ours.cloud.sum() > mask.sum()
+
+
+def test_scl_mask_is_dilated_too(tmp_path):
+    product = open_product(make_safe(tmp_path, level="L2A", size=96)).select(["B02"])
+    plain = read_whole(product, ["B02"])
+    grown = read_whole(product, ["B02"], clouds=CloudConfig(dilation_m=20))
+    assert np.array_equal(grown.cloud, disk_dilation(plain.cloud, 2))
+    none = read_whole(product, ["B02"], clouds=CloudConfig())
+    assert np.array_equal(none.cloud, plain.cloud) and none.cloud_probability is None
+
+
+# --- ingest ---------------------------------------------------------------------------------------------------
+
+
+def test_ingest_puts_ignore_exactly_where_the_detector_says(tmp_path, clc):  # noqa: F811
+    safe = cloudy_l1c(tmp_path)
+    product = open_product(safe)
+    reference = read_whole(product, list(ESA_BANDS))
+    probability, mask = detector_reference(reference.image)
+    cfg = SMALL.model_copy(update={"bands": ["B02", "B03", "B04", "B08"]})
+    plain, masked = tmp_path / "plain", tmp_path / "masked"
+    ingest([safe], plain, labels=clc, config=cfg)  # clouds.detector none: today's behaviour
+    ingest([safe], masked, labels=clc, config=cfg.model_copy(update={"clouds": CLOUDS}))
+    scene, scene0 = next((masked / "scenes").iterdir()), next((plain / "scenes").iterdir())
+    with rasterio.open(scene / "labels.tif") as src, rasterio.open(scene0 / "labels.tif") as src0:
+        labels, labels0 = src.read(1), src0.read(1)
+    with rasterio.open(scene / "image.tif") as src:
+        assert src.count == 4 and [*src.descriptions] == ["B02", "B03", "B04", "B08"]  # B10 read, not kept
+    assert 0.05 < mask.mean() < 0.95 and np.count_nonzero(labels0 != IGNORE) > labels0.size // 4
+    assert np.array_equal(labels == IGNORE, (labels0 == IGNORE) | mask)
+    assert np.array_equal(labels[~mask], labels0[~mask])
+    with rasterio.open(scene / "cloud_probability.tif") as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255 and (src.width, src.height) == (SIZE, SIZE)
+        percent = src.read(1)
+    assert np.array_equal(percent, np.where(reference.valid, np.rint(probability * 100), 255).astype(np.uint8))
+    clouds = json.loads((scene / "scene.json").read_text())["provenance"]["clouds"]
+    assert clouds["detector"] == "s2cloudless" and clouds["config"]["detector"] == "auto"
+    assert not (scene0 / "cloud_probability.tif").exists()
+
+
+def test_predict_reads_products_with_the_checkpoint_cloud_settings(tmp_path):
+    """ProductSource (predict on a raw product) masks what ingest masked, from the checkpoint's dataset settings."""
+    safe = cloudy_l1c(tmp_path)
+    bands = ["B02", "B03", "B04", "B08"]
+    meta_reader = {"clouds": CLOUDS.model_dump(mode="json")}
+    lm = ModelInfo("segmentation", bands, nomenclature("level1"), 16, np.zeros(4), np.ones(4), reader=meta_reader)
+    source = ProductSource(safe, lm)
+    try:
+        image, _, cloud = source.rows(0, SIZE)
+    finally:
+        source.close()
+    product = open_product(safe)
+    expected = read_whole(product.select(bands_to_read(product, bands, CLOUDS)), bands, clouds=CLOUDS)
+    assert image.shape == (4, SIZE, SIZE) and np.array_equal(image, expected.image)
+    assert cloud is not None and np.array_equal(cloud, expected.cloud) and 0.05 < cloud.mean() < 0.95
+    lm.reader = {}
+    source = ProductSource(safe, lm)  # a checkpoint without cloud settings: no mask on an L1C (as before)
+    try:
+        assert source.rows(0, SIZE)[2] is None
+    finally:
+        source.close()
+
+
+# --- the real L1C clip ----------------------------------------------------------------------------------------
+
+
+def test_real_l1c_clip_mask_equals_s2cloudless_api():
+    clip = shared_data("s2-l1c-T33UUU-jp2", "IMG_DATA")
+    product = open_product(clip)
+    reference = read_whole(product, list(ESA_BANDS))
+    probability, mask = detector_reference(reference.image)
+    cfg = CloudConfig(detector="auto")
+    bands = ["B02", "B03", "B04", "B08"]
+    with SceneReader(product.select(bands_to_read(product, bands, cfg)), bands, clouds=cfg) as reader:
+        parts = [reader.read(w) for w in strips(reader.grid, 256, 256)]  # 3 strips of 256 rows
+    cloud = np.concatenate([p.cloud for p in parts])
+    assert np.array_equal(np.concatenate([p.cloud_probability for p in parts]), probability)
+    assert np.array_equal(cloud, mask)
+    share = float(cloud[reference.valid].mean())
+    print(f"\nreal L1C clip (T33UUU 2017-02-16, 1536x768 px): s2cloudless masks {share:.1%} of valid pixels")
+    assert 0.10 < share < 0.40  # a hazy winter scene: measured 21.3 %
