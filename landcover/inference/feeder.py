@@ -77,10 +77,16 @@ class StackSource:
 
 
 class ProductSource:
-    """Any input open_product accepts, read like ingest reads it (SceneReader)."""
+    """Any input open_product accepts, read like ingest reads it (SceneReader); with ``clouds``, its clouds are
+    masked as the checkpoint's dataset masked them (``clouds`` settings: e.g. the detector on L1C products)."""
 
     def __init__(
-        self, path: Path | str, lm: ModelInfo, aoi: AOI | None = None, sign: Callable[[str], str] | None = None
+        self,
+        path: Path | str,
+        lm: ModelInfo,
+        aoi: AOI | None = None,
+        sign: Callable[[str], str] | None = None,
+        clouds: bool = False,
     ):
         from landcover.sources.clouds import CloudConfig, bands_to_read
         from landcover.sources.reader import SceneReader
@@ -94,8 +100,8 @@ class ProductSource:
                     f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
                     "with these bands or a checkpoint trained on its bands"
                 )
-            clouds = CloudConfig.model_validate(lm.reader["clouds"]) if lm.reader.get("clouds") else None
-            product = product.select(bands_to_read(product, lm.bands, clouds))  # + the cloud detector's bands
+            masking = CloudConfig.model_validate(lm.reader["clouds"]) if clouds and lm.reader.get("clouds") else None
+            product = product.select(bands_to_read(product, lm.bands, masking))  # + the cloud detector's bands
         except InputFormatError as exc:
             if "without band names" not in str(exc):
                 raise
@@ -104,7 +110,10 @@ class ProductSource:
                 "or ingest it with `landcover ingest --bands ...` and predict the ingested "
                 "scenes/<id>/image.tif"
             ) from exc
-        self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, aoi=aoi, **lm.reader)
+        settings = {k: v for k, v in lm.reader.items() if k != "clouds"}
+        self.reader = SceneReader(
+            product, lm.bands, resolution=lm.resolution, prefetch=False, aoi=aoi, clouds=masking, **settings
+        )
         self.grid, self.window, self.product_id = self.reader.grid, self.reader.window, product.product_id
         self.baseline = product.processing_baseline
         self.level = product.level
@@ -128,15 +137,23 @@ def is_ingested_stack(path: Path) -> bool:
 
 
 def open_source(
-    path: Path | str, lm: ModelInfo, aoi: AOI | None = None, *, sign: Callable[[str], str] | None = None
+    path: Path | str,
+    lm: ModelInfo,
+    aoi: AOI | None = None,
+    *,
+    sign: Callable[[str], str] | None = None,
+    clouds: bool = False,
 ) -> StackSource | ProductSource:
     """The scene at ``path``: an ingested stack, any product, or a STAC item ``doc.json#<item id>`` (``sign``
-    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given."""
+    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given. ``clouds``: a product's clouds are
+    computed as the checkpoint's dataset computed them (only needed when they are masked)."""
     if not split_reference(path)[0].exists():
         raise InputFormatError(f"{path} does not exist; check the path")
     if is_stac_input(path):
-        return ProductSource(path, lm, aoi, sign)
-    return StackSource(Path(path), lm, aoi) if is_ingested_stack(Path(path)) else ProductSource(path, lm, aoi, sign)
+        return ProductSource(path, lm, aoi, sign, clouds)
+    if is_ingested_stack(Path(path)):
+        return StackSource(Path(path), lm, aoi)
+    return ProductSource(path, lm, aoi, sign, clouds)
 
 
 @dataclass

@@ -137,7 +137,7 @@ def predict_scene(
     with (
         rasterio.Env(**GDAL_ENV),
         temporaries() as tmp,
-        contextlib.closing(open_source(input, lm, aoi, sign=sign)) as source,
+        contextlib.closing(open_source(input, lm, aoi, sign=sign, clouds=mask_clouds)) as source,
     ):
         warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
         out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands, level...): only now
