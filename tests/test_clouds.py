@@ -20,7 +20,7 @@ from landcover.errors import ConfigError, MissingBandError
 from landcover.inference.feeder import ProductSource
 from landcover.inference.model_info import ModelInfo
 from landcover.nomenclature import IGNORE, nomenclature
-from landcover.sources.clouds import CloudConfig, bands_to_read
+from landcover.sources.clouds import DETECTOR_BANDS, CloudConfig, bands_to_read
 from landcover.sources.reader import SceneReader, strips
 from landcover.sources.sentinel2 import open_product
 from tests.s2_fixtures import ESA_BANDS, NATIVE, band_shape, make_safe, shared_data, write_s2_raster
@@ -144,6 +144,46 @@ def test_mask_equals_the_detector_api_and_dilation_grows_it(tmp_path):
     assert ours.cloud.sum() > mask.sum()
 
 
+def loop_block_mean(image: np.ndarray, block: int) -> np.ndarray:
+    """Block means written plainly (the reference of landcover.sources.clouds.block_mean): every block's pixels
+    with data in all bands, averaged and rounded."""
+    c, h, w = image.shape
+    out = np.zeros((c, -(-h // block), -(-w // block)), np.uint16)
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            cell = image[:, i * block : (i + 1) * block, j * block : (j + 1) * block].reshape(c, -1)
+            cell = cell[:, cell.all(axis=0)]
+            if cell.size:
+                out[:, i, j] = np.rint(cell.astype(np.float64).mean(axis=1))
+    return out
+
+
+def test_detector_on_60m_blocks(tmp_path):
+    """resolution_m=60: the detector runs on 6 x 6 block means with its 60 m parameters (4/2 px); strips equal
+    the whole scene and the API run on the block means."""
+    product = open_product(cloudy_l1c(tmp_path))
+    cfg = CloudConfig(detector="auto", resolution_m=60, dilation_m=20)
+    bands = ["B02", "B03", "B04", "B08"]
+    selected = product.select(bands_to_read(product, bands, cfg))
+    whole = read_whole(selected, bands, clouds=cfg)
+    with SceneReader(selected, bands, clouds=cfg) as reader:
+        parts = [reader.read(w) for w in strips(reader.grid, 16, 16)]
+        assert reader.provenance()["clouds"]["average_over_px"] == 4 and reader.clouds.block == 6
+    assert np.array_equal(np.concatenate([p.cloud for p in parts]), whole.cloud)
+    assert np.array_equal(np.concatenate([p.cloud_probability for p in parts]), whole.cloud_probability)
+    reference = read_whole(product, list(ESA_BANDS)).image
+    blocks = loop_block_mean(reference[[ESA_BANDS.index(b) for b in DETECTOR_BANDS]], 6)
+    det = S2PixelCloudDetector(threshold=0.4, average_over=4, dilation_size=2)
+    data = (np.moveaxis(blocks, 0, -1) / 10000.0)[np.newaxis].astype(np.float32)
+    probability = det.get_cloud_probability_maps(data)
+    mask = det.get_mask_from_prob(probability)[0].astype(bool)
+    up = np.repeat(np.repeat(mask, 6, axis=0), 6, axis=1)[:SIZE, :SIZE]
+    assert np.array_equal(whole.cloud, disk_dilation(up, 2)) and 0.05 < whole.cloud.mean() < 0.95
+    assert np.array_equal(whole.cloud_probability[::6, ::6], probability[0])
+    with pytest.raises(ConfigError, match=r"clouds\.resolution_m \(25\) must be a multiple"):
+        SceneReader(selected, bands, clouds=CloudConfig(detector="auto", resolution_m=25))
+
+
 def test_scl_mask_is_dilated_too(tmp_path):
     product = open_product(make_safe(tmp_path, level="L2A", size=96)).select(["B02"])
     plain = read_whole(product, ["B02"])
@@ -188,7 +228,7 @@ def test_predict_reads_products_with_the_checkpoint_cloud_settings(tmp_path):
     bands = ["B02", "B03", "B04", "B08"]
     meta_reader = {"clouds": CLOUDS.model_dump(mode="json")}
     lm = ModelInfo("segmentation", bands, nomenclature("level1"), 16, np.zeros(4), np.ones(4), reader=meta_reader)
-    source = ProductSource(safe, lm)
+    source = ProductSource(safe, lm, clouds=True)  # predict --mask-clouds
     try:
         image, _, cloud = source.rows(0, SIZE)
     finally:
@@ -197,12 +237,13 @@ def test_predict_reads_products_with_the_checkpoint_cloud_settings(tmp_path):
     expected = read_whole(product.select(bands_to_read(product, bands, CLOUDS)), bands, clouds=CLOUDS)
     assert image.shape == (4, SIZE, SIZE) and np.array_equal(image, expected.image)
     assert cloud is not None and np.array_equal(cloud, expected.cloud) and 0.05 < cloud.mean() < 0.95
-    lm.reader = {}
-    source = ProductSource(safe, lm)  # a checkpoint without cloud settings: no mask on an L1C (as before)
-    try:
-        assert source.rows(0, SIZE)[2] is None
-    finally:
-        source.close()
+    for masked, reader in ((False, meta_reader), (True, {})):  # clouds not masked / a checkpoint without settings
+        lm.reader = reader
+        source = ProductSource(safe, lm, clouds=masked)
+        try:
+            assert source.rows(0, SIZE)[2] is None and source.reader.clouds is None  # no detector run (as before)
+        finally:
+            source.close()
 
 
 # --- the real L1C clip ----------------------------------------------------------------------------------------

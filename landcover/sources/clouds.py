@@ -7,11 +7,13 @@ atmosphere reflectance ``value / 10000`` (harmonised: the baseline 04.00 offset 
 the reader's grid, coarser bands resampled by the reader), giving a per-pixel cloud probability; its mask is that
 probability averaged over a disk (``average_over``), compared with the threshold (``>``) and dilated by a disk
 (``dilation_size``). The disk sizes follow the package's recommendations (22/11 pixels at 10 m, 4/2 at 60 m): 220 m
-and 110 m on the reader's grid.
+and 110 m on the reader's grid. With ``resolution_m`` (e.g. 60) the detector runs on block means of the grid's
+pixels (its 60 m parameters: about 18x faster on a 10 m grid) and each pixel takes its block's values.
 
 A mask strip depends on the probabilities of the rows around it, so a window is read grown by a halo of
-``average_over + dilation_size + dilation`` pixels (clipped to the grid, where the detector then sees the same
-border as on the whole scene) and cropped: masks computed strip by strip equal the mask of the whole scene.
+``average_over + dilation_size + dilation`` pixels (out to whole blocks; clipped to the grid, where the detector
+then sees the same border as on the whole scene) and cropped: masks computed strip by strip equal the mask of
+the whole scene.
 ``dilation_m`` grows every cloud mask (SCL classes, a product's cloud mask, the detector's) by a disk.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rasterio.windows import Window
 
-from landcover.errors import MissingBandError
+from landcover.errors import ConfigError, MissingBandError
 from landcover.io.grid import Grid
 from landcover.sources.product import Product
 
@@ -47,6 +49,12 @@ class CloudConfig(BaseModel):
         0.4, gt=0, lt=1, description="Cloud where the averaged probability is above this (s2cloudless default 0.4)"
     )
     dilation_m: float = Field(0.0, ge=0, description="Grow every cloud mask (SCL too) by a disk of this radius (m)")
+    resolution_m: float | None = Field(
+        None,
+        gt=0,
+        description="Run the detector on blocks of this size (a multiple of the grid's resolution; e.g. 60: "
+        "36x fewer pixels at 10 m, the package's recommended 60 m parameters); null: on the grid's pixels",
+    )
     write_probability: bool = Field(
         False, description="Ingest writes scenes/<id>/cloud_probability.tif (uint8 percent) where the detector runs"
     )
@@ -64,12 +72,13 @@ class S2CloudlessDetector:
     name = DETECTOR
     bands = DETECTOR_BANDS
 
-    def __init__(self, threshold: float, resolution: float):
+    def __init__(self, threshold: float, resolution: float, block: int = 1):
         from s2cloudless import S2PixelCloudDetector
 
         self.threshold = threshold
-        self.average_over = max(1, round(220.0 / resolution))
-        self.dilation_size = max(1, round(110.0 / resolution))
+        self.block = block  # grid pixels per side of the detector's pixels
+        self.average_over = max(1, round(220.0 / (resolution * block)))
+        self.dilation_size = max(1, round(110.0 / (resolution * block)))
         self.version = version("s2cloudless")
         self._detector = S2PixelCloudDetector(
             threshold=threshold, all_bands=False, average_over=self.average_over, dilation_size=self.dilation_size
@@ -77,8 +86,20 @@ class S2CloudlessDetector:
 
     @property
     def halo(self) -> int:
-        """Pixels on each side that a mask pixel depends on."""
-        return self.average_over + self.dilation_size
+        """Grid pixels on each side that a mask pixel depends on (whole blocks)."""
+        return (self.average_over + self.dilation_size) * self.block
+
+    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probability, mask) of ``image`` (10, H, W) on its grid pixels. With blocks, the window must start on
+        a block corner (of the grid's block lattice): blocks are averaged (:func:`block_mean`), the detector
+        runs on them, and every pixel of a block gets the block's values."""
+        if self.block == 1:
+            probability = self.probability(image)
+            return probability, self.mask(probability)
+        probability = self.probability(block_mean(image, self.block))
+        mask = self.mask(probability)
+        rows, cols = image.shape[1:]
+        return expand(probability, self.block, rows, cols), expand(mask, self.block, rows, cols)
 
     def probability(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float32 cloud probability in 0..1 of ``image`` (10, H, W): pixel by pixel, in row chunks."""
@@ -100,6 +121,7 @@ class S2CloudlessDetector:
             "threshold": self.threshold,
             "average_over_px": self.average_over,
             "dilation_size_px": self.dilation_size,
+            "block_px": self.block,
         }
 
 
@@ -141,7 +163,8 @@ class CloudMasker:
     def __init__(self, product: Product, bands: list[str], config: CloudConfig, resolution: float):
         self.config = config
         runs = detector_applies(product, config)
-        self.detector = S2CloudlessDetector(config.threshold, resolution) if runs else None
+        self.block = detector_block(config, resolution) if runs else 1
+        self.detector = S2CloudlessDetector(config.threshold, resolution, self.block) if runs else None
         self.extra_bands = [b for b in DETECTOR_BANDS if b not in bands] if runs else []
         everything = [*bands, *self.extra_bands]
         self.band_index = [everything.index(b) for b in DETECTOR_BANDS] if runs else []
@@ -154,10 +177,12 @@ class CloudMasker:
         return self.halo > 0
 
     def grow(self, window: Window, grid: Grid) -> Window:
-        """``window`` grown by the halo on every side, clipped to ``grid``."""
-        c0, r0 = max(0, int(window.col_off) - self.halo), max(0, int(window.row_off) - self.halo)
-        c1 = min(grid.width, int(window.col_off) + int(window.width) + self.halo)
-        r1 = min(grid.height, int(window.row_off) + int(window.height) + self.halo)
+        """``window`` grown by the halo on every side, out to the detector's block corners, clipped to ``grid``."""
+        b = self.block
+        c0 = max(0, (int(window.col_off) - self.halo) // b * b)
+        r0 = max(0, (int(window.row_off) - self.halo) // b * b)
+        c1 = min(grid.width, -(-(int(window.col_off) + int(window.width) + self.halo) // b) * b)
+        r1 = min(grid.height, -(-(int(window.row_off) + int(window.height) + self.halo) // b) * b)
         return Window(c0, r0, c1 - c0, r1 - r0)
 
     def compute(self, image: np.ndarray, cloud: np.ndarray | None) -> CloudWindow:
@@ -165,8 +190,7 @@ class CloudMasker:
         ``cloud`` the product's own mask (SCL classes) or None."""
         probability = None
         if self.detector is not None:
-            probability = self.detector.probability(image[self.band_index])
-            detected = self.detector.mask(probability)
+            probability, detected = self.detector.run(image[self.band_index])
             cloud = detected if cloud is None else cloud | detected
         if cloud is not None and self.dilation_px:
             cloud = dilate(cloud, self.dilation_px)
@@ -180,6 +204,37 @@ class CloudMasker:
             out["detector"] = None
             out["note"] = "auto: the product has an SCL/cloud mask or lacks the detector's bands; detector not run"
         return out
+
+
+def detector_block(config: CloudConfig, resolution: float) -> int:
+    """Grid pixels per side of the detector's pixels (``resolution_m`` / the grid's resolution)."""
+    if config.resolution_m is None:
+        return 1
+    block = round(config.resolution_m / resolution)
+    if block < 1 or abs(block * resolution - config.resolution_m) > 1e-6:
+        raise ConfigError(
+            f"clouds.resolution_m ({config.resolution_m:g}) must be a multiple of the grid's resolution "
+            f"({resolution:g} m), e.g. {6 * resolution:g}; or null to run the detector on the grid's pixels"
+        )
+    return block
+
+
+def block_mean(image: np.ndarray, block: int) -> np.ndarray:
+    """(C, ceil(H / block), ceil(W / block)) uint16: the rounded mean of each block's pixels that have data in
+    every band (0 where none has); blocks cut by the window's bottom/right edge average the pixels they have."""
+    c, h, w = image.shape
+    hb, wb = -(-h // block), -(-w // block)
+    padded = np.zeros((c, hb * block, wb * block), image.dtype)
+    padded[:, :h, :w] = image
+    valid = padded.all(axis=0)
+    sums = (padded * valid).reshape(c, hb, block, wb, block).sum(axis=(2, 4), dtype=np.float64)
+    counts = valid.reshape(hb, block, wb, block).sum(axis=(1, 3))
+    return np.where(counts > 0, np.rint(sums / np.maximum(counts, 1)), 0).astype(np.uint16)
+
+
+def expand(blocks: np.ndarray, block: int, rows: int, cols: int) -> np.ndarray:
+    """Every block's value on its ``block`` x ``block`` pixels, cut to ``rows`` x ``cols``."""
+    return np.ascontiguousarray(np.repeat(np.repeat(blocks, block, axis=0), block, axis=1)[:rows, :cols])
 
 
 def disk(radius: int) -> np.ndarray:
