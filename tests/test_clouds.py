@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from rasterio.windows import Window
 from s2cloudless import S2PixelCloudDetector
 from scipy import ndimage
+from typer.testing import CliRunner
 
+from landcover.cli import app
 from landcover.config import load_config
 from landcover.dataset.ingest import ingest
 from landcover.dataset.settings import IngestConfig
@@ -271,3 +273,21 @@ def test_real_l1c_clip_mask_equals_s2cloudless_api(resolution_m):
     share = float(cloud[reference.valid].mean())
     print(f"\nreal L1C clip (T33UUU 2017-02-16, 1536x768 px): s2cloudless ({block * 10} m) masks {share:.1%}")
     assert 0.10 < share < 0.40  # a hazy winter scene: measured 21.3 % (10 m), 22.4 % (60 m blocks)
+
+
+def test_cli_ingest_with_the_detector_and_bad_settings(tmp_path, clc):  # noqa: F811
+    safe = cloudy_l1c(tmp_path, baseline="02.14")
+    out = tmp_path / "ds"
+    base = ["ingest", str(safe), "--labels", str(clc), "--out", str(out), "--bands", "B02,B03,B04,B08"]
+    base += ["--tile-size", "16", "--set", "overviews=false", "--set", "split.min_valid_fraction=0"]
+    bad = CliRunner().invoke(app, [*base, "--set", "clouds.detector=fmask"])
+    assert bad.exit_code == 2 and "clouds.detector" in bad.output and not out.exists()
+    bad = CliRunner().invoke(app, [*base, "--set", "clouds.detector=auto", "--set", "clouds.resolution_m=25"])
+    assert bad.exit_code == 2 and "clouds.resolution_m (25) must be a multiple" in bad.output
+    assert not list((out / "scenes").glob("*/scene.json"))  # nothing half-written
+    good = CliRunner().invoke(
+        app, [*base, "--overwrite", "--set", "clouds.detector=auto", "--set", "clouds.dilation_m=20"]
+    )
+    assert good.exit_code == 0, good.output
+    scene = json.loads(next((out / "scenes").glob("*/scene.json")).read_text())
+    assert scene["provenance"]["clouds"]["dilation_px"] == 2 and scene["provenance"]["level"] == "L1C"
