@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.windows import Window
 from shapely.geometry import box
 from typer.testing import CliRunner
 
@@ -120,3 +121,30 @@ def test_products_of_two_tiles_make_two_maps(trained, tmp_path):
         app, ["predict", str(ckpt), *map(str, products + other), "--out", str(tmp_path / "m.tif")]
     )
     assert result.exit_code == 2 and "2 MGRS tiles" in result.output
+
+
+def test_composite_leaves_out_what_the_cloud_detector_masks(tmp_path):
+    """L1C products (no SCL) with clouds.detector=auto: each date's s2cloudless mask is left out of its period."""
+    from landcover.sources.clouds import CloudConfig
+    from landcover.sources.composite import CompositeReader
+    from landcover.sources.recipe import CompositeRecipe
+    from landcover.sources.sentinel2 import open_product
+    from tests.s2_fixtures import make_safe
+    from tests.test_clouds import SIZE, cloudy_l1c, read_whole
+
+    cloudy = open_product(cloudy_l1c(tmp_path / "a"))  # 2023-01-15: a thick cloud
+    clear = open_product(make_safe(tmp_path / "b", level="L1C", sensing="20230125T101021", size=SIZE, seed=3))
+    bands, clouds = ["B02", "B03", "B04", "B08"], CloudConfig(detector="auto")
+    recipe = CompositeRecipe.model_validate({"periods": ["january=2023-01-01/2023-01-31"]})
+    usable = []
+    for product in (cloudy, clear):
+        win = read_whole(product, bands, clouds=clouds)
+        usable.append(win.valid & ~win.cloud)
+    assert not usable[0].all() and usable[0].any()  # the detector found the cloud
+    with CompositeReader([cloudy, clear], bands, recipe, clouds=clouds) as reader:
+        win = reader.read(Window(0, 0, SIZE, SIZE))
+        assert reader.provenance()["periods"][0]["inputs"][0]["clouds"]["detector"] == "s2cloudless"
+    assert np.array_equal(win.counts[0], usable[0].astype(np.uint8) + usable[1])
+    only_clear = ~usable[0] & usable[1]
+    clear_image = read_whole(clear, bands, clouds=clouds).image
+    assert np.array_equal(win.image[:, only_clear], clear_image[:, only_clear])

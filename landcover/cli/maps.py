@@ -172,7 +172,7 @@ def predict(
     ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
-    mask_clouds: Annotated[bool, typer.Option(help="Write 255 where the SCL / cloud mask marks clouds.")] = False,
+    mask_clouds: Annotated[bool, typer.Option(help="Write 255 where SCL, cloud mask or detector see clouds.")] = False,
     quicklook: Annotated[bool, typer.Option(help="Write a PNG quick look with a legend next to each map.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (default: skip finished scenes).")] = False,
     allow_level_mismatch: Annotated[

@@ -67,6 +67,7 @@ def ingest_composite_scene(
             harmonize=cfg.harmonize,
             scl_invalid=cfg.scl_invalid,
             aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
+            clouds=cfg.clouds,
         ) as reader,
     ):
         reader.check_best()

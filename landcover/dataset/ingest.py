@@ -47,6 +47,7 @@ from landcover.io.outputs import atomic_output
 from landcover.nomenclature import default_bands, nomenclature, sentinel2_bands
 from landcover.sources.bigearthnet import PATCH_PIXELS
 from landcover.sources.bigearthnet_scenes import BigEarthNetProduct, open_inputs
+from landcover.sources.clouds import bands_to_read
 from landcover.sources.reader import target_grid
 from landcover.sources.recipe import split_band
 from landcover.sources.s2meta import dataset_level
@@ -243,15 +244,17 @@ def ingest(
     label_path = Path(labels) if labels is not None else None
     if not inputs:
         raise ConfigError("no input given: pass one or more Sentinel-2 products")
+    # the cloud detector may need bands the dataset does not keep (B10): products keep them until selected below
+    opened = cfg.bands if cfg.clouds.detector == "none" else None
     with open_inputs(
-        inputs, cfg.bands, nomenclature=cfg.nomenclature, metadata=cfg.bigearthnet_metadata, sign=sign
+        inputs, opened, nomenclature=cfg.nomenclature, metadata=cfg.bigearthnet_metadata, sign=sign
     ) as products:
         if "tile_size" not in cfg.model_fields_set and all(isinstance(p, BigEarthNetProduct) for p in products):
             cfg = cfg.model_copy(update={"tile_size": PATCH_PIXELS})
         if not cfg.split.by_scene:
             check_block_size(cfg.split, cfg.tile_size * cfg.resolution)
         bands = _dataset_bands(products, cfg)
-        products = [p.select(bands) for p in products]
+        products = [p.select(bands_to_read(p, bands, cfg.clouds)) for p in products]
         ids = [scene_id_of(p) for p in products]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -13,7 +13,7 @@ import glob
 import json
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ def ingest_scene(
             harmonize=cfg.harmonize,
             scl_invalid=cfg.scl_invalid,
             aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
+            clouds=cfg.clouds,
         ) as reader,
     ):
         about = SceneAbout(
@@ -215,6 +216,7 @@ def _write_rasters(
         if about.periods:
             profile = {**_image_profile(grid, len(about.periods), cfg), "dtype": "uint8", "nodata": None}
             counts = files.enter_context(rasterio.open(tmp / "counts.tif", "w", **profile))
+        prob = files.enter_context(_probability_file(tmp, grid, reader, cfg))
         for done, strip in enumerate(windows, 1):
             win = reader.read(strip)
             if source is not None:
@@ -228,6 +230,8 @@ def _write_rasters(
             lab.write(ids, 1, window=strip)
             if counts is not None and win.counts is not None:
                 counts.write(win.counts, window=strip)
+            if prob is not None and win.cloud_probability is not None:
+                prob.write(probability_percent(win.cloud_probability, win.valid), 1, window=strip)
             records += _strip_tiles(about, grid, strip, win, ids, cfg)
             if progress:
                 progress(f"{about.scene_id}: stack + labels", done, len(windows))
@@ -253,6 +257,32 @@ def _overviews(img: Any, lab: Any, grid: Grid, cfg: IngestConfig, scene_id: str,
             progress(f"{scene_id}: overviews", 0, 1)
         with rasterio.Env(**_level_option(cfg, "_OVERVIEW")):
             img.build_overviews(factors, Resampling.average)
+
+
+PROBABILITY_NODATA = 255
+
+
+def probability_percent(probability: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The detector's cloud probability (0..1) as uint8 percent; 255 (no data) where the window is not valid."""
+    out = np.rint(probability * 100.0).astype(np.uint8)
+    out[~valid] = PROBABILITY_NODATA
+    return out
+
+
+@contextlib.contextmanager
+def _probability_file(tmp: Path, grid: Grid, reader: StackReader, cfg: IngestConfig) -> Iterator[Any]:
+    """cloud_probability.tif of a single-date scene (in its temporary folder) when asked for and the detector runs,
+    else None (a composite has no single date's clouds: its cloudy observations are left out of the periods)."""
+    clouds = reader.clouds if isinstance(reader, SceneReader) else None
+    if not (cfg.clouds.write_probability and clouds is not None and clouds.detector is not None):
+        yield None
+        return
+    block = _block(cfg.tile_size)
+    profile = {**class_map_profile(grid, blocksize=block), "dtype": "uint8", "nodata": PROBABILITY_NODATA}
+    with rasterio.open(tmp / "cloud_probability.tif", "w", **profile) as dst:
+        dst.set_band_description(1, "cloud_probability")
+        dst.update_tags(1, SCALE="percent (0..100)", DETECTOR=clouds.detector.name)
+        yield dst
 
 
 def _strip_tiles(

@@ -27,6 +27,7 @@ from landcover.io.aoi import AOI
 from landcover.io.outputs import atomic_output
 from landcover.nomenclature import nomenclature, normalize_band_name
 from landcover.sources.bigearthnet import PATCH_PIXELS
+from landcover.sources.clouds import CloudConfig
 from landcover.sources.recipe import CompositeRecipe
 from landcover.version import __version__
 
@@ -86,6 +87,9 @@ class IngestConfig(BaseModel):
         False,
         description="Also build overviews of image.tif (average): QGIS then draws whole scenes quickly, but "
         "on a full tile it costs about as much CPU as decoding the product. labels.tif always gets (cheap) overviews",
+    )
+    clouds: CloudConfig = Field(
+        CloudConfig(), description="Cloud masking: a detector for products without an SCL (L1C), dilation, probability"
     )
     labels: LabelOptions = LabelOptions()
     split: SplitConfig = SplitConfig()

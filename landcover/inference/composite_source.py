@@ -20,6 +20,7 @@ from landcover.dataset.composite_scene import composite_groups, composite_scene_
 from landcover.errors import ConfigError, InputFormatError, MissingBandError
 from landcover.inference.model_info import ModelInfo
 from landcover.io.aoi import AOI
+from landcover.sources.clouds import CloudConfig, bands_to_read
 from landcover.sources.composite import CompositeReader
 from landcover.sources.product import Product
 from landcover.sources.recipe import CompositeRecipe, split_band
@@ -37,11 +38,16 @@ def source_bands(lm: ModelInfo) -> list[str]:
     return list(dict.fromkeys(split_band(b)[0] for b in lm.bands))
 
 
+def cloud_settings(lm: ModelInfo) -> CloudConfig | None:
+    """The cloud settings the model's dataset was ingested with (the detector, its threshold, dilation)."""
+    return CloudConfig.model_validate(lm.reader["clouds"]) if lm.reader.get("clouds") else None
+
+
 def open_products(paths: Sequence[str | Path], lm: ModelInfo, sign: Callable[[str], str] | None) -> list[Product]:
-    """The products at ``paths`` with the bands the model's composite needs."""
+    """The products at ``paths`` with the bands the model's composite needs (and the cloud detector's)."""
     from landcover.sources.sentinel2 import open_product
 
-    bands, products = source_bands(lm), []
+    bands, products, clouds = source_bands(lm), [], cloud_settings(lm)
     for path in paths:
         product = open_product(path, sign=sign)
         if missing := [b for b in bands if b not in product.bands]:
@@ -49,7 +55,7 @@ def open_products(paths: Sequence[str | Path], lm: ModelInfo, sign: Callable[[st
                 f"{path} lacks band(s) {','.join(missing)} that the composite model needs (it has "
                 f"{','.join(product.bands) or 'none'}); use products with the bands {','.join(bands)}"
             )
-        products.append(product.select(bands))
+        products.append(product.select(bands_to_read(product, bands, clouds)))
     return products
 
 
@@ -86,7 +92,9 @@ class CompositeSource:
                 "tile (composite.group: tile): predict into a folder (one map per tile) or give one tile's products"
             )
         options = {k: v for k, v in lm.reader.items() if k in ("resampling", "harmonize", "scl_invalid")}
-        self.reader = CompositeReader(products, source_bands(lm), recipe, resolution=lm.resolution, aoi=aoi, **options)
+        self.reader = CompositeReader(
+            products, source_bands(lm), recipe, resolution=lm.resolution, aoi=aoi, clouds=cloud_settings(lm), **options
+        )
         try:
             self.reader.check_best()
             if missing := [b for b in lm.bands if b not in self.reader.bands]:

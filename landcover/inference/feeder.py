@@ -94,11 +94,18 @@ class StackSource:
 
 
 class ProductSource:
-    """Any input open_product accepts, read like ingest reads it (SceneReader)."""
+    """Any input open_product accepts, read like ingest reads it (SceneReader); with ``clouds``, its clouds are
+    masked as the checkpoint's dataset masked them (``clouds`` settings: e.g. the detector on L1C products)."""
 
     def __init__(
-        self, path: Path | str, lm: ModelInfo, aoi: AOI | None = None, sign: Callable[[str], str] | None = None
+        self,
+        path: Path | str,
+        lm: ModelInfo,
+        aoi: AOI | None = None,
+        sign: Callable[[str], str] | None = None,
+        clouds: bool = False,
     ):
+        from landcover.sources.clouds import CloudConfig, bands_to_read
         from landcover.sources.reader import SceneReader
         from landcover.sources.sentinel2 import open_product
 
@@ -110,7 +117,8 @@ class ProductSource:
                     f"{','.join(product.bands) or 'none'}; the checkpoint uses {','.join(lm.bands)}): use a product "
                     "with these bands or a checkpoint trained on its bands"
                 )
-            product = product.select(lm.bands)
+            masking = CloudConfig.model_validate(lm.reader["clouds"]) if clouds and lm.reader.get("clouds") else None
+            product = product.select(bands_to_read(product, lm.bands, masking))  # + the cloud detector's bands
         except InputFormatError as exc:
             if "without band names" not in str(exc):
                 raise
@@ -119,7 +127,10 @@ class ProductSource:
                 "or ingest it with `landcover ingest --bands ...` and predict the ingested "
                 "scenes/<id>/image.tif"
             ) from exc
-        self.reader = SceneReader(product, lm.bands, resolution=lm.resolution, prefetch=False, aoi=aoi, **lm.reader)
+        settings = {k: v for k, v in lm.reader.items() if k != "clouds"}
+        self.reader = SceneReader(
+            product, lm.bands, resolution=lm.resolution, prefetch=False, aoi=aoi, clouds=masking, **settings
+        )
         self.grid, self.window, self.product_id = self.reader.grid, self.reader.window, product.product_id
         self.baseline = product.processing_baseline
         self.level = product.level
@@ -148,10 +159,13 @@ def open_source(
     aoi: AOI | None = None,
     *,
     sign: Callable[[str], str] | None = None,
+    clouds: bool = False,
 ) -> SceneSource:
     """The scene at ``path``: an ingested stack, any product, or a STAC item ``doc.json#<item id>`` (``sign``
-    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given. For a model trained on multi-date
-    composites, ``path`` may be several products: the composite of the model's recipe is built from them."""
+    rewrites its http(s) hrefs); on its grid's window over ``aoi`` if given. ``clouds``: a product's clouds are
+    computed as the checkpoint's dataset computed them (only needed when they are masked). For a model trained on
+    multi-date composites, ``path`` may be several products: the composite of the model's recipe is built from
+    them, with the clouds (SCL, the detector) left out of its periods as ingest left them out."""
     if not isinstance(path, (str, Path)) or (lm.composite is not None and not is_ingested_stack(Path(path))):
         from landcover.inference.composite_source import CompositeSource
 
@@ -165,8 +179,10 @@ def open_source(
     if not split_reference(path)[0].exists():
         raise InputFormatError(f"{path} does not exist; check the path")
     if is_stac_input(path):
-        return ProductSource(path, lm, aoi, sign)
-    return StackSource(Path(path), lm, aoi) if is_ingested_stack(Path(path)) else ProductSource(path, lm, aoi, sign)
+        return ProductSource(path, lm, aoi, sign, clouds)
+    if is_ingested_stack(Path(path)):
+        return StackSource(Path(path), lm, aoi)
+    return ProductSource(path, lm, aoi, sign, clouds)
 
 
 @dataclass

@@ -25,7 +25,7 @@ class ModelInfo:
     std: np.ndarray
     resolution: float = 10.0
     label_mode: str = "single"
-    reader: dict[str, Any] = field(default_factory=dict)  # ingest settings: resampling, harmonize, scl_invalid
+    reader: dict[str, Any] = field(default_factory=dict)  # ingest settings: resampling, harmonize, scl_invalid, clouds
     sha256: str | None = None
     path: str | None = None
     level: str = "unknown"  # processing level of the training data: L1C, L2A, mixed or unknown (older checkpoints)
@@ -50,7 +50,11 @@ class ModelInfo:
             bands = [str(b) for b in meta["bands"]]
             mean, std = _normalization(meta, len(bands))
             settings = meta.get("dataset_settings") or {}
-            reader = {k: settings[k] for k in ("resampling", "harmonize", "scl_invalid") if settings.get(k) is not None}
+            reader = {
+                k: settings[k]
+                for k in ("resampling", "harmonize", "scl_invalid", "clouds")
+                if settings.get(k) is not None
+            }
             return ModelInfo(
                 str(meta["task"]),
                 bands,

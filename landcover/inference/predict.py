@@ -117,15 +117,15 @@ def predict_scene(
     sign: Callable[[str], str] | None = None,
 ) -> PredictResult:
     """Predict one scene into the COG ``out`` (and its side files) with a checkpoint, a loaded model, an engine or
-    an exported ``.onnx`` (:func:`~landcover.inference.engine.open_engine`); return what was written. ``input`` may
-    be a STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs). A scene of another processing level
-    than the training data (L1C vs L2A) is refused (ConfigError) unless ``allow_level_mismatch`` (then warned, as
-    is a scene without any valid pixel). With ``aoi`` the map covers the scene grid's window over the AOI's bounds,
-    pixels outside its polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`.
-    A model of multi-date composites maps several products: their composite (:mod:`.composite_source`).
-    """
-    started, inputs = time.perf_counter(), _input_paths(input)
-    input, out = inputs[0] if len(inputs) == 1 else Path(", ".join(p.name for p in inputs)), Path(out)
+    an exported ``.onnx`` (:func:`~landcover.inference.engine.open_engine`); return what was written. ``input``: a
+    product, a stack, a STAC item ``doc.json#<item id>`` (``sign`` rewrites its http(s) hrefs), or the products of
+    a model's multi-date composite (:mod:`.composite_source`). A scene of another processing level than the training
+    data (L1C vs L2A) is refused (ConfigError) unless ``allow_level_mismatch`` (then warned, as is a scene without
+    any valid pixel). With ``aoi`` the map covers the scene grid's window over the AOI's bounds, pixels outside its
+    polygons are no data; a scene outside it raises :class:`~landcover.io.aoi.AOIOutsideError`."""
+    started, inputs, out = time.perf_counter(), _input_paths(input), Path(out)
+    scene = inputs[0] if len(inputs) == 1 else inputs  # one scene, or the products of one composite
+    input = scene if isinstance(scene, Path) else Path(", ".join(p.name for p in scene))  # named in messages, tags
     paths = output_paths(out, probabilities=probabilities, confidence=confidence, quicklook=quicklook)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
@@ -138,7 +138,7 @@ def predict_scene(
     with (
         rasterio.Env(**GDAL_ENV),
         temporaries() as tmp,
-        contextlib.closing(open_source(inputs[0] if len(inputs) == 1 else inputs, lm, aoi, sign=sign)) as source,
+        contextlib.closing(open_source(scene, lm, aoi, sign=sign, clouds=mask_clouds)) as source,
     ):
         warnings = [w for w in [check_level(lm, source.level, input, allow_level_mismatch)] if w]
         out.parent.mkdir(parents=True, exist_ok=True)  # the input is usable (bands, level...): only now

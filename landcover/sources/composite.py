@@ -29,6 +29,7 @@ from rasterio.windows import Window
 from landcover.errors import ConfigError
 from landcover.io.aoi import AOI
 from landcover.io.grid import Grid
+from landcover.sources.clouds import CloudConfig
 from landcover.sources.product import Product
 from landcover.sources.reader import SceneReader, SceneWindow, stop_pool
 from landcover.sources.recipe import CompositeRecipe, Period, sensing_date
@@ -50,6 +51,7 @@ class CompositeReader:
         scl_invalid: Sequence[int] | None = None,
         aoi: AOI | None = None,
         threads: int | None = None,
+        clouds: CloudConfig | dict[str, Any] | None = None,
     ):
         self.recipe = recipe
         self.source_bands = list(bands)
@@ -66,6 +68,7 @@ class CompositeReader:
             "harmonize": harmonize,
             "scl_invalid": scl_invalid,
             "aoi": aoi,
+            "clouds": clouds,  # each date's SCL / detected clouds are left out of its period
             "prefetch": False,  # one strip per date in memory
         }
         try:

@@ -42,6 +42,7 @@ from landcover.io.aoi import AOI, AOIMask, aoi_window, no_overlap, sub_grid
 from landcover.io.grid import Grid, open_raster
 from landcover.nomenclature import default_scl_invalid
 from landcover.sources.band_reader import BandReader
+from landcover.sources.clouds import CloudConfig, CloudMasker, crop
 from landcover.sources.sentinel2 import Product
 
 NODATA = 0
@@ -52,9 +53,9 @@ RESAMPLING = {"bilinear": Resampling.bilinear, "cubic": Resampling.cubic, "neare
 class SceneWindow:
     image: np.ndarray  # (C, H, W) uint16 reflectance x 10000, 0 = no data
     valid: np.ndarray  # (H, W) bool: every band has data
-    cloud: np.ndarray | None  # (H, W) bool: SCL-invalid / cloud-mask pixels, None without a mask
+    cloud: np.ndarray | None  # (H, W) bool: SCL-invalid / cloud-mask / detected pixels, None without a mask
     counts: np.ndarray | None = None  # (P, H, W) uint8 valid observations per period (composites only)
-    cloud_probability: np.ndarray | None = None  # (H, W) float32 0..1, None without a cloud detector
+    cloud_probability: np.ndarray | None = None  # (H, W) float32 0..1: the cloud detector's, None where it did not run
 
 
 class StackReader(Protocol):
@@ -125,6 +126,7 @@ class SceneReader:
         prefetch: bool = True,
         aoi: AOI | None = None,
         grid: Grid | None = None,
+        clouds: CloudConfig | dict[str, Any] | None = None,
     ):
         self.product = product
         self.bands = list(bands)
@@ -139,6 +141,9 @@ class SceneReader:
             self.grid = sub_grid(self.scene_grid, self.window)
             self._inside = AOIMask(aoi, self.grid)
         method = RESAMPLING[resampling]
+        config = CloudConfig.model_validate(clouds) if isinstance(clouds, dict) else clouds
+        self.clouds = None if config is None else CloudMasker(product, self.bands, config, resolution)
+        read_bands = self.bands + ([] if self.clouds is None else self.clouds.extra_bands)
         self._readers: list[BandReader] = []
         self._mask_reader: BandReader | None = None
         options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
@@ -149,12 +154,12 @@ class SceneReader:
         self._next: tuple[tuple[int, int, int, int], Future[SceneWindow]] | None = None
         self._inflight: set[Future[Any]] = set()
         try:
-            for b in self.bands:
+            for b in read_bands:
                 exact = product.bands[b].resolution == resolution
                 self._readers.append(
                     BandReader(product.bands[b], self.grid, Resampling.nearest if exact else method, NODATA)
                 )
-            self.offsets = [float(product.offsets.get(b, 0.0)) if harmonize else 0.0 for b in self.bands]
+            self.offsets = [float(product.offsets.get(b, 0.0)) if harmonize else 0.0 for b in read_bands]
             self.scale = 10000.0 / product.quantification if harmonize and product.quantification else 1.0
             self.scl_invalid = np.array(sorted(default_scl_invalid() if scl_invalid is None else scl_invalid))
             mask = product.scl or product.cloud_mask
@@ -173,13 +178,14 @@ class SceneReader:
             "level": self.product.level,
             "processing_baseline": self.product.processing_baseline,
             "metadata_source": self.product.metadata_source,
-            "offsets_applied": dict(zip(self.bands, self.offsets, strict=True)),
+            "offsets_applied": dict(zip(self.bands, self.offsets[: len(self.bands)], strict=True)),
             "quantification": self.product.quantification,
             "resampled_bands": [r.band.band for r in self._readers if r.warped],
             "mask": None if self._mask_reader is None else ("SCL" if self._mask_is_scl else "cloud_mask"),
             "warnings": list(self.product.warnings),
             **({} if self.window is None else {"aoi_window": _key(self.window)}),
             **({"radiometry": self.product.radiometry} if self.product.radiometry else {}),
+            **({} if self.clouds is None else {"clouds": self.clouds.provenance()}),
         }
 
     def read(self, window: Window) -> SceneWindow:
@@ -230,6 +236,21 @@ class SceneReader:
         return future
 
     def _read(self, window: Window) -> SceneWindow:
+        """The window; with cloud masking, read grown by its halo and cropped (a strip's mask then equals the
+        whole scene's there), with the extra bands the detector needed dropped."""
+        if self.clouds is None or not self.clouds.active:
+            return self._read_window(window)
+        grown = self.clouds.grow(window, self.grid)
+        win = self._read_window(grown)
+        clouds = self.clouds.compute(win.image, win.cloud)
+        return SceneWindow(
+            crop(win.image[: len(self.bands)], grown, window),
+            crop(win.valid, grown, window),
+            None if clouds.cloud is None else crop(clouds.cloud, grown, window),
+            cloud_probability=None if clouds.probability is None else crop(clouds.probability, grown, window),
+        )
+
+    def _read_window(self, window: Window) -> SceneWindow:
         image = np.empty((len(self._readers), int(window.height), int(window.width)), dtype=np.uint16)
         bands = [self._submit(self._band, i, window, image[i]) for i in range(len(self._readers))]
         masked = self._submit(self._mask, window) if self._mask_reader is not None else None
