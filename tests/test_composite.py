@@ -248,3 +248,33 @@ def test_bad_recipe_in_yaml_is_one_line_exit_2(dated, tmp_path):
     result = CliRunner().invoke(app, ["ingest", str(dated[0]), "--out", str(tmp_path / "ds"), "--config", str(config)])
     assert result.exit_code == 2 and "overlap" in result.output
     assert not (tmp_path / "ds").exists()
+
+
+def test_best_takes_the_observation_with_the_lowest_cloud_probability(dated, monkeypatch):
+    """Products with a cloud probability (the detector's field of SceneWindow, stubbed here): "best" equals
+    a per-pixel numpy pick among the usable observations."""
+    from landcover.sources import reader as reader_mod
+
+    rng = np.random.default_rng(9)
+    chances = {open_product(f).product_id: rng.random((SIZE, SIZE)).astype(np.float32) for f in dated[:2]}
+    real_read = reader_mod.SceneReader.read
+
+    def read(self, window):
+        win = real_read(self, window)
+        rows, cols = window.toslices()
+        win.cloud_probability = chances[self.product.product_id][rows, cols]
+        return win
+
+    monkeypatch.setattr(reader_mod.SceneReader, "read", read)
+    recipe = CompositeRecipe(periods=[{"name": "b", "start": "2018-03-01", "end": "2018-05-31", "method": "best"}])
+    with CompositeReader([open_product(f) for f in dated[:2]], BANDS, recipe) as reader:
+        reader.check_best()
+        win = reader.read(Window(0, 0, SIZE, SIZE))
+    obs = [observations(f) for f in dated[:2]]
+    score = np.stack(
+        [np.where(o[1], chances[open_product(f).product_id], np.inf) for o, f in zip(obs, dated, strict=False)]
+    )
+    pick = np.argmin(score, 0)
+    expected = np.where(pick == 0, obs[0][0], obs[1][0])
+    expected = np.where(np.isinf(score).all(0), 0, np.nan_to_num(expected)).astype(np.uint16)
+    assert np.array_equal(win.image, expected) and (pick == 1).any() and (pick == 0).any()
