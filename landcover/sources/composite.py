@@ -195,7 +195,7 @@ class CompositeReader:
         self.close()
 
 
-def _drain(futures: dict[int, Future[SceneWindow]]) -> None:
+def _drain(futures: dict[int, Future[Any]]) -> None:
     """Wait for reads not consumed (an error in another period): no read may outlive its reader."""
     for future in futures.values():
         future.cancel()
