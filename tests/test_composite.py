@@ -311,3 +311,14 @@ def test_period_band_names_pass_band_matching():
     assert FeatureRecipe().index_names(RECIPE.band_names(["B03", "B04", "B08"])) == [
         "NDVI@spring", "NDWI@spring", "NDVI@summer", "NDWI@summer"
     ]  # fmt: skip
+
+
+def test_composite_scene_item_spans_its_periods(dated, tmp_path):
+    import pystac
+
+    cfg = IngestConfig(tile_size=16, composite=RECIPE, bands=list(BANDS), split={"min_valid_fraction": 0})
+    ds = ingest(dated, tmp_path / "ds", config=cfg).dataset
+    item = pystac.Item.from_file(str(tmp_path / "ds" / "scenes" / ds["scenes"][0]["scene_id"] / "item.json"))
+    assert item.common_metadata.start_datetime.isoformat().startswith("2018-03-01")
+    assert item.common_metadata.end_datetime.isoformat().startswith("2018-08-31T23:59:59")
+    assert [b["name"] for b in item.assets["image"].extra_fields["eo:bands"]][:2] == ["B02@spring", "B03@spring"]
