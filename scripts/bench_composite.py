@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def write_product(folder: Path, sensing: str, width: int, height: int, seed: int
 
 
 def run_ingest(inputs: list[Path], out: Path, composite: dict | None) -> dict[str, float]:
+    shutil.rmtree(out, ignore_errors=True)  # a dataset left by an earlier run would be resumed (skipped)
     args = [
         sys.executable,
         "-c",
@@ -139,7 +141,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each ingest (interleaved); the fastest counts")
     parser.add_argument("--more-dates", type=int, default=6, help="dates of a second composite (peak RSS per date)")
-    parser.add_argument("--median-rows", type=int, default=256, help="rows of the median candidates' strip")
+    parser.add_argument("--median-rows", type=int, default=256, help="rows of the median candidates' strip (0: skip)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_composite_"))
     count = max(3, args.more_dates)
@@ -166,6 +168,8 @@ def main() -> None:
         per_date = (more["peak_rss_gb"] - composite["peak_rss_gb"]) / (args.more_dates - 3)
         print(f"{args.more_dates}-date composite ingest: {more['seconds']:.1f} s, peak RSS {more['peak_rss_gb']:.2f} GB "
               f"({per_date * 1024:.0f} MB more per date)")  # fmt: skip
+    if not args.median_rows:
+        return
     print(f"median over time of a (3, {len(BANDS)}, {args.median_rows}, {args.width}) float32 stack (best of 3 runs):")
     for name, seconds in median_candidates(args.width, args.median_rows).items():
         print(f"  {name:36s} {seconds * 1000:8.0f} ms")
