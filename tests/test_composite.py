@@ -248,3 +248,77 @@ def test_bad_recipe_in_yaml_is_one_line_exit_2(dated, tmp_path):
     result = CliRunner().invoke(app, ["ingest", str(dated[0]), "--out", str(tmp_path / "ds"), "--config", str(config)])
     assert result.exit_code == 2 and "overlap" in result.output
     assert not (tmp_path / "ds").exists()
+
+
+def test_best_takes_the_observation_with_the_lowest_cloud_probability(dated, monkeypatch):
+    """Products with a cloud probability (the detector's field of SceneWindow, stubbed here): "best" equals
+    a per-pixel numpy pick among the usable observations."""
+    from landcover.sources import reader as reader_mod
+
+    rng = np.random.default_rng(9)
+    chances = {open_product(f).product_id: rng.random((SIZE, SIZE)).astype(np.float32) for f in dated[:2]}
+    real_read = reader_mod.SceneReader.read
+
+    def read(self, window):
+        win = real_read(self, window)
+        rows, cols = window.toslices()
+        win.cloud_probability = chances[self.product.product_id][rows, cols]
+        return win
+
+    monkeypatch.setattr(reader_mod.SceneReader, "read", read)
+    recipe = CompositeRecipe(periods=[{"name": "b", "start": "2018-03-01", "end": "2018-05-31", "method": "best"}])
+    with CompositeReader([open_product(f) for f in dated[:2]], BANDS, recipe) as reader:
+        reader.check_best()
+        win = reader.read(Window(0, 0, SIZE, SIZE))
+    obs = [observations(f) for f in dated[:2]]
+    score = np.stack(
+        [np.where(o[1], chances[open_product(f).product_id], np.inf) for o, f in zip(obs, dated, strict=False)]
+    )
+    pick = np.argmin(score, 0)
+    expected = np.where(pick == 0, obs[0][0], obs[1][0])
+    expected = np.where(np.isinf(score).all(0), 0, np.nan_to_num(expected)).astype(np.uint16)
+    assert np.array_equal(win.image, expected) and (pick == 1).any() and (pick == 0).any()
+
+
+def test_groups_per_tile_or_all(tmp_path):
+    from landcover.dataset.composite_scene import composite_groups, composite_scene_id
+
+    products = [
+        open_product(make_dated(tmp_path / f"{tile}{i}", DATES[i], seed=i, tile=tile, size=48))
+        for tile in ("T33UUP", "T32TQT")
+        for i in (1, 0)
+    ]
+    recipe = CompositeRecipe(periods=["2018-03-01/2018-05-31"])
+    groups = composite_groups(products, recipe)
+    assert [[p.tile for p in g] for g in groups] == [["32TQT", "32TQT"], ["33UUP", "33UUP"]]
+    assert [p.sensing_time[:10] for p in groups[0]] == ["2018-03-10", "2018-04-20"]  # by date
+    assert composite_scene_id(groups[1], recipe) == "T33UUP_20180301_20180531_composite"
+    everything = recipe.model_copy(update={"group": "all"})
+    (group,) = composite_groups(products, everything)
+    assert len(group) == 4 and composite_scene_id(group, everything).startswith("all_T")
+
+
+def test_period_band_names_pass_band_matching():
+    """Models match bands by name: a period's bands keep their period, and single-date values apply to them."""
+    from landcover.models.config import FeatureRecipe
+    from landcover.models.input_transform import InputTransform
+    from landcover.models.weight_files import band_key
+
+    assert band_key("b4@spring") == "B04@spring" and band_key("B8a") == "B8A"
+    transform = InputTransform(mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0), bands=("B02", "B03", "B04"), source="w")
+    picked = transform.for_bands(["B04@spring", "B02@spring", "B04@summer"])
+    assert picked["mean"] == [3.0, 1.0, 3.0] and picked["std"] == [6.0, 4.0, 6.0]
+    assert FeatureRecipe().index_names(RECIPE.band_names(["B03", "B04", "B08"])) == [
+        "NDVI@spring", "NDWI@spring", "NDVI@summer", "NDWI@summer"
+    ]  # fmt: skip
+
+
+def test_composite_scene_item_spans_its_periods(dated, tmp_path):
+    import pystac
+
+    cfg = IngestConfig(tile_size=16, composite=RECIPE, bands=list(BANDS), split={"min_valid_fraction": 0})
+    ds = ingest(dated, tmp_path / "ds", config=cfg).dataset
+    item = pystac.Item.from_file(str(tmp_path / "ds" / "scenes" / ds["scenes"][0]["scene_id"] / "item.json"))
+    assert item.common_metadata.start_datetime.isoformat().startswith("2018-03-01")
+    assert item.common_metadata.end_datetime.isoformat().startswith("2018-08-31T23:59:59")
+    assert [b["name"] for b in item.assets["image"].extra_fields["eo:bands"]][:2] == ["B02@spring", "B03@spring"]

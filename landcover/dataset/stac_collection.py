@@ -73,6 +73,11 @@ def scene_item(scene_dir: Path, dataset: dict[str, Any]) -> pystac.Item:
     named = parse_name(str(prov.get("product_id") or ""))  # datasets ingested before scene.json had sensing_time
     sensing = meta.get("sensing_time") or (named.sensing_time if named is not None else None)
     set_datetime(item, sensing_datetime(sensing), created)
+    if prov.get("kind") == "composite":  # a composite covers its periods: start_datetime .. end_datetime
+        periods = prov["composite"]["periods"]
+        item.common_metadata.start_datetime = sensing_datetime(min(p["start"] for p in periods))
+        item.common_metadata.end_datetime = sensing_datetime(max(p["end"] for p in periods) + "T23:59:59")
+        item.properties["landcover:composite"] = prov["composite"]
     add_platform(item, str(prov.get("product_id") or ""))
     item.properties.update(
         {

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from landcover.sources.recipe import period_band, split_band
+
 CHECKPOINT_FORMAT = "landcover-checkpoint/1"  # the landcover section of a checkpoint
 ENCODERS = ("resnet18", "resnet34", "resnet50")
 
@@ -50,7 +52,14 @@ class FeatureRecipe(BaseModel, extra="forbid"):
         return max([*self.mean_scales, self.std_scale or 1]) // 2
 
     def index_names(self, bands: Sequence[str]) -> list[str]:
-        return [n for n, (a, b) in INDICES.items() if self.indices and a in bands and b in bands]
+        """The indices whose two bands are present; a composite's per period (``NDVI@spring``)."""
+        periods = list(dict.fromkeys(split_band(b)[1] for b in bands))
+        return [
+            n if p is None else period_band(n, p)
+            for p in periods
+            for n, (a, b) in INDICES.items()
+            if self.indices and _named(a, p) in bands and _named(b, p) in bands
+        ]
 
     def feature_names(self, bands: Sequence[str]) -> list[str]:
         base = [*bands, *self.index_names(bands)]
@@ -125,3 +134,14 @@ class ModelConfig(BaseModel, extra="forbid"):
                 "model.arch lightgbm is a per-pixel (segmentation) baseline; use model.arch cnn for classification"
             )
         return self
+
+
+def _named(band: str, period: str | None) -> str:
+    return band if period is None else period_band(band, period)
+
+
+def index_bands(name: str) -> tuple[str, str]:
+    """The two bands of an index name of :meth:`FeatureRecipe.index_names` (``NDVI@spring`` -> B08@spring, B04@spring)."""
+    index, period = split_band(name)
+    a, b = INDICES[index]
+    return _named(a, period), _named(b, period)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from landcover.models.config import INDICES, FeatureRecipe
+from landcover.models.config import INDICES, FeatureRecipe, index_bands
 
 REFLECTANCE_SCALE = (
     10000.0  # ingested stacks hold reflectance x 10000; bands and indices are summed as integers of this scale
@@ -38,7 +38,7 @@ def compute_features(
     x[:, ~valid] = 0.0
     base = [x[i] for i in range(len(bands))]
     for name in recipe.index_names(bands):
-        a, b = (x[list(bands).index(n)] for n in INDICES[name])
+        a, b = (x[list(bands).index(n)] for n in index_bands(name))
         with np.errstate(invalid="ignore", divide="ignore"):
             base.append(np.rint(np.where(a + b > 0, (a - b) / (a + b), 0.0) * REFLECTANCE_SCALE) * valid)
     stack = np.stack(base)

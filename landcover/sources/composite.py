@@ -33,7 +33,7 @@ from landcover.sources.clouds import CloudConfig
 from landcover.sources.product import Product
 from landcover.sources.reader import SceneReader, SceneWindow, stop_pool
 from landcover.sources.recipe import CompositeRecipe, Period, sensing_date
-from landcover.sources.reductions import reduce_period, time_stack, to_reflectance
+from landcover.sources.reductions import fill_observation, reduce_period, to_reflectance
 
 
 class CompositeReader:
@@ -61,6 +61,7 @@ class CompositeReader:
         self.products = sorted(used, key=lambda p: (sensing_date(p), p.product_id))
         self.unused = [p.product_id for p in products if all(p is not u for u in used)]
         self._readers: dict[int, SceneReader] = {}
+        self._buffers: dict[str, np.ndarray] = {}  # each period's time stack, reused strip after strip
         self._pool = ThreadPoolExecutor(max_workers=threads or max(1, min(len(self.products), 4)))
         options: dict[str, Any] = {
             "resolution": resolution,
@@ -88,36 +89,58 @@ class CompositeReader:
         return self.products[0]
 
     def read(self, window: Window) -> SceneWindow:
-        """The composite of ``window``: image (P * C, H, W) uint16, valid, counts (P, H, W) uint8."""
+        """The composite of ``window``: image (P * C, H, W) uint16, valid, counts (P, H, W) uint8.
+
+        Every date is read on the pool and written at once into its period's float32 time stack (NaN where
+        not usable), so the conversion runs in parallel with the other reads and a date's uint16 strip is
+        dropped as soon as it is in the stack; then each period is reduced."""
         height, width = int(window.height), int(window.width)
         n_bands = len(self.source_bands)
-        futures = {id(p): self._pool.submit(self._readers[id(p)].read, window) for p in self.products}
+        stacks = {p.name: self._buffer(p.name, (len(g), n_bands, height, width)) for p, g in self._groups()}
+        futures = {
+            id(product): self._pool.submit(self._observe, product, window, stacks[period.name][t])
+            for period, group in self._groups()
+            for t, product in enumerate(group)
+        }
         image = np.zeros((len(self.recipe.periods) * n_bands, height, width), dtype=np.uint16)
         counts = np.zeros((len(self.recipe.periods), height, width), dtype=np.uint8)
         try:
-            for i, period in enumerate(self.recipe.periods):
-                group = self.periods[period.name]
-                windows = [futures.pop(id(p)).result() for p in group]
-                values, counts[i] = self._reduce(period, group, windows)
+            for i, (period, group) in enumerate(self._groups()):
+                observed = [futures.pop(id(p)).result() for p in group]
+                times = [np.datetime64(sensing_date(p), "D") for p in group]
+                stack = xr.DataArray(
+                    stacks[period.name],
+                    dims=("time", "band", "y", "x"),
+                    coords={"time": times, "band": self.source_bands},
+                )
+                counts[i] = np.minimum(np.sum([u for u, _ in observed], axis=0, dtype=np.int32), 255)
+                probabilities = [c for _, c in observed if c is not None]
+                probability = None
+                if period.method == "best" and len(probabilities) == len(observed):
+                    probability = xr.DataArray(np.stack(probabilities), dims=("time", "y", "x"), coords={"time": times})
+                values = reduce_period(stack, period, probability)
                 to_reflectance(values, out=image[i * n_bands : (i + 1) * n_bands])
-                del windows, values
         finally:
             _drain(futures)
         return SceneWindow(image, np.asarray(counts.any(axis=0)), None, counts=counts)
 
-    def _reduce(
-        self, period: Period, group: list[Product], windows: list[SceneWindow]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One period's (C, H, W) float32 composite (NaN: no valid observation) and its (H, W) uint8 counts."""
-        usable = [w.valid if w.cloud is None else w.valid & ~w.cloud for w in windows]
-        times = [np.datetime64(sensing_date(p), "D") for p in group]
-        stack = time_stack([w.image for w in windows], usable, times, self.source_bands)
-        count = np.minimum(np.sum(usable, axis=0, dtype=np.int32), 255).astype(np.uint8)
-        probability = None
-        probabilities = [w.cloud_probability for w in windows if w.cloud_probability is not None]
-        if period.method == "best" and len(probabilities) == len(windows):
-            probability = xr.DataArray(np.stack(probabilities), dims=("time", "y", "x"), coords={"time": times})
-        return reduce_period(stack, period, probability), count
+    def _groups(self) -> list[tuple[Period, list[Product]]]:
+        return [(period, self.periods[period.name]) for period in self.recipe.periods]
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Period ``name``'s time stack, reused strip after strip (a fresh array per strip costs page faults)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._buffers[name] = np.empty(shape, np.float32)
+        return buffer
+
+    def _observe(self, product: Product, window: Window, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Read ``product``'s window into ``out`` ((C, H, W) float32, NaN where not usable: no data, or cloudy);
+        return its usable mask and its cloud probability (None without one)."""
+        win = self._readers[id(product)].read(window)
+        usable = win.valid if win.cloud is None else win.valid & ~win.cloud
+        fill_observation(out, win.image, usable)
+        return usable, win.cloud_probability
 
     def check_best(self) -> None:
         """Refuse a recipe with method ``best`` when a product of that period gives no cloud probability
@@ -176,7 +199,7 @@ class CompositeReader:
         self.close()
 
 
-def _drain(futures: dict[int, Future[SceneWindow]]) -> None:
+def _drain(futures: dict[int, Future[Any]]) -> None:
     """Wait for reads not consumed (an error in another period): no read may outlive its reader."""
     for future in futures.values():
         future.cancel()

@@ -26,15 +26,28 @@ from landcover.sources.recipe import Period
 
 
 def time_stack(
-    images: Sequence[np.ndarray], usable: Sequence[np.ndarray], times: Sequence[np.datetime64], bands: Sequence[str]
+    images: Sequence[np.ndarray],
+    usable: Sequence[np.ndarray],
+    times: Sequence[np.datetime64],
+    bands: Sequence[str],
+    out: np.ndarray | None = None,
 ) -> xr.DataArray:
-    """The observations ``images`` ((C, H, W) uint16 each) as float32 ``(time, band, y, x)``, NaN where not ``usable``."""
+    """The observations ``images`` ((C, H, W) uint16 each) as float32 ``(time, band, y, x)``, NaN where not
+    ``usable``. ``out`` (float32, that shape) is filled instead of a new array: a buffer reused strip after strip
+    saves the page faults of a fresh one (as long as a strip's reading and reducing)."""
     height, width = images[0].shape[1:] if images else (0, 0)
-    data = np.empty((len(images), len(bands), height, width), dtype=np.float32)
+    shape = (len(images), len(bands), height, width)
+    data = out if out is not None and out.shape == shape else np.empty(shape, dtype=np.float32)
     for t, (image, ok) in enumerate(zip(images, usable, strict=True)):
-        np.copyto(data[t], image, casting="unsafe")
-        data[t][:, ~ok] = np.nan
+        fill_observation(data[t], image, ok)
     return xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"time": list(times), "band": list(bands)})
+
+
+def fill_observation(out: np.ndarray, image: np.ndarray, usable: np.ndarray) -> None:
+    """``out`` (C, H, W) float32 = ``image`` (C, H, W) uint16 where ``usable`` (H, W), else NaN."""
+    keep = np.where(usable, np.float32(1), np.float32(np.nan))  # one pass: x * 1 = x, x * NaN = NaN
+    for c in range(image.shape[0]):  # per band: a broadcast with a cast would go through numpy's slow buffering
+        np.multiply(image[c], keep, out=out[c], casting="unsafe")
 
 
 def reduce_period(stack: xr.DataArray, period: Period, cloud_probability: xr.DataArray | None = None) -> np.ndarray:
@@ -88,9 +101,12 @@ def best(data: np.ndarray, cloud_probability: np.ndarray) -> np.ndarray:
 
 
 def to_reflectance(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Reduced float32 values -> uint16 reflectance: ``rint`` (half to even) clipped to 1..65535; NaN -> 0."""
+    """Reduced float32 values -> uint16 reflectance: ``rint`` (half to even) clipped to 1..65535; NaN -> 0.
+    ``values`` is rounded in place (no temporary of a strip's size)."""
     result = np.empty(values.shape, np.uint16) if out is None else out
-    missing = np.isnan(values)
-    np.copyto(result, np.clip(np.rint(np.where(missing, 0, values)), 1, 65535), casting="unsafe")
-    result[missing] = 0
+    np.rint(values, out=values)
+    np.maximum(values, 1, out=values)  # NaN stays NaN
+    np.minimum(values, 65535, out=values)
+    np.fmax(values, 0, out=values)  # fmax ignores NaN: NaN -> 0, the rest is >= 1
+    np.copyto(result, values, casting="unsafe")
     return result
