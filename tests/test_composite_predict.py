@@ -3,6 +3,7 @@ of the recipe recorded with the checkpoint, and the map equals a prediction on t
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import geopandas as gpd
@@ -148,3 +149,55 @@ def test_composite_leaves_out_what_the_cloud_detector_masks(tmp_path):
     only_clear = ~usable[0] & usable[1]
     clear_image = read_whole(clear, bands, clouds=clouds).image
     assert np.array_equal(win.image[:, only_clear], clear_image[:, only_clear])
+
+
+def test_exported_composite_model_maps_the_raw_products_like_the_checkpoint(trained, tmp_path):
+    """The recipe travels inside the ONNX file: predict model.onnx PRODUCTS builds the same composite."""
+    _, products, ckpt = trained
+    onnx = tmp_path / "model.onnx"
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--out", str(onnx)])
+    assert result.exit_code == 0, result.output
+    predict_scene(ckpt, products, tmp_path / "ckpt.tif", quicklook=False, device="cpu")
+    predict_scene(onnx, products, tmp_path / "onnx.tif", quicklook=False)
+    a, b = read(tmp_path / "ckpt.tif")[0], read(tmp_path / "onnx.tif")[0]
+    assert np.array_equal(a == 255, b == 255) and (a == b).mean() >= 0.9999
+
+
+def test_stac_items_of_three_dates_ingest_and_predict_as_one_composite(tmp_path):
+    """Several dates usually come from a catalogue search: Earth Search items of three dates make one composite
+    scene, and predict from the items equals predict on that ingested composite."""
+    from landcover.sources.recipe import CompositeRecipe
+    from tests.test_stac_input import item_dict, save
+
+    docs = []
+    for i, day in enumerate(("2023-01-15", "2023-02-04", "2023-04-20")):
+        item = item_dict("earth_search_l2a.json", datetime=f"{day}T10:10:21Z")
+        compact = day.replace("-", "")
+        item["id"] = f"S2B_33UUP_{compact}_0_L2A"
+        item["properties"]["s2:product_uri"] = f"S2B_MSIL2A_{compact}T101021_N0509_R022_T33UUP_{compact}T120000.SAFE"
+        docs.append(save(item, tmp_path / f"item{i}", seed=i))
+    recipe = CompositeRecipe.model_validate(
+        {"periods": ["winter=2023-01-01/2023-02-28", "spring=2023-03-01/2023-05-31"]}
+    )
+    bands = ["B02", "B03", "B04", "B08"]
+    cfg = IngestConfig(bands=bands, tile_size=32, composite=recipe, split={"by_scene": True, "min_valid_fraction": 0})
+    result = ingest(docs, tmp_path / "ds", config=cfg)
+    (scene,) = result.scenes
+    assert scene == "T33UUP_20230101_20230531_composite"
+    ds = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    periods = ds["scenes"][0]["provenance"]["periods"]
+    assert [[i["product_id"] for i in p["inputs"]] for p in periods] == [
+        [
+            "S2B_MSIL2A_20230115T101021_N0509_R022_T33UUP_20230115T120000",
+            "S2B_MSIL2A_20230204T101021_N0509_R022_T33UUP_20230204T120000",
+        ],
+        ["S2B_MSIL2A_20230420T101021_N0509_R022_T33UUP_20230420T120000"],
+    ]
+    meta_bands = recipe.band_names(bands)
+    ckpt = write_unet_checkpoint(tmp_path / "m.ckpt", bands=meta_bands, mean=900.0, std=600.0)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["landcover"]["dataset_settings"] = {"composite": recipe.model_dump(mode="json")}
+    torch.save(checkpoint, ckpt)
+    predict_scene(ckpt, tmp_path / "ds" / "scenes" / scene / "image.tif", tmp_path / "stack.tif", quicklook=False)
+    predict_scene(ckpt, docs, tmp_path / "items.tif", quicklook=False)
+    assert np.array_equal(read(tmp_path / "stack.tif")[0], read(tmp_path / "items.tif")[0])
