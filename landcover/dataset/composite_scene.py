@@ -56,20 +56,7 @@ def ingest_composite_scene(
     """Build the composite scene of ``products`` (one group) under ``out/scenes`` and return its folder."""
     assert cfg.composite is not None
     recipe = cfg.composite
-    with (
-        rasterio.Env(**GDAL_ENV),
-        CompositeReader(
-            products,
-            bands,
-            recipe,
-            resolution=cfg.resolution,
-            resampling=cfg.resampling,
-            harmonize=cfg.harmonize,
-            scl_invalid=cfg.scl_invalid,
-            aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
-            clouds=cfg.clouds,
-        ) as reader,
-    ):
+    with rasterio.Env(**GDAL_ENV), CompositeReader(products, bands, recipe, **cfg.reader_options()) as reader:
         reader.check_best()
         ids = [p.product_id for p in reader.products]
         about = SceneAbout(

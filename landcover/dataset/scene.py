@@ -100,19 +100,7 @@ def ingest_scene(
     progress: Progress | None = None,
 ) -> Path:
     """Build one scene folder under ``out/scenes`` and return it."""
-    with (
-        rasterio.Env(**GDAL_ENV),
-        SceneReader(
-            product,
-            bands,
-            resolution=cfg.resolution,
-            resampling=cfg.resampling,
-            harmonize=cfg.harmonize,
-            scl_invalid=cfg.scl_invalid,
-            aoi=None if cfg.aoi is None else cfg.aoi.to_aoi(),
-            clouds=cfg.clouds,
-        ) as reader,
-    ):
+    with rasterio.Env(**GDAL_ENV), SceneReader(product, bands, **cfg.reader_options()) as reader:
         about = SceneAbout(
             scene_id=scene_id_of(product),
             product=product,

@@ -102,6 +102,17 @@ class IngestConfig(BaseModel):
         None, description="Multi-date composites: periods, method, grouping (see landcover.sources.recipe)"
     )
 
+    def reader_options(self) -> dict[str, Any]:
+        """How every product is read (SceneReader's keyword arguments; a composite's readers take the same)."""
+        return {
+            "resolution": self.resolution,
+            "resampling": self.resampling,
+            "harmonize": self.harmonize,
+            "scl_invalid": self.scl_invalid,
+            "aoi": None if self.aoi is None else self.aoi.to_aoi(),
+            "clouds": self.clouds,
+        }
+
     @field_validator("bands")
     @classmethod
     def _bands(cls, value: list[str] | None) -> list[str] | None:
