@@ -292,8 +292,7 @@ def _scene_jobs(products: list[Product], ids: list[str], cfg: IngestConfig) -> l
     """(scene id, its products) of every scene to make: one per product, or one per composite group."""
     if cfg.composite is None:
         return [(scene_id, [product]) for product, scene_id in zip(products, ids, strict=True)]
-    jobs = [(composite_scene_id(g, cfg.composite), g) for g in composite_groups(products, cfg.composite)]
-    return [(scene_id, group) for scene_id, group in jobs]
+    return [(composite_scene_id(g, cfg.composite), g) for g in composite_groups(products, cfg.composite)]
 
 
 def _in_aoi(products: list[Product], ids: list[str], cfg: IngestConfig) -> tuple[list[Product], list[str], list[str]]:
