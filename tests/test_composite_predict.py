@@ -201,3 +201,35 @@ def test_stac_items_of_three_dates_ingest_and_predict_as_one_composite(tmp_path)
     predict_scene(ckpt, tmp_path / "ds" / "scenes" / scene / "image.tif", tmp_path / "stack.tif", quicklook=False)
     predict_scene(ckpt, docs, tmp_path / "items.tif", quicklook=False)
     assert np.array_equal(read(tmp_path / "stack.tif")[0], read(tmp_path / "items.tif")[0])
+
+
+def test_real_neighbouring_tiles_composite_on_one_grid(tmp_path):
+    """Real L2A products of two overlapping MGRS tiles (T30SVF, T30SVG, 2023-09-05, aggregated to 1 km) in one
+    composite (group: all): on the first's grid, where both tiles have a usable observation the period's value is
+    their median (the rounded mean of two), where one has it is that one's, elsewhere no data."""
+    from landcover.sources.composite import CompositeReader
+    from landcover.sources.reader import SceneReader
+    from landcover.sources.recipe import CompositeRecipe
+    from landcover.sources.sentinel2 import open_product
+    from tests.s2_fixtures import shared_data
+
+    root = shared_data("corine-lanjaron", "s2-l2a-T30SVF-T30SVG-aggregated")
+    products = [open_product(root / sub).select(list(BANDS)) for sub in ("f", "g")]
+    recipe = CompositeRecipe.model_validate({"periods": ["autumn=2023-09-01/2023-11-30"], "group": "all"})
+    with CompositeReader(products, BANDS, recipe, resolution=1000.0) as reader:
+        grid = reader.grid
+        win = reader.read(Window(0, 0, grid.width, grid.height))
+        assert reader.product.tile == "30SVF" and reader.bands == [f"{b}@autumn" for b in BANDS]
+    obs = []
+    for product in products:  # each tile alone on the composite's grid
+        with SceneReader(product, list(BANDS), resolution=1000.0, grid=grid, prefetch=False) as single:
+            one = single.read(Window(0, 0, grid.width, grid.height))
+        obs.append((one.image.astype(np.float64), one.valid & ~one.cloud))
+    both = obs[0][1] & obs[1][1]
+    assert both.sum() > 50 and (obs[0][1] & ~obs[1][1]).any()  # the tiles overlap, and SVF reaches beyond SVG
+    mean = np.clip(np.round((obs[0][0] + obs[1][0]) / 2), 1, 65535)
+    assert np.array_equal(win.image[:, both], mean[:, both])
+    only = obs[0][1] & ~obs[1][1]
+    assert np.array_equal(win.image[:, only], obs[0][0][:, only])
+    assert np.array_equal(win.counts[0], obs[0][1].astype(np.uint8) + obs[1][1])
+    assert (win.image[:, ~(obs[0][1] | obs[1][1])] == 0).all()
