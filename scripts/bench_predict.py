@@ -2,14 +2,18 @@
 
 One run prints, per scene size: wall time, Mpx/s, windows, peak RSS (and RSS after loading, before any pixel) of
 
-* landcover ``predict_scene`` with each engine: ``torch`` (the default: float32, channels-last on CPU),
-  ``torch-nchw`` (the same without channels-last: predict before this lever), ``torch-bf16`` (``--precision bf16``),
-  ``onnx`` (the model exported by ``landcover export``, run by onnxruntime in a process that imports no torch);
-  each reads the stack, blends the windows and writes the COG map, its .qml and STAC item (no quick look);
+* landcover ``predict_scene`` with each engine: ``torch`` (the default: float32, batch norms folded, upsampling
+  convolutions on the coarse grid, channels-last, freed tensors' memory reused), and the default without one lever
+  each: ``torch-fine-grid`` (the decoder's convolutions on the upsampled tensors), ``torch-fresh-pages`` (glibc's
+  default malloc: the large tensors of every batch page-faulted in afresh), ``torch-nchw`` (without channels-last);
+  ``torch-bf16`` (``--precision bf16``); ``onnx`` (the model exported by ``landcover export``, run by onnxruntime
+  in a process that imports no torch); each reads the stack, blends the windows and writes the COG map, its .qml
+  and STAC item (no quick look);
 * the peer, TerraTorch 1.2.13 ``tiled_inference`` as its users call it: the scene read and normalised into one
   tensor, ``crop=256, stride=192`` (the same windows: landcover's 256-px windows overlapping by 64), its default
   ``delta=8``, blending and reflect padding, ``batch_size`` as landcover's, the probabilities of the whole scene in
-  memory, then argmax and a tiled GeoTIFF. TerraTorch needs torchgeo 0.9 (Python 3.12), so its package cannot be
+  memory, then argmax and a tiled GeoTIFF; and ``terratorch-reuse``, the same with the malloc tuning of our
+  default (``reuse_freed_memory``), which TerraTorch's users do not have but which is fair to show. TerraTorch needs torchgeo 0.9 (Python 3.12), so its package cannot be
   installed here: the script executes ``terratorch/tasks/tiled_inference.py`` and the ``pad_images`` function of
   ``terratorch/models/utils.py`` from the published wheel (``pip download --no-deps terratorch==1.2.13``), unchanged.
 
@@ -120,13 +124,19 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
-ENGINES = ("torch", "torch-nchw", "torch-bf16", "onnx")
+ENGINES = ("torch", "torch-fine-grid", "torch-fresh-pages", "torch-nchw", "torch-bf16", "onnx")
+PEERS = ("terratorch", "terratorch-reuse")
 
 
 def child_landcover(engine_name: str, model: Path, stack: Path, out: Path, batch: int) -> dict:
+    from landcover.inference import graph_rewrites, torch_engine
     from landcover.inference.engine import open_engine
     from landcover.inference.predict import predict_scene
 
+    if engine_name == "torch-fine-grid":  # the U-Net decoder's convolutions as written
+        graph_rewrites.coarse_grid_convolutions = lambda gm: 0  # type: ignore[assignment]
+    if engine_name == "torch-fresh-pages":  # glibc's malloc as it comes
+        torch_engine.reuse_freed_memory = lambda: False  # type: ignore[assignment]
     precision = "bf16" if engine_name == "torch-bf16" else "auto"
     engine = open_engine(model, device="cpu", precision=precision)
     if engine_name == "torch-nchw":  # predict before channels-last: the model and its input in NCHW
@@ -167,10 +177,14 @@ def load_tiled_inference(wheel: Path) -> types.ModuleType:
     return module
 
 
-def child_terratorch(wheel: Path, ckpt: Path, stack: Path, out: Path, batch: int) -> dict:
+def child_terratorch(wheel: Path, ckpt: Path, stack: Path, out: Path, batch: int, reuse: bool) -> dict:
     import torch
 
     from landcover.inference.checkpoint import load_checkpoint
+    from landcover.inference.torch_engine import reuse_freed_memory
+
+    if reuse:
+        reuse_freed_memory()
 
     tiled = load_tiled_inference(wheel)
     lm = load_checkpoint(ckpt)
@@ -243,8 +257,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, extra, model, stack, out, batch = args.child
-        if kind == "terratorch":
-            result = child_terratorch(Path(extra), Path(model), Path(stack), Path(out), int(batch))
+        if kind in PEERS:
+            result = child_terratorch(Path(extra), Path(model), Path(stack), Path(out), int(batch), kind != PEERS[0])
         else:
             result = child_landcover(kind, Path(model), Path(stack), Path(out), int(batch))
         print(json.dumps(result))
@@ -268,7 +282,7 @@ def main() -> None:
                 make_stack(stack, w, h)
             runs = [(e, ckpt if e != "onnx" else onnx, "-") for e in args.engines]
             if args.terratorch_wheel and not args.no_peer:
-                runs.append(("terratorch", ckpt, str(args.terratorch_wheel)))
+                runs += [(peer, ckpt, str(args.terratorch_wheel)) for peer in PEERS]
             rounds: dict[str, list[dict]] = {kind: [] for kind, _, _ in runs}
             for _ in range(args.repeat):  # rounds interleave the runners, so a slow spell of the machine hits all
                 for kind, model, extra in runs:
@@ -279,16 +293,18 @@ def main() -> None:
                 results[kind] = res = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]  # the median run
                 res["all_seconds"] = [round(r["seconds"], 2) for r in done]
                 res["agreement"] = agreement(work / f"{kind}_{w}x{h}.tif", work / f"{args.engines[0]}_{w}x{h}.tif")
-            peer = results.get("terratorch")
+            peer, tuned_peer = results.get("terratorch"), results.get("terratorch-reuse")
             for kind, res in results.items():
                 mpx = w * h / 1e6
                 line = (
-                    f"{w}x{h} {kind:>11}: {res['seconds']:7.1f} s {mpx / res['seconds']:6.3f} Mpx/s "
+                    f"{w}x{h} {kind:>17}: {res['seconds']:7.1f} s {mpx / res['seconds']:6.3f} Mpx/s "
                     f"{res['windows']:5d} windows, peak RSS {res['peak_rss_mb']:6.0f} MB (before pixels "
                     f"{res['rss_before_mb']:4.0f} MB), same class as {args.engines[0]}: {res['agreement']:.4%}"
                 )
                 if peer:
                     line += f", throughput vs TerraTorch x{peer['seconds'] / res['seconds']:.2f}"
+                if tuned_peer:
+                    line += f" (vs TerraTorch with our malloc tuning x{tuned_peer['seconds'] / res['seconds']:.2f})"
                 if kind == "onnx":
                     line += f", torch imported: {res['torch_imported']}"
                 if args.repeat > 1:
