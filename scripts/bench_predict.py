@@ -129,13 +129,16 @@ PEERS = ("terratorch", "terratorch-reuse")
 
 
 def child_landcover(engine_name: str, model: Path, stack: Path, out: Path, batch: int) -> dict:
-    from landcover.inference import graph_rewrites, torch_engine
     from landcover.inference.engine import open_engine
     from landcover.inference.predict import predict_scene
 
     if engine_name == "torch-fine-grid":  # the U-Net decoder's convolutions as written
+        from landcover.inference import graph_rewrites
+
         graph_rewrites.coarse_grid_convolutions = lambda gm: 0  # type: ignore[assignment]
-    if engine_name == "torch-fresh-pages":  # glibc's malloc as it comes
+    if engine_name == "torch-fresh-pages":  # glibc's malloc as it comes (imported here only: onnx imports no torch)
+        from landcover.inference import torch_engine
+
         torch_engine.reuse_freed_memory = lambda: False  # type: ignore[assignment]
     precision = "bf16" if engine_name == "torch-bf16" else "auto"
     engine = open_engine(model, device="cpu", precision=precision)

@@ -45,3 +45,17 @@ def test_bf16_on_a_cpu_without_bfloat16_instructions_is_refused(monkeypatch) -> 
     monkeypatch.setattr(torch_engine, "_cpu_has_bf16", lambda: False)
     with pytest.raises(ConfigError, match="bfloat16"):
         TorchEngine(LoadedModel.from_meta(Conv1x1(), meta()), torch.device("cpu"), "bf16")
+
+
+def test_the_engines_normalised_windows_equal_the_training_expression_bit_for_bit() -> None:
+    engine = TorchEngine(LoadedModel.from_meta(Conv1x1(), meta()), torch.device("cpu"), "fp32")
+    engine.channels_last = True  # the layout the engine gives U-Nets on a CPU
+    raw = np.random.default_rng(3).integers(0, 9000, (2, 4, 40, 56)).astype(np.uint16)
+    raw[:, :, 5:9] = 0  # no data
+    raw[0, 1, 20:22] = 0  # one band 0: still valid
+    x = torch.from_numpy(raw.astype(np.float32))
+    want = (x - engine.mean) / engine.std * (x != 0).any(1, keepdim=True)
+    got = engine.tensor(raw)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+    assert torch.equal(torch_engine.normalise(x, engine.mean, engine.std), want)

@@ -133,9 +133,10 @@ class Strip:
     def _load(self, lo: int, hi: int) -> None:
         """Buffer columns lo..hi start a new part of the row: the carried rows on top, zeros below."""
         o, pw = self.plan.overlap, self.plan.padded_width
-        self.work[:, :, lo:hi] = 0
-        self.wwork[:, lo:hi] = 0
         a, b = self.base + lo, min(self.base + hi, pw)
+        top = o if b - a == hi - lo else 0  # rows the carry overwrites in every column: not zeroed first
+        self.work[:, top:, lo:hi] = 0
+        self.wwork[top:, lo:hi] = 0
         if o and b > a:
             self.work[:, :o, lo : lo + b - a] = self.carry[:, :, a:b]
             self.wwork[:o, lo : lo + b - a] = self.wcarry[:, a:b]
