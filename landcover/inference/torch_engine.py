@@ -105,10 +105,11 @@ def reuse_freed_memory() -> bool:
     (46 MB each for four 256-px windows of 44 classes). glibc serves blocks above 32 MB with fresh ``mmap`` pages
     and unmaps them when freed, so each batch page-faults its largest tensors in again (the kernel zeroes every
     page): 45 % of the time of the classifier's convolution and 60 % of the softmax here. Served from the heap and
-    not trimmed, they mostly reuse pages already mapped (docs/benchmarks.md: predict 14-20 % faster end to end,
-    5x fewer page faults), at a cost of 50-250 MB more peak memory (holes the heap cannot give back) and memory
-    that stays with the process until it ends. The tuning Intel's PyTorch CPU guide gets by preloading jemalloc,
-    set from inside the process; it applies to the whole process, so only the CPU engine sets it.
+    not trimmed, they mostly reuse pages already mapped (docs/benchmarks.md: predict 9-13 % faster end to end,
+    5x fewer page faults), at a cost of 50-250 MB more peak memory (a whole tile: +102 MB; holes the heap cannot
+    give back) and memory that stays with the process until it ends. The reuse PyTorch's and Intel's CPU tuning
+    guides get by preloading jemalloc or TCMalloc, set from inside the process; it applies to the whole process,
+    so only the CPU engine sets it.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
