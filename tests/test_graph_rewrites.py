@@ -93,3 +93,18 @@ def test_a_unet_has_its_five_decoder_blocks_rewritten_and_the_same_probabilities
         got = fast(x.contiguous(memory_format=torch.channels_last)).softmax(1)
     assert float((got - want).abs().max()) <= 1e-4
     assert float((got.argmax(1) == want.argmax(1)).float().mean()) >= 0.9999
+
+
+def test_kernels_first_derived_in_inference_mode_still_serve_autograd() -> None:
+    """predict runs the model in inference mode; Grad-CAM-like callers may run it later with gradients."""
+    conv = seeded_conv(5, 4)
+    module = CoarseGridConv(conv)
+    x, skip = torch.randn(1, 3, 4, 4), torch.randn(1, 2, 8, 8)
+    with torch.inference_mode():
+        module(x, (8, 8), skip)
+    x.requires_grad_(True)
+    module(x, (8, 8), skip).square().sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    reference(conv, x_ref, (8, 8), skip).square().sum().backward()
+    assert x.grad is not None and x_ref.grad is not None and float(x_ref.grad.abs().max()) > 0.1
+    assert float((x.grad - x_ref.grad).abs().max()) <= 1e-5

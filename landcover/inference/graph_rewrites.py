@@ -82,15 +82,22 @@ class CoarseGridConv(nn.Module):
         cx = x.shape[1]
         layout = _layout(x)
         key = (cx, x.dtype, x.device, layout)
-        if key not in self._kernels:
-            weight = self.conv.weight.detach()
-            bias = self.conv.bias.detach() if self.conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
-            self._kernels[key] = (
-                phase_kernels(weight[:, :cx]).to(x.dtype).contiguous(memory_format=layout),
-                weight[:, cx:].to(x.dtype).contiguous(memory_format=layout),
-                bias.to(x.dtype),
-            )
+        if key not in self._kernels:  # ordinary tensors even when first made in inference mode: usable with autograd
+            with torch.inference_mode(False), torch.no_grad():
+                self._kernels[key] = self._derive(cx, x.dtype, layout)
         return self._kernels[key]
+
+    def _derive(
+        self, cx: int, dtype: torch.dtype, layout: torch.memory_format
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The phases' kernels of the first ``cx`` input channels, the skip's kernel and the bias."""
+        weight = self.conv.weight.detach()
+        bias = self.conv.bias.detach() if self.conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
+        return (
+            phase_kernels(weight[:, :cx]).to(dtype).contiguous(memory_format=layout),
+            weight[:, cx:].to(dtype).contiguous(memory_format=layout),
+            bias.to(dtype),
+        )
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
