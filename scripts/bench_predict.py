@@ -13,7 +13,8 @@ One run prints, per scene size: wall time, Mpx/s, windows, peak RSS (and RSS aft
   tensor, ``crop=256, stride=192`` (the same windows: landcover's 256-px windows overlapping by 64), its default
   ``delta=8``, blending and reflect padding, ``batch_size`` as landcover's, the probabilities of the whole scene in
   memory, then argmax and a tiled GeoTIFF; and ``terratorch-reuse``, the same with the malloc tuning of our
-  default (``reuse_freed_memory``), which TerraTorch's users do not have but which is fair to show. TerraTorch needs torchgeo 0.9 (Python 3.12), so its package cannot be
+  default (``reuse_freed_memory``), which TerraTorch's users do not have but which is fair to show.
+  TerraTorch needs torchgeo 0.9 (Python 3.12), so its package cannot be
   installed here: the script executes ``terratorch/tasks/tiled_inference.py`` and the ``pad_images`` function of
   ``terratorch/models/utils.py`` from the published wheel (``pip download --no-deps terratorch==1.2.13``), unchanged.
 
